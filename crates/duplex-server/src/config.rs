@@ -1,0 +1,157 @@
+//! `ServeConfig`: every knob of `duplex serve`, with its default and its `--help` text.
+//!
+//! The HTTP/2 knobs are the article's: flow-control windows, frame size, concurrent
+//! streams, keepalive. Defaults are chosen for a real-time server that holds many
+//! long-lived streams, not copied from tonic (whose stream limit and keepalive are off).
+
+use std::time::Duration;
+
+/// Configuration of `duplex serve`. `--help` is the reference for every field.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeConfig {
+    /// Address to listen on, as HOST:PORT. A host name listens on every address it
+    /// resolves to (`localhost` = 127.0.0.1 and [::1] where both exist). Port 0 picks a
+    /// free port; the chosen addresses are printed as `listening on ADDR`.
+    #[arg(long, default_value = "localhost:50051", env = "DUPLEX_LISTEN")]
+    pub listen: String,
+
+    /// HTTP/2 initial flow-control window of each stream, in bytes (SETTINGS_INITIAL_WINDOW_SIZE).
+    /// How much a peer may send on one stream before it must wait for our WINDOW_UPDATE.
+    /// Raise it for large messages on high-latency links. Accepts suffixes: 64KiB, 1MiB.
+    #[arg(long, default_value = "1MiB", value_parser = parse_window)]
+    pub initial_stream_window: u32,
+
+    /// HTTP/2 initial flow-control window of the whole connection, in bytes: the budget
+    /// all streams of one connection share before a connection-level WINDOW_UPDATE.
+    #[arg(long, default_value = "2MiB", value_parser = parse_window)]
+    pub initial_connection_window: u32,
+
+    /// Size both windows from the measured bandwidth-delay product (BDP pings) instead of
+    /// the fixed values above, which it then overrides.
+    #[arg(long)]
+    pub adaptive_window: bool,
+
+    /// Largest HTTP/2 frame payload we accept (SETTINGS_MAX_FRAME_SIZE), 16KiB to 16MiB-1.
+    /// Bigger frames mean fewer frame headers for large messages.
+    #[arg(long, default_value = "16KiB", value_parser = parse_frame_size)]
+    pub max_frame_size: u32,
+
+    /// Most concurrent streams (calls) one connection may hold open
+    /// (SETTINGS_MAX_CONCURRENT_STREAMS). Bounds the work one client can pin on the server.
+    #[arg(long, default_value_t = 1000)]
+    pub max_concurrent_streams: u32,
+
+    /// Send an HTTP/2 PING on a connection after this long without traffic from the peer, to
+    /// find dead peers that TCP alone would keep for hours. `0s` turns it off.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub keepalive_interval: Duration,
+
+    /// Close the connection when a keepalive PING is not acknowledged within this time.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    pub keepalive_timeout: Duration,
+
+    /// Largest gRPC message accepted, in bytes. A bigger one fails its call with
+    /// RESOURCE_EXHAUSTED; other calls go on. 4MiB is the gRPC-wide default.
+    #[arg(long, default_value = "4MiB", value_parser = parse_size)]
+    pub max_message_size: usize,
+
+    /// Disable Nagle's algorithm on accepted sockets, so small messages leave at once.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub tcp_nodelay: bool,
+
+    /// On SIGINT/SIGTERM: stop accepting, then give open calls this long to finish before
+    /// closing them and exiting 0.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        use clap::Parser as _;
+
+        #[derive(clap::Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            config: ServeConfig,
+        }
+        Defaults::parse_from(["duplex"]).config
+    }
+}
+
+/// Parses a byte size: a plain number or one with a suffix `K`, `KiB`, `M`, `MiB`, `G`,
+/// `GiB` (all powers of 1024; `B` alone is accepted too).
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let number: usize = digits
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size: expected a number such as 65536 or 64KiB"))?;
+    let multiplier: usize = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KB" | "KiB" => 1 << 10,
+        "M" | "MB" | "MiB" => 1 << 20,
+        "G" | "GB" | "GiB" => 1 << 30,
+        other => {
+            return Err(format!(
+                "unknown size unit `{other}`: use B, KiB, MiB or GiB"
+            ));
+        }
+    };
+    number
+        .checked_mul(multiplier)
+        .ok_or_else(|| format!("`{text}` is too large"))
+}
+
+/// An HTTP/2 window: 1 byte to 2^31-1 (RFC 9113 §6.9.1).
+fn parse_window(text: &str) -> Result<u32, String> {
+    parse_size_in(text, 1, (1 << 31) - 1)
+}
+
+/// An HTTP/2 max frame size: 2^14 to 2^24-1 (RFC 9113 §6.5.2).
+fn parse_frame_size(text: &str) -> Result<u32, String> {
+    parse_size_in(text, 1 << 14, (1 << 24) - 1)
+}
+
+fn parse_size_in(text: &str, min: u32, max: u32) -> Result<u32, String> {
+    let size = parse_size(text)?;
+    u32::try_from(size)
+        .ok()
+        .filter(|size| (min..=max).contains(size))
+        .ok_or_else(|| format!("{size} is out of range: HTTP/2 allows {min} to {max}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_and_without_units() {
+        assert_eq!(parse_size("65536"), Ok(65536));
+        assert_eq!(parse_size("64KiB"), Ok(65536));
+        assert_eq!(parse_size("4MiB"), Ok(4 << 20));
+        assert_eq!(parse_size("1 M"), Ok(1 << 20));
+        assert!(parse_size("4 parsecs").is_err());
+        assert!(parse_size("").is_err());
+    }
+
+    #[test]
+    fn windows_and_frames_respect_http2_bounds() {
+        assert_eq!(parse_window("1024"), Ok(1024));
+        assert!(parse_window("0").is_err());
+        assert!(parse_window("2GiB").is_err());
+        assert!(parse_frame_size("1KiB").is_err());
+        assert_eq!(parse_frame_size("16KiB"), Ok(16384));
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let config = ServeConfig::default();
+        assert_eq!(config.listen, "localhost:50051");
+        assert_eq!(config.max_message_size, 4 << 20);
+        assert_eq!(config.initial_stream_window, 1 << 20);
+        assert!(config.tcp_nodelay);
+    }
+}

@@ -1,0 +1,58 @@
+//! The `duplex` command: parses arguments and hands each subcommand to its module.
+
+mod echo;
+mod serve;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Real-time bidirectional streaming over gRPC / HTTP/2.
+#[derive(Debug, Parser)]
+#[command(name = "duplex", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server: the Chat echo service on `localhost:50051` by default.
+    Serve(duplex_server::ServeConfig),
+    /// The article's client: send each stdin line as a Msg, print each reply as `server: <<line>>`.
+    Echo(echo::EchoArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(config) => serve::run(config).await,
+            Command::Echo(args) => echo::run(args).await,
+        }
+    });
+    // stdin is read on a blocking thread that cannot be cancelled: don't wait for it.
+    runtime.shutdown_background();
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

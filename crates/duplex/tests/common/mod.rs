@@ -1,0 +1,171 @@
+//! Shared test harness: real servers on loopback ports, the `duplex` binary, and clients.
+
+#![allow(dead_code)] // each test file uses a different part of the harness
+
+use std::io::{BufRead as _, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::time::Duration;
+
+use duplex_proto::chat::chat_client::ChatClient;
+use duplex_server::{ServeConfig, Server};
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+
+/// Every test's patience for one step: long enough for a loaded 2-core CI machine.
+pub const STEP: Duration = Duration::from_secs(20);
+
+/// The repository root (where `proto/` and `interop/` live).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+/// A server running in this process on 127.0.0.1 with a port it picked; stops on drop.
+pub struct InProcessServer {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl InProcessServer {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(configure: impl FnOnce(&mut ServeConfig)) -> Self {
+        let mut config = ServeConfig {
+            listen: "127.0.0.1:0".into(),
+            ..ServeConfig::default()
+        };
+        configure(&mut config);
+        let server = Server::bind(config).await.expect("bind a loopback port");
+        let addr = server.local_addrs()[0];
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(async move {
+            server
+                .run(async {
+                    let _ = stopped.await;
+                })
+                .await
+                .expect("server runs");
+        });
+        Self {
+            addr,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn chat_client(&self) -> ChatClient<Channel> {
+        ChatClient::new(self.channel().await)
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.url())
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect to the test server")
+    }
+}
+
+impl Drop for InProcessServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.abort();
+    }
+}
+
+/// The `duplex` binary built by cargo for these tests.
+pub fn duplex() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_duplex"))
+}
+
+/// A child process killed on drop, so a failing test leaves no server behind.
+pub struct ChildGuard(pub Child);
+
+impl ChildGuard {
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// Sends a signal by name (`TERM`, `INT`, `KILL`).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Waits up to `limit` for the process to exit and returns its status.
+    pub fn wait_for_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let start = std::time::Instant::now();
+        while start.elapsed() < limit {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts a server process (`duplex serve` or a foreign peer) that prints
+/// `listening on ADDR`, and returns it with the first address it printed.
+pub fn spawn_listening(mut command: Command) -> (ChildGuard, SocketAddr, BufReader<ChildStdout>) {
+    command.stdout(Stdio::piped()).stderr(Stdio::inherit());
+    let mut child = ChildGuard(
+        command
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {command:?}: {e}")),
+    );
+    let mut stdout = BufReader::new(child.0.stdout.take().unwrap());
+    let (found_tx, found_rx) = std::sync::mpsc::channel();
+    // Read the first line on a thread so a peer that never prints cannot hang the test.
+    let reader = std::thread::spawn(move || {
+        let mut line = String::new();
+        let read = stdout.read_line(&mut line);
+        let _ = found_tx.send(read.map(|_| line));
+        stdout
+    });
+    let line = found_rx
+        .recv_timeout(STEP)
+        .unwrap_or_else(|_| panic!("{command:?} printed no `listening on` line within {STEP:?}"));
+    let line = line.expect("read the server's stdout");
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("expected `listening on ADDR`, got {line:?}"))
+        .parse()
+        .expect("a socket address");
+    (child, addr, reader.join().unwrap())
+}
+
+/// Starts `duplex serve` on 127.0.0.1 with a picked port and extra arguments.
+pub fn spawn_duplex_serve(args: &[&str]) -> (ChildGuard, SocketAddr) {
+    let mut command = duplex();
+    command
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(args);
+    let (child, addr, _stdout) = spawn_listening(command);
+    (child, addr)
+}
