@@ -9,12 +9,14 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use duplex_proto::chat::Msg;
-use duplex_proto::chat::chat_client::ChatClient;
+use duplex_proto::chat::{Echo, Msg};
+use http::uri::PathAndQuery;
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::client::Grpc;
 use tonic::transport::Endpoint;
+use tonic_prost::ProstCodec;
 
 /// Lines read ahead of what HTTP/2 has sent. A bound, so a fast stdin meets backpressure.
 const STDIN_READ_AHEAD: usize = 256;
@@ -35,6 +37,12 @@ pub struct EchoArgs {
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     connect_timeout: Duration,
 
+    /// gRPC method path to call. The default is the packaged service from
+    /// `proto/chat.proto`; use `/Chat/Chat` for a server built from the article's
+    /// package-less proto.
+    #[arg(long, default_value = "/chat.Chat/Chat", value_parser = parse_method_path)]
+    path: PathAndQuery,
+
     /// Largest reply accepted, in bytes (a 4MiB message echoes back 4 bytes longer).
     #[arg(long, default_value = "4MiB", value_parser = duplex_server::parse_size)]
     max_message_size: usize,
@@ -53,7 +61,8 @@ pub async fn run(args: EchoArgs) -> anyhow::Result<()> {
         .connect()
         .await
         .with_context(|| format!("cannot connect to {url} (is `duplex serve` running there?)"))?;
-    let mut client = ChatClient::new(channel).max_decoding_message_size(args.max_message_size + 4);
+    // The generic client rather than the generated stub, so the method path is ours to pick.
+    let mut client = Grpc::new(channel).max_decoding_message_size(args.max_message_size + 4);
 
     let (lines_tx, lines_rx) = mpsc::channel(STDIN_READ_AHEAD);
     let stdin_reader = tokio::spawn(read_lines(lines_tx));
@@ -62,8 +71,12 @@ pub async fn run(args: EchoArgs) -> anyhow::Result<()> {
     if let Some(deadline) = args.deadline {
         request.set_timeout(deadline);
     }
+    client
+        .ready()
+        .await
+        .context("the connection closed before the call started")?;
     let mut replies = client
-        .chat(request)
+        .streaming::<_, Msg, Echo, _>(request, args.path, ProstCodec::default())
         .await
         .map_err(call_failed)?
         .into_inner();
@@ -102,4 +115,14 @@ async fn read_lines(lines: mpsc::Sender<Msg>) -> std::io::Result<()> {
 
 fn call_failed(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("call failed: {:?}: {}", status.code(), status.message())
+}
+
+fn parse_method_path(text: &str) -> Result<PathAndQuery, String> {
+    let valid = text.starts_with('/') && text[1..].split('/').count() == 2;
+    match text.parse() {
+        Ok(path) if valid => Ok(path),
+        _ => Err(format!(
+            "`{text}` is not a gRPC method path like /package.Service/Method"
+        )),
+    }
 }
