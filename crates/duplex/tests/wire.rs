@@ -277,3 +277,67 @@ async fn http1_request_is_closed_cleanly() {
     );
     assert_still_serving(&server).await;
 }
+
+#[tokio::test]
+async fn configured_windows_and_stream_limit_reach_the_peer() {
+    let server = InProcessServer::start_with(|config| {
+        config.initial_stream_window = 1024;
+        config.initial_connection_window = 1 << 20;
+        config.max_concurrent_streams = 3;
+    })
+    .await;
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+
+    let request = || {
+        Request::post(format!("http://{}/chat.Chat/Chat", server.addr))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .unwrap()
+    };
+    // One whole call first, so the server's SETTINGS have surely arrived.
+    let (warmup, _) = client.send_request(request(), true).unwrap();
+    timeout(STEP, warmup).await.unwrap().unwrap();
+    client = client.ready().await.unwrap();
+
+    let (_response, mut send) = client.send_request(request(), false).unwrap();
+    // Ask for far more than the window: h2 grants what the server's SETTINGS allow.
+    send.reserve_capacity(1 << 20);
+    let granted = timeout(STEP, std::future::poll_fn(|cx| send.poll_capacity(cx)))
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        granted, 1024,
+        "SETTINGS_INITIAL_WINDOW_SIZE from --initial-stream-window"
+    );
+
+    // Two more streams fill the limit of 3; a fourth waits for a free slot.
+    let mut open = vec![send];
+    for _ in 0..2 {
+        client = client.ready().await.unwrap();
+        let (response, send) = client.send_request(request(), false).unwrap();
+        open.push(send);
+        drop(response);
+    }
+    client = client.ready().await.unwrap();
+    let (fourth, mut fourth_send) = client.send_request(request(), false).unwrap();
+    let mut fourth = Box::pin(fourth);
+    assert!(
+        timeout(Duration::from_millis(500), &mut fourth)
+            .await
+            .is_err(),
+        "SETTINGS_MAX_CONCURRENT_STREAMS from --max-concurrent-streams holds the 4th stream back"
+    );
+    open[0].send_data(Bytes::new(), true).unwrap(); // one call ends…
+    let response = timeout(STEP, fourth)
+        .await
+        .expect("…and the 4th proceeds")
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    fourth_send.send_data(Bytes::new(), true).unwrap();
+}
