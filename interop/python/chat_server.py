@@ -63,12 +63,23 @@ def main():
     protos, services = load_protos(args.form)
 
     # Each open bidi call holds one worker thread for its whole life.
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=32))
+    # grpcio enables SO_REUSEPORT by default, which lets a second server "bind"
+    # a port that is already in use; turn it off so a taken --port fails.
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=32),
+        options=[("grpc.so_reuseport", 0)],
+    )
     services.add_ChatServicer_to_server(make_servicer(protos, services), server)
     host = f"[{args.host}]" if ":" in args.host else args.host
-    port = server.add_insecure_port(f"{host}:{args.port}")
+    try:
+        # grpcio raises RuntimeError on a failed bind (older versions returned 0).
+        port = server.add_insecure_port(f"{host}:{args.port}")
+    except RuntimeError as err:
+        port, why = 0, f": {err}"
+    else:
+        why = ""
     if port == 0:
-        print(f"error: could not bind {host}:{args.port}", file=sys.stderr, flush=True)
+        print(f"error: could not bind {host}:{args.port}{why}", file=sys.stderr, flush=True)
         return 1
 
     stop = threading.Event()
