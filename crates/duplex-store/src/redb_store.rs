@@ -1,0 +1,350 @@
+//! [`RedbStore`]: the embedded, durable backend, one redb file per data directory.
+//!
+//! Who runs what:
+//!
+//! - **Writes** go to one writer thread (`duplex-store-writer`, see the `writer` module),
+//!   which owns the write side of the database. [`Store::append`] sends its batch over a
+//!   channel bounded by [`APPEND_QUEUE_CAPACITY`] and waits on a oneshot. The writer takes
+//!   every request waiting (up to [`MAX_REQUESTS_PER_COMMIT`]), writes them all in one
+//!   write transaction, commits it with [`redb::Durability::Immediate`] (fsync), and only
+//!   then answers each request. That is the group commit: however many publishers are
+//!   waiting, they share one fsync, and the channel bound pushes back on them when the
+//!   disk falls behind.
+//! - **Reads** run on Tokio's blocking pool, each in its own read transaction (a
+//!   snapshot: readers never wait for the writer).
+//!
+//! The file holds two tables:
+//!
+//! - `duplex.messages.v1`: `(room, offset)` → a record (see the `record` module), so one
+//!   room's messages are adjacent and in offset order.
+//! - `duplex.rooms.v1`: `room` → `(last offset ever appended, messages retained)`. The
+//!   last offset outlives retention, so offsets never go back; the count lets count
+//!   retention trim without scanning.
+//!
+//! Opening takes redb's whole-file lock; a second open of the same directory, from this
+//! process or another, fails with [`StoreError::Locked`] naming the directory. Dropping
+//! the store stops the writer (after it commits what was already queued) and releases the
+//! lock before `drop` returns, so the directory can be reopened at once.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::JoinHandle;
+
+use redb::{Database, ReadableDatabase, TableDefinition};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::writer::{WriteRequest, Writer};
+use crate::{BoxFuture, Offset, Retention, RoomBounds, Store, StoreError, StoredMessage, record};
+
+/// Name of the database file inside the data directory.
+pub const DATA_FILE_NAME: &str = "duplex.redb";
+
+/// How many write requests (appends, retention runs) may wait for the writer thread
+/// before [`Store::append`] itself waits for room.
+pub const APPEND_QUEUE_CAPACITY: usize = 1024;
+
+/// Most write requests the writer puts in one transaction (one fsync).
+pub const MAX_REQUESTS_PER_COMMIT: usize = 1024;
+
+/// Memory redb may use to cache the file's pages (its own default is 1 GiB).
+pub const CACHE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Messages of every room: `(room, offset)` → encoded record.
+pub(crate) const MESSAGES: TableDefinition<(&str, u64), &[u8]> =
+    TableDefinition::new("duplex.messages.v1");
+
+/// Per-room state: `room` → `(last offset ever appended, number of messages retained)`.
+pub(crate) const ROOMS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("duplex.rooms.v1");
+
+/// The durable store: a redb file in a data directory, written by one group-committing
+/// writer thread. See the [module docs](self).
+pub struct RedbStore {
+    db: Arc<Database>,
+    /// `None` only while dropping, to close the writer's channel.
+    requests: Option<mpsc::Sender<WriteRequest>>,
+    writer: Option<JoinHandle<()>>,
+    commits: Arc<AtomicU64>,
+    path: PathBuf,
+}
+
+impl RedbStore {
+    /// Opens (creating if needed) the store in `dir`, whose database file is
+    /// `dir/duplex.redb`; `dir` is created too.
+    ///
+    /// Fails with [`StoreError::Locked`] when another process, or another `RedbStore` of
+    /// this one, has `dir` open; with [`StoreError::DataDir`] when `dir` cannot be created;
+    /// with [`StoreError::Open`] when the file is not a database this version can read. A
+    /// file left by a crash is repaired during the open (which then takes longer).
+    pub fn open(dir: &Path, retention: Retention) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::DataDir {
+            dir: dir.to_owned(),
+            source: Arc::new(source),
+        })?;
+        let path = dir.join(DATA_FILE_NAME);
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)
+            .map_err(|error| match error {
+                redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked {
+                    dir: dir.to_owned(),
+                },
+                other => StoreError::Open {
+                    path: path.clone(),
+                    source: Arc::new(other),
+                },
+            })?;
+        create_tables(&db)?;
+
+        let db = Arc::new(db);
+        let commits = Arc::new(AtomicU64::new(0));
+        let (requests, receiver) = mpsc::channel(APPEND_QUEUE_CAPACITY);
+        let writer = Writer::new(db.clone(), retention, commits.clone(), receiver);
+        let writer = std::thread::Builder::new()
+            .name("duplex-store-writer".into())
+            .spawn(move || writer.run())
+            .map_err(|source| StoreError::DataDir {
+                dir: dir.to_owned(),
+                source: Arc::new(source),
+            })?;
+        tracing::debug!(path = %path.display(), "store opened");
+        Ok(RedbStore {
+            db,
+            requests: Some(requests),
+            writer: Some(writer),
+            commits,
+            path,
+        })
+    }
+
+    /// The database file, `DIR/duplex.redb`.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `read` on the blocking pool with the database.
+    fn read<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
+    ) -> BoxFuture<'_, Result<T, StoreError>> {
+        let db = self.db.clone();
+        Box::pin(async move { tokio::task::spawn_blocking(move || read(&db)).await? })
+    }
+
+    /// Sends a request to the writer thread and waits for its answer.
+    async fn write<T>(
+        &self,
+        request: WriteRequest,
+        answer: oneshot::Receiver<Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let requests = self.requests.as_ref().ok_or(StoreError::Closed)?;
+        requests
+            .send(request)
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+impl Drop for RedbStore {
+    fn drop(&mut self) {
+        // Closing the channel lets the writer finish what is queued and return; joining it
+        // releases the file lock before we return, so the directory can be reopened. This
+        // blocks the dropping thread for at most the commit in progress and what is queued
+        // (no append future can still be waiting: each borrows the store).
+        self.requests.take();
+        if let Some(writer) = self.writer.take()
+            && writer.join().is_err()
+        {
+            tracing::error!(path = %self.path.display(), "store writer thread panicked");
+        }
+    }
+}
+
+impl std::fmt::Debug for RedbStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedbStore")
+            .field("path", &self.path)
+            .field("commits", &self.commits())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store for RedbStore {
+    fn append(&self, batch: Vec<StoredMessage>) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            if batch.is_empty() {
+                return Ok(());
+            }
+            let (done, answer) = oneshot::channel();
+            self.write(WriteRequest::Append { batch, done }, answer)
+                .await
+        })
+    }
+
+    fn read_after(
+        &self,
+        room: &str,
+        after: Offset,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<StoredMessage>, StoreError>> {
+        let room = room.to_owned();
+        self.read(move |db| {
+            let Some(first) = after.checked_add(1) else {
+                return Ok(Vec::new());
+            };
+            let txn = db.begin_read()?;
+            let messages = txn.open_table(MESSAGES)?;
+            let mut out = Vec::with_capacity(limit.min(1024));
+            for entry in messages
+                .range((room.as_str(), first)..=(room.as_str(), u64::MAX))?
+                .take(limit)
+            {
+                let (key, value) = entry?;
+                let (_, offset) = key.value();
+                out.push(record::decode(&room, offset, value.value())?);
+            }
+            Ok(out)
+        })
+    }
+
+    fn bounds(&self, room: &str) -> BoxFuture<'_, Result<Option<RoomBounds>, StoreError>> {
+        let room = room.to_owned();
+        self.read(move |db| {
+            let txn = db.begin_read()?;
+            let messages = txn.open_table(MESSAGES)?;
+            let mut range = messages.range((room.as_str(), 0)..=(room.as_str(), u64::MAX))?;
+            let Some(first) = range.next().transpose()? else {
+                return Ok(None);
+            };
+            let earliest = first.0.value().1;
+            let last = match range.next_back().transpose()? {
+                Some((key, _)) => key.value().1,
+                None => earliest,
+            };
+            Ok(Some(RoomBounds { earliest, last }))
+        })
+    }
+
+    fn last_offset(&self, room: &str) -> BoxFuture<'_, Result<Offset, StoreError>> {
+        let room = room.to_owned();
+        self.read(move |db| {
+            let txn = db.begin_read()?;
+            let rooms = txn.open_table(ROOMS)?;
+            Ok(rooms.get(room.as_str())?.map_or(0, |state| state.value().0))
+        })
+    }
+
+    fn enforce_retention(&self, now_unix_micros: i64) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(async move {
+            let (done, answer) = oneshot::channel();
+            self.write(
+                WriteRequest::EnforceRetention {
+                    now_unix_micros,
+                    done,
+                },
+                answer,
+            )
+            .await
+        })
+    }
+
+    fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Acquire)
+    }
+}
+
+/// Creates the tables if the file is new, so readers never meet a missing table.
+fn create_tables(db: &Database) -> Result<(), StoreError> {
+    let txn = db.begin_write()?;
+    txn.open_table(MESSAGES)?;
+    txn.open_table(ROOMS)?;
+    txn.commit()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn message(room: &str, offset: Offset) -> StoredMessage {
+        StoredMessage {
+            room: room.into(),
+            offset,
+            time_unix_micros: 1_000 + offset as i64,
+            sender: "ada".into(),
+            content_type: String::new(),
+            client_id: String::new(),
+            payload: Bytes::from(format!("{room}#{offset}")),
+        }
+    }
+
+    #[tokio::test]
+    async fn corrupt_record_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(dir.path(), Retention::default()).unwrap();
+        store
+            .append((1..=3).map(|o| message("r", o)).collect())
+            .await
+            .unwrap();
+        // Damage offset 2 behind the store's back.
+        {
+            let txn = store.db.begin_write().unwrap();
+            txn.open_table(MESSAGES)
+                .unwrap()
+                .insert(("r", 2), &[1u8, 2, 3][..])
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        match store.read_after("r", 0, 10).await {
+            Err(StoreError::CorruptRecord { room, offset, .. }) => {
+                assert_eq!((room.as_str(), offset), ("r", 2));
+            }
+            other => panic!("expected a corrupt record error, got {other:?}"),
+        }
+        // What is around the damage stays readable.
+        let tail = store.read_after("r", 2, 10).await.unwrap();
+        assert_eq!(tail, vec![message("r", 3)]);
+        let head = store.read_after("r", 0, 1).await.unwrap();
+        assert_eq!(head, vec![message("r", 1)]);
+    }
+
+    #[tokio::test]
+    async fn refused_batch_does_not_spoil_its_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(dir.path(), Retention::default()).unwrap();
+        store.append(vec![message("r", 5)]).await.unwrap();
+        let (bad, good) = tokio::join!(
+            store.append(vec![message("r", 6), message("r", 5)]),
+            store.append(vec![message("s", 1)]),
+        );
+        assert!(matches!(
+            bad,
+            Err(StoreError::OffsetNotIncreasing {
+                offset: 5,
+                last: 6,
+                ..
+            })
+        ));
+        good.unwrap();
+        // Nothing of the refused batch was stored.
+        assert_eq!(store.last_offset("r").await.unwrap(), 5);
+        assert_eq!(store.read_after("r", 0, 10).await.unwrap().len(), 1);
+        assert_eq!(store.last_offset("s").await.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn empty_batch_commits_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(dir.path(), Retention::default()).unwrap();
+        store.append(Vec::new()).await.unwrap();
+        assert_eq!(store.commits(), 0);
+        assert_eq!(store.enforce_retention(0).await.unwrap(), 0);
+        assert_eq!(
+            store.commits(),
+            0,
+            "a retention run that removes nothing commits nothing"
+        );
+    }
+}

@@ -1,0 +1,291 @@
+//! The writer thread of [`RedbStore`](crate::RedbStore): the only code that writes the file.
+//!
+//! It runs a plain loop on its own OS thread (fsync blocks, so it has no place on the async
+//! runtime): wait for one request, take every other request already waiting (up to
+//! [`MAX_REQUESTS_PER_COMMIT`]), write all the appends in one transaction, commit it with
+//! fsync, count the commit, and only then answer each request. Appends that arrive while a
+//! commit runs wait in the channel and make up the next group, so the number of fsyncs
+//! follows the disk's speed, not the number of publishers.
+//!
+//! A batch whose offsets do not follow its room's last offset is refused on its own; the
+//! rest of its group still commits. A failed transaction or commit fails every append of
+//! the group with the same error, and none of them is acknowledged.
+//!
+//! The loop ends when every sender is gone (the store was dropped), after the requests
+//! already queued.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::redb_store::{MAX_REQUESTS_PER_COMMIT, MESSAGES, ROOMS};
+use crate::{Offset, Retention, StoreError, StoredMessage, record};
+
+/// What the store asks of its writer thread.
+pub(crate) enum WriteRequest {
+    /// Persist a batch; answer once it is durable.
+    Append {
+        batch: Vec<StoredMessage>,
+        done: oneshot::Sender<Result<(), StoreError>>,
+    },
+    /// Delete what retention no longer keeps; answer how many messages went.
+    EnforceRetention {
+        now_unix_micros: i64,
+        done: oneshot::Sender<Result<u64, StoreError>>,
+    },
+}
+
+type PendingAppend = (Vec<StoredMessage>, oneshot::Sender<Result<(), StoreError>>);
+
+/// A room's row of the rooms table, as the writer updates it within a transaction.
+#[derive(Debug, Clone, Copy, Default)]
+struct RoomState {
+    last: Offset,
+    retained: u64,
+}
+
+/// The write side of the database. Owned by its thread; see the module docs.
+pub(crate) struct Writer {
+    db: Arc<Database>,
+    retention: Retention,
+    commits: Arc<AtomicU64>,
+    requests: mpsc::Receiver<WriteRequest>,
+}
+
+impl Writer {
+    pub(crate) fn new(
+        db: Arc<Database>,
+        retention: Retention,
+        commits: Arc<AtomicU64>,
+        requests: mpsc::Receiver<WriteRequest>,
+    ) -> Self {
+        Writer {
+            db,
+            retention,
+            commits,
+            requests,
+        }
+    }
+
+    /// The thread's loop; returns when the store is dropped.
+    pub(crate) fn run(mut self) {
+        while let Some(first) = self.requests.blocking_recv() {
+            let mut appends: Vec<PendingAppend> = Vec::new();
+            let mut retention_runs = Vec::new();
+            let mut sort = |request| match request {
+                WriteRequest::Append { batch, done } => appends.push((batch, done)),
+                WriteRequest::EnforceRetention {
+                    now_unix_micros,
+                    done,
+                } => retention_runs.push((now_unix_micros, done)),
+            };
+            sort(first);
+            for _ in 1..MAX_REQUESTS_PER_COMMIT {
+                match self.requests.try_recv() {
+                    Ok(request) => sort(request),
+                    Err(_) => break,
+                }
+            }
+            if !appends.is_empty() {
+                self.commit_appends(appends);
+            }
+            for (now_unix_micros, done) in retention_runs {
+                let result = self.enforce_retention(now_unix_micros);
+                if let Err(error) = &result {
+                    tracing::error!(%error, "store retention run failed");
+                }
+                let _ = done.send(result);
+            }
+        }
+    }
+
+    /// Writes a group of appends in one transaction and answers each once it is durable.
+    fn commit_appends(&self, appends: Vec<PendingAppend>) {
+        let requests = appends.len();
+        match self.write_group(&appends) {
+            Ok(verdicts) => {
+                tracing::trace!(requests, "store group committed");
+                for ((_, done), verdict) in appends.into_iter().zip(verdicts) {
+                    let _ = done.send(verdict);
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, requests, "store group commit failed");
+                for (_, done) in appends {
+                    let _ = done.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+
+    /// One transaction for the whole group. `Ok` holds each request's verdict (refused or
+    /// stored) and means the stored ones are durable; `Err` means none is.
+    fn write_group(
+        &self,
+        appends: &[PendingAppend],
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        let txn = self.begin_durable()?;
+        let mut verdicts = Vec::with_capacity(appends.len());
+        let mut stored = 0usize;
+        {
+            let mut messages = txn.open_table(MESSAGES)?;
+            let mut rooms = txn.open_table(ROOMS)?;
+            let mut touched: HashMap<String, RoomState> = HashMap::new();
+            for (batch, _) in appends {
+                if let Some(refusal) = check_offsets(batch, &mut touched, &rooms)? {
+                    verdicts.push(Err(refusal));
+                    continue;
+                }
+                for message in batch {
+                    let encoded = record::encode(message);
+                    messages.insert((message.room.as_str(), message.offset), encoded.as_slice())?;
+                    let state = touched
+                        .get_mut(&message.room)
+                        .expect("check_offsets loaded every room of the batch");
+                    state.last = message.offset;
+                    state.retained += 1;
+                }
+                stored += 1;
+                verdicts.push(Ok(()));
+            }
+            if stored == 0 {
+                return Ok(verdicts); // dropping `txn` aborts it: nothing to commit
+            }
+            for (room, state) in &mut touched {
+                if let Some(max) = self.retention.max_messages
+                    && state.retained > max
+                {
+                    let removed = trim_oldest(&mut messages, room, state.retained - max, None)?;
+                    state.retained -= removed;
+                }
+                rooms.insert(room.as_str(), (state.last, state.retained))?;
+            }
+        }
+        txn.commit()?;
+        self.commits.fetch_add(1, Ordering::AcqRel);
+        Ok(verdicts)
+    }
+
+    /// Deletes, in every room, the oldest messages beyond `max_messages` and those older
+    /// than `max_age`. One transaction; commits only when something was removed.
+    fn enforce_retention(&self, now_unix_micros: i64) -> Result<u64, StoreError> {
+        let cutoff = self.retention.age_cutoff(now_unix_micros);
+        if cutoff.is_none() && self.retention.max_messages.is_none() {
+            return Ok(0);
+        }
+        let txn = self.begin_durable()?;
+        let mut removed_total = 0;
+        {
+            let mut messages = txn.open_table(MESSAGES)?;
+            let mut rooms = txn.open_table(ROOMS)?;
+            let states = rooms
+                .iter()?
+                .map(|entry| {
+                    let (room, (last, retained)) =
+                        entry.map(|(k, v)| (k.value().to_owned(), v.value()))?;
+                    Ok((room, RoomState { last, retained }))
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            for (room, state) in states {
+                let over_count = self
+                    .retention
+                    .max_messages
+                    .map_or(0, |max| state.retained.saturating_sub(max));
+                let removed = trim_oldest(&mut messages, &room, over_count, cutoff)?;
+                if removed > 0 {
+                    let retained = state.retained.saturating_sub(removed);
+                    rooms.insert(room.as_str(), (state.last, retained))?;
+                    removed_total += removed;
+                }
+            }
+        }
+        if removed_total == 0 {
+            return Ok(0); // dropping `txn` aborts it
+        }
+        txn.commit()?;
+        self.commits.fetch_add(1, Ordering::AcqRel);
+        tracing::debug!(removed = removed_total, "store retention removed messages");
+        Ok(removed_total)
+    }
+
+    fn begin_durable(&self) -> Result<WriteTransaction, StoreError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        Ok(txn)
+    }
+}
+
+/// Checks that `batch`'s offsets follow each room's last offset (as stored, or as left by
+/// earlier batches of this group), loading into `touched` every room it names.
+///
+/// `Ok(Some(_))` refuses the batch; `Err(_)` fails the whole group.
+fn check_offsets(
+    batch: &[StoredMessage],
+    touched: &mut HashMap<String, RoomState>,
+    rooms: &Table<&str, (u64, u64)>,
+) -> Result<Option<StoreError>, StoreError> {
+    let mut within_batch: HashMap<&str, Offset> = HashMap::new();
+    for message in batch {
+        let room = message.room.as_str();
+        let last = match within_batch.get(room) {
+            Some(&last) => last,
+            None => {
+                if !touched.contains_key(room) {
+                    let stored = rooms.get(room)?.map(|row| row.value()).unwrap_or((0, 0));
+                    touched.insert(
+                        room.to_owned(),
+                        RoomState {
+                            last: stored.0,
+                            retained: stored.1,
+                        },
+                    );
+                }
+                touched[room].last
+            }
+        };
+        if message.offset <= last {
+            return Ok(Some(StoreError::OffsetNotIncreasing {
+                room: room.to_owned(),
+                offset: message.offset,
+                last,
+            }));
+        }
+        within_batch.insert(room, message.offset);
+    }
+    Ok(None)
+}
+
+/// Deletes the oldest messages of `room`: at least the first `count`, then as long as they
+/// are older than `cutoff` (when given). Stops at the first message retention keeps, so a
+/// room always retains a contiguous tail of its log. Returns how many went.
+fn trim_oldest(
+    messages: &mut Table<(&str, u64), &[u8]>,
+    room: &str,
+    count: u64,
+    cutoff: Option<i64>,
+) -> Result<u64, StoreError> {
+    if count == 0 && cutoff.is_none() {
+        return Ok(0);
+    }
+    let mut doomed = Vec::new();
+    for entry in messages.range((room, 0)..=(room, u64::MAX))? {
+        let (key, value) = entry?;
+        let offset = key.value().1;
+        let expired = (doomed.len() as u64) < count
+            || match cutoff {
+                Some(cutoff) => record::decode_time(room, offset, value.value())? < cutoff,
+                None => false,
+            };
+        if !expired {
+            break;
+        }
+        doomed.push(offset);
+    }
+    for &offset in &doomed {
+        messages.remove((room, offset))?;
+    }
+    Ok(doomed.len() as u64)
+}
