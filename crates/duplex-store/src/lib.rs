@@ -55,6 +55,11 @@ pub use error::StoreError;
 pub use memory::MemoryStore;
 pub use redb_store::RedbStore;
 
+/// Most messages one [`Store::enforce_retention`] call removes, so that one run cannot hold
+/// the writer (and with it every publisher's ack) for long. A call that returns this many
+/// may have left more: call again.
+pub const MAX_RETENTION_DELETES_PER_RUN: u64 = 50_000;
+
 /// A message's position in its room's log.
 ///
 /// Per room and strictly increasing; assigned by the hub, the first message of a room
@@ -150,7 +155,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes what retention no longer keeps, in every room: messages older than
     /// `max_age`, and the oldest beyond `max_messages` (already enforced on append; this
-    /// catches a limit lowered since). Returns how many messages were removed. The server
+    /// catches a limit lowered since). Returns how many messages were removed, at most
+    /// [`MAX_RETENTION_DELETES_PER_RUN`]; when it returns that many, call again. The server
     /// calls it periodically.
     fn enforce_retention(&self, now_unix_micros: i64) -> BoxFuture<'_, Result<u64, StoreError>>;
 

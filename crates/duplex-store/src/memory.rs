@@ -13,7 +13,10 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::{BoxFuture, Offset, Retention, RoomBounds, Store, StoreError, StoredMessage};
+use crate::{
+    BoxFuture, MAX_RETENTION_DELETES_PER_RUN, Offset, Retention, RoomBounds, Store, StoreError,
+    StoredMessage,
+};
 
 /// Messages a room keeps when [`Retention::max_messages`] is `None`, so that memory stays
 /// bounded whatever the configuration.
@@ -28,10 +31,12 @@ struct RoomLog {
 
 impl RoomLog {
     /// Drops the oldest messages beyond `max` and, when `cutoff` is given, those older
-    /// than it (stopping at the first it keeps). Returns how many went.
-    fn trim(&mut self, max: u64, cutoff: Option<i64>) -> u64 {
+    /// than it (stopping at the first it keeps), `limit` at most. Returns how many went.
+    fn trim(&mut self, max: u64, cutoff: Option<i64>, limit: u64) -> u64 {
         let mut removed = 0;
-        while let Some(oldest) = self.messages.front() {
+        while let Some(oldest) = self.messages.front()
+            && removed < limit
+        {
             let over_count = self.messages.len() as u64 > max;
             let expired = cutoff.is_some_and(|cutoff| oldest.time_unix_micros < cutoff);
             if !over_count && !expired {
@@ -102,7 +107,7 @@ impl MemoryStore {
             let log = rooms.entry(message.room.clone()).or_default();
             log.last = message.offset;
             log.messages.push_back(message);
-            log.trim(self.max_messages, None);
+            log.trim(self.max_messages, None, u64::MAX);
         }
         self.commits.fetch_add(1, Ordering::AcqRel);
         Ok(())
@@ -130,10 +135,15 @@ impl MemoryStore {
     fn enforce_retention_now(&self, now_unix_micros: i64) -> u64 {
         let cutoff = self.retention.age_cutoff(now_unix_micros);
         let mut rooms = self.rooms();
-        rooms
-            .values_mut()
-            .map(|log| log.trim(self.max_messages, cutoff))
-            .sum()
+        let mut removed = 0;
+        for log in rooms.values_mut() {
+            let budget = MAX_RETENTION_DELETES_PER_RUN - removed;
+            if budget == 0 {
+                break;
+            }
+            removed += log.trim(self.max_messages, cutoff, budget);
+        }
+        removed
     }
 }
 

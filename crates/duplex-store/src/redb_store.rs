@@ -25,6 +25,10 @@
 //! process or another, fails with [`StoreError::Locked`] naming the directory. Dropping
 //! the store stops the writer (after it commits what was already queued) and releases the
 //! lock before `drop` returns, so the directory can be reopened at once.
+//!
+//! After a crash, the next open repairs the file by walking all of it (measured on the
+//! development machine: 1.6 s for a 1.1 GB file). redb's quick-repair mode would make that
+//! instant, but costs a second fsync on every commit (two-phase commit); it is not enabled.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

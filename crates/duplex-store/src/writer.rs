@@ -22,7 +22,7 @@ use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::redb_store::{MAX_REQUESTS_PER_COMMIT, MESSAGES, ROOMS};
-use crate::{Offset, Retention, StoreError, StoredMessage, record};
+use crate::{MAX_RETENTION_DELETES_PER_RUN, Offset, Retention, StoreError, StoredMessage, record};
 
 /// What the store asks of its writer thread.
 pub(crate) enum WriteRequest {
@@ -158,7 +158,8 @@ impl Writer {
                 if let Some(max) = self.retention.max_messages
                     && state.retained > max
                 {
-                    let removed = trim_oldest(&mut messages, room, state.retained - max, None)?;
+                    let over = state.retained - max;
+                    let removed = trim_oldest(&mut messages, room, over, None, over)?;
                     state.retained -= removed;
                 }
                 rooms.insert(room.as_str(), (state.last, state.retained))?;
@@ -170,7 +171,8 @@ impl Writer {
     }
 
     /// Deletes, in every room, the oldest messages beyond `max_messages` and those older
-    /// than `max_age`. One transaction; commits only when something was removed.
+    /// than `max_age`, at most [`MAX_RETENTION_DELETES_PER_RUN`] in all. One transaction;
+    /// commits only when something was removed.
     fn enforce_retention(&self, now_unix_micros: i64) -> Result<u64, StoreError> {
         let cutoff = self.retention.age_cutoff(now_unix_micros);
         if cutoff.is_none() && self.retention.max_messages.is_none() {
@@ -190,11 +192,15 @@ impl Writer {
                 })
                 .collect::<Result<Vec<_>, StoreError>>()?;
             for (room, state) in states {
+                let budget = MAX_RETENTION_DELETES_PER_RUN - removed_total;
+                if budget == 0 {
+                    break;
+                }
                 let over_count = self
                     .retention
                     .max_messages
                     .map_or(0, |max| state.retained.saturating_sub(max));
-                let removed = trim_oldest(&mut messages, &room, over_count, cutoff)?;
+                let removed = trim_oldest(&mut messages, &room, over_count, cutoff, budget)?;
                 if removed > 0 {
                     let retained = state.retained.saturating_sub(removed);
                     rooms.insert(room.as_str(), (state.last, retained))?;
@@ -258,20 +264,24 @@ fn check_offsets(
     Ok(None)
 }
 
-/// Deletes the oldest messages of `room`: at least the first `count`, then as long as they
-/// are older than `cutoff` (when given). Stops at the first message retention keeps, so a
-/// room always retains a contiguous tail of its log. Returns how many went.
+/// Deletes the oldest messages of `room`: the first `count`, then more as long as they are
+/// older than `cutoff` (when given), `limit` at most. Stops at the first message retention
+/// keeps, so a room always retains a contiguous tail of its log. Returns how many went.
 fn trim_oldest(
     messages: &mut Table<(&str, u64), &[u8]>,
     room: &str,
     count: u64,
     cutoff: Option<i64>,
+    limit: u64,
 ) -> Result<u64, StoreError> {
-    if count == 0 && cutoff.is_none() {
+    if (count == 0 && cutoff.is_none()) || limit == 0 {
         return Ok(0);
     }
     let mut doomed = Vec::new();
     for entry in messages.range((room, 0)..=(room, u64::MAX))? {
+        if doomed.len() as u64 >= limit {
+            break;
+        }
         let (key, value) = entry?;
         let offset = key.value().1;
         let expired = (doomed.len() as u64) < count

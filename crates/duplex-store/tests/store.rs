@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use duplex_store::{
-    MemoryStore, Offset, RedbStore, Retention, RoomBounds, Store, StoreError, StoredMessage,
+    MAX_RETENTION_DELETES_PER_RUN, MemoryStore, Offset, RedbStore, Retention, RoomBounds, Store,
+    StoreError, StoredMessage,
 };
 use tempfile::TempDir;
 
@@ -427,4 +428,36 @@ fn a_garbage_database_file_is_an_error_naming_it() {
         error.to_string().contains(&path.display().to_string()),
         "{error}"
     );
+}
+
+#[tokio::test]
+async fn one_retention_run_removes_a_bounded_number() {
+    let retention = Retention {
+        max_messages: None,
+        max_age: Some(Duration::from_secs(1)),
+    };
+    let total = MAX_RETENTION_DELETES_PER_RUN + 10;
+    for (name, store, _dir) in backends(retention) {
+        for chunk in (1..=total).collect::<Vec<_>>().chunks(10_000) {
+            let batch = chunk.iter().map(|&o| timed("r", o, 0)).collect();
+            store.append(batch).await.unwrap();
+        }
+        let later = 10_000_000;
+        assert_eq!(
+            store.enforce_retention(later).await.unwrap(),
+            MAX_RETENTION_DELETES_PER_RUN,
+            "{name}"
+        );
+        assert_eq!(
+            store.bounds("r").await.unwrap(),
+            Some(RoomBounds {
+                earliest: MAX_RETENTION_DELETES_PER_RUN + 1,
+                last: total
+            }),
+            "{name}"
+        );
+        assert_eq!(store.enforce_retention(later).await.unwrap(), 10, "{name}");
+        assert_eq!(store.enforce_retention(later).await.unwrap(), 0, "{name}");
+        assert_eq!(store.bounds("r").await.unwrap(), None, "{name}");
+    }
 }
