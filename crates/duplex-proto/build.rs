@@ -1,25 +1,42 @@
 //! Compiles `proto/*.proto` with `protox` (a pure-Rust protobuf compiler), so building
 //! duplex never needs a system `protoc`, then generates prost types and tonic stubs.
 //! The encoded descriptor set is kept in `OUT_DIR` for reflection and the wire tap.
+//!
+//! `chat.proto` gets a generated server and client. `hub.proto` gets a client only: its
+//! server is written by hand in `duplex-server`, so fan-out can send bytes encoded once
+//! per message instead of once per subscriber.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use prost::Message as _;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?);
     let proto_root = manifest_dir.join("../../proto");
-    let files = [proto_root.join("chat.proto")];
-    for file in &files {
+    let chat = proto_root.join("chat.proto");
+    let hub = proto_root.join("duplex/v1/hub.proto");
+    for file in [&chat, &hub] {
         println!("cargo:rerun-if-changed={}", file.display());
     }
 
-    let descriptors = protox::compile(&files, [&proto_root])?;
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
-    std::fs::write(
-        out_dir.join("duplex_descriptor.bin"),
-        descriptors.encode_to_vec(),
-    )?;
-    tonic_prost_build::configure().compile_fds(descriptors)?;
+    let all = protox::compile([&chat, &hub], [&proto_root])?;
+    std::fs::write(out_dir.join("duplex_descriptor.bin"), all.encode_to_vec())?;
+
+    tonic_prost_build::configure().compile_fds(descriptors(&chat, &proto_root)?)?;
+    tonic_prost_build::configure()
+        .build_server(false)
+        // `Hub.Connect` would clash with the generated `HubClient::connect(endpoint)`;
+        // clients build a `HubClient::new(channel)` instead.
+        .build_transport(false)
+        .bytes(".duplex.v1")
+        .compile_fds(descriptors(&hub, &proto_root)?)?;
     Ok(())
+}
+
+fn descriptors(
+    file: &Path,
+    root: &Path,
+) -> Result<prost_types::FileDescriptorSet, Box<dyn std::error::Error>> {
+    Ok(protox::compile([file], [root])?)
 }

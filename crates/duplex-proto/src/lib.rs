@@ -9,5 +9,12 @@ pub mod chat {
     tonic::include_proto!("chat");
 }
 
+/// duplex rooms (`proto/duplex/v1/hub.proto`): frames of the `Hub.Connect` session stream,
+/// the unary and server-streaming calls, and a generated client. The server side is
+/// hand-written in `duplex-server` (it sends pre-encoded frames).
+pub mod hub {
+    tonic::include_proto!("duplex.v1");
+}
+
 /// The encoded `FileDescriptorSet` of every duplex proto, for reflection and the wire tap.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("duplex_descriptor");

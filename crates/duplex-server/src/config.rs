@@ -59,10 +59,88 @@ pub struct ServeConfig {
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub tcp_nodelay: bool,
 
+    /// Where room history lives: `redb` (embedded, durable: a publish is acked only after
+    /// fsync) or `memory` (bounded, lost on exit; for tests and demos).
+    #[arg(long, default_value = "redb")]
+    pub store: StoreKind,
+
+    /// Directory of the embedded store.
+    #[arg(long, default_value = "./duplex-data", env = "DUPLEX_DATA_DIR")]
+    pub data_dir: std::path::PathBuf,
+
+    /// Keep at most this many messages per room (older ones are removed). 0 = no count limit
+    /// (the memory store still caps each room).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub retention_messages: u64,
+
+    /// Remove messages older than this (e.g. 7d, 12h). 0s = no age limit.
+    #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+    pub retention_age: Duration,
+
+    /// What happens to a subscriber whose outbound queue is full: `disconnect` (a `lagged`
+    /// frame with the last offset delivered, then RESOURCE_EXHAUSTED; the client resumes
+    /// from history and loses nothing), `drop-oldest`, or `latest-per-key`.
+    #[arg(long, default_value = "disconnect")]
+    pub lag_policy: duplex_hub::LagPolicy,
+
+    /// Live frames one subscriber may have queued before its lag policy fires.
+    #[arg(long, default_value_t = 4096)]
+    pub queue_frames: usize,
+
+    /// Bytes one subscriber may have queued before its lag policy fires.
+    #[arg(long, default_value = "8MiB", value_parser = parse_size)]
+    pub queue_bytes: usize,
+
+    /// Largest payload one publish may carry. Over it, that publish gets RESOURCE_EXHAUSTED
+    /// and the session goes on (a whole gRPC message over --max-message-size ends the call).
+    #[arg(long, default_value = "1MiB", value_parser = parse_size)]
+    pub max_payload: usize,
+
+    /// Rooms one session may have joined at once.
+    #[arg(long, default_value_t = 100)]
+    pub max_rooms_per_session: usize,
+
+    /// Publishes one session may have waiting for durability. Past it the server stops
+    /// reading that session's stream, so HTTP/2 flow control pushes back on the publisher.
+    #[arg(long, default_value_t = 256)]
+    pub publish_window: usize,
+
     /// On SIGINT/SIGTERM: stop accepting, then give open calls this long to finish before
     /// closing them and exiting 0.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+}
+
+/// The store behind the hub.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreKind {
+    /// Embedded redb database in `--data-dir`: durable, group-committed.
+    Redb,
+    /// In memory, bounded; lost when the server stops.
+    Memory,
+}
+
+impl ServeConfig {
+    /// The hub's bounds and policies from these flags.
+    pub fn hub_config(&self) -> duplex_hub::HubConfig {
+        duplex_hub::HubConfig {
+            queue_frames: self.queue_frames,
+            queue_bytes: self.queue_bytes,
+            lag_policy: self.lag_policy,
+            max_payload: self.max_payload,
+            max_rooms_per_session: self.max_rooms_per_session,
+            publish_window: self.publish_window,
+            ..duplex_hub::HubConfig::default()
+        }
+    }
+
+    /// Retention per room from these flags.
+    pub fn retention(&self) -> duplex_store::Retention {
+        duplex_store::Retention {
+            max_messages: Some(self.retention_messages).filter(|&n| n > 0),
+            max_age: Some(self.retention_age).filter(|age| !age.is_zero()),
+        }
+    }
 }
 
 impl Default for ServeConfig {

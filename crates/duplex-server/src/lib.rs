@@ -8,7 +8,8 @@
 pub mod chat;
 pub mod config;
 pub mod edge;
+pub mod hub_service;
 mod server;
 
-pub use config::{ServeConfig, parse_size};
+pub use config::{ServeConfig, StoreKind, parse_size};
 pub use server::{ServeError, Server};

@@ -8,9 +8,15 @@ use futures::stream;
 use tonic::transport::server::TcpIncoming;
 use tracing::{info, warn};
 
+use std::sync::Arc;
+
+use duplex_hub::Hub;
+use duplex_store::{MemoryStore, RedbStore, Store};
+
 use crate::chat::ChatService;
-use crate::config::ServeConfig;
+use crate::config::{ServeConfig, StoreKind};
 use crate::edge::{CallDeadlineLayer, PathAliasLayer};
+use crate::hub_service::HubService;
 
 /// h2's cap on streams a peer may make us reset for protocol errors before the connection
 /// is closed with GOAWAY (the fix for RUSTSEC-2024-0003). tonic passes "no limit" to hyper
@@ -32,6 +38,11 @@ pub enum ServeError {
         address: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot open the {kind} store: {source}")]
+    Store {
+        kind: &'static str,
+        source: duplex_store::StoreError,
+    },
     #[error("server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -39,6 +50,7 @@ pub enum ServeError {
 /// A bound, not yet running server.
 pub struct Server {
     config: ServeConfig,
+    hub: Hub,
     listeners: Vec<TcpIncoming>,
     local_addrs: Vec<SocketAddr>,
 }
@@ -87,11 +99,29 @@ impl Server {
         if listeners.is_empty() {
             return Err(ServeError::NoAddress(config.listen.clone()));
         }
+        let store: Arc<dyn Store> = match config.store {
+            StoreKind::Redb => Arc::new(
+                RedbStore::open(&config.data_dir, config.retention()).map_err(|source| {
+                    ServeError::Store {
+                        kind: "redb",
+                        source,
+                    }
+                })?,
+            ),
+            StoreKind::Memory => Arc::new(MemoryStore::new(config.retention())),
+        };
+        let hub = Hub::new(store, config.hub_config());
         Ok(Self {
             config,
+            hub,
             listeners,
             local_addrs,
         })
+    }
+
+    /// The engine behind the Hub service (for stats and tests).
+    pub fn hub(&self) -> &Hub {
+        &self.hub
     }
 
     /// The addresses actually listened on (with the port chosen when 0 was asked for).
@@ -104,7 +134,10 @@ impl Server {
     /// period are dropped with their connections.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
         let Self {
-            config, listeners, ..
+            config,
+            listeners,
+            hub,
+            ..
         } = self;
         let keepalive_interval = Some(config.keepalive_interval).filter(|d| !d.is_zero());
 
@@ -119,11 +152,13 @@ impl Server {
             .http2_keepalive_interval(keepalive_interval)
             .http2_keepalive_timeout(Some(config.keepalive_timeout))
             .http2_max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESET_STREAMS))
-            .add_service(ChatService.into_server(config.max_message_size));
+            .add_service(ChatService.into_server(config.max_message_size))
+            .add_service(HubService::new(hub.clone(), config.max_message_size));
 
         let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
         let signal = async move {
             shutdown.await;
+            hub.announce_shutdown("server is shutting down", 1000);
             info!(grace = ?config.shutdown_grace, "shutting down: no new connections, draining open calls");
             let _ = draining_tx.send(());
         };

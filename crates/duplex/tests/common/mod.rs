@@ -39,6 +39,7 @@ impl InProcessServer {
     pub async fn start_with(configure: impl FnOnce(&mut ServeConfig)) -> Self {
         let mut config = ServeConfig {
             listen: "127.0.0.1:0".into(),
+            store: duplex_server::StoreKind::Memory,
             ..ServeConfig::default()
         };
         configure(&mut config);
@@ -160,11 +161,33 @@ pub fn spawn_listening(mut command: Command) -> (ChildGuard, SocketAddr, BufRead
     (child, addr, reader.join().unwrap())
 }
 
-/// Starts `duplex serve` on 127.0.0.1 with a picked port and extra arguments.
+/// Starts `duplex serve` on 127.0.0.1 with a picked port, the in-memory store, and extra
+/// arguments.
 pub fn spawn_duplex_serve(args: &[&str]) -> (ChildGuard, SocketAddr) {
     let mut command = duplex();
     command
-        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--store", "memory"])
+        .args(args);
+    let (child, addr, _stdout) = spawn_listening(command);
+    (child, addr)
+}
+
+/// Starts `duplex serve` with the embedded redb store in `data_dir`.
+pub fn spawn_duplex_serve_durable(
+    data_dir: &std::path::Path,
+    args: &[&str],
+) -> (ChildGuard, SocketAddr) {
+    let mut command = duplex();
+    command
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+            "redb",
+            "--data-dir",
+        ])
+        .arg(data_dir)
         .args(args);
     let (child, addr, _stdout) = spawn_listening(command);
     (child, addr)

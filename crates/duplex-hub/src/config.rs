@@ -1,0 +1,82 @@
+//! `HubConfig`: the hub's bounds and policies. Every queue and count here has a bound and
+//! a name; the server fills this from its flags.
+
+use std::time::Duration;
+
+/// What happens when a subscriber's outbound queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LagPolicy {
+    /// Send `lagged` with the last offset delivered per room, then end the session with
+    /// RESOURCE_EXHAUSTED. The client resumes from history and loses nothing.
+    #[default]
+    Disconnect,
+    /// Drop the oldest queued message and report the count in a `lagged` frame.
+    DropOldest,
+    /// Replace a queued message of the same room and key with the newer one (game state,
+    /// dashboards); messages without a key fall back to drop-oldest.
+    LatestPerKey,
+}
+
+impl std::str::FromStr for LagPolicy {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "disconnect" => Ok(LagPolicy::Disconnect),
+            "drop-oldest" => Ok(LagPolicy::DropOldest),
+            "latest-per-key" => Ok(LagPolicy::LatestPerKey),
+            other => Err(format!(
+                "unknown lag policy `{other}`: use disconnect, drop-oldest or latest-per-key"
+            )),
+        }
+    }
+}
+
+/// Bounds and policies of a [`crate::Hub`].
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// Live frames one subscriber may have queued before its lag policy fires.
+    pub queue_frames: usize,
+    /// Bytes of live frames one subscriber may have queued before its lag policy fires.
+    pub queue_bytes: usize,
+    /// What to do when a subscriber's queue is full.
+    pub lag_policy: LagPolicy,
+    /// Largest payload a publish may carry.
+    pub max_payload: usize,
+    /// Rooms one session may have joined at once.
+    pub max_rooms_per_session: usize,
+    /// Publishes one session may have waiting for durability; past it, the session's
+    /// inbound stream is not read, so HTTP/2 flow control pushes back on the publisher.
+    pub publish_window: usize,
+    /// Publishes queued for the sequencer across all sessions.
+    pub sequencer_queue: usize,
+    /// Most publishes the sequencer appends in one store commit.
+    pub max_batch: usize,
+    /// Messages read from the store per page while replaying history.
+    pub replay_page: usize,
+    /// Recent client message ids remembered per room for dedupe.
+    pub dedupe_window: usize,
+    /// Most messages one `History` call returns.
+    pub max_history_page: usize,
+    /// How often retention by age is enforced.
+    pub retention_sweep: Duration,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        Self {
+            queue_frames: 4096,
+            queue_bytes: 8 << 20,
+            lag_policy: LagPolicy::Disconnect,
+            max_payload: 1 << 20,
+            max_rooms_per_session: 100,
+            publish_window: 256,
+            sequencer_queue: 16 * 1024,
+            max_batch: 8192,
+            replay_page: 1024,
+            dedupe_window: 4096,
+            max_history_page: 1000,
+            retention_sweep: Duration::from_secs(60),
+        }
+    }
+}

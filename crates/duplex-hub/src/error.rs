@@ -1,0 +1,78 @@
+//! `HubError`: why a hub command failed, with the gRPC status code it maps to.
+//!
+//! The hub knows nothing of gRPC, but its errors are designed for it: [`HubError::code`]
+//! gives the status code number, and the server maps each error to a `tonic::Status` once.
+
+use duplex_store::{Offset, StoreError};
+
+/// Why a command failed. Messages are meant for the user who sent the command.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum HubError {
+    /// The command is malformed (bad room name, empty payload, …).
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// Resume asked for messages that retention already removed.
+    #[error(
+        "room {room}: offset {after} is older than retention keeps; the earliest available offset is {earliest}"
+    )]
+    ResumeTooOld {
+        room: String,
+        after: Offset,
+        earliest: Offset,
+    },
+    /// The command needs a state the session is not in (publish before join, …).
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// The room was already joined by this session.
+    #[error("room {0} is already joined by this session")]
+    AlreadyJoined(String),
+    /// The room is not joined by this session.
+    #[error("room {0} is not joined by this session")]
+    NotJoined(String),
+    /// A payload or count is over a configured limit.
+    #[error("{0}")]
+    ResourceExhausted(String),
+    /// The subscriber fell behind by more than its queue bound (policy `disconnect`).
+    #[error(
+        "subscriber fell behind by more than its queue bound; resume from the offsets in the lagged frames"
+    )]
+    Lagged,
+    /// The store failed; the command may be retried.
+    #[error("store unavailable: {0}")]
+    Store(String),
+    /// The client's inbound stream failed (decode error, reset); `code` is its status code.
+    #[error("{message}")]
+    Transport { code: i32, message: String },
+    /// The hub is shutting down.
+    #[error("server is shutting down")]
+    ShuttingDown,
+}
+
+impl HubError {
+    /// The gRPC status code number for this error.
+    pub fn code(&self) -> i32 {
+        match self {
+            HubError::InvalidArgument(_) => 3,
+            HubError::ResumeTooOld { .. } | HubError::FailedPrecondition(_) => 9,
+            HubError::AlreadyJoined(_) => 6,
+            HubError::NotJoined(_) => 5,
+            HubError::ResourceExhausted(_) | HubError::Lagged => 8,
+            HubError::Store(_) | HubError::ShuttingDown => 14,
+            HubError::Transport { code, .. } => *code,
+        }
+    }
+
+    /// For [`HubError::ResumeTooOld`], the earliest offset still available.
+    pub fn earliest_offset(&self) -> Option<Offset> {
+        match self {
+            HubError::ResumeTooOld { earliest, .. } => Some(*earliest),
+            _ => None,
+        }
+    }
+}
+
+impl From<StoreError> for HubError {
+    fn from(error: StoreError) -> Self {
+        HubError::Store(error.to_string())
+    }
+}

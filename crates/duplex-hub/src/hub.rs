@@ -1,0 +1,452 @@
+//! `Hub`: the handle to the engine. Owns the room table and the sequencer task.
+//!
+//! Publishing: every publish — from sessions and from unary calls — goes through one bounded
+//! queue to the sequencer task. The sequencer drains what is waiting (up to `max_batch`),
+//! dedupes client ids, assigns each room's next offsets, appends the whole batch to the
+//! store in one durable commit (group commit: publishers that arrive during a commit share
+//! the next one), and only then fans each message out, encoded once, and acks it. So a
+//! message is acked and delivered only once it is durable, and each room has one total
+//! order. While the store commits, new publishes wait in the queue; a full queue makes
+//! submitters wait, which stops the server reading their streams.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use duplex_proto::hub::Member;
+use duplex_store::{Offset, Store, StoredMessage};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, warn};
+
+use crate::HubError;
+use crate::config::HubConfig;
+use crate::frames;
+use crate::queue::{MessageMeta, Outbound, QueuedFrame, SubscriberQueue};
+use crate::room::{Room, remember_id, validate_room_name};
+use crate::session::Session;
+
+/// Longest client message id and coalescing key, in bytes.
+pub const MAX_ID_LEN: usize = 128;
+/// Longest content type, in bytes.
+pub const MAX_CONTENT_TYPE_LEN: usize = 256;
+
+/// A message to publish.
+#[derive(Debug, Clone, Default)]
+pub struct PublishInput {
+    pub room: String,
+    pub sender: String,
+    pub payload: Bytes,
+    pub content_type: String,
+    pub client_id: String,
+    pub key: String,
+}
+
+/// A durable publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishOutcome {
+    pub offset: Offset,
+    /// The client id was seen before: `offset` is the original message's.
+    pub duplicate: bool,
+}
+
+/// One page of a room's history.
+#[derive(Debug, Clone)]
+pub struct HistoryPage {
+    pub messages: Vec<StoredMessage>,
+    pub earliest: Offset,
+    pub last: Offset,
+}
+
+/// Counts for dashboards and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HubStats {
+    pub rooms: usize,
+    pub sessions: usize,
+    /// Frames queued for all sessions, and their bytes.
+    pub queued_frames: usize,
+    pub queued_bytes: usize,
+}
+
+pub(crate) struct PublishCommand {
+    pub room: Arc<Room>,
+    pub input: PublishInput,
+    pub reply: oneshot::Sender<Result<PublishOutcome, HubError>>,
+}
+
+pub(crate) struct Shared {
+    pub store: Arc<dyn Store>,
+    pub config: HubConfig,
+    rooms: Mutex<HashMap<Arc<str>, Arc<Room>>>,
+    sequencer: mpsc::Sender<PublishCommand>,
+    sessions: Mutex<HashMap<u64, Weak<SubscriberQueue>>>,
+    next_session: AtomicU64,
+    shutting_down: AtomicBool,
+}
+
+/// The engine handle. Cheap to clone; the sequencer stops when the last clone is dropped.
+#[derive(Clone)]
+pub struct Hub {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub").field("stats", &self.stats()).finish()
+    }
+}
+
+impl Hub {
+    /// Starts a hub over `store`. Spawns the sequencer and the retention sweeper on the
+    /// current tokio runtime.
+    pub fn new(store: Arc<dyn Store>, config: HubConfig) -> Self {
+        let (sequencer, commands) = mpsc::channel(config.sequencer_queue.max(1));
+        tokio::spawn(run_sequencer(commands, store.clone(), config.clone()));
+        tokio::spawn(sweep_retention(
+            Arc::downgrade(&store),
+            config.retention_sweep,
+        ));
+        Self {
+            shared: Arc::new(Shared {
+                store,
+                config,
+                rooms: Mutex::new(HashMap::new()),
+                sequencer,
+                sessions: Mutex::new(HashMap::new()),
+                next_session: AtomicU64::new(1),
+                shutting_down: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &HubConfig {
+        &self.shared.config
+    }
+
+    /// Opens a session for `name` (shown as sender and in presence). The session takes
+    /// commands; the [`Outbound`] stream carries everything it must send, in order.
+    pub fn open_session(&self, name: &str) -> (Session, Outbound) {
+        let config = &self.shared.config;
+        let queue =
+            SubscriberQueue::new(config.lag_policy, config.queue_frames, config.queue_bytes);
+        let id = self.shared.next_session.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, Arc::downgrade(&queue));
+        if self.shared.shutting_down.load(Ordering::Relaxed) {
+            queue.push_control(frames::shutdown("server is shutting down", 1000));
+        }
+        let session = Session::new(self.shared.clone(), id, name.to_owned(), queue.clone());
+        (session, Outbound::new(queue))
+    }
+
+    /// Publishes without a session (unary calls). Returns once the message is durable.
+    pub async fn publish(&self, input: PublishInput) -> Result<PublishOutcome, HubError> {
+        let room = self.shared.room(&input.room)?;
+        self.shared.submit(room, input).await
+    }
+
+    /// Up to `limit` (capped by config) retained messages of `room` after `after`.
+    pub async fn history(
+        &self,
+        room: &str,
+        after: Offset,
+        limit: usize,
+    ) -> Result<HistoryPage, HubError> {
+        validate_room_name(room)?;
+        let max = self.shared.config.max_history_page;
+        let limit = if limit == 0 { max } else { limit.min(max) };
+        let store = &self.shared.store;
+        let messages = store.read_after(room, after, limit).await?;
+        let (earliest, last) = match store.bounds(room).await? {
+            Some(bounds) => (bounds.earliest, bounds.last),
+            None => (0, store.last_offset(room).await?),
+        };
+        Ok(HistoryPage {
+            messages,
+            earliest,
+            last,
+        })
+    }
+
+    /// Who is present in `room` now.
+    pub fn presence(&self, room: &str) -> Result<Vec<Member>, HubError> {
+        validate_room_name(room)?;
+        let rooms = self.shared.rooms.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(rooms
+            .get(room)
+            .map(|room| room.lock().members.clone())
+            .unwrap_or_default())
+    }
+
+    /// Tells every session the server is going away (a `shutdown` frame), so clients
+    /// reconnect elsewhere and resume; sessions opened from now on get it at once.
+    pub fn announce_shutdown(&self, reason: &str, retry_after_ms: u32) {
+        self.shared.shutting_down.store(true, Ordering::Relaxed);
+        let frame = frames::shutdown(reason, retry_after_ms);
+        for queue in self.shared.live_sessions() {
+            queue.push_control(frame.clone());
+        }
+    }
+
+    pub fn stats(&self) -> HubStats {
+        let sessions = self.shared.live_sessions();
+        let (queued_frames, queued_bytes) = sessions
+            .iter()
+            .map(|q| q.depth())
+            .fold((0, 0), |(f, b), (df, db)| (f + df, b + db));
+        HubStats {
+            rooms: self
+                .shared
+                .rooms
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .len(),
+            sessions: sessions.len(),
+            queued_frames,
+            queued_bytes,
+        }
+    }
+}
+
+impl Shared {
+    /// The room named `name`, created on first use.
+    pub fn room(&self, name: &str) -> Result<Arc<Room>, HubError> {
+        validate_room_name(name)?;
+        let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(room) = rooms.get(name) {
+            return Ok(room.clone());
+        }
+        let room = Arc::new(Room::new(name));
+        rooms.insert(room.name.clone(), room.clone());
+        Ok(room)
+    }
+
+    pub fn validate_publish(&self, input: &PublishInput) -> Result<(), HubError> {
+        let max = self.config.max_payload;
+        if input.payload.is_empty() {
+            return Err(HubError::InvalidArgument(
+                "payload is empty: publish at least one byte".into(),
+            ));
+        }
+        if input.payload.len() > max {
+            return Err(HubError::ResourceExhausted(format!(
+                "payload of {} bytes is over the limit of {max} bytes",
+                input.payload.len()
+            )));
+        }
+        for (what, value, limit) in [
+            ("client message id", &input.client_id, MAX_ID_LEN),
+            ("key", &input.key, MAX_ID_LEN),
+            ("content type", &input.content_type, MAX_CONTENT_TYPE_LEN),
+        ] {
+            if value.len() > limit {
+                return Err(HubError::InvalidArgument(format!(
+                    "{what} is {} bytes, more than {limit}",
+                    value.len()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Validates and queues a publish for the sequencer, then waits for its durable ack.
+    pub async fn submit(
+        &self,
+        room: Arc<Room>,
+        input: PublishInput,
+    ) -> Result<PublishOutcome, HubError> {
+        self.validate_publish(&input)?;
+        let ack = self.enqueue(room, input).await?;
+        ack.await.map_err(|_| HubError::ShuttingDown)?
+    }
+
+    /// Queues a validated publish for the sequencer, waiting while its queue is full. The
+    /// queue keeps submission order, so one session's publishes keep theirs.
+    pub async fn enqueue(
+        &self,
+        room: Arc<Room>,
+        input: PublishInput,
+    ) -> Result<oneshot::Receiver<Result<PublishOutcome, HubError>>, HubError> {
+        let (reply, ack) = oneshot::channel();
+        self.sequencer
+            .send(PublishCommand { room, input, reply })
+            .await
+            .map_err(|_| HubError::ShuttingDown)?;
+        Ok(ack)
+    }
+
+    pub fn forget_session(&self, id: u64) {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+    }
+
+    fn live_sessions(&self) -> Vec<Arc<SubscriberQueue>> {
+        let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        sessions.values().filter_map(Weak::upgrade).collect()
+    }
+}
+
+pub(crate) fn now_unix_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+/// A publish that got an offset and waits for its batch to be durable.
+struct Accepted {
+    command: PublishCommand,
+    offset: Offset,
+    frame: Bytes,
+}
+
+async fn run_sequencer(
+    mut commands: mpsc::Receiver<PublishCommand>,
+    store: Arc<dyn Store>,
+    config: HubConfig,
+) {
+    let mut batch = Vec::with_capacity(config.max_batch);
+    while commands
+        .recv_many(&mut batch, config.max_batch.max(1))
+        .await
+        > 0
+    {
+        commit_batch(&mut batch, &*store, &config).await;
+    }
+    debug!("sequencer stopped");
+}
+
+async fn commit_batch(batch: &mut Vec<PublishCommand>, store: &dyn Store, config: &HubConfig) {
+    let now = now_unix_micros();
+    let mut accepted = Vec::with_capacity(batch.len());
+    let mut records = Vec::with_capacity(batch.len());
+    // Repeated client ids are acked with their original offset, but only after this batch
+    // is durable: the original may be in it.
+    let mut duplicates = Vec::new();
+    for command in batch.drain(..) {
+        if let Err(error) = command
+            .room
+            .ensure_loaded(store, config.dedupe_window)
+            .await
+        {
+            let _ = command.reply.send(Err(error));
+            continue;
+        }
+        let offset = {
+            let mut state = command.room.lock();
+            let id = &command.input.client_id;
+            if let Some(&original) = (!id.is_empty()).then(|| state.recent_ids.get(id)).flatten() {
+                duplicates.push((command.reply, original));
+                continue;
+            }
+            let offset = state.next_offset;
+            state.next_offset += 1;
+            if !id.is_empty() {
+                remember_id(&mut state, id.clone(), offset, config.dedupe_window);
+            }
+            offset
+        };
+        let input = &command.input;
+        let record = StoredMessage {
+            room: input.room.clone(),
+            offset,
+            time_unix_micros: now,
+            sender: input.sender.clone(),
+            content_type: input.content_type.clone(),
+            client_id: input.client_id.clone(),
+            payload: input.payload.clone(),
+        };
+        let frame = frames::message_frame(&record, &input.key);
+        records.push(record);
+        accepted.push(Accepted {
+            command,
+            offset,
+            frame,
+        });
+    }
+    let appended = if records.is_empty() {
+        Ok(())
+    } else {
+        store.append(records).await
+    };
+    for (reply, offset) in duplicates {
+        let _ = reply.send(match &appended {
+            Ok(()) => Ok(PublishOutcome {
+                offset,
+                duplicate: true,
+            }),
+            Err(error) => Err(HubError::from(error.clone())),
+        });
+    }
+    match appended {
+        Ok(()) => {
+            for Accepted {
+                command,
+                offset,
+                frame,
+            } in accepted
+            {
+                let room = &command.room;
+                let queued = QueuedFrame {
+                    bytes: frame,
+                    message: Some(MessageMeta {
+                        room: room.name.clone(),
+                        offset,
+                        key: command.input.key.as_str().into(),
+                    }),
+                };
+                {
+                    let mut state = room.lock();
+                    state.delivered = offset;
+                    Room::broadcast(&mut state, &queued, None);
+                }
+                let _ = command.reply.send(Ok(PublishOutcome {
+                    offset,
+                    duplicate: false,
+                }));
+            }
+        }
+        Err(error) => {
+            warn!(%error, messages = accepted.len(), "append failed; publishes get UNAVAILABLE");
+            // Nothing of the batch is stored: give the offsets and client ids back, newest
+            // first, so each room's next offset ends at its first one from this batch.
+            for Accepted {
+                command, offset, ..
+            } in accepted.into_iter().rev()
+            {
+                let mut state = command.room.lock();
+                state.next_offset = offset;
+                if state.recent_ids.get(&command.input.client_id) == Some(&offset) {
+                    state.recent_ids.remove(&command.input.client_id);
+                    state
+                        .recent_order
+                        .retain(|id| id != &command.input.client_id);
+                }
+                drop(state);
+                let _ = command.reply.send(Err(HubError::from(error.clone())));
+            }
+        }
+    }
+}
+
+async fn sweep_retention(store: Weak<dyn Store>, every: std::time::Duration) {
+    let mut ticker = tokio::time::interval(every.max(std::time::Duration::from_millis(10)));
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        let Some(store) = store.upgrade() else {
+            return;
+        };
+        match store.enforce_retention(now_unix_micros()).await {
+            Ok(0) => {}
+            Ok(removed) => debug!(removed, "retention removed old messages"),
+            Err(error) => warn!(%error, "retention sweep failed"),
+        }
+    }
+}

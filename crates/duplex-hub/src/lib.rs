@@ -1,0 +1,24 @@
+//! The duplex engine: rooms with one total order each, durable publish, fan-out encoded
+//! once per message, bounded per-subscriber queues with lag policies, presence, and
+//! lossless resume. It knows nothing of gRPC or sockets: the server feeds it decoded
+//! `ClientFrame`s and sends the encoded `ServerFrame` bytes it yields.
+//!
+//! Who runs what: the sequencer task (one per hub, `hub.rs`) assigns offsets, commits to
+//! the store and fans out; one task per session (`session.rs`) reads commands; each
+//! session's [`Outbound`] stream is polled by the transport. Every queue is bounded by
+//! [`HubConfig`].
+
+mod config;
+mod error;
+pub mod frames;
+mod hub;
+mod queue;
+mod room;
+mod session;
+
+pub use config::{HubConfig, LagPolicy};
+pub use error::HubError;
+pub use hub::{HistoryPage, Hub, HubStats, PublishInput, PublishOutcome};
+pub use queue::Outbound;
+pub use room::validate_room_name;
+pub use session::Session;

@@ -1,0 +1,369 @@
+//! `SubscriberQueue`: one session's ordered outbound queue of encoded frames.
+//!
+//! Two kinds of producers share it, in one order:
+//! - *live* frames (messages fanned out by the sequencer, presence events) are pushed
+//!   without waiting; when the session already holds its bound of live frames or bytes,
+//!   the session's [`LagPolicy`] decides what gives;
+//! - *reliable* frames (command replies, replayed history) wait for room below the bound,
+//!   so a replay of a million messages is paced by the client, not buffered.
+//!
+//! The consumer is the session's [`Outbound`] stream, polled by the transport only when it
+//! can send, so a stalled reader holds at most the bound: memory stays bounded whatever
+//! the reader does. The queue never holds a lock across an await.
+
+use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+
+use bytes::Bytes;
+use duplex_store::Offset;
+use futures::Stream;
+use tokio::sync::Notify;
+
+use crate::HubError;
+use crate::config::LagPolicy;
+use crate::frames;
+
+/// Where a message frame belongs, for lag accounting and coalescing.
+#[derive(Debug, Clone)]
+pub(crate) struct MessageMeta {
+    pub room: Arc<str>,
+    pub offset: Offset,
+    /// Coalescing key for `latest-per-key`; empty = none.
+    pub key: Arc<str>,
+}
+
+/// One encoded `ServerFrame` waiting to be sent.
+#[derive(Debug, Clone)]
+pub(crate) struct QueuedFrame {
+    pub bytes: Bytes,
+    pub message: Option<MessageMeta>,
+}
+
+#[derive(Debug)]
+enum Ending {
+    /// Send what is queued, then end OK.
+    Finish,
+    /// Send what is queued, then fail with this error.
+    Fail(HubError),
+    /// Lagged under `disconnect`: the queue was cleared; send `lagged` per room, then fail.
+    Lagged,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    frames: VecDeque<Entry>,
+    live_frames: usize,
+    live_bytes: usize,
+    /// Last offset handed to the transport, per room.
+    delivered: HashMap<Arc<str>, Offset>,
+    /// Messages dropped by policy and not yet reported, per room.
+    dropped: HashMap<Arc<str>, u64>,
+    ending: Option<Ending>,
+    /// Lagged frames still to send before the `Lagged` failure.
+    lag_reports: VecDeque<Bytes>,
+    /// Set when the `disconnect` policy fired.
+    lagged: bool,
+    consumer_gone: bool,
+    consumer: Option<Waker>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    frame: QueuedFrame,
+    live: bool,
+}
+
+/// What became of a live push.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LivePush {
+    /// Queued (possibly after the policy dropped or replaced an older frame).
+    Queued,
+    /// The subscriber is gone or lagged out: stop fanning out to it.
+    Detach,
+}
+
+/// A session's outbound queue. Shared by the session (reliable frames), the rooms it joined
+/// (live frames) and its [`Outbound`] stream.
+#[derive(Debug)]
+pub(crate) struct SubscriberQueue {
+    state: Mutex<State>,
+    room_freed: Notify,
+    /// Notified when the client goes away or the queue lags out.
+    closed: Notify,
+    policy: LagPolicy,
+    max_frames: usize,
+    max_bytes: usize,
+}
+
+impl SubscriberQueue {
+    pub fn new(policy: LagPolicy, max_frames: usize, max_bytes: usize) -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::new(State::default()),
+            room_freed: Notify::new(),
+            closed: Notify::new(),
+            policy,
+            max_frames: max_frames.max(1),
+            max_bytes: max_bytes.max(1),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Queues a fanned-out frame without waiting; applies the lag policy when full.
+    pub fn push_live(&self, frame: QueuedFrame) -> LivePush {
+        let mut state = self.lock();
+        if state.consumer_gone || state.ending.is_some() {
+            return LivePush::Detach;
+        }
+        let size = frame.bytes.len();
+        let full = state.live_frames >= self.max_frames
+            || (state.live_frames > 0 && state.live_bytes + size > self.max_bytes);
+        if full {
+            match self.policy {
+                LagPolicy::Disconnect => {
+                    self.lag_out(&mut state);
+                    return LivePush::Detach;
+                }
+                LagPolicy::DropOldest => Self::drop_oldest_live(&mut state),
+                LagPolicy::LatestPerKey => {
+                    if !Self::drop_same_key(&mut state, &frame) {
+                        Self::drop_oldest_live(&mut state);
+                    }
+                }
+            }
+        }
+        state.live_frames += 1;
+        state.live_bytes += size;
+        state.frames.push_back(Entry { frame, live: true });
+        wake(&mut state);
+        LivePush::Queued
+    }
+
+    /// Queues a reply or replayed frame, waiting while the queue holds its bound.
+    pub async fn push_reliable(&self, frame: QueuedFrame) -> Result<(), HubError> {
+        loop {
+            let freed = self.room_freed.notified();
+            let mut freed = std::pin::pin!(freed);
+            freed.as_mut().enable();
+            {
+                let mut state = self.lock();
+                if state.lagged {
+                    return Err(HubError::Lagged);
+                }
+                if state.consumer_gone || state.ending.is_some() {
+                    return Err(HubError::ShuttingDown);
+                }
+                if state.frames.len() < self.max_frames {
+                    state.frames.push_back(Entry { frame, live: false });
+                    wake(&mut state);
+                    return Ok(());
+                }
+            }
+            freed.await;
+        }
+    }
+
+    /// Queues a frame now, whatever the bound (rare control frames: shutdown).
+    pub fn push_control(&self, bytes: Bytes) {
+        let mut state = self.lock();
+        if state.ending.is_none() && !state.consumer_gone {
+            state.frames.push_back(Entry {
+                frame: QueuedFrame {
+                    bytes,
+                    message: None,
+                },
+                live: false,
+            });
+            wake(&mut state);
+        }
+    }
+
+    /// Ends the stream after what is queued: OK, or with `error`.
+    pub fn finish(&self, error: Option<HubError>) {
+        let mut state = self.lock();
+        if state.ending.is_none() {
+            state.ending = Some(match error {
+                None => Ending::Finish,
+                Some(error) => Ending::Fail(error),
+            });
+            wake(&mut state);
+        }
+        drop(state);
+        self.room_freed.notify_waiters();
+    }
+
+    /// True once the transport dropped the stream (client gone) or the queue lagged out.
+    pub fn is_closed(&self) -> bool {
+        let state = self.lock();
+        state.consumer_gone || state.lagged
+    }
+
+    /// Resolves once the client is gone or the queue lagged out.
+    pub async fn closed(&self) {
+        loop {
+            let notified = self.closed.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_closed() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Frames and bytes queued now.
+    pub fn depth(&self) -> (usize, usize) {
+        let state = self.lock();
+        let bytes = state.frames.iter().map(|e| e.frame.bytes.len()).sum();
+        (state.frames.len(), bytes)
+    }
+
+    fn lag_out(&self, state: &mut State) {
+        state.frames.clear();
+        state.live_frames = 0;
+        state.live_bytes = 0;
+        let mut rooms: Vec<_> = state
+            .delivered
+            .iter()
+            .map(|(r, o)| (r.clone(), *o))
+            .collect();
+        rooms.sort();
+        state.lag_reports = rooms
+            .into_iter()
+            .map(|(room, offset)| {
+                let dropped = state.dropped.remove(&room).unwrap_or(0);
+                frames::lagged(&room, offset, dropped)
+            })
+            .collect();
+        state.ending = Some(Ending::Lagged);
+        state.lagged = true;
+        wake(state);
+        self.room_freed.notify_waiters();
+        self.closed.notify_waiters();
+    }
+
+    fn drop_oldest_live(state: &mut State) {
+        if let Some(index) = state.frames.iter().position(|e| e.live) {
+            Self::remove_live(state, index);
+        }
+    }
+
+    fn drop_same_key(state: &mut State, incoming: &QueuedFrame) -> bool {
+        let Some(meta) = &incoming.message else {
+            return false;
+        };
+        if meta.key.is_empty() {
+            return false;
+        }
+        let same = state.frames.iter().position(|e| {
+            e.live
+                && e.frame
+                    .message
+                    .as_ref()
+                    .is_some_and(|m| m.room == meta.room && m.key == meta.key)
+        });
+        match same {
+            Some(index) => {
+                Self::remove_live(state, index);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn remove_live(state: &mut State, index: usize) {
+        if let Some(entry) = state.frames.remove(index) {
+            state.live_frames -= 1;
+            state.live_bytes -= entry.frame.bytes.len();
+            if let Some(meta) = entry.frame.message {
+                *state.dropped.entry(meta.room).or_default() += 1;
+            }
+        }
+    }
+}
+
+fn wake(state: &mut State) {
+    if let Some(waker) = state.consumer.take() {
+        waker.wake();
+    }
+}
+
+/// The session's outbound stream of encoded `ServerFrame`s, in queue order. Dropping it
+/// (the client went away) detaches the session from every room.
+#[derive(Debug)]
+pub struct Outbound {
+    queue: Arc<SubscriberQueue>,
+}
+
+impl Outbound {
+    pub(crate) fn new(queue: Arc<SubscriberQueue>) -> Self {
+        Self { queue }
+    }
+}
+
+impl Stream for Outbound {
+    type Item = Result<Bytes, HubError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let queue = &self.queue;
+        let mut guard = queue.lock();
+        let state = &mut *guard;
+        if let Some(report) = state.lag_reports.pop_front() {
+            return Poll::Ready(Some(Ok(report)));
+        }
+        // Messages the policy dropped in a room are reported before that room's next one.
+        if let Some(meta) = state.frames.front().and_then(|e| e.frame.message.as_ref())
+            && let Some(dropped) = state.dropped.remove(&meta.room)
+        {
+            let last = state.delivered.get(&meta.room).copied().unwrap_or(0);
+            return Poll::Ready(Some(Ok(frames::lagged(&meta.room, last, dropped))));
+        }
+        if let Some(entry) = state.frames.pop_front() {
+            if entry.live {
+                state.live_frames -= 1;
+                state.live_bytes -= entry.frame.bytes.len();
+            }
+            if let Some(meta) = &entry.frame.message {
+                let last = state.delivered.entry(meta.room.clone()).or_default();
+                *last = meta.offset.max(*last);
+            }
+            drop(guard);
+            queue.room_freed.notify_waiters();
+            return Poll::Ready(Some(Ok(entry.frame.bytes)));
+        }
+        let state = &mut *guard;
+        match &state.ending {
+            Some(Ending::Finish) => Poll::Ready(None),
+            Some(Ending::Fail(error)) => {
+                let error = error.clone();
+                state.ending = Some(Ending::Finish);
+                Poll::Ready(Some(Err(error)))
+            }
+            Some(Ending::Lagged) => {
+                state.ending = Some(Ending::Finish);
+                Poll::Ready(Some(Err(HubError::Lagged)))
+            }
+            None => {
+                state.consumer = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl Drop for Outbound {
+    fn drop(&mut self) {
+        let mut state = self.queue.lock();
+        state.consumer_gone = true;
+        state.frames.clear();
+        drop(state);
+        self.queue.room_freed.notify_waiters();
+        self.queue.closed.notify_waiters();
+    }
+}

@@ -1,0 +1,440 @@
+//! `Session`: one client's commands — join (with resume), leave, publish, ping — and the
+//! driver that reads a session's inbound frames and keeps its outbound queue fed.
+//!
+//! One task per session runs [`Session::drive`]; it never spawns per message. Publishes are
+//! pipelined up to `publish_window` waiting for durability; beyond that the driver stops
+//! reading the inbound stream, so HTTP/2 flow control pushes back on the publisher. A
+//! resume replays history in pages paced by the client, then switches to live under the
+//! room lock (see `room.rs`), so there is no gap and no duplicate.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use duplex_proto::hub::client_frame::Command;
+use duplex_proto::hub::{ClientFrame, Join, Member, Publish};
+use duplex_store::Offset;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::{Stream, StreamExt as _};
+
+use crate::HubError;
+use crate::frames;
+use crate::hub::{PublishInput, Shared, now_unix_micros};
+use crate::queue::{MessageMeta, QueuedFrame, SubscriberQueue};
+use crate::room::{Room, Subscriber};
+
+struct JoinedRoom {
+    room: Arc<Room>,
+    /// Set on leave, so a replay still running stops and never registers.
+    cancelled: Arc<AtomicBool>,
+}
+
+/// One client session. Dropping it leaves every room it joined.
+pub struct Session {
+    shared: Arc<Shared>,
+    id: u64,
+    member: Member,
+    queue: Arc<SubscriberQueue>,
+    joined: HashMap<Arc<str>, JoinedRoom>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("id", &self.id)
+            .field("name", &self.member.name)
+            .field("rooms", &self.joined.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Session {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        id: u64,
+        name: String,
+        queue: Arc<SubscriberQueue>,
+    ) -> Self {
+        Self {
+            shared,
+            id,
+            member: Member {
+                name,
+                session_id: format!("s{id}"),
+            },
+            queue,
+            joined: HashMap::new(),
+        }
+    }
+
+    /// The session's name: the `sender` of what it publishes.
+    pub fn name(&self) -> &str {
+        &self.member.name
+    }
+
+    /// Reads commands from `inbound` until it ends (then finishes the outbound stream OK
+    /// once every pending publish is acked), fails (the outbound stream fails with that
+    /// error), or the client goes away.
+    pub async fn drive<S>(mut self, mut inbound: S)
+    where
+        S: Stream<Item = Result<ClientFrame, HubError>> + Unpin,
+    {
+        let window = self.shared.config.publish_window.max(1);
+        let mut pending: FuturesUnordered<BoxFuture<'static, ()>> = FuturesUnordered::new();
+        let mut inbound_open = true;
+        loop {
+            if !inbound_open && pending.is_empty() {
+                self.queue.finish(None);
+                return;
+            }
+            tokio::select! {
+                frame = inbound.next(), if inbound_open && pending.len() < window => match frame {
+                    None => inbound_open = false,
+                    Some(Ok(frame)) => {
+                        if let Some(task) = self.handle(frame).await {
+                            pending.push(task);
+                        }
+                    }
+                    Some(Err(error)) => {
+                        self.queue.finish(Some(error));
+                        return;
+                    }
+                },
+                Some(()) = pending.next(), if !pending.is_empty() => {}
+                () = self.queue.closed() => return,
+            }
+        }
+    }
+
+    /// Carries out one command. Returns work that continues in the background of the
+    /// session (a publish waiting for its ack, a replay).
+    pub async fn handle(&mut self, frame: ClientFrame) -> Option<BoxFuture<'static, ()>> {
+        let command_id = frame.command_id;
+        let Some(command) = frame.command else {
+            let error = HubError::InvalidArgument("frame carries no command".into());
+            self.reply(frames::error(command_id, "", &error)).await;
+            return None;
+        };
+        match command {
+            Command::Join(join) => {
+                let room = join.room.clone();
+                match self.join(command_id, join).await {
+                    Ok(replay) => replay,
+                    Err(error) => {
+                        self.reply(frames::error(command_id, &room, &error)).await;
+                        None
+                    }
+                }
+            }
+            Command::Leave(leave) => {
+                let reply = match self.leave(&leave.room) {
+                    Ok(()) => frames::left(command_id, &leave.room),
+                    Err(error) => frames::error(command_id, &leave.room, &error),
+                };
+                self.reply(reply).await;
+                None
+            }
+            Command::Publish(publish) => match self.publish(command_id, publish).await {
+                Ok(task) => Some(task),
+                Err((room, error)) => {
+                    self.reply(frames::error(command_id, &room, &error)).await;
+                    None
+                }
+            },
+            Command::Ping(ping) => {
+                let pong = duplex_proto::hub::Pong {
+                    command_id,
+                    client_time_unix_micros: ping.client_time_unix_micros,
+                    server_time_unix_micros: now_unix_micros(),
+                };
+                self.reply(frames::encode(
+                    duplex_proto::hub::server_frame::Frame::Pong(pong),
+                ))
+                .await;
+                None
+            }
+        }
+    }
+
+    async fn reply(&self, bytes: bytes::Bytes) {
+        // Fails only when the client is gone or lagged out; the driver notices that.
+        let _ = self
+            .queue
+            .push_reliable(QueuedFrame {
+                bytes,
+                message: None,
+            })
+            .await;
+    }
+
+    /// Joins a room: sends `joined`, announces presence, and returns the replay to run when
+    /// a resume offset was given (live delivery starts when it ends).
+    pub async fn join(
+        &mut self,
+        command_id: u64,
+        join: Join,
+    ) -> Result<Option<BoxFuture<'static, ()>>, HubError> {
+        let room = self.shared.room(&join.room)?;
+        if self.joined.contains_key(join.room.as_str()) {
+            return Err(HubError::AlreadyJoined(join.room));
+        }
+        let max = self.shared.config.max_rooms_per_session;
+        if self.joined.len() >= max {
+            return Err(HubError::ResourceExhausted(format!(
+                "a session may join at most {max} rooms"
+            )));
+        }
+        let store = self.shared.store.clone();
+        room.ensure_loaded(&*store, self.shared.config.dedupe_window)
+            .await?;
+        let bounds = store.bounds(&room.name).await?;
+        let last = room.lock().delivered;
+        let earliest = bounds.map_or(0, |b| b.earliest);
+        if let Some(after) = join.after_offset {
+            check_resume(&room.name, after, bounds.map(|b| b.earliest), last)?;
+        }
+
+        let members = {
+            let mut state = room.lock();
+            let members = state.members.clone();
+            if !join.hidden {
+                state.members.push(self.member.clone());
+                let event = QueuedFrame {
+                    bytes: frames::presence(&room.name, self.member.clone(), true),
+                    message: None,
+                };
+                Room::broadcast(&mut state, &event, Some(self.id));
+            }
+            members
+        };
+        let cancelled = Arc::new(AtomicBool::new(false));
+        self.joined.insert(
+            room.name.clone(),
+            JoinedRoom {
+                room: room.clone(),
+                cancelled: cancelled.clone(),
+            },
+        );
+        self.reply(frames::joined(
+            command_id, &room.name, earliest, last, members,
+        ))
+        .await;
+
+        let subscriber = Subscriber {
+            session_id: self.id,
+            queue: self.queue.clone(),
+        };
+        match join.after_offset {
+            None => {
+                room.lock().subscribers.push(subscriber);
+                Ok(None)
+            }
+            Some(after) => {
+                let page = self.shared.config.replay_page.max(1);
+                Ok(Some(Box::pin(replay_then_live(
+                    store, room, subscriber, cancelled, after, page,
+                ))))
+            }
+        }
+    }
+
+    /// Leaves a room: no more of its messages, and presence says so.
+    pub fn leave(&mut self, room: &str) -> Result<(), HubError> {
+        let joined = self
+            .joined
+            .remove(room)
+            .ok_or_else(|| HubError::NotJoined(room.to_owned()))?;
+        self.detach(&joined);
+        Ok(())
+    }
+
+    fn detach(&self, joined: &JoinedRoom) {
+        joined.cancelled.store(true, Ordering::Relaxed);
+        let mut state = joined.room.lock();
+        state.subscribers.retain(|s| s.session_id != self.id);
+        let before = state.members.len();
+        state
+            .members
+            .retain(|m| m.session_id != self.member.session_id);
+        if state.members.len() != before {
+            let event = QueuedFrame {
+                bytes: frames::presence(&joined.room.name, self.member.clone(), false),
+                message: None,
+            };
+            Room::broadcast(&mut state, &event, Some(self.id));
+        }
+    }
+
+    /// Validates a publish and queues it for the sequencer (in command order), and returns
+    /// the task that waits for its durable ack and replies.
+    pub async fn publish(
+        &self,
+        command_id: u64,
+        publish: Publish,
+    ) -> Result<BoxFuture<'static, ()>, (String, HubError)> {
+        let Some(joined) = self.joined.get(publish.room.as_str()) else {
+            let error = match crate::room::validate_room_name(&publish.room) {
+                Err(error) => error,
+                Ok(()) => HubError::FailedPrecondition(format!(
+                    "join room {} before publishing to it",
+                    publish.room
+                )),
+            };
+            return Err((publish.room, error));
+        };
+        let input = PublishInput {
+            room: publish.room,
+            sender: self.member.name.clone(),
+            payload: publish.payload,
+            content_type: publish.content_type,
+            client_id: publish.client_message_id,
+            key: publish.key,
+        };
+        if let Err(error) = self.shared.validate_publish(&input) {
+            return Err((input.room, error));
+        }
+        let name = input.room.clone();
+        let ack = match self.shared.enqueue(joined.room.clone(), input).await {
+            Ok(ack) => ack,
+            Err(error) => return Err((name, error)),
+        };
+        let queue = self.queue.clone();
+        Ok(Box::pin(async move {
+            let outcome = ack.await.unwrap_or(Err(HubError::ShuttingDown));
+            let reply = match outcome {
+                Ok(outcome) => {
+                    frames::publish_ack(command_id, &name, outcome.offset, outcome.duplicate)
+                }
+                Err(error) => frames::error(command_id, &name, &error),
+            };
+            let _ = queue
+                .push_reliable(QueuedFrame {
+                    bytes: reply,
+                    message: None,
+                })
+                .await;
+        }))
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        for joined in self.joined.values() {
+            self.detach(joined);
+        }
+        self.shared.forget_session(self.id);
+    }
+}
+
+/// Fails a resume that cannot be served without a gap.
+fn check_resume(
+    room: &str,
+    after: Offset,
+    earliest: Option<Offset>,
+    last: Offset,
+) -> Result<(), HubError> {
+    if after > last {
+        return Err(HubError::InvalidArgument(format!(
+            "room {room}: offset {after} is beyond the last offset {last}"
+        )));
+    }
+    // Messages after `after` exist (after < last) but the first of them is gone.
+    let first_needed = after + 1;
+    let available_from = earliest.unwrap_or(last + 1);
+    if after < last && first_needed < available_from {
+        return Err(HubError::ResumeTooOld {
+            room: room.to_owned(),
+            after,
+            earliest: available_from.min(last),
+        });
+    }
+    Ok(())
+}
+
+/// Replays `(after, delivered]` from the store, page by page at the client's pace, then
+/// registers the subscriber for live delivery under the room lock. Only offsets up to the
+/// room's delivered mark are replayed: anything later is fanned out live after registration.
+async fn replay_then_live(
+    store: Arc<dyn duplex_store::Store>,
+    room: Arc<Room>,
+    subscriber: Subscriber,
+    cancelled: Arc<AtomicBool>,
+    after: Offset,
+    page: usize,
+) {
+    let mut cursor = after;
+    loop {
+        let limit = {
+            let mut state = room.lock();
+            if cancelled.load(Ordering::Relaxed) {
+                return;
+            }
+            if cursor >= state.delivered {
+                state.subscribers.push(subscriber);
+                return;
+            }
+            state.delivered
+        };
+        let messages = match store.read_after(&room.name, cursor, page).await {
+            Ok(messages) => messages,
+            Err(error) => {
+                let error = HubError::from(error);
+                let _ = subscriber
+                    .queue
+                    .push_reliable(QueuedFrame {
+                        bytes: frames::error(0, &room.name, &error),
+                        message: None,
+                    })
+                    .await;
+                return;
+            }
+        };
+        let before = cursor;
+        for message in messages.into_iter().take_while(|m| m.offset <= limit) {
+            if cancelled.load(Ordering::Relaxed) {
+                return;
+            }
+            let frame = QueuedFrame {
+                bytes: frames::message_frame(&message, ""),
+                message: Some(MessageMeta {
+                    room: room.name.clone(),
+                    offset: message.offset,
+                    key: "".into(),
+                }),
+            };
+            if subscriber.queue.push_reliable(frame).await.is_err() {
+                return;
+            }
+            cursor = message.offset;
+        }
+        if cursor == before {
+            // Nothing left to read below the mark (retention removed it meanwhile).
+            cursor = limit;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resume_bounds() {
+        // Empty room: only 0 is a valid resume point.
+        assert!(check_resume("r", 0, None, 0).is_ok());
+        assert!(check_resume("r", 1, None, 0).is_err());
+        // Messages 1..=10 retained.
+        assert!(check_resume("r", 0, Some(1), 10).is_ok());
+        assert!(check_resume("r", 10, Some(1), 10).is_ok());
+        assert!(check_resume("r", 11, Some(1), 10).is_err());
+        // Retention kept 6..=10: resuming after 4 would skip 5.
+        let error = check_resume("r", 4, Some(6), 10).unwrap_err();
+        assert_eq!(error.earliest_offset(), Some(6));
+        assert_eq!(error.code(), 9);
+        assert!(check_resume("r", 5, Some(6), 10).is_ok());
+        // Everything trimmed (last 10, none retained): only 10 itself is fine.
+        assert!(check_resume("r", 10, None, 10).is_ok());
+        assert!(check_resume("r", 3, None, 10).is_err());
+    }
+}

@@ -1,0 +1,298 @@
+//! The `duplex.v1.Hub` gRPC service, written by hand around the engine in `duplex-hub`.
+//!
+//! Hand-written rather than generated for one reason: frames leave as bytes the hub
+//! encoded once per message ([`PreEncodedCodec`]), so fanning a message out to a thousand
+//! subscribers copies bytes a thousand times but encodes protobuf once. Requests decode
+//! with prost as usual. Every `HubError` becomes a `Status` here and nowhere else.
+
+use std::convert::Infallible;
+use std::marker::PhantomData;
+use std::task::{Context, Poll};
+
+use bytes::{BufMut as _, Bytes};
+use duplex_hub::{Hub, HubError, Outbound, PublishInput};
+use duplex_proto::hub::{
+    ClientFrame, HistoryRequest, HistoryResponse, Join, PresenceRequest, PresenceResponse,
+    PublishAck, PublishRequest, SubscribeRequest, client_frame::Command,
+};
+use futures::future::BoxFuture;
+use futures::stream::{self, Map, StreamExt as _};
+use tonic::codec::{Codec, EncodeBuf, Encoder};
+use tonic::server::{Grpc, NamedService, ServerStreamingService, StreamingService, UnaryService};
+use tonic::{Code, Request, Response, Status, Streaming};
+use tonic_prost::{ProstCodec, ProstDecoder};
+
+use crate::chat::inbound_error;
+
+/// Metadata key naming the session (the `sender` of its messages) while auth is off.
+pub const NAME_HEADER: &str = "duplex-name";
+
+/// The Hub service: cheap to clone, one hub behind every connection.
+#[derive(Clone)]
+pub struct HubService {
+    hub: Hub,
+    max_message_size: usize,
+}
+
+impl HubService {
+    pub fn new(hub: Hub, max_message_size: usize) -> Self {
+        Self {
+            hub,
+            max_message_size,
+        }
+    }
+}
+
+impl NamedService for HubService {
+    const NAME: &'static str = "duplex.v1.Hub";
+}
+
+/// Maps an engine error to the status the client sees.
+pub fn status(error: HubError) -> Status {
+    Status::new(Code::from_i32(error.code()), error.to_string())
+}
+
+/// The outbound stream of a session, as tonic wants it.
+type FrameStream = Map<Outbound, fn(Result<Bytes, HubError>) -> Result<Bytes, Status>>;
+
+fn frame_stream(outbound: Outbound) -> FrameStream {
+    let to_status: fn(Result<Bytes, HubError>) -> Result<Bytes, Status> =
+        |item| item.map_err(status);
+    outbound.map(to_status)
+}
+
+fn session_name<T>(request: &Request<T>) -> String {
+    request
+        .metadata()
+        .get(NAME_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|name| !name.is_empty() && name.len() <= 128)
+        .unwrap_or("anonymous")
+        .to_owned()
+}
+
+impl<B> tower::Service<http::Request<B>> for HubService
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let service = self.clone();
+        let limit = self.max_message_size;
+        match request.uri().path() {
+            "/duplex.v1.Hub/Connect" => Box::pin(async move {
+                let mut grpc = Grpc::new(PreEncodedCodec::<ClientFrame>::default())
+                    .max_decoding_message_size(limit);
+                Ok(grpc.streaming(Connect(service), request).await)
+            }),
+            "/duplex.v1.Hub/Subscribe" => Box::pin(async move {
+                let mut grpc = Grpc::new(PreEncodedCodec::<SubscribeRequest>::default())
+                    .max_decoding_message_size(limit);
+                Ok(grpc.server_streaming(Subscribe(service), request).await)
+            }),
+            "/duplex.v1.Hub/Publish" => Box::pin(async move {
+                let mut grpc = Grpc::new(ProstCodec::default()).max_decoding_message_size(limit);
+                Ok(grpc
+                    .unary(Unary(service, PhantomData::<PublishRequest>), request)
+                    .await)
+            }),
+            "/duplex.v1.Hub/History" => Box::pin(async move {
+                let mut grpc = Grpc::new(ProstCodec::default()).max_decoding_message_size(limit);
+                Ok(grpc
+                    .unary(Unary(service, PhantomData::<HistoryRequest>), request)
+                    .await)
+            }),
+            "/duplex.v1.Hub/Presence" => Box::pin(async move {
+                let mut grpc = Grpc::new(ProstCodec::default()).max_decoding_message_size(limit);
+                Ok(grpc
+                    .unary(Unary(service, PhantomData::<PresenceRequest>), request)
+                    .await)
+            }),
+            _ => Box::pin(async move {
+                Ok(Status::unimplemented("no such method in duplex.v1.Hub").into_http())
+            }),
+        }
+    }
+}
+
+struct Connect(HubService);
+
+impl StreamingService<ClientFrame> for Connect {
+    type Response = Bytes;
+    type ResponseStream = FrameStream;
+    type Future = BoxFuture<'static, Result<Response<FrameStream>, Status>>;
+
+    fn call(&mut self, request: Request<Streaming<ClientFrame>>) -> Self::Future {
+        let hub = self.0.hub.clone();
+        Box::pin(async move {
+            let name = session_name(&request);
+            let (session, outbound) = hub.open_session(&name);
+            let inbound = request.into_inner().map(|frame| {
+                frame.map_err(|status| {
+                    let status = inbound_error(status);
+                    HubError::Transport {
+                        code: status.code() as i32,
+                        message: status.message().to_owned(),
+                    }
+                })
+            });
+            // One task per session: it reads commands while tonic polls the outbound side.
+            tokio::spawn(session.drive(inbound));
+            Ok(Response::new(frame_stream(outbound)))
+        })
+    }
+}
+
+struct Subscribe(HubService);
+
+impl ServerStreamingService<SubscribeRequest> for Subscribe {
+    type Response = Bytes;
+    type ResponseStream = FrameStream;
+    type Future = BoxFuture<'static, Result<Response<FrameStream>, Status>>;
+
+    fn call(&mut self, request: Request<SubscribeRequest>) -> Self::Future {
+        let hub = self.0.hub.clone();
+        Box::pin(async move {
+            let subscribe = request.into_inner();
+            duplex_hub::validate_room_name(&subscribe.room).map_err(status)?;
+            let hidden = subscribe.name.is_empty();
+            let (session, outbound) = hub.open_session(&subscribe.name);
+            let join = ClientFrame {
+                command_id: 0,
+                command: Some(Command::Join(Join {
+                    room: subscribe.room,
+                    after_offset: subscribe.after_offset,
+                    hidden,
+                })),
+            };
+            // The only command is the join; the session then lives until the client leaves.
+            let inbound = stream::iter([Ok(join)]).chain(stream::pending());
+            tokio::spawn(session.drive(inbound));
+            Ok(Response::new(frame_stream(outbound)))
+        })
+    }
+}
+
+/// The unary methods, one generic wrapper keyed by request type.
+struct Unary<T>(HubService, PhantomData<T>);
+
+impl UnaryService<PublishRequest> for Unary<PublishRequest> {
+    type Response = PublishAck;
+    type Future = BoxFuture<'static, Result<Response<PublishAck>, Status>>;
+
+    fn call(&mut self, request: Request<PublishRequest>) -> Self::Future {
+        let hub = self.0.hub.clone();
+        Box::pin(async move {
+            let name = session_name(&request);
+            let publish = request.into_inner();
+            let sender = if publish.sender.is_empty() {
+                name
+            } else {
+                publish.sender
+            };
+            let room = publish.room.clone();
+            let outcome = hub
+                .publish(PublishInput {
+                    room: publish.room,
+                    sender,
+                    payload: publish.payload,
+                    content_type: publish.content_type,
+                    client_id: publish.client_message_id,
+                    key: publish.key,
+                })
+                .await
+                .map_err(status)?;
+            Ok(Response::new(PublishAck {
+                command_id: 0,
+                room,
+                offset: outcome.offset,
+                duplicate: outcome.duplicate,
+            }))
+        })
+    }
+}
+
+impl UnaryService<HistoryRequest> for Unary<HistoryRequest> {
+    type Response = HistoryResponse;
+    type Future = BoxFuture<'static, Result<Response<HistoryResponse>, Status>>;
+
+    fn call(&mut self, request: Request<HistoryRequest>) -> Self::Future {
+        let hub = self.0.hub.clone();
+        Box::pin(async move {
+            let request = request.into_inner();
+            let page = hub
+                .history(&request.room, request.after_offset, request.limit as usize)
+                .await
+                .map_err(status)?;
+            Ok(Response::new(HistoryResponse {
+                messages: page
+                    .messages
+                    .iter()
+                    .map(|m| duplex_hub::frames::message(m, ""))
+                    .collect(),
+                earliest_offset: page.earliest,
+                last_offset: page.last,
+            }))
+        })
+    }
+}
+
+impl UnaryService<PresenceRequest> for Unary<PresenceRequest> {
+    type Response = PresenceResponse;
+    type Future = BoxFuture<'static, Result<Response<PresenceResponse>, Status>>;
+
+    fn call(&mut self, request: Request<PresenceRequest>) -> Self::Future {
+        let hub = self.0.hub.clone();
+        Box::pin(async move {
+            let members = hub.presence(&request.into_inner().room).map_err(status)?;
+            Ok(Response::new(PresenceResponse { members }))
+        })
+    }
+}
+
+/// Decodes requests with prost; sends responses as bytes already encoded by the hub.
+#[derive(Debug)]
+pub struct PreEncodedCodec<D>(PhantomData<D>);
+
+impl<D> Default for PreEncodedCodec<D> {
+    fn default() -> Self {
+        Self(PhantomData)
+    }
+}
+
+impl<D: prost::Message + Default + Send + 'static> Codec for PreEncodedCodec<D> {
+    type Encode = Bytes;
+    type Decode = D;
+    type Encoder = PreEncoded;
+    type Decoder = ProstDecoder<D>;
+
+    fn encoder(&mut self) -> PreEncoded {
+        PreEncoded
+    }
+
+    fn decoder(&mut self) -> ProstDecoder<D> {
+        ProstDecoder::default()
+    }
+}
+
+/// Writes an already-encoded message as is.
+#[derive(Debug, Clone, Copy)]
+pub struct PreEncoded;
+
+impl Encoder for PreEncoded {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn encode(&mut self, item: Bytes, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        buf.put_slice(&item);
+        Ok(())
+    }
+}
