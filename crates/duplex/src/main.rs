@@ -2,6 +2,7 @@
 
 mod echo;
 mod serve;
+mod tap;
 
 use std::process::ExitCode;
 
@@ -21,6 +22,8 @@ enum Command {
     Serve(duplex_server::ServeConfig),
     /// The article's client: send each stdin line as a Msg, print each reply as `server: <<line>>`.
     Echo(echo::EchoArgs),
+    /// Proxy HTTP/2 and show every frame both ways: headers, gRPC messages, flow-control windows.
+    Tap(tap::TapArgs),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +47,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(config) => serve::run(config).await,
             Command::Echo(args) => echo::run(args).await,
+            Command::Tap(args) => tap::run(args).await,
         }
     });
     // stdin is read on a blocking thread that cannot be cancelled: don't wait for it.
