@@ -72,7 +72,9 @@ impl Default for HubConfig {
             max_rooms_per_session: 100,
             publish_window: 256,
             sequencer_queue: 16 * 1024,
-            max_batch: 8192,
+            // Below `queue_frames`: one batch fans out at once, and a burst must not look
+            // like a lagging subscriber.
+            max_batch: 1024,
             replay_page: 1024,
             dedupe_window: 4096,
             max_history_page: 1000,

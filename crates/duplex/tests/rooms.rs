@@ -8,118 +8,15 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::session::{Session, texts};
 use common::{InProcessServer, STEP};
 use duplex_proto::hub::hub_client::HubClient;
 use duplex_proto::hub::server_frame::Frame;
 use duplex_proto::hub::{
-    ClientFrame, HistoryRequest, Join, Leave, Publish, PublishRequest, ServerFrame,
-    SubscribeRequest, client_frame::Command, presence_event,
+    HistoryRequest, Join, Leave, Publish, PublishRequest, SubscribeRequest, client_frame::Command,
+    presence_event,
 };
-use tokio::sync::mpsc;
 use tokio::time::timeout;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::Streaming;
-use tonic::transport::Channel;
-
-/// One `Hub.Connect` session driven by the test.
-struct Session {
-    commands: mpsc::Sender<ClientFrame>,
-    frames: Streaming<ServerFrame>,
-    next_command: u64,
-}
-
-impl Session {
-    async fn open(channel: &Channel, name: &str) -> Self {
-        let (commands, rx) = mpsc::channel(1024);
-        let mut request = tonic::Request::new(ReceiverStream::new(rx));
-        request
-            .metadata_mut()
-            .insert("duplex-name", name.parse().unwrap());
-        let frames = HubClient::new(channel.clone())
-            .connect(request)
-            .await
-            .expect("open a session")
-            .into_inner();
-        Self {
-            commands,
-            frames,
-            next_command: 1,
-        }
-    }
-
-    async fn send(&mut self, command: Command) -> u64 {
-        let command_id = self.next_command;
-        self.next_command += 1;
-        self.commands
-            .send(ClientFrame {
-                command_id,
-                command: Some(command),
-            })
-            .await
-            .expect("session open");
-        command_id
-    }
-
-    async fn next(&mut self) -> Frame {
-        timeout(STEP, self.frames.message())
-            .await
-            .expect("a frame in time")
-            .expect("stream healthy")
-            .expect("stream open")
-            .frame
-            .expect("frame set")
-    }
-
-    /// The next frame that is not a presence event.
-    async fn next_non_presence(&mut self) -> Frame {
-        loop {
-            match self.next().await {
-                Frame::Presence(_) => continue,
-                frame => return frame,
-            }
-        }
-    }
-
-    async fn join(&mut self, room: &str, after: Option<u64>) -> duplex_proto::hub::Joined {
-        self.send(Command::Join(Join {
-            room: room.into(),
-            after_offset: after,
-            hidden: false,
-        }))
-        .await;
-        match self.next_non_presence().await {
-            Frame::Joined(joined) => joined,
-            other => panic!("expected joined, got {other:?}"),
-        }
-    }
-
-    async fn publish(&mut self, room: &str, payload: impl Into<Bytes>) -> u64 {
-        self.send(Command::Publish(Publish {
-            room: room.into(),
-            payload: payload.into(),
-            ..Default::default()
-        }))
-        .await
-    }
-
-    /// Collects `count` messages (skipping acks and presence).
-    async fn messages(&mut self, count: usize) -> Vec<duplex_proto::hub::Message> {
-        let mut messages = Vec::with_capacity(count);
-        while messages.len() < count {
-            if let Frame::Message(message) = self.next().await {
-                messages.push(message);
-            }
-        }
-        messages
-    }
-}
-
-fn texts(messages: &[duplex_proto::hub::Message]) -> Vec<String> {
-    messages
-        .iter()
-        .map(|m| String::from_utf8(m.payload.to_vec()).unwrap())
-        .collect()
-}
 
 #[tokio::test]
 async fn clients_in_one_room_see_the_same_order() {

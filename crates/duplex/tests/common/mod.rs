@@ -2,6 +2,8 @@
 
 #![allow(dead_code)] // each test file uses a different part of the harness
 
+pub mod session;
+
 use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -27,6 +29,8 @@ pub fn repo_root() -> PathBuf {
 /// A server running in this process on 127.0.0.1 with a port it picked; stops on drop.
 pub struct InProcessServer {
     pub addr: SocketAddr,
+    /// The engine behind the Hub service, for stats.
+    pub hub: duplex_hub::Hub,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -45,6 +49,7 @@ impl InProcessServer {
         configure(&mut config);
         let server = Server::bind(config).await.expect("bind a loopback port");
         let addr = server.local_addrs()[0];
+        let hub = server.hub().clone();
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(async move {
             server
@@ -56,6 +61,7 @@ impl InProcessServer {
         });
         Self {
             addr,
+            hub,
             stop: Some(stop),
             task,
         }
