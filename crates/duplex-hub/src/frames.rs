@@ -16,7 +16,7 @@ pub(crate) fn encode(frame: Frame) -> Bytes {
 }
 
 /// The wire form of a stored message.
-pub fn message(stored: &StoredMessage, key: &str) -> Message {
+pub fn message(stored: &StoredMessage) -> Message {
     Message {
         room: stored.room.clone(),
         offset: stored.offset,
@@ -25,12 +25,12 @@ pub fn message(stored: &StoredMessage, key: &str) -> Message {
         payload: stored.payload.clone(),
         content_type: stored.content_type.clone(),
         client_message_id: stored.client_id.clone(),
-        key: key.to_owned(),
+        key: stored.key.clone(),
     }
 }
 
-pub(crate) fn message_frame(stored: &StoredMessage, key: &str) -> Bytes {
-    encode(Frame::Message(message(stored, key)))
+pub(crate) fn message_frame(stored: &StoredMessage) -> Bytes {
+    encode(Frame::Message(message(stored)))
 }
 
 pub(crate) fn lagged(room: &str, last_offset: Offset, dropped: u64) -> Bytes {

@@ -360,9 +360,10 @@ async fn commit_batch(batch: &mut Vec<PublishCommand>, store: &dyn Store, config
             sender: input.sender.clone(),
             content_type: input.content_type.clone(),
             client_id: input.client_id.clone(),
+            key: input.key.clone(),
             payload: input.payload.clone(),
         };
-        let frame = frames::message_frame(&record, &input.key);
+        let frame = frames::message_frame(&record);
         records.push(record);
         accepted.push(Accepted {
             command,

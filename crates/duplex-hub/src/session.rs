@@ -396,11 +396,11 @@ async fn replay_then_live(
                 return;
             }
             let frame = QueuedFrame {
-                bytes: frames::message_frame(&message, ""),
+                bytes: frames::message_frame(&message),
                 message: Some(MessageMeta {
                     room: room.name.clone(),
                     offset: message.offset,
-                    key: "".into(),
+                    key: message.key.as_str().into(),
                 }),
             };
             if subscriber.queue.push_reliable(frame).await.is_err() {

@@ -236,7 +236,7 @@ impl UnaryService<HistoryRequest> for Unary<HistoryRequest> {
                 messages: page
                     .messages
                     .iter()
-                    .map(|m| duplex_hub::frames::message(m, ""))
+                    .map(duplex_hub::frames::message)
                     .collect(),
                 earliest_offset: page.earliest,
                 last_offset: page.last,

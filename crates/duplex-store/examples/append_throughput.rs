@@ -53,6 +53,7 @@ async fn run(duration: Duration, appenders: u64, dir: std::path::PathBuf) {
                         sender: "bench".into(),
                         content_type: String::new(),
                         client_id: String::new(),
+                        key: String::new(),
                         payload: payload.clone(),
                     };
                     let sent = Instant::now();

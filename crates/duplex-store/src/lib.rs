@@ -29,6 +29,7 @@
 //!     sender: "ada".into(),
 //!     content_type: "text/plain".into(),
 //!     client_id: String::new(),
+//!     key: String::new(),
 //!     payload: bytes::Bytes::from_static(b"hello"),
 //! };
 //! store.append(vec![message(1), message(2)]).await?;
@@ -83,6 +84,8 @@ pub struct StoredMessage {
     pub content_type: String,
     /// The publisher's own message id, for deduplication; empty for none.
     pub client_id: String,
+    /// Coalescing key for `latest-per-key` subscribers (`""` = none).
+    pub key: String,
     /// The message body, opaque to the store.
     pub payload: bytes::Bytes,
 }

@@ -198,6 +198,7 @@ mod tests {
             sender: String::new(),
             content_type: String::new(),
             client_id: String::new(),
+            key: String::new(),
             payload: Bytes::from_static(b"x"),
         }
     }

@@ -5,11 +5,11 @@
 //! ```text
 //! version: u8 = 1
 //! time_unix_micros: i64, little endian
-//! sender, content_type, client_id: each a LEB128 varint length + UTF-8 bytes
+//! sender, content_type, client_id, key: each a LEB128 varint length + UTF-8 bytes
 //! payload: LEB128 varint length + bytes
 //! ```
 //!
-//! A typical record costs 13 bytes beyond its strings and payload. Decoding checks every
+//! A typical record costs 14 bytes beyond its strings and payload. Decoding checks every
 //! length, the UTF-8 and that nothing trails, and answers damage with
 //! [`StoreError::CorruptRecord`], never a panic: the file is input like any other.
 
@@ -21,7 +21,7 @@ use crate::{Offset, StoreError, StoredMessage};
 const RECORD_VERSION: u8 = 1;
 
 /// Bytes a record takes beyond its variable parts' contents, at most.
-const MAX_FIXED_OVERHEAD: usize = 1 + 8 + 4 * 10;
+const MAX_FIXED_OVERHEAD: usize = 1 + 8 + 5 * 10;
 
 /// Encodes everything of `message` but its room and offset.
 pub(crate) fn encode(message: &StoredMessage) -> Vec<u8> {
@@ -30,6 +30,7 @@ pub(crate) fn encode(message: &StoredMessage) -> Vec<u8> {
             + message.sender.len()
             + message.content_type.len()
             + message.client_id.len()
+            + message.key.len()
             + message.payload.len(),
     );
     out.push(RECORD_VERSION);
@@ -38,6 +39,7 @@ pub(crate) fn encode(message: &StoredMessage) -> Vec<u8> {
         message.sender.as_bytes(),
         message.content_type.as_bytes(),
         message.client_id.as_bytes(),
+        message.key.as_bytes(),
         &message.payload[..],
     ] {
         put_varint(&mut out, field.len() as u64);
@@ -69,6 +71,7 @@ pub(crate) fn decode(
     let sender = reader.string("sender").map_err(corrupt)?;
     let content_type = reader.string("content type").map_err(corrupt)?;
     let client_id = reader.string("client id").map_err(corrupt)?;
+    let key = reader.string("key").map_err(corrupt)?;
     let payload = reader.field("payload").map_err(corrupt)?;
     if !reader.bytes.is_empty() {
         return Err(corrupt(format!(
@@ -83,6 +86,7 @@ pub(crate) fn decode(
         sender,
         content_type,
         client_id,
+        key,
         payload: Bytes::copy_from_slice(payload),
     })
 }
@@ -165,6 +169,7 @@ mod tests {
             sender: "ada".into(),
             content_type: "text/plain; charset=utf-8".into(),
             client_id: "c-42".into(),
+            key: "player-7".into(),
             payload: Bytes::from(vec![0xAB; 300]),
         }
     }
@@ -186,11 +191,12 @@ mod tests {
             sender: String::new(),
             content_type: String::new(),
             client_id: String::new(),
+            key: String::new(),
             payload: Bytes::new(),
             ..message()
         };
         let encoded = encode(&empty);
-        assert_eq!(encoded.len(), 1 + 8 + 4);
+        assert_eq!(encoded.len(), 1 + 8 + 5);
         assert_eq!(decode("lobby", 7, &encoded).unwrap(), empty);
     }
 

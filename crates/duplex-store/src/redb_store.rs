@@ -280,6 +280,7 @@ mod tests {
             sender: "ada".into(),
             content_type: String::new(),
             client_id: String::new(),
+            key: String::new(),
             payload: Bytes::from(format!("{room}#{offset}")),
         }
     }

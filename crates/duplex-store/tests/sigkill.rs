@@ -39,6 +39,7 @@ fn message(room: &str, offset: Offset) -> StoredMessage {
         sender: "writer".into(),
         content_type: String::new(),
         client_id: String::new(),
+        key: String::new(),
         payload: Bytes::from(format!("{room}/{offset}")),
     }
 }

@@ -23,6 +23,7 @@ fn message(room: &str, offset: Offset) -> StoredMessage {
             String::new()
         },
         client_id: format!("c{offset}"),
+        key: String::new(),
         payload: Bytes::from(format!("{room}:{offset}")),
     }
 }

@@ -1,0 +1,160 @@
+//! The engine without a network: acks and deliveries wait for the store's commit.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use duplex_hub::{Hub, HubConfig, PublishInput};
+use duplex_proto::hub::client_frame::Command;
+use duplex_proto::hub::server_frame::Frame;
+use duplex_proto::hub::{ClientFrame, Join, ServerFrame};
+use duplex_store::{BoxFuture, MemoryStore, Offset, RoomBounds, Store, StoreError, StoredMessage};
+use futures::StreamExt as _;
+use prost::Message as _;
+use tokio::sync::Semaphore;
+
+/// A memory store whose commits wait for the test to allow each one.
+struct GatedStore {
+    inner: MemoryStore,
+    gate: Semaphore,
+    committed: AtomicU64,
+}
+
+impl Store for GatedStore {
+    fn append(&self, batch: Vec<StoredMessage>) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.gate.acquire().await.unwrap().forget();
+            let count = batch.len() as u64;
+            self.inner.append(batch).await?;
+            self.committed.fetch_add(count, Ordering::SeqCst);
+            Ok(())
+        })
+    }
+    fn read_after(
+        &self,
+        room: &str,
+        after: Offset,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<StoredMessage>, StoreError>> {
+        self.inner.read_after(room, after, limit)
+    }
+    fn bounds(&self, room: &str) -> BoxFuture<'_, Result<Option<RoomBounds>, StoreError>> {
+        self.inner.bounds(room)
+    }
+    fn last_offset(&self, room: &str) -> BoxFuture<'_, Result<Offset, StoreError>> {
+        self.inner.last_offset(room)
+    }
+    fn enforce_retention(&self, now: i64) -> BoxFuture<'_, Result<u64, StoreError>> {
+        self.inner.enforce_retention(now)
+    }
+    fn commits(&self) -> u64 {
+        self.inner.commits()
+    }
+}
+
+#[tokio::test]
+async fn no_ack_and_no_delivery_before_the_commit() {
+    let store = Arc::new(GatedStore {
+        inner: MemoryStore::new(Default::default()),
+        gate: Semaphore::new(0),
+        committed: AtomicU64::new(0),
+    });
+    let hub = Hub::new(store.clone(), HubConfig::default());
+
+    let (session, mut outbound) = hub.open_session("watcher");
+    let join = ClientFrame {
+        command_id: 1,
+        command: Some(Command::Join(Join {
+            room: "r".into(),
+            after_offset: None,
+            hidden: true,
+        })),
+    };
+    tokio::spawn(
+        session.drive(futures::stream::iter([Ok(join)]).chain(futures::stream::pending())),
+    );
+    let joined = ServerFrame::decode(outbound.next().await.unwrap().unwrap()).unwrap();
+    assert!(matches!(joined.frame, Some(Frame::Joined(_))));
+
+    let publisher = hub.clone();
+    let ack = tokio::spawn(async move {
+        publisher
+            .publish(PublishInput {
+                room: "r".into(),
+                payload: "x".into(),
+                ..Default::default()
+            })
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!ack.is_finished(), "acked before the store committed");
+    let early = tokio::time::timeout(Duration::from_millis(50), outbound.next()).await;
+    assert!(early.is_err(), "delivered before the store committed");
+
+    store.gate.add_permits(1);
+    let outcome = ack.await.unwrap().unwrap();
+    assert_eq!(
+        store.committed.load(Ordering::SeqCst),
+        1,
+        "the ack follows the commit"
+    );
+    assert_eq!(outcome.offset, 1);
+    let delivered = ServerFrame::decode(outbound.next().await.unwrap().unwrap()).unwrap();
+    match delivered.frame {
+        Some(Frame::Message(message)) => assert_eq!(message.offset, 1),
+        other => panic!("expected the message, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_failed_commit_acks_nothing_and_reuses_the_offsets() {
+    struct FailingOnce(MemoryStore, AtomicU64);
+    impl Store for FailingOnce {
+        fn append(&self, batch: Vec<StoredMessage>) -> BoxFuture<'_, Result<(), StoreError>> {
+            if self.1.fetch_add(1, Ordering::SeqCst) == 0 {
+                return Box::pin(async { Err(StoreError::Closed) });
+            }
+            self.0.append(batch)
+        }
+        fn read_after(
+            &self,
+            room: &str,
+            after: Offset,
+            limit: usize,
+        ) -> BoxFuture<'_, Result<Vec<StoredMessage>, StoreError>> {
+            self.0.read_after(room, after, limit)
+        }
+        fn bounds(&self, room: &str) -> BoxFuture<'_, Result<Option<RoomBounds>, StoreError>> {
+            self.0.bounds(room)
+        }
+        fn last_offset(&self, room: &str) -> BoxFuture<'_, Result<Offset, StoreError>> {
+            self.0.last_offset(room)
+        }
+        fn enforce_retention(&self, now: i64) -> BoxFuture<'_, Result<u64, StoreError>> {
+            self.0.enforce_retention(now)
+        }
+        fn commits(&self) -> u64 {
+            self.0.commits()
+        }
+    }
+    let hub = Hub::new(
+        Arc::new(FailingOnce(
+            MemoryStore::new(Default::default()),
+            AtomicU64::new(0),
+        )),
+        HubConfig::default(),
+    );
+    let input = || PublishInput {
+        room: "r".into(),
+        payload: "x".into(),
+        client_id: "id-1".into(),
+        ..Default::default()
+    };
+    let error = hub.publish(input()).await.unwrap_err();
+    assert_eq!(error.code(), 14, "UNAVAILABLE: retry is safe");
+    // The retry with the same client id is stored (not mistaken for a duplicate) at offset 1.
+    let outcome = hub.publish(input()).await.unwrap();
+    assert_eq!((outcome.offset, outcome.duplicate), (1, false));
+    let again = hub.publish(input()).await.unwrap();
+    assert_eq!((again.offset, again.duplicate), (1, true));
+}
