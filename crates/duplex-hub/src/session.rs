@@ -191,9 +191,18 @@ impl Session {
         let bounds = store.bounds(&room.name).await?;
         let last = room.lock().delivered;
         let earliest = bounds.map_or(0, |b| b.earliest);
-        if let Some(after) = join.after_offset {
-            check_resume(&room.name, after, bounds.map(|b| b.earliest), last)?;
-        }
+        let after = match (join.after_offset, join.replay_last) {
+            (Some(after), _) => {
+                check_resume(&room.name, after, bounds.map(|b| b.earliest), last)?;
+                Some(after)
+            }
+            (None, 0) => None,
+            // The latest `n` retained: never before the earliest one still there.
+            (None, n) => Some(
+                last.saturating_sub(n.into())
+                    .max(earliest.saturating_sub(1)),
+            ),
+        };
 
         let members = {
             let mut state = room.lock();
@@ -225,7 +234,7 @@ impl Session {
             session_id: self.id,
             queue: self.queue.clone(),
         };
-        match join.after_offset {
+        match after {
             None => {
                 room.lock().subscribers.push(subscriber);
                 Ok(None)

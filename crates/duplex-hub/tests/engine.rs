@@ -68,6 +68,7 @@ async fn no_ack_and_no_delivery_before_the_commit() {
             room: "r".into(),
             after_offset: None,
             hidden: true,
+            replay_last: 0,
         })),
     };
     tokio::spawn(

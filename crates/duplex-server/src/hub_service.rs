@@ -171,6 +171,7 @@ impl ServerStreamingService<SubscribeRequest> for Subscribe {
                     room: subscribe.room,
                     after_offset: subscribe.after_offset,
                     hidden,
+                    replay_last: 0,
                 })),
             };
             // The only command is the join; the session then lives until the client leaves.

@@ -1,5 +1,6 @@
 //! The `duplex` command: parses arguments and hands each subcommand to its module.
 
+mod chat;
 mod echo;
 mod serve;
 mod tap;
@@ -22,6 +23,8 @@ enum Command {
     Serve(duplex_server::ServeConfig),
     /// The article's client: send each stdin line as a Msg, print each reply as `server: <<line>>`.
     Echo(echo::EchoArgs),
+    /// Chat in a room: type to publish, see others live; reconnects and resumes by itself.
+    Chat(chat::ChatArgs),
     /// Proxy HTTP/2 and show every frame both ways: headers, gRPC messages, flow-control windows.
     Tap(tap::TapArgs),
 }
@@ -47,6 +50,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(config) => serve::run(config).await,
             Command::Echo(args) => echo::run(args).await,
+            Command::Chat(args) => chat::run(args).await,
             Command::Tap(args) => tap::run(args).await,
         }
     });

@@ -31,6 +31,7 @@ async fn publish_all(
             room: room.into(),
             after_offset: None,
             hidden: true,
+            replay_last: 0,
         }))
         .await;
     assert!(matches!(session.next().await, Frame::Joined(_)));

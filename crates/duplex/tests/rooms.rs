@@ -138,6 +138,7 @@ async fn presence_announces_joins_and_leaves() {
             room: "tea".into(),
             after_offset: None,
             hidden: true,
+            replay_last: 0,
         }))
         .await;
     assert!(matches!(observer.next().await, Frame::Joined(_)));
@@ -243,6 +244,7 @@ async fn bad_commands_get_errors_and_the_session_goes_on() {
             room: "ok2".into(),
             after_offset: Some(5),
             hidden: false,
+            replay_last: 0,
         }))
         .await;
     let error = expect_error(session.next().await, tonic::Code::InvalidArgument);

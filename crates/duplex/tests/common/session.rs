@@ -76,6 +76,7 @@ impl Session {
             room: room.into(),
             after_offset: after,
             hidden: false,
+            replay_last: 0,
         }))
         .await;
         match self.next_non_presence().await {

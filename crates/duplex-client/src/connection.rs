@@ -1,0 +1,432 @@
+//! The task that owns a client's connection: sends commands, reads frames, and on any
+//! break reconnects with backoff, re-joins each room after the last offset delivered, and
+//! re-sends unacked publishes under their original client message ids.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use duplex_proto::hub::client_frame::Command;
+use duplex_proto::hub::hub_client::HubClient;
+use duplex_proto::hub::server_frame::Frame;
+use duplex_proto::hub::{ClientFrame, Join, Leave, Publish, ServerFrame};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+use tracing::debug;
+
+use crate::{ClientError, ClientOptions, Event, Joined};
+
+/// A call from a [`crate::Client`] to the connection task.
+pub(crate) enum Request {
+    Join {
+        room: String,
+        after: Option<u64>,
+        recent: u32,
+        reply: oneshot::Sender<Result<Joined, ClientError>>,
+    },
+    Leave {
+        room: String,
+        reply: oneshot::Sender<Result<(), ClientError>>,
+    },
+    Publish {
+        room: String,
+        payload: Bytes,
+        content_type: String,
+        key: String,
+        reply: oneshot::Sender<Result<u64, ClientError>>,
+    },
+}
+
+/// A command sent and not yet answered, kept to answer it or send it again.
+enum Pending {
+    Join {
+        room: String,
+        after: Option<u64>,
+        recent: u32,
+        reply: oneshot::Sender<Result<Joined, ClientError>>,
+    },
+    /// A re-join after a reconnect; nobody waits for it.
+    Rejoin { room: String },
+    Leave {
+        room: String,
+        reply: oneshot::Sender<Result<(), ClientError>>,
+    },
+    Publish {
+        publish: Publish,
+        reply: oneshot::Sender<Result<u64, ClientError>>,
+    },
+}
+
+impl Pending {
+    fn command(&self) -> Option<Command> {
+        match self {
+            Pending::Join {
+                room,
+                after,
+                recent,
+                ..
+            } => Some(Command::Join(Join {
+                room: room.clone(),
+                after_offset: *after,
+                hidden: false,
+                replay_last: *recent,
+            })),
+            Pending::Leave { room, .. } => Some(Command::Leave(Leave { room: room.clone() })),
+            Pending::Publish { publish, .. } => Some(Command::Publish(publish.clone())),
+            // Re-joins are re-created from the room table on each connection.
+            Pending::Rejoin { .. } => None,
+        }
+    }
+}
+
+/// Why one session stream ended.
+enum SessionEnd {
+    /// Every `Client` was dropped.
+    ClientClosed,
+    /// The stream broke; reconnect.
+    Broken(String),
+}
+
+struct Connection {
+    options: ClientOptions,
+    endpoint: Endpoint,
+    /// Joined rooms → last offset delivered to the caller.
+    rooms: HashMap<String, u64>,
+    /// Unanswered commands by command id (ordered, so they are re-sent in order).
+    pending: BTreeMap<u64, Pending>,
+    next_command: u64,
+    /// Prefix of this client's message ids, unique per client.
+    id_prefix: String,
+    next_message: u64,
+    events: mpsc::Sender<Event>,
+}
+
+pub(crate) async fn start(
+    options: ClientOptions,
+    requests: mpsc::Receiver<Request>,
+    events: mpsc::Sender<Event>,
+) -> Result<(), ClientError> {
+    let url = if options.addr.contains("://") {
+        options.addr.clone()
+    } else {
+        format!("http://{}", options.addr)
+    };
+    let connect_error = |reason: String| ClientError::Connect {
+        addr: options.addr.clone(),
+        reason,
+    };
+    let endpoint = Endpoint::from_shared(url)
+        .map_err(|e| connect_error(e.to_string()))?
+        .connect_timeout(options.connect_timeout)
+        .tcp_nodelay(true);
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| connect_error(error_chain(&e)))?;
+    let started = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    let connection = Connection {
+        id_prefix: format!("{}-{:x}-{:x}", options.name, std::process::id(), started),
+        options,
+        endpoint,
+        rooms: HashMap::new(),
+        pending: BTreeMap::new(),
+        next_command: 1,
+        next_message: 0,
+        events,
+    };
+    tokio::spawn(connection.run(channel, requests));
+    Ok(())
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+impl Connection {
+    async fn run(mut self, mut channel: Channel, mut requests: mpsc::Receiver<Request>) {
+        loop {
+            let reason = match self.session(channel, &mut requests).await {
+                SessionEnd::ClientClosed => return,
+                SessionEnd::Broken(reason) => reason,
+            };
+            channel = match self.reconnect(reason, &mut requests).await {
+                Some(channel) => channel,
+                None => return,
+            };
+        }
+    }
+
+    /// Waits out the backoff (queuing new requests meanwhile) and connects again.
+    async fn reconnect(
+        &mut self,
+        mut reason: String,
+        requests: &mut mpsc::Receiver<Request>,
+    ) -> Option<Channel> {
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let delay = self
+                .options
+                .initial_backoff
+                .saturating_mul(1 << (attempt - 1).min(16))
+                .min(self.options.max_backoff);
+            debug!(%reason, attempt, ?delay, "session broke; reconnecting");
+            self.emit(Event::Disconnected {
+                reason: reason.clone(),
+                attempt,
+                delay,
+            })
+            .await;
+            let sleep = tokio::time::sleep(delay);
+            tokio::pin!(sleep);
+            loop {
+                tokio::select! {
+                    () = &mut sleep => break,
+                    request = requests.recv() => match request {
+                        // Queued as pending: sent when the next session starts.
+                        Some(request) => {
+                            self.accept(request);
+                        }
+                        None => return None,
+                    },
+                }
+            }
+            match self.endpoint.connect().await {
+                Ok(channel) => return Some(channel),
+                Err(error) => reason = error_chain(&error),
+            }
+        }
+    }
+
+    /// One session stream: re-join, re-send, then serve requests and frames until it ends.
+    async fn session(
+        &mut self,
+        channel: Channel,
+        requests: &mut mpsc::Receiver<Request>,
+    ) -> SessionEnd {
+        let (frames_tx, frames_rx) = mpsc::channel(self.options.request_queue.max(16));
+        let mut request = tonic::Request::new(ReceiverStream::new(frames_rx));
+        if let Ok(name) = self.options.name.parse() {
+            request.metadata_mut().insert("duplex-name", name);
+        }
+        let mut stream = match HubClient::new(channel).connect(request).await {
+            Ok(response) => response.into_inner(),
+            Err(status) => {
+                return SessionEnd::Broken(format!("{:?}: {}", status.code(), status.message()));
+            }
+        };
+
+        // Resume: every joined room after its last delivered offset, then what was unanswered.
+        self.pending
+            .retain(|_, pending| !matches!(pending, Pending::Rejoin { .. }));
+        let mut resumed: Vec<(String, u64)> =
+            self.rooms.iter().map(|(r, o)| (r.clone(), *o)).collect();
+        resumed.sort();
+        let mut outgoing = Vec::new();
+        for (room, last) in &resumed {
+            let id = self.command_id();
+            outgoing.push(ClientFrame {
+                command_id: id,
+                command: Some(Command::Join(Join {
+                    room: room.clone(),
+                    after_offset: Some(*last),
+                    hidden: false,
+                    replay_last: 0,
+                })),
+            });
+            self.pending
+                .insert(id, Pending::Rejoin { room: room.clone() });
+        }
+        for (&id, pending) in &self.pending {
+            if let Some(command) = pending.command() {
+                outgoing.push(ClientFrame {
+                    command_id: id,
+                    command: Some(command),
+                });
+            }
+        }
+        for frame in outgoing {
+            if frames_tx.send(frame).await.is_err() {
+                return SessionEnd::Broken("session closed while resuming".into());
+            }
+        }
+        if !resumed.is_empty() {
+            self.emit(Event::Resumed { rooms: resumed }).await;
+        }
+
+        loop {
+            tokio::select! {
+                request = requests.recv() => {
+                    let Some(request) = request else { return SessionEnd::ClientClosed };
+                    if let Some(frame) = self.accept(request)
+                        && frames_tx.send(frame).await.is_err()
+                    {
+                        return SessionEnd::Broken("session closed".into());
+                    }
+                }
+                frame = stream.message() => match frame {
+                    Ok(Some(frame)) => {
+                        if let Some(end) = self.handle(frame).await {
+                            return end;
+                        }
+                    }
+                    Ok(None) => return SessionEnd::Broken("the server ended the session".into()),
+                    Err(status) => {
+                        return SessionEnd::Broken(format!("{:?}: {}", status.code(), status.message()));
+                    }
+                },
+            }
+        }
+    }
+
+    fn command_id(&mut self) -> u64 {
+        let id = self.next_command;
+        self.next_command += 1;
+        id
+    }
+
+    /// Records a request as pending and returns the frame to send for it.
+    fn accept(&mut self, request: Request) -> Option<ClientFrame> {
+        let id = self.command_id();
+        let pending = match request {
+            Request::Join {
+                room,
+                after,
+                recent,
+                reply,
+            } => Pending::Join {
+                room,
+                after,
+                recent,
+                reply,
+            },
+            Request::Leave { room, reply } => {
+                // Forget the room now: no re-join on reconnect, no more of its messages.
+                self.rooms.remove(&room);
+                Pending::Leave { room, reply }
+            }
+            Request::Publish {
+                room,
+                payload,
+                content_type,
+                key,
+                reply,
+            } => {
+                self.next_message += 1;
+                Pending::Publish {
+                    publish: Publish {
+                        room,
+                        payload,
+                        content_type,
+                        client_message_id: format!("{}-{}", self.id_prefix, self.next_message),
+                        key,
+                    },
+                    reply,
+                }
+            }
+        };
+        let command = pending.command();
+        self.pending.insert(id, pending);
+        command.map(|command| ClientFrame {
+            command_id: id,
+            command: Some(command),
+        })
+    }
+
+    async fn emit(&self, event: Event) {
+        // A caller that dropped its `Events` still gets its calls answered.
+        let _ = self.events.send(event).await;
+    }
+
+    /// Handles one server frame; returns how the session ends, if it does.
+    async fn handle(&mut self, frame: ServerFrame) -> Option<SessionEnd> {
+        match frame.frame? {
+            Frame::Message(message) => {
+                // Only rooms we are in, and only offsets past what was delivered.
+                if let Some(last) = self.rooms.get_mut(&message.room)
+                    && message.offset > *last
+                {
+                    *last = message.offset;
+                    self.emit(Event::Message(message)).await;
+                }
+            }
+            Frame::Joined(joined) => match self.pending.remove(&joined.command_id) {
+                Some(Pending::Join {
+                    room,
+                    after,
+                    recent,
+                    reply,
+                }) => {
+                    // Where delivery starts: after the resume point, before the replayed
+                    // backlog, or at the room's end for a live join.
+                    let start = after.unwrap_or(joined.last_offset.saturating_sub(recent.into()));
+                    self.rooms.insert(room.clone(), start);
+                    let _ = reply.send(Ok(Joined {
+                        room,
+                        earliest_offset: joined.earliest_offset,
+                        last_offset: joined.last_offset,
+                        members: joined.members,
+                    }));
+                }
+                Some(other) => {
+                    self.pending.insert(joined.command_id, other);
+                }
+                None => {}
+            },
+            Frame::Left(left) => {
+                if let Some(Pending::Leave { reply, .. }) = self.pending.remove(&left.command_id) {
+                    let _ = reply.send(Ok(()));
+                }
+            }
+            Frame::PublishAck(ack) => {
+                if let Some(Pending::Publish { reply, .. }) = self.pending.remove(&ack.command_id) {
+                    let _ = reply.send(Ok(ack.offset));
+                }
+            }
+            Frame::Error(error) => match self.pending.remove(&error.command_id) {
+                Some(Pending::Join { reply, .. }) => {
+                    let _ = reply.send(Err(error.into()));
+                }
+                Some(Pending::Leave { reply, .. }) => {
+                    let _ = reply.send(Err(error.into()));
+                }
+                Some(Pending::Publish { reply, .. }) => {
+                    let _ = reply.send(Err(error.into()));
+                }
+                Some(Pending::Rejoin { room }) => {
+                    // The room cannot be resumed (e.g. retention removed what we missed).
+                    self.rooms.remove(&room);
+                    self.emit(Event::Error(error)).await;
+                }
+                None => self.emit(Event::Error(error)).await,
+            },
+            Frame::Presence(presence) => self.emit(Event::Presence(presence)).await,
+            Frame::Shutdown(shutdown) => {
+                self.emit(Event::ServerShutdown {
+                    reason: shutdown.reason.clone(),
+                })
+                .await;
+                return Some(SessionEnd::Broken(format!(
+                    "server shutting down: {}",
+                    shutdown.reason
+                )));
+            }
+            // `lagged` under `disconnect` is followed by the stream's end, and the resume
+            // after it starts at our own last offset; under the lossy policies the caller
+            // chose to skip.
+            Frame::Lagged(_) | Frame::Pong(_) => {}
+        }
+        None
+    }
+}

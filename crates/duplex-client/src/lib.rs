@@ -1,0 +1,245 @@
+//! The duplex client library: what `duplex chat` and `duplex bench` use.
+//!
+//! [`Client::connect`] opens one `Hub.Connect` session stream and hands back a [`Client`]
+//! (cheap to clone; join, leave, publish) and an [`Events`] stream (messages, presence,
+//! connection changes). One background task owns the connection. When the stream breaks —
+//! network, server restart, a `shutdown` frame, or `lagged` under the `disconnect` policy —
+//! it reconnects with exponential backoff and:
+//!
+//! - re-joins every room with `after_offset` = the last offset it delivered to you, so the
+//!   server replays exactly what was missed: no gap, no duplicate (and offsets at or below
+//!   what was delivered are dropped, should a server ever repeat one);
+//! - re-sends every publish that was not acked yet, with the same client message id, so
+//!   the server's dedupe makes it land exactly once.
+//!
+//! So a caller sees one uninterrupted stream per room, and each `publish` resolves once its
+//! message is durable, whatever happened to the connection in between.
+
+mod connection;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use duplex_proto::hub::{CommandError, Member, Message, PresenceEvent};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::connection::Request;
+
+/// How to reach the server and how to behave on the way.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// `HOST:PORT` or `http://HOST:PORT`.
+    pub addr: String,
+    /// Session name: the `sender` of what this client publishes, and its presence name.
+    pub name: String,
+    /// Give up one connection attempt after this long.
+    pub connect_timeout: Duration,
+    /// First reconnect delay; doubles per failed attempt up to `max_backoff`.
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+    /// Requests (join, publish, …) queued for the connection task.
+    pub request_queue: usize,
+    /// Events buffered for the caller; when full, the connection task stops reading the
+    /// server, so HTTP/2 flow control pushes back (and the server's lag policy decides).
+    pub event_queue: usize,
+}
+
+impl ClientOptions {
+    pub fn new(addr: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            addr: addr.into(),
+            name: name.into(),
+            connect_timeout: Duration::from_secs(5),
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+            request_queue: 1024,
+            event_queue: 4096,
+        }
+    }
+}
+
+/// What the caller sees, in order.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A room message, in the room's order, never repeated.
+    Message(Message),
+    /// Someone joined or left a room this client is in.
+    Presence(PresenceEvent),
+    /// The connection broke; the next attempt comes after `delay`.
+    Disconnected {
+        reason: String,
+        attempt: u32,
+        delay: Duration,
+    },
+    /// Connected again; each room was re-joined after the given offset.
+    Resumed { rooms: Vec<(String, u64)> },
+    /// The server announced it is going away; the client will reconnect by itself.
+    ServerShutdown { reason: String },
+    /// A command error not tied to a call still waiting (rare: a replay failed).
+    Error(CommandError),
+}
+
+/// The result of a join.
+#[derive(Debug, Clone)]
+pub struct Joined {
+    pub room: String,
+    pub earliest_offset: u64,
+    pub last_offset: u64,
+    pub members: Vec<Member>,
+}
+
+/// Why a call failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect { addr: String, reason: String },
+    /// The server refused the command; `code` is a gRPC status code number.
+    #[error("{message} (code {code})")]
+    Command {
+        code: i32,
+        message: String,
+        earliest_offset: u64,
+    },
+    #[error("the client was closed")]
+    Closed,
+}
+
+impl From<CommandError> for ClientError {
+    fn from(error: CommandError) -> Self {
+        ClientError::Command {
+            code: error.code,
+            message: error.message,
+            earliest_offset: error.earliest_offset,
+        }
+    }
+}
+
+/// The command side of a session. Cheap to clone; the connection closes when every clone
+/// and the [`Events`] are dropped.
+#[derive(Debug, Clone)]
+pub struct Client {
+    requests: mpsc::Sender<Request>,
+}
+
+/// The event side of a session.
+#[derive(Debug)]
+pub struct Events {
+    events: mpsc::Receiver<Event>,
+}
+
+impl Events {
+    /// The next event; `None` once the client is closed.
+    pub async fn next(&mut self) -> Option<Event> {
+        self.events.recv().await
+    }
+}
+
+impl Client {
+    /// Connects (the first attempt must succeed, so a wrong address fails fast) and starts
+    /// the task that keeps the session alive.
+    pub async fn connect(options: ClientOptions) -> Result<(Client, Events), ClientError> {
+        let (requests, requests_rx) = mpsc::channel(options.request_queue.max(1));
+        let (events_tx, events) = mpsc::channel(options.event_queue.max(1));
+        connection::start(options, requests_rx, events_tx).await?;
+        Ok((Client { requests }, Events { events }))
+    }
+
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, ClientError>>) -> Request,
+    ) -> Result<T, ClientError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(make(reply))
+            .await
+            .map_err(|_| ClientError::Closed)?;
+        answer.await.map_err(|_| ClientError::Closed)?
+    }
+
+    /// Joins `room`: live from now, or after `after` (replaying what is retained first).
+    /// Stays joined across reconnects.
+    pub async fn join(&self, room: &str, after: Option<u64>) -> Result<Joined, ClientError> {
+        self.call(|reply| Request::Join {
+            room: room.to_owned(),
+            after,
+            recent: 0,
+            reply,
+        })
+        .await
+    }
+
+    /// Joins `room` with its latest `recent` retained messages replayed first (a chat
+    /// window's backlog), then live. Stays joined across reconnects.
+    pub async fn join_with_recent(&self, room: &str, recent: u32) -> Result<Joined, ClientError> {
+        self.call(|reply| Request::Join {
+            room: room.to_owned(),
+            after: None,
+            recent,
+            reply,
+        })
+        .await
+    }
+
+    /// Leaves `room`.
+    pub async fn leave(&self, room: &str) -> Result<(), ClientError> {
+        self.call(|reply| Request::Leave {
+            room: room.to_owned(),
+            reply,
+        })
+        .await
+    }
+
+    /// Publishes to a joined room; resolves with the offset once the message is durable.
+    /// Survives reconnects: the message is re-sent with the same id and lands once.
+    pub async fn publish(
+        &self,
+        room: &str,
+        payload: Bytes,
+        content_type: &str,
+    ) -> Result<u64, ClientError> {
+        self.submit(room, payload, content_type, "").await?.await
+    }
+
+    /// Queues a publish (in call order: submits from one task keep their order in the room)
+    /// and returns its [`Ack`] without waiting for durability, so many can be in flight.
+    /// `key` is the coalescing key for `latest-per-key` subscribers (`""` for none).
+    pub async fn submit(
+        &self,
+        room: &str,
+        payload: Bytes,
+        content_type: &str,
+        key: &str,
+    ) -> Result<Ack, ClientError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request::Publish {
+                room: room.to_owned(),
+                payload,
+                content_type: content_type.to_owned(),
+                key: key.to_owned(),
+                reply,
+            })
+            .await
+            .map_err(|_| ClientError::Closed)?;
+        Ok(Ack { answer })
+    }
+}
+
+/// A submitted publish: resolves with its offset once the message is durable.
+#[derive(Debug)]
+pub struct Ack {
+    answer: oneshot::Receiver<Result<u64, ClientError>>,
+}
+
+impl std::future::Future for Ack {
+    type Output = Result<u64, ClientError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.answer)
+            .poll(cx)
+            .map(|answer| answer.unwrap_or(Err(ClientError::Closed)))
+    }
+}
