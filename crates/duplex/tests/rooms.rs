@@ -369,3 +369,107 @@ async fn unary_publish_history_and_subscribe() {
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
 }
+
+#[tokio::test]
+async fn resume_older_than_retention_names_the_earliest_offset() {
+    let server = InProcessServer::start_with(|config| config.retention_messages = 10).await;
+    let mut client = HubClient::new(server.channel().await);
+    for i in 0..25 {
+        client
+            .publish(PublishRequest {
+                room: "short".into(),
+                payload: Bytes::from(format!("n{i}")),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let history = client
+        .history(HistoryRequest {
+            room: "short".into(),
+            after_offset: 0,
+            limit: 100,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (history.earliest_offset, history.last_offset),
+        (16, 25),
+        "count retention keeps 10"
+    );
+    assert_eq!(history.messages.len(), 10);
+
+    let mut session = Session::open(&server.channel().await, "late").await;
+    session
+        .send(Command::Join(Join {
+            room: "short".into(),
+            after_offset: Some(3),
+            hidden: false,
+            replay_last: 0,
+        }))
+        .await;
+    match session.next().await {
+        Frame::Error(error) => {
+            assert_eq!(error.code, tonic::Code::FailedPrecondition as i32);
+            assert_eq!(error.earliest_offset, 16);
+            assert!(
+                error.message.contains("earliest available offset is 16"),
+                "{}",
+                error.message
+            );
+        }
+        other => panic!("expected FAILED_PRECONDITION, got {other:?}"),
+    }
+    // Resuming from just before the earliest works, and replay_last gives a backlog.
+    let joined = session.join("short", Some(15)).await;
+    assert_eq!(joined.earliest_offset, 16);
+    let replayed = session.messages(10).await;
+    assert_eq!(replayed.first().unwrap().offset, 16);
+    let mut viewer = Session::open(&server.channel().await, "viewer").await;
+    viewer
+        .send(Command::Join(Join {
+            room: "short".into(),
+            after_offset: None,
+            hidden: true,
+            replay_last: 3,
+        }))
+        .await;
+    assert!(matches!(viewer.next().await, Frame::Joined(_)));
+    assert_eq!(texts(&viewer.messages(3).await), ["n22", "n23", "n24"]);
+}
+
+#[test]
+fn sigterm_sends_shutdown_frames_before_closing() {
+    let (mut server, addr) = common::spawn_duplex_serve(&["--shutdown-grace", "5s"]);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut session = Session::open(&channel, "resident").await;
+        session.join("home", None).await;
+        server.signal("TERM");
+        match session.next().await {
+            Frame::Shutdown(shutdown) => {
+                assert!(shutdown.reason.contains("shutting down"), "{shutdown:?}");
+                assert!(shutdown.retry_after_ms > 0);
+            }
+            other => panic!("expected a shutdown frame, got {other:?}"),
+        }
+        // The session still works during the grace period.
+        session.publish("home", "last words").await;
+        loop {
+            if let Frame::PublishAck(_) = session.next().await {
+                break;
+            }
+        }
+    });
+    drop(runtime);
+    let status = server
+        .wait_for_exit(STEP)
+        .expect("exits after the grace period");
+    assert!(status.success());
+}
