@@ -146,7 +146,10 @@ impl Hub {
     /// Publishes without a session (unary calls). Returns once the message is durable.
     pub async fn publish(&self, input: PublishInput) -> Result<PublishOutcome, HubError> {
         let room = self.shared.room(&input.room)?;
-        self.shared.submit(room, input).await
+        let name = room.name.clone();
+        let outcome = self.shared.submit(room, input).await;
+        self.shared.release_room(&name);
+        outcome
     }
 
     /// Up to `limit` (capped by config) retained messages of `room` after `after`.
@@ -277,6 +280,20 @@ impl Shared {
             .await
             .map_err(|_| HubError::ShuttingDown)?;
         Ok(ack)
+    }
+
+    /// Drops `name` from the room table once nothing but the table holds it (no session,
+    /// publish or replay), so the table does not grow with every room ever named. The next
+    /// use loads the room's position from the store again. New handles are only made under
+    /// the table's lock, so the count check there cannot race with one being made.
+    pub fn release_room(&self, name: &str) {
+        let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+        if rooms
+            .get(name)
+            .is_some_and(|room| Arc::strong_count(room) == 1)
+        {
+            rooms.remove(name);
+        }
     }
 
     pub fn forget_session(&self, id: u64) {

@@ -122,6 +122,7 @@ impl Session {
                 match self.join(command_id, join).await {
                     Ok(replay) => replay,
                     Err(error) => {
+                        self.shared.release_room(&room);
                         self.reply(frames::error(command_id, &room, &error)).await;
                         None
                     }
@@ -255,6 +256,8 @@ impl Session {
             .remove(room)
             .ok_or_else(|| HubError::NotJoined(room.to_owned()))?;
         self.detach(&joined);
+        drop(joined);
+        self.shared.release_room(room);
         Ok(())
     }
 
@@ -329,8 +332,10 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
-        for joined in self.joined.values() {
-            self.detach(joined);
+        for (name, joined) in std::mem::take(&mut self.joined) {
+            self.detach(&joined);
+            drop(joined);
+            self.shared.release_room(&name);
         }
         self.shared.forget_session(self.id);
     }

@@ -159,3 +159,43 @@ async fn a_failed_commit_acks_nothing_and_reuses_the_offsets() {
     let again = hub.publish(input()).await.unwrap();
     assert_eq!((again.offset, again.duplicate), (1, true));
 }
+
+#[tokio::test]
+async fn rooms_nobody_uses_are_dropped_from_the_table() {
+    let hub = Hub::new(
+        Arc::new(MemoryStore::new(Default::default())),
+        HubConfig::default(),
+    );
+    for i in 0..100 {
+        hub.publish(PublishInput {
+            room: format!("room-{i}"),
+            payload: "x".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    assert_eq!(hub.stats().rooms, 0, "unary publishes leave no room behind");
+
+    let (mut session, _outbound) = hub.open_session("s");
+    let join = Join {
+        room: "kept".into(),
+        after_offset: None,
+        hidden: false,
+        replay_last: 0,
+    };
+    session.join(1, join).await.unwrap();
+    assert_eq!(hub.stats().rooms, 1);
+    // Offsets continue from the store after a room was dropped and loaded again.
+    let outcome = hub
+        .publish(PublishInput {
+            room: "room-7".into(),
+            payload: "y".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(outcome.offset, 2);
+    session.leave("kept").unwrap();
+    assert_eq!(hub.stats().rooms, 0);
+}
