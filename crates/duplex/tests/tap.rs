@@ -450,3 +450,96 @@ async fn proto_flag_decodes_methods_of_other_services() {
     assert_eq!(reply["headers"]["role"], "trailers-only");
     assert_eq!(header(reply, "grpc-status"), Some("12"));
 }
+
+#[test]
+fn tls_is_terminated_and_originated_and_the_plaintext_is_decoded() {
+    let dir = std::env::temp_dir().join(format!("duplex-tap-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+
+    // echo ──h2c──▶ outer tap ──TLS──▶ inner tap ──h2c──▶ duplex serve
+    let (_server, server) = spawn_duplex_serve(&[]);
+    let inner = Tap::start(server, &["--json", "--tls-cert", cert, "--tls-key", key]);
+    let outer = Tap::start(
+        inner.addr,
+        &[
+            "--json",
+            "--upstream-tls",
+            "--upstream-ca",
+            cert,
+            "--upstream-server-name",
+            "localhost",
+        ],
+    );
+    let out = run_echo(outer.addr, "secret hello\n");
+    assert_eq!(out, "server: <<secret hello>>\n");
+    let outer_trace = json_lines(&outer.finish());
+    let inner_trace = json_lines(&inner.finish());
+    let _ = std::fs::remove_dir_all(&dir);
+
+    for (trace, tls) in [
+        (&outer_trace, "TLS to the upstream"),
+        (&inner_trace, "TLS from the client"),
+    ] {
+        let connected = trace.iter().find(|v| v["event"] == "connected").unwrap();
+        assert_eq!(connected["tls"], tls);
+        assert_eq!(message_texts(trace, "client"), ["secret hello"]);
+        assert_eq!(message_texts(trace, "server"), ["<<secret hello>>"]);
+    }
+}
+
+#[test]
+fn an_upstream_certificate_the_tap_does_not_trust_is_reported() {
+    let dir = std::env::temp_dir().join(format!("duplex-tap-badtls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let served = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let other = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    for (name, pem) in [
+        ("cert.pem", served.cert.pem()),
+        ("key.pem", served.signing_key.serialize_pem()),
+        ("other.pem", other.cert.pem()),
+    ] {
+        std::fs::write(dir.join(name), pem).unwrap();
+    }
+    let path = |name: &str| dir.join(name).to_str().unwrap().to_owned();
+    let (_server, server) = spawn_duplex_serve(&[]);
+    let inner = Tap::start(
+        server,
+        &[
+            "--json",
+            "--tls-cert",
+            &path("cert.pem"),
+            "--tls-key",
+            &path("key.pem"),
+        ],
+    );
+    let outer = Tap::start(
+        inner.addr,
+        &[
+            "--json",
+            "--upstream-tls",
+            "--upstream-ca",
+            &path("other.pem"),
+        ],
+    );
+    let mut tcp = std::net::TcpStream::connect(outer.addr).unwrap();
+    tcp.set_read_timeout(Some(STEP)).unwrap();
+    // The outer tap gives up on the upstream and closes the client.
+    let mut rest = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut tcp, &mut rest);
+    let trace = json_lines(&outer.finish());
+    inner.finish();
+    let _ = std::fs::remove_dir_all(&dir);
+    let error = trace
+        .iter()
+        .find(|v| v["event"] == "error")
+        .expect("an error line");
+    let text = error["error"].as_str().unwrap();
+    assert!(text.contains("TLS handshake failed"), "{text}");
+    assert!(text.contains("upstream"), "{text}");
+}
