@@ -26,6 +26,8 @@ pub mod conn;
 pub mod decoder;
 pub mod flow;
 pub mod frame;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod grpc;
 pub mod schema;
 #[cfg(test)]
