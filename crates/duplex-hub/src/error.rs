@@ -43,6 +43,12 @@ pub enum HubError {
     /// The client's inbound stream failed (decode error, reset); `code` is its status code.
     #[error("{message}")]
     Transport { code: i32, message: String },
+    /// The session's rights do not cover the room.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// The session's credentials expired.
+    #[error("{0}")]
+    Unauthenticated(String),
     /// The hub is shutting down.
     #[error("server is shutting down")]
     ShuttingDown,
@@ -59,6 +65,8 @@ impl HubError {
             HubError::ResourceExhausted(_) | HubError::Lagged => 8,
             HubError::Store(_) | HubError::ShuttingDown => 14,
             HubError::Transport { code, .. } => *code,
+            HubError::PermissionDenied(_) => 7,
+            HubError::Unauthenticated(_) => 16,
         }
     }
 

@@ -24,6 +24,7 @@ use crate::HubError;
 use crate::config::HubConfig;
 use crate::frames;
 use crate::queue::{MessageMeta, Outbound, QueuedFrame, SubscriberQueue};
+use crate::rights::Identity;
 use crate::room::{Room, remember_id, validate_room_name};
 use crate::session::Session;
 
@@ -124,9 +125,10 @@ impl Hub {
         &self.shared.config
     }
 
-    /// Opens a session for `name` (shown as sender and in presence). The session takes
-    /// commands; the [`Outbound`] stream carries everything it must send, in order.
-    pub fn open_session(&self, name: &str) -> (Session, Outbound) {
+    /// Opens a session for `identity` (its name is the sender and the presence name; its
+    /// rights are checked on every command; it ends when the identity expires). The
+    /// session takes commands; the [`Outbound`] stream carries everything it must send.
+    pub fn open_session(&self, identity: Identity) -> (Session, Outbound) {
         let config = &self.shared.config;
         let queue =
             SubscriberQueue::new(config.lag_policy, config.queue_frames, config.queue_bytes);
@@ -139,7 +141,7 @@ impl Hub {
         if self.shared.shutting_down.load(Ordering::Relaxed) {
             queue.push_control(frames::shutdown("server is shutting down", 1000));
         }
-        let session = Session::new(self.shared.clone(), id, name.to_owned(), queue.clone());
+        let session = Session::new(self.shared.clone(), id, identity, queue.clone());
         (session, Outbound::new(queue))
     }
 

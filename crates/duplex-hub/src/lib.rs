@@ -13,6 +13,7 @@ mod error;
 pub mod frames;
 mod hub;
 mod queue;
+mod rights;
 mod room;
 mod session;
 
@@ -20,5 +21,6 @@ pub use config::{HubConfig, LagPolicy};
 pub use error::HubError;
 pub use hub::{HistoryPage, Hub, HubStats, PublishInput, PublishOutcome};
 pub use queue::Outbound;
+pub use rights::{Identity, Rights};
 pub use room::validate_room_name;
 pub use session::Session;

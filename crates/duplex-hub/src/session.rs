@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::SystemTime;
 
 use duplex_proto::hub::client_frame::Command;
 use duplex_proto::hub::{ClientFrame, Join, Member, Publish};
@@ -22,6 +23,7 @@ use crate::HubError;
 use crate::frames;
 use crate::hub::{PublishInput, Shared, now_unix_micros};
 use crate::queue::{MessageMeta, QueuedFrame, SubscriberQueue};
+use crate::rights::{Identity, Rights};
 use crate::room::{Room, Subscriber};
 
 struct JoinedRoom {
@@ -35,6 +37,9 @@ pub struct Session {
     shared: Arc<Shared>,
     id: u64,
     member: Member,
+    rights: Rights,
+    /// When the session's credentials expire; it ends with UNAUTHENTICATED then.
+    expires_at: Option<SystemTime>,
     queue: Arc<SubscriberQueue>,
     joined: HashMap<Arc<str>, JoinedRoom>,
 }
@@ -53,16 +58,18 @@ impl Session {
     pub(crate) fn new(
         shared: Arc<Shared>,
         id: u64,
-        name: String,
+        identity: Identity,
         queue: Arc<SubscriberQueue>,
     ) -> Self {
         Self {
             shared,
             id,
             member: Member {
-                name,
+                name: identity.name,
                 session_id: format!("s{id}"),
             },
+            rights: identity.rights,
+            expires_at: identity.expires_at,
             queue,
             joined: HashMap::new(),
         }
@@ -83,6 +90,8 @@ impl Session {
         let window = self.shared.config.publish_window.max(1);
         let mut pending: FuturesUnordered<BoxFuture<'static, ()>> = FuturesUnordered::new();
         let mut inbound_open = true;
+        let expiry = expiry_sleep(self.expires_at);
+        tokio::pin!(expiry);
         loop {
             if !inbound_open && pending.is_empty() {
                 self.queue.finish(None);
@@ -103,6 +112,13 @@ impl Session {
                 },
                 Some(()) = pending.next(), if !pending.is_empty() => {}
                 () = self.queue.closed() => return,
+                () = &mut expiry => {
+                    let error = HubError::Unauthenticated(
+                        "token expired: reconnect with a fresh token and resume".into(),
+                    );
+                    self.queue.finish(Some(error));
+                    return;
+                }
             }
         }
     }
@@ -176,6 +192,8 @@ impl Session {
         command_id: u64,
         join: Join,
     ) -> Result<Option<BoxFuture<'static, ()>>, HubError> {
+        crate::room::validate_room_name(&join.room)?;
+        self.rights.check_read(&join.room)?;
         let room = self.shared.room(&join.room)?;
         if self.joined.contains_key(join.room.as_str()) {
             return Err(HubError::AlreadyJoined(join.room));
@@ -285,6 +303,9 @@ impl Session {
         command_id: u64,
         publish: Publish,
     ) -> Result<BoxFuture<'static, ()>, (String, HubError)> {
+        if let Err(error) = self.rights.check_write(&publish.room) {
+            return Err((publish.room, error));
+        }
         let Some(joined) = self.joined.get(publish.room.as_str()) else {
             let error = match crate::room::validate_room_name(&publish.room) {
                 Err(error) => error,
@@ -339,6 +360,17 @@ impl Drop for Session {
         }
         self.shared.forget_session(self.id);
     }
+}
+
+/// Resolves when the session's credentials expire; never without an expiry.
+async fn expiry_sleep(expires_at: Option<SystemTime>) {
+    let Some(expires_at) = expires_at else {
+        return std::future::pending().await;
+    };
+    let left = expires_at
+        .duration_since(SystemTime::now())
+        .unwrap_or_default();
+    tokio::time::sleep(left).await;
 }
 
 /// Fails a resume that cannot be served without a gap.

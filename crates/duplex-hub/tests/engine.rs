@@ -61,7 +61,7 @@ async fn no_ack_and_no_delivery_before_the_commit() {
     });
     let hub = Hub::new(store.clone(), HubConfig::default());
 
-    let (session, mut outbound) = hub.open_session("watcher");
+    let (session, mut outbound) = hub.open_session(duplex_hub::Identity::anonymous("watcher"));
     let join = ClientFrame {
         command_id: 1,
         command: Some(Command::Join(Join {
@@ -177,7 +177,7 @@ async fn rooms_nobody_uses_are_dropped_from_the_table() {
     }
     assert_eq!(hub.stats().rooms, 0, "unary publishes leave no room behind");
 
-    let (mut session, _outbound) = hub.open_session("s");
+    let (mut session, _outbound) = hub.open_session(duplex_hub::Identity::anonymous("s"));
     let join = Join {
         room: "kept".into(),
         after_offset: None,

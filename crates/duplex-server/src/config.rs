@@ -105,6 +105,29 @@ pub struct ServeConfig {
     #[arg(long, default_value_t = 256)]
     pub publish_window: usize,
 
+    /// Require bearer tokens (JWT, HS256) on the Hub service, verified with the secret in
+    /// this file (at least 32 bytes). Tokens carry `sub`, `exp` and room rights.
+    #[arg(long)]
+    pub jwt_secret_file: Option<std::path::PathBuf>,
+
+    /// Require bearer tokens verified with this PEM public key: an RSA key means RS256,
+    /// an EC P-256 key ES256.
+    #[arg(long)]
+    pub jwt_public_key_file: Option<std::path::PathBuf>,
+
+    /// Accept only tokens with this `iss` claim.
+    #[arg(long)]
+    pub jwt_issuer: Option<String>,
+
+    /// Accept only tokens with this `aud` claim.
+    #[arg(long)]
+    pub jwt_audience: Option<String>,
+
+    /// With a JWT key configured, still accept calls without a token (every right, named
+    /// by the `duplex-name` header). For local development.
+    #[arg(long)]
+    pub allow_anonymous: bool,
+
     /// On SIGINT/SIGTERM: stop accepting, then give open calls this long to finish before
     /// closing them and exiting 0.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
@@ -131,6 +154,17 @@ impl ServeConfig {
             max_rooms_per_session: self.max_rooms_per_session,
             publish_window: self.publish_window,
             ..duplex_hub::HubConfig::default()
+        }
+    }
+
+    /// Token verification settings from these flags.
+    pub fn auth_settings(&self) -> crate::auth::AuthSettings {
+        crate::auth::AuthSettings {
+            secret_file: self.jwt_secret_file.clone(),
+            public_key_file: self.jwt_public_key_file.clone(),
+            issuer: self.jwt_issuer.clone(),
+            audience: self.jwt_audience.clone(),
+            allow_anonymous: self.allow_anonymous,
         }
     }
 

@@ -10,7 +10,9 @@ use std::marker::PhantomData;
 use std::task::{Context, Poll};
 
 use bytes::{BufMut as _, Bytes};
-use duplex_hub::{Hub, HubError, Outbound, PublishInput};
+use std::sync::Arc;
+
+use duplex_hub::{Hub, HubError, Identity, Outbound, PublishInput};
 use duplex_proto::hub::{
     ClientFrame, HistoryRequest, HistoryResponse, Join, PresenceRequest, PresenceResponse,
     PublishAck, PublishRequest, SubscribeRequest, client_frame::Command,
@@ -22,24 +24,28 @@ use tonic::server::{Grpc, NamedService, ServerStreamingService, StreamingService
 use tonic::{Code, Request, Response, Status, Streaming};
 use tonic_prost::{ProstCodec, ProstDecoder};
 
+use crate::auth::Authenticator;
 use crate::chat::inbound_error;
-
-/// Metadata key naming the session (the `sender` of its messages) while auth is off.
-pub const NAME_HEADER: &str = "duplex-name";
 
 /// The Hub service: cheap to clone, one hub behind every connection.
 #[derive(Clone)]
 pub struct HubService {
     hub: Hub,
+    auth: Arc<Authenticator>,
     max_message_size: usize,
 }
 
 impl HubService {
-    pub fn new(hub: Hub, max_message_size: usize) -> Self {
+    pub fn new(hub: Hub, auth: Arc<Authenticator>, max_message_size: usize) -> Self {
         Self {
             hub,
+            auth,
             max_message_size,
         }
+    }
+
+    fn identify<T>(&self, request: &Request<T>) -> Result<Identity, Status> {
+        self.auth.identify(request.metadata())
     }
 }
 
@@ -59,16 +65,6 @@ fn frame_stream(outbound: Outbound) -> FrameStream {
     let to_status: fn(Result<Bytes, HubError>) -> Result<Bytes, Status> =
         |item| item.map_err(status);
     outbound.map(to_status)
-}
-
-fn session_name<T>(request: &Request<T>) -> String {
-    request
-        .metadata()
-        .get(NAME_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .filter(|name| !name.is_empty() && name.len() <= 128)
-        .unwrap_or("anonymous")
-        .to_owned()
 }
 
 impl<B> tower::Service<http::Request<B>> for HubService
@@ -132,9 +128,9 @@ impl StreamingService<ClientFrame> for Connect {
 
     fn call(&mut self, request: Request<Streaming<ClientFrame>>) -> Self::Future {
         let hub = self.0.hub.clone();
+        let identity = self.0.identify(&request);
         Box::pin(async move {
-            let name = session_name(&request);
-            let (session, outbound) = hub.open_session(&name);
+            let (session, outbound) = hub.open_session(identity?);
             let inbound = request.into_inner().map(|frame| {
                 frame.map_err(|status| {
                     let status = inbound_error(status);
@@ -160,11 +156,20 @@ impl ServerStreamingService<SubscribeRequest> for Subscribe {
 
     fn call(&mut self, request: Request<SubscribeRequest>) -> Self::Future {
         let hub = self.0.hub.clone();
+        let identity = self.0.identify(&request);
         Box::pin(async move {
+            let mut identity = identity?;
             let subscribe = request.into_inner();
             duplex_hub::validate_room_name(&subscribe.room).map_err(status)?;
+            identity
+                .rights
+                .check_read(&subscribe.room)
+                .map_err(status)?;
             let hidden = subscribe.name.is_empty();
-            let (session, outbound) = hub.open_session(&subscribe.name);
+            if !hidden && !self_named(&identity) {
+                identity.name = subscribe.name.clone();
+            }
+            let (session, outbound) = hub.open_session(identity);
             let join = ClientFrame {
                 command_id: 0,
                 command: Some(Command::Join(Join {
@@ -191,11 +196,15 @@ impl UnaryService<PublishRequest> for Unary<PublishRequest> {
 
     fn call(&mut self, request: Request<PublishRequest>) -> Self::Future {
         let hub = self.0.hub.clone();
+        let identity = self.0.identify(&request);
         Box::pin(async move {
-            let name = session_name(&request);
+            let identity = identity?;
             let publish = request.into_inner();
-            let sender = if publish.sender.is_empty() {
-                name
+            duplex_hub::validate_room_name(&publish.room).map_err(status)?;
+            identity.rights.check_write(&publish.room).map_err(status)?;
+            // A token's subject is the sender; anonymous callers may name one.
+            let sender = if self_named(&identity) || publish.sender.is_empty() {
+                identity.name
             } else {
                 publish.sender
             };
@@ -227,8 +236,12 @@ impl UnaryService<HistoryRequest> for Unary<HistoryRequest> {
 
     fn call(&mut self, request: Request<HistoryRequest>) -> Self::Future {
         let hub = self.0.hub.clone();
+        let identity = self.0.identify(&request);
         Box::pin(async move {
+            let identity = identity?;
             let request = request.into_inner();
+            duplex_hub::validate_room_name(&request.room).map_err(status)?;
+            identity.rights.check_read(&request.room).map_err(status)?;
             let page = hub
                 .history(&request.room, request.after_offset, request.limit as usize)
                 .await
@@ -252,11 +265,22 @@ impl UnaryService<PresenceRequest> for Unary<PresenceRequest> {
 
     fn call(&mut self, request: Request<PresenceRequest>) -> Self::Future {
         let hub = self.0.hub.clone();
+        let identity = self.0.identify(&request);
         Box::pin(async move {
-            let members = hub.presence(&request.into_inner().room).map_err(status)?;
+            let identity = identity?;
+            let room = request.into_inner().room;
+            duplex_hub::validate_room_name(&room).map_err(status)?;
+            identity.rights.check_read(&room).map_err(status)?;
+            let members = hub.presence(&room).map_err(status)?;
             Ok(Response::new(PresenceResponse { members }))
         })
     }
+}
+
+/// Whether the identity's name came from a verified token (it has an expiry), so the
+/// request may not rename it.
+fn self_named(identity: &Identity) -> bool {
+    identity.expires_at.is_some()
 }
 
 /// Decodes requests with prost; sends responses as bytes already encoded by the hub.

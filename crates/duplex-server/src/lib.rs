@@ -5,6 +5,7 @@
 //! listening sockets and the HTTP/2 settings from [`ServeConfig`]; shutdown is a future
 //! passed in by the caller, never a global.
 
+pub mod auth;
 pub mod chat;
 pub mod config;
 pub mod edge;

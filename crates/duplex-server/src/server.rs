@@ -13,6 +13,7 @@ use std::sync::Arc;
 use duplex_hub::Hub;
 use duplex_store::{MemoryStore, RedbStore, Store};
 
+use crate::auth::Authenticator;
 use crate::chat::ChatService;
 use crate::config::{ServeConfig, StoreKind};
 use crate::edge::{CallDeadlineLayer, PathAliasLayer};
@@ -43,6 +44,8 @@ pub enum ServeError {
         kind: &'static str,
         source: duplex_store::StoreError,
     },
+    #[error("auth: {0}")]
+    Auth(#[from] crate::auth::AuthSetupError),
     #[error("server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -51,6 +54,7 @@ pub enum ServeError {
 pub struct Server {
     config: ServeConfig,
     hub: Hub,
+    auth: Arc<Authenticator>,
     listeners: Vec<TcpIncoming>,
     local_addrs: Vec<SocketAddr>,
 }
@@ -110,8 +114,10 @@ impl Server {
             ),
             StoreKind::Memory => Arc::new(MemoryStore::new(config.retention())),
         };
+        let auth = Arc::new(Authenticator::from_settings(&config.auth_settings())?);
         let hub = Hub::new(store, config.hub_config());
         Ok(Self {
+            auth,
             config,
             hub,
             listeners,
@@ -137,6 +143,7 @@ impl Server {
             config,
             listeners,
             hub,
+            auth,
             ..
         } = self;
         let keepalive_interval = Some(config.keepalive_interval).filter(|d| !d.is_zero());
@@ -153,7 +160,7 @@ impl Server {
             .http2_keepalive_timeout(Some(config.keepalive_timeout))
             .http2_max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESET_STREAMS))
             .add_service(ChatService.into_server(config.max_message_size))
-            .add_service(HubService::new(hub.clone(), config.max_message_size));
+            .add_service(HubService::new(hub.clone(), auth, config.max_message_size));
 
         let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
         let signal = async move {

@@ -16,7 +16,7 @@ use super::STEP;
 pub struct Session {
     pub commands: mpsc::Sender<ClientFrame>,
     pub frames: Streaming<ServerFrame>,
-    next_command: u64,
+    pub next_command: u64,
 }
 
 impl Session {

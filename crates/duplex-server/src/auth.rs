@@ -1,0 +1,289 @@
+//! Bearer-token authentication: JWTs in `authorization` metadata, verified with a shared
+//! secret (HS256) or a public key (RS256 or ES256, chosen by the key's type; the algorithm
+//! is pinned to the key, never taken from the token).
+//!
+//! A token names the session (`sub`), says until when it holds (`exp`, required; `nbf`
+//! checked) and which rooms it may read and write:
+//!
+//! ```json
+//! {"sub": "alice", "exp": 1790000000, "rooms": {"read": ["lobby", "game.*"], "write": ["game.eu.*"]}}
+//! ```
+//!
+//! Tokens are never logged or echoed back: errors say what is wrong, not what was sent.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use duplex_hub::{Identity, Rights};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use tonic::Status;
+use tonic::metadata::MetadataMap;
+
+/// Metadata key naming an anonymous session (the `sender` of its messages).
+pub const NAME_HEADER: &str = "duplex-name";
+
+/// Seconds of clock skew tolerated on `exp` and `nbf`.
+const LEEWAY_SECONDS: u64 = 5;
+
+/// Why the token verifier could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthSetupError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not an RSA or EC (P-256) public key in PEM form")]
+    Key { path: PathBuf },
+    #[error("{path} is empty: an HS256 secret needs at least 32 bytes")]
+    ShortSecret { path: PathBuf },
+    #[error("give either --jwt-secret-file or --jwt-public-key-file, not both")]
+    TwoKeys,
+}
+
+/// Turns request metadata into an [`Identity`].
+#[derive(Clone)]
+pub struct Authenticator {
+    verifier: Option<(DecodingKey, Validation)>,
+    allow_anonymous: bool,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field(
+                "algorithm",
+                &self.verifier.as_ref().map(|(_, v)| v.algorithms.clone()),
+            )
+            .field("allow_anonymous", &self.allow_anonymous)
+            .finish()
+    }
+}
+
+/// Where the token verifier's settings come from.
+#[derive(Debug, Clone, Default)]
+pub struct AuthSettings {
+    pub secret_file: Option<PathBuf>,
+    pub public_key_file: Option<PathBuf>,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub allow_anonymous: bool,
+}
+
+impl Authenticator {
+    /// No verification: every call is anonymous with every right.
+    pub fn open() -> Self {
+        Self {
+            verifier: None,
+            allow_anonymous: true,
+        }
+    }
+
+    pub fn from_settings(settings: &AuthSettings) -> Result<Self, AuthSetupError> {
+        let (key, algorithm) = match (&settings.secret_file, &settings.public_key_file) {
+            (None, None) => return Ok(Self::open()),
+            (Some(_), Some(_)) => return Err(AuthSetupError::TwoKeys),
+            (Some(path), None) => {
+                let secret = read(path)?;
+                let secret = trim_newline(&secret);
+                if secret.len() < 32 {
+                    return Err(AuthSetupError::ShortSecret { path: path.clone() });
+                }
+                (DecodingKey::from_secret(secret), Algorithm::HS256)
+            }
+            (None, Some(path)) => public_key(path)?,
+        };
+        let mut validation = Validation::new(algorithm);
+        validation.leeway = LEEWAY_SECONDS;
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        match &settings.issuer {
+            Some(issuer) => validation.set_issuer(&[issuer]),
+            None => validation.iss = None,
+        }
+        match &settings.audience {
+            Some(audience) => validation.set_audience(&[audience]),
+            None => validation.validate_aud = false,
+        }
+        Ok(Self {
+            verifier: Some((key, validation)),
+            allow_anonymous: settings.allow_anonymous,
+        })
+    }
+
+    /// Whether tokens are verified at all.
+    pub fn is_enabled(&self) -> bool {
+        self.verifier.is_some()
+    }
+
+    /// The caller's identity: from a verified token, or anonymous (named by the
+    /// `duplex-name` header) when auth is off or anonymous calls are allowed.
+    pub fn identify(&self, metadata: &MetadataMap) -> Result<Identity, Status> {
+        let token = bearer_token(metadata)?;
+        let Some((key, validation)) = &self.verifier else {
+            return Ok(anonymous(metadata));
+        };
+        let Some(token) = token else {
+            return if self.allow_anonymous {
+                Ok(anonymous(metadata))
+            } else {
+                Err(Status::unauthenticated(
+                    "missing token: send `authorization: Bearer <JWT>` metadata",
+                ))
+            };
+        };
+        let claims = jsonwebtoken::decode::<Claims>(token, key, validation)
+            .map_err(|error| Status::unauthenticated(token_error(error.kind())))?
+            .claims;
+        claims_identity(claims).map_err(Status::unauthenticated)
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, AuthSetupError> {
+    std::fs::read(path).map_err(|source| AuthSetupError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn trim_newline(bytes: &[u8]) -> &[u8] {
+    let bytes = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+    bytes.strip_suffix(b"\r").unwrap_or(bytes)
+}
+
+fn public_key(path: &Path) -> Result<(DecodingKey, Algorithm), AuthSetupError> {
+    let pem = read(path)?;
+    if let Ok(key) = DecodingKey::from_rsa_pem(&pem) {
+        return Ok((key, Algorithm::RS256));
+    }
+    if let Ok(key) = DecodingKey::from_ec_pem(&pem) {
+        return Ok((key, Algorithm::ES256));
+    }
+    Err(AuthSetupError::Key {
+        path: path.to_owned(),
+    })
+}
+
+/// The token from `authorization: Bearer …`, if any.
+fn bearer_token(metadata: &MetadataMap) -> Result<Option<&str>, Status> {
+    let Some(value) = metadata.get("authorization") else {
+        return Ok(None);
+    };
+    let value = value
+        .to_str()
+        .map_err(|_| Status::unauthenticated("authorization metadata is not ASCII"))?;
+    match value.split_once(' ') {
+        Some((scheme, token))
+            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
+        {
+            Ok(Some(token.trim()))
+        }
+        _ => Err(Status::unauthenticated(
+            "authorization metadata must be `Bearer <JWT>`",
+        )),
+    }
+}
+
+fn anonymous(metadata: &MetadataMap) -> Identity {
+    let name = metadata
+        .get(NAME_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|name| !name.is_empty() && name.len() <= 128)
+        .unwrap_or("anonymous");
+    Identity::anonymous(name)
+}
+
+fn token_error(kind: &ErrorKind) -> String {
+    match kind {
+        ErrorKind::ExpiredSignature => "token expired".into(),
+        ErrorKind::ImmatureSignature => "token not valid yet (nbf is in the future)".into(),
+        ErrorKind::InvalidSignature => "token signature does not verify".into(),
+        ErrorKind::InvalidAlgorithm => "token algorithm is not the one this server accepts".into(),
+        ErrorKind::InvalidIssuer => "token issuer (iss) is not accepted".into(),
+        ErrorKind::InvalidAudience => "token audience (aud) is not accepted".into(),
+        ErrorKind::MissingRequiredClaim(claim) => format!("token lacks the `{claim}` claim"),
+        ErrorKind::InvalidToken
+        | ErrorKind::Base64(_)
+        | ErrorKind::Json(_)
+        | ErrorKind::Utf8(_) => "token is not a well-formed JWT".into(),
+        _ => "token rejected".into(),
+    }
+}
+
+/// The claims duplex reads from a token.
+#[derive(Debug, serde::Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    pub exp: u64,
+    #[serde(default)]
+    pub rooms: RoomClaims,
+}
+
+/// Room patterns a token grants (see `duplex_hub::Rights`).
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct RoomClaims {
+    #[serde(default)]
+    pub read: Vec<String>,
+    #[serde(default)]
+    pub write: Vec<String>,
+}
+
+/// The identity verified claims grant.
+pub fn claims_identity(claims: Claims) -> Result<Identity, String> {
+    if claims.sub.is_empty() || claims.sub.len() > 128 {
+        return Err("token `sub` must be 1 to 128 bytes".into());
+    }
+    let rights = Rights::new(&claims.rooms.read, &claims.rooms.write)
+        .map_err(|error| format!("token room claims: {error}"))?;
+    Ok(Identity {
+        name: claims.sub,
+        rights,
+        expires_at: Some(UNIX_EPOCH + Duration::from_secs(claims.exp)),
+    })
+}
+
+/// Seconds since the epoch, for building tokens in tests and tools.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_parsing() {
+        let mut metadata = MetadataMap::new();
+        assert_eq!(bearer_token(&metadata).unwrap(), None);
+        metadata.insert("authorization", "Bearer abc.def.ghi".parse().unwrap());
+        assert_eq!(bearer_token(&metadata).unwrap(), Some("abc.def.ghi"));
+        metadata.insert("authorization", "bearer   xyz ".parse().unwrap());
+        assert_eq!(bearer_token(&metadata).unwrap(), Some("xyz"));
+        metadata.insert("authorization", "Basic dXNlcg==".parse().unwrap());
+        assert!(bearer_token(&metadata).is_err());
+        metadata.insert("authorization", "Bearer ".parse().unwrap());
+        assert!(bearer_token(&metadata).is_err());
+    }
+
+    #[test]
+    fn claims_map_to_rights() {
+        let claims: Claims = serde_json::from_str(
+            r#"{"sub":"alice","exp":4000000000,"rooms":{"read":["lobby","game.*"],"write":["game.eu.*"]}}"#,
+        )
+        .unwrap();
+        let identity = claims_identity(claims).unwrap();
+        assert_eq!(identity.name, "alice");
+        assert!(identity.rights.can_read("game.us.1"));
+        assert!(!identity.rights.can_write("lobby"));
+        let bad: Claims =
+            serde_json::from_str(r#"{"sub":"x","exp":1,"rooms":{"read":["a*b"]}}"#).unwrap();
+        assert!(claims_identity(bad).is_err());
+        let no_rooms: Claims = serde_json::from_str(r#"{"sub":"x","exp":1}"#).unwrap();
+        let identity = claims_identity(no_rooms).unwrap();
+        assert!(!identity.rights.can_read("lobby"), "no claims, no rights");
+    }
+}
