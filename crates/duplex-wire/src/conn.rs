@@ -27,7 +27,7 @@ use bytes::{Bytes, BytesMut};
 use crate::Direction;
 use crate::decoder::{DecodeError, FrameDecoder, Item};
 use crate::flow::{FlowControl, FlowNote, Scope};
-use crate::frame::{ErrorCode, Flags, Frame, FrameType, Payload, SettingId};
+use crate::frame::{ErrorCode, Flags, Frame, FrameType, Payload, Setting, SettingId};
 use crate::grpc::{GrpcMessage, MessageSplitter, Partial};
 
 /// The bounds on what one connection may make the decoder hold.
@@ -90,6 +90,8 @@ pub struct FrameEvent {
     pub path: Option<String>,
     /// How the frame moved the send windows.
     pub flow: Vec<FlowNote>,
+    /// On a SETTINGS ACK: the peer's settings it put into effect.
+    pub applied: Vec<Setting>,
     /// Protocol violations and decoding problems worth showing.
     pub notes: Vec<String>,
 }
@@ -218,7 +220,7 @@ pub struct ConnectionDecoder {
     framers: [FrameDecoder; 2],
     hpack: [Hpack; 2],
     /// SETTINGS each side sent that its peer has not acknowledged yet.
-    unacked_settings: [VecDeque<Vec<crate::frame::Setting>>; 2],
+    unacked_settings: [VecDeque<Vec<Setting>>; 2],
     flow: FlowControl,
     streams: BTreeMap<u32, StreamState>,
     /// Highest stream id opened by the client (odd) and the server (even).
@@ -324,6 +326,7 @@ impl ConnectionDecoder {
             partial: None,
             path: None,
             flow: Vec::new(),
+            applied: Vec::new(),
         };
         let frame = &event.frame;
 
@@ -443,6 +446,7 @@ impl ConnectionDecoder {
                     match self.unacked_settings[peer.index()].pop_front() {
                         Some(params) => {
                             event.flow = self.apply_settings(peer, &params, now);
+                            event.applied = params;
                         }
                         None => event
                             .notes
@@ -486,7 +490,7 @@ impl ConnectionDecoder {
     fn apply_settings(
         &mut self,
         sender: Direction,
-        params: &[crate::frame::Setting],
+        params: &[Setting],
         now: Instant,
     ) -> Vec<FlowNote> {
         let mut notes = Vec::new();
@@ -922,6 +926,13 @@ mod tests {
         let seen = frames(conn.feed(C2S, &settings_ack(), t0));
         assert_eq!(conn.flow().window(C2S, Scope::Stream(1)), Some(100));
         assert_eq!(seen[0].flow.len(), 1);
+        assert_eq!(
+            seen[0].applied,
+            [Setting {
+                id: SettingId::InitialWindowSize,
+                value: 100
+            }]
+        );
         let seen = frames(conn.feed(C2S, &settings_ack(), t0));
         assert!(seen[0].notes[0].contains("no SETTINGS to acknowledge"));
     }

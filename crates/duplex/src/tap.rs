@@ -82,6 +82,10 @@ pub struct TapArgs {
     #[arg(long, default_value_t = 48)]
     hex_bytes: usize,
 
+    /// Characters of a decoded message shown in text output (`--json` shows it whole).
+    #[arg(long, default_value_t = 200)]
+    max_text: usize,
+
     /// Bytes of each gRPC message kept for decoding (longer ones are shown as hex).
     #[arg(long, default_value = "4MiB", value_parser = duplex_server::parse_size)]
     max_capture: usize,
@@ -133,10 +137,13 @@ pub async fn run(args: TapArgs) -> anyhow::Result<()> {
     let printer = tokio::spawn(print_lines(lines_rx));
     let formatter = Formatter::new(
         schema,
-        args.color.enabled(),
-        args.json,
-        args.hex_bytes,
-        args.show_secrets,
+        format::Options {
+            color: args.color.enabled(),
+            json: args.json,
+            hex_bytes: args.hex_bytes,
+            max_text: args.max_text,
+            show_secrets: args.show_secrets,
+        },
     );
     let shared = Arc::new(Shared {
         formatter,

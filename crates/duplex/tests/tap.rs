@@ -239,6 +239,7 @@ fn text_trace_is_plain_when_piped_and_shows_each_frame_on_a_line() {
     line("[END_STREAM END_HEADERS]");
     line("grpc-status: 0");
     line("WINDOW_UPDATE");
+    assert!(line("[ACK] len=0  applies").contains("INITIAL_WINDOW_SIZE="));
     line("summary");
     assert!(line("/chat.Chat/Chat  ").contains("grpc-status 0"));
 }

@@ -75,23 +75,30 @@ pub struct Formatter {
     color: bool,
     json: bool,
     hex_bytes: usize,
+    max_text: usize,
     show_secrets: bool,
 }
 
+/// What the output looks like (from the command line).
+pub struct Options {
+    pub color: bool,
+    pub json: bool,
+    /// Bytes of an undecoded message shown as hex.
+    pub hex_bytes: usize,
+    /// Characters of a decoded message shown in text output (JSON has it whole).
+    pub max_text: usize,
+    pub show_secrets: bool,
+}
+
 impl Formatter {
-    pub fn new(
-        schema: Schema,
-        color: bool,
-        json: bool,
-        hex_bytes: usize,
-        show_secrets: bool,
-    ) -> Self {
+    pub fn new(schema: Schema, options: Options) -> Self {
         Self {
             schema,
-            color,
-            json,
-            hex_bytes,
-            show_secrets,
+            color: options.color,
+            json: options.json,
+            hex_bytes: options.hex_bytes,
+            max_text: options.max_text,
+            show_secrets: options.show_secrets,
         }
     }
 
@@ -290,6 +297,14 @@ impl Formatter {
                 for p in params {
                     out.push(format!("{}={}", p.id, p.value));
                 }
+                if !ev.applied.is_empty() {
+                    let applied: Vec<String> = ev
+                        .applied
+                        .iter()
+                        .map(|p| format!("{}={}", p.id, p.value))
+                        .collect();
+                    out.push(self.paint(Style::Dim, format!("applies {}", applied.join(" "))));
+                }
             }
             Payload::PushPromise {
                 promised_stream_id,
@@ -380,7 +395,12 @@ impl Formatter {
         }
         let _ = write!(line, "len={} ", message.length);
         match self.decode(ev, message) {
-            Some(Ok((type_name, text))) => {
+            Some(Ok((type_name, mut text))) => {
+                let chars = text.chars().count();
+                if chars > self.max_text {
+                    let cut: String = text.chars().take(self.max_text).collect();
+                    text = format!("{cut}…(+{} chars)", chars - self.max_text);
+                }
                 let _ = write!(
                     line,
                     "{} {}",
@@ -499,6 +519,14 @@ impl Formatter {
                 "partial".into(),
                 json!({"index": p.index, "received": p.received, "len": p.length}),
             );
+        }
+        if !ev.applied.is_empty() {
+            let applied: serde_json::Map<String, Value> = ev
+                .applied
+                .iter()
+                .map(|p| (p.id.to_string(), json!(p.value)))
+                .collect();
+            map.insert("applies".into(), Value::Object(applied));
         }
         if !ev.flow.is_empty() {
             let flow: Vec<Value> = ev.flow.iter().map(flow_json).collect();
