@@ -1,5 +1,6 @@
 //! The `duplex` command: parses arguments and hands each subcommand to its module.
 
+mod bench;
 mod chat;
 mod echo;
 mod serve;
@@ -25,6 +26,8 @@ enum Command {
     Echo(echo::EchoArgs),
     /// Chat in a room: type to publish, see others live; reconnects and resumes by itself.
     Chat(chat::ChatArgs),
+    /// Load-test a server: echo ping-pong and pipelined, room fan-out, resume, idle sessions.
+    Bench(bench::BenchArgs),
     /// Proxy HTTP/2 and show every frame both ways: headers, gRPC messages, flow-control windows.
     Tap(tap::TapArgs),
 }
@@ -52,6 +55,7 @@ fn main() -> ExitCode {
             Command::Echo(args) => echo::run(args).await,
             Command::Chat(args) => chat::run(args).await,
             Command::Tap(args) => tap::run(args).await,
+            Command::Bench(args) => bench::run(args).await,
         }
     });
     // stdin is read on a blocking thread that cannot be cancelled: don't wait for it.

@@ -1,0 +1,238 @@
+//! The load generator behind `duplex bench`.
+//!
+//! Scenarios ([`Scenario`]): `echo-pingpong` (one message in flight per stream),
+//! `echo-stream` (N in flight per stream, M streams over C connections), `fanout`
+//! (P publishers, S subscribers over C connections, R rooms), `resume` (one subscriber
+//! catches up K stored messages) and `idle` (S joined sessions held; server RSS per session).
+//!
+//! The client is built to cost less than the server it measures, so that on a small machine
+//! the figures are the server's: it speaks HTTP/2 with the `h2` crate directly, sends
+//! messages encoded once up front (a pipelined refill of k messages is one slice of one
+//! buffer, one DATA frame), splits replies into gRPC messages without decoding protobuf
+//! (a hand-written field walker reads the few hub fields it needs), and runs every stream of
+//! a connection inside one task, so no message crosses a task or a channel. Connections are
+//! spread over `--threads` single-threaded runtimes.
+//!
+//! Latency goes into HDR histograms ([`hdrhistogram`]). With `--rate`, each message has an
+//! intended send time on a fixed schedule and latency is measured from that time, so a
+//! stalled server is charged for every message it delayed, not just the one it stalled on
+//! (coordinated-omission correction, as wrk2 does). Without `--rate` the load is closed-loop
+//! and latency is service time. Throughput, errors by gRPC status code, and — with
+//! `--server-pid` — the server's CPU time per message and its RSS, read from `/proc`,
+//! complete the [`Report`]. Every run is bounded by `--duration` and, optionally, by
+//! `--messages`.
+
+mod clock;
+mod echo;
+mod grpc;
+mod hub;
+mod os;
+mod progress;
+mod report;
+mod runner;
+
+use std::time::Duration;
+
+pub use report::{LatencySummary, Report};
+
+/// What to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// Chat echo, one message in flight per stream: round trips per second.
+    EchoPingpong,
+    /// Chat echo, `--in-flight` messages in flight per stream: messages per second.
+    EchoStream,
+    /// Rooms: publishers publish, every subscriber of the room receives; deliveries per second
+    /// and latency from the publish time carried in each payload.
+    Fanout,
+    /// Rooms: store `--history` messages, then one subscriber joins from offset 0 and reads
+    /// them all: replayed messages per second.
+    Resume,
+    /// Rooms: open `--sessions` sessions, join each to a room, hold them; server RSS per session.
+    Idle,
+}
+
+impl Scenario {
+    /// The name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::EchoPingpong => "echo-pingpong",
+            Scenario::EchoStream => "echo-stream",
+            Scenario::Fanout => "fanout",
+            Scenario::Resume => "resume",
+            Scenario::Idle => "idle",
+        }
+    }
+}
+
+/// Arguments of `duplex bench`. `duplex bench --help` is the reference.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// What to measure.
+    #[arg(value_enum)]
+    pub scenario: Scenario,
+
+    /// Server address, HOST:PORT (plain-text HTTP/2).
+    #[arg(long, default_value = "localhost:50051", env = "DUPLEX_ADDR")]
+    pub addr: String,
+
+    /// Method path of the echo scenarios (`/Chat/Chat` for a server built from the
+    /// package-less proto).
+    #[arg(long, default_value = "/chat.Chat/Chat")]
+    pub path: String,
+
+    /// TCP connections. Echo: streams are spread over them. Fanout and idle: subscriber
+    /// sessions are spread over them (publishers get their own).
+    #[arg(long, default_value_t = 1)]
+    pub connections: usize,
+
+    /// Echo: concurrent streams (calls), spread over `--connections`.
+    #[arg(long, default_value_t = 1)]
+    pub streams: usize,
+
+    /// Echo-stream: messages in flight per stream (default 64; echo-pingpong is always 1).
+    /// Fanout and resume setup: publishes in flight per publisher, waiting for acks (default 64).
+    #[arg(long)]
+    pub in_flight: Option<usize>,
+
+    /// Stop after this long (measured after `--warmup`).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+
+    /// Stop after sending this many messages (echo: requests; fanout: publishes), counted
+    /// after `--warmup`. Whichever of this and `--duration` comes first ends the run.
+    #[arg(long)]
+    pub messages: Option<u64>,
+
+    /// Open-loop load: this many messages per second in total (echo: requests; fanout:
+    /// publishes), on a fixed schedule. Latency is then measured from each message's
+    /// scheduled time (corrected for coordinated omission). Without it the load is closed-loop.
+    #[arg(long)]
+    pub rate: Option<f64>,
+
+    /// Run this long before measuring (not counted, not recorded).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub warmup: Duration,
+
+    /// Bytes of each message's text (echo) or payload (fanout, resume; at least 8: the publish
+    /// time travels in the first 8 bytes).
+    #[arg(long)]
+    pub size: Option<usize>,
+
+    /// Fanout: publishing sessions.
+    #[arg(long, default_value_t = 1)]
+    pub publishers: usize,
+
+    /// Fanout: subscribing sessions.
+    #[arg(long, default_value_t = 100)]
+    pub subscribers: usize,
+
+    /// Fanout and idle: rooms; publishers and sessions are assigned round-robin.
+    #[arg(long, default_value_t = 1)]
+    pub rooms: usize,
+
+    /// Fanout: messages a room's publishers may be ahead of its subscribers (deliveries
+    /// outstanding ≤ window × subscribers). Keeps a closed-loop run under the server's queue
+    /// bound, so what is measured is throughput and not lag-outs.
+    #[arg(long, default_value_t = 512)]
+    pub window: u64,
+
+    /// Resume: messages stored before the subscriber joins and replays them.
+    #[arg(long, default_value_t = 100_000)]
+    pub history: u64,
+
+    /// Idle: sessions to open and hold.
+    #[arg(long, default_value_t = 1000)]
+    pub sessions: usize,
+
+    /// The server's process id: report its CPU time per message and its RSS (from /proc).
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+
+    /// Client threads, each a single-threaded runtime owning some connections.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+
+    /// After the load stops, wait at most this long for what is still in flight.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// Give up connecting after this long.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: Duration,
+
+    /// Print the report as one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+
+    /// No progress output on stderr.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl BenchArgs {
+    /// Defaults for `scenario` against `addr`, as `duplex bench SCENARIO --addr ADDR` gives.
+    pub fn new(scenario: Scenario, addr: impl Into<String>) -> Self {
+        use clap::Parser as _;
+
+        #[derive(clap::Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            args: BenchArgs,
+        }
+        let mut args = Defaults::parse_from(["bench", scenario.name()]).args;
+        args.addr = addr.into();
+        args
+    }
+
+    /// Messages in flight per stream (echo) or per publisher (fanout).
+    pub(crate) fn in_flight(&self) -> usize {
+        match self.scenario {
+            Scenario::EchoPingpong => 1,
+            _ => self.in_flight.unwrap_or(64).max(1),
+        }
+    }
+
+    /// Message text (echo) or payload (hub) size in bytes.
+    pub(crate) fn size(&self) -> usize {
+        match self.scenario {
+            Scenario::EchoPingpong | Scenario::EchoStream => self.size.unwrap_or(16),
+            _ => self.size.unwrap_or(64).max(8),
+        }
+    }
+}
+
+/// Errors that stop a run before it measures anything.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect { addr: String, reason: String },
+    #[error("invalid arguments: {0}")]
+    Arguments(String),
+    #[error("setup failed: {0}")]
+    Setup(String),
+}
+
+/// Runs one scenario to its end and returns the report. Blocking: it starts its own
+/// runtimes on `--threads` threads (call it from `spawn_blocking` inside async code).
+pub fn run(args: &BenchArgs) -> Result<Report, BenchError> {
+    if args.connections == 0 || args.streams == 0 || args.threads == 0 {
+        return Err(BenchError::Arguments(
+            "--connections, --streams and --threads must be at least 1".into(),
+        ));
+    }
+    if let Some(rate) = args.rate
+        && !(rate.is_finite() && rate > 0.0)
+    {
+        return Err(BenchError::Arguments(
+            "--rate must be a positive number".into(),
+        ));
+    }
+    clock::start();
+    match args.scenario {
+        Scenario::EchoPingpong | Scenario::EchoStream => echo::run(args),
+        Scenario::Fanout => hub::fanout(args),
+        Scenario::Resume => hub::resume(args),
+        Scenario::Idle => hub::idle(args),
+    }
+}

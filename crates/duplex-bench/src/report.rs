@@ -1,0 +1,271 @@
+//! [`Report`]: what a run measured, as text for people and JSON for scripts.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+
+use crate::os::ProcSample;
+
+/// A new latency histogram in nanoseconds: 1 µs to 100 s, 3 significant digits.
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1_000, 100_000_000_000, 3).expect("valid histogram bounds")
+}
+
+/// Records `nanos`, clamped into the histogram's range.
+pub fn record(histogram: &mut Histogram<u64>, nanos: u64) {
+    histogram.saturating_record(nanos.max(1_000));
+}
+
+/// Latency percentiles, in microseconds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LatencySummary {
+    pub count: u64,
+    pub mean: f64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+}
+
+impl LatencySummary {
+    /// The summary of `histogram` (nanoseconds); `None` when it is empty.
+    pub fn of(histogram: &Histogram<u64>) -> Option<Self> {
+        if histogram.is_empty() {
+            return None;
+        }
+        let us = |nanos: u64| nanos as f64 / 1_000.0;
+        Some(Self {
+            count: histogram.len(),
+            mean: histogram.mean() / 1_000.0,
+            p50: us(histogram.value_at_quantile(0.50)),
+            p90: us(histogram.value_at_quantile(0.90)),
+            p99: us(histogram.value_at_quantile(0.99)),
+            p999: us(histogram.value_at_quantile(0.999)),
+            max: us(histogram.max()),
+        })
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "count": self.count,
+            "mean": round(self.mean),
+            "p50": round(self.p50),
+            "p90": round(self.p90),
+            "p99": round(self.p99),
+            "p999": round(self.p999),
+            "max": round(self.max),
+        })
+    }
+
+    fn text(&self) -> String {
+        format!(
+            "p50 {} p90 {} p99 {} p99.9 {} max {} (n={})",
+            micros(self.p50),
+            micros(self.p90),
+            micros(self.p99),
+            micros(self.p999),
+            micros(self.max),
+            self.count
+        )
+    }
+}
+
+fn round(value: f64) -> f64 {
+    (value * 100.0).round() / 100.0
+}
+
+fn micros(us: f64) -> String {
+    if us >= 10_000.0 {
+        format!("{:.1}ms", us / 1_000.0)
+    } else {
+        format!("{us:.0}µs")
+    }
+}
+
+/// What the OS says the server spent during the measurement.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ServerUsage {
+    pub pid: u32,
+    /// CPU time (user + system) spent during the measurement.
+    pub cpu: Duration,
+    /// Resident set at the end, bytes.
+    pub rss: u64,
+    /// Peak resident set during the measurement, bytes.
+    pub peak_rss: u64,
+}
+
+impl ServerUsage {
+    pub(crate) fn between(pid: u32, before: ProcSample, after: ProcSample) -> Self {
+        Self {
+            pid,
+            cpu: after.cpu.saturating_sub(before.cpu),
+            rss: after.rss,
+            peak_rss: after.peak_rss,
+        }
+    }
+}
+
+/// The outcome of one run.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub scenario: &'static str,
+    pub addr: String,
+    /// What counts as one message here: "round trips", "messages", "deliveries", …
+    pub unit: &'static str,
+    /// Messages counted in the measurement.
+    pub messages: u64,
+    /// The time they took (from the measurement's start to the last one counted).
+    pub elapsed: Duration,
+    /// Latency of each message (for fan-out: of each delivery, from its publish time).
+    pub latency: Option<LatencySummary>,
+    /// True when latency is measured from scheduled send times (`--rate`).
+    pub corrected: bool,
+    /// Fan-out and resume setup: latency from publish to durable ack.
+    pub ack_latency: Option<LatencySummary>,
+    /// Failed calls, sessions or commands, by gRPC status code name (or HTTP/2 error).
+    pub errors: BTreeMap<String, u64>,
+    pub server: Option<ServerUsage>,
+    /// CPU time of this process during the measurement.
+    pub client_cpu: Duration,
+    /// The run's parameters.
+    pub config: Value,
+    /// Figures of this scenario only (published, acked, lost, RSS per session, …).
+    pub extra: serde_json::Map<String, Value>,
+}
+
+impl Report {
+    /// Messages per second.
+    pub fn throughput(&self) -> f64 {
+        let secs = self.elapsed.as_secs_f64();
+        if secs > 0.0 {
+            self.messages as f64 / secs
+        } else {
+            0.0
+        }
+    }
+
+    /// Total errors.
+    pub fn error_count(&self) -> u64 {
+        self.errors.values().sum()
+    }
+
+    /// Server CPU time per message, in microseconds.
+    pub fn server_cpu_per_message(&self) -> Option<f64> {
+        let server = self.server?;
+        (self.messages > 0).then(|| server.cpu.as_secs_f64() * 1e6 / self.messages as f64)
+    }
+
+    fn client_cpu_per_message(&self) -> Option<f64> {
+        (self.messages > 0).then(|| self.client_cpu.as_secs_f64() * 1e6 / self.messages as f64)
+    }
+
+    /// The report as one JSON object.
+    pub fn to_json(&self) -> Value {
+        let server = self.server.map(|server| {
+            json!({
+                "pid": server.pid,
+                "cpu_s": round(server.cpu.as_secs_f64() * 100.0) / 100.0,
+                "cpu_us_per_message": self.server_cpu_per_message().map(round),
+                "rss_kib": server.rss / 1024,
+                "peak_rss_kib": server.peak_rss / 1024,
+            })
+        });
+        let mut object = json!({
+            "scenario": self.scenario,
+            "addr": self.addr,
+            "unit": self.unit,
+            "messages": self.messages,
+            "elapsed_s": self.elapsed.as_secs_f64(),
+            "throughput_per_s": round(self.throughput()),
+            "latency_us": self.latency.map(|l| l.json()),
+            "latency_corrected": self.corrected,
+            "ack_latency_us": self.ack_latency.map(|l| l.json()),
+            "errors": self.errors,
+            "errors_total": self.error_count(),
+            "server": server,
+            "client": {
+                "cpu_s": round(self.client_cpu.as_secs_f64() * 100.0) / 100.0,
+                "cpu_us_per_message": self.client_cpu_per_message().map(round),
+            },
+            "config": self.config,
+        });
+        if let Value::Object(map) = &mut object {
+            for (key, value) in &self.extra {
+                map.insert(key.clone(), value.clone());
+            }
+        }
+        object
+    }
+
+    /// The report as a few lines for a terminal.
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "{} against {}: {} {} in {:.2}s = {:.0}/s",
+            self.scenario,
+            self.addr,
+            self.messages,
+            self.unit,
+            self.elapsed.as_secs_f64(),
+            self.throughput()
+        );
+        if let Some(latency) = &self.latency {
+            let how = if self.corrected {
+                "latency (from scheduled send, corrected for coordinated omission)"
+            } else {
+                "latency"
+            };
+            let _ = writeln!(out, "  {how}: {}", latency.text());
+        }
+        if let Some(latency) = &self.ack_latency {
+            let _ = writeln!(out, "  publish → durable ack: {}", latency.text());
+        }
+        for (key, value) in &self.extra {
+            let _ = writeln!(out, "  {}: {value}", key.replace('_', " "));
+        }
+        if let Some(server) = &self.server {
+            let _ = writeln!(
+                out,
+                "  server pid {}: {:.2}s CPU{}, RSS {} KiB, peak {} KiB",
+                server.pid,
+                server.cpu.as_secs_f64(),
+                self.server_cpu_per_message()
+                    .map(|us| format!(" = {us:.2}µs per message"))
+                    .unwrap_or_default(),
+                server.rss / 1024,
+                server.peak_rss / 1024
+            );
+        }
+        let _ = writeln!(
+            out,
+            "  client: {:.2}s CPU{}",
+            self.client_cpu.as_secs_f64(),
+            self.client_cpu_per_message()
+                .map(|us| format!(" = {us:.2}µs per message"))
+                .unwrap_or_default()
+        );
+        if self.errors.is_empty() {
+            let _ = writeln!(out, "  errors: none");
+        } else {
+            let list: Vec<String> = self
+                .errors
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
+            let _ = writeln!(out, "  errors: {}", list.join(", "));
+        }
+        out
+    }
+}
+
+/// Adds `from` into `into`.
+pub fn merge_errors(into: &mut BTreeMap<String, u64>, from: &BTreeMap<String, u64>) {
+    for (key, count) in from {
+        *into.entry(key.clone()).or_default() += count;
+    }
+}

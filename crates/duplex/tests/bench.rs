@@ -1,0 +1,154 @@
+//! `duplex bench` as a user runs it: against a real `duplex serve`, printing JSON that
+//! scripts read. Behaviour only (counts, errors, shape): no timing thresholds here.
+
+mod common;
+
+use std::process::Output;
+use std::time::Duration;
+
+use common::{STEP, duplex, spawn_duplex_serve};
+use serde_json::Value;
+
+/// Runs `duplex bench ARGS --json --quiet` and parses what it prints.
+fn bench_json(args: &[String]) -> Value {
+    let mut child = duplex()
+        .arg("bench")
+        .args(args)
+        .args(["--json", "--quiet", "--duration", "20s"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run duplex bench");
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > STEP * 2 {
+            let _ = child.kill();
+            panic!("duplex bench {args:?} did not finish within {:?}", STEP * 2);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&stderr);
+    assert!(status.success(), "duplex bench {args:?} failed: {stderr}");
+    serde_json::from_slice(&stdout).unwrap_or_else(|e| {
+        panic!(
+            "not one JSON object ({e}): {}",
+            String::from_utf8_lossy(&stdout)
+        )
+    })
+}
+
+fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn echo_pingpong_json_counts_every_round_trip_with_server_usage() {
+    let (server, addr) = spawn_duplex_serve(&[]);
+    let addr = addr.to_string();
+    let pid = server.pid().to_string();
+    let report = bench_json(&args(&[
+        "echo-pingpong",
+        "--addr",
+        &addr,
+        "--messages",
+        "200",
+        "--server-pid",
+        &pid,
+    ]));
+    assert_eq!(report["scenario"], "echo-pingpong");
+    assert_eq!(report["messages"], 200);
+    assert_eq!(report["errors_total"], 0, "{report}");
+    assert_eq!(report["latency_us"]["count"], 200);
+    assert_eq!(report["latency_corrected"], false);
+    for key in ["p50", "p90", "p99", "p999", "max"] {
+        assert!(report["latency_us"][key].as_f64().unwrap() > 0.0, "{key}");
+    }
+    assert!(report["throughput_per_s"].as_f64().unwrap() > 0.0);
+    assert_eq!(
+        report["server"]["pid"].as_u64(),
+        Some(u64::from(server.pid()))
+    );
+    assert!(report["server"]["peak_rss_kib"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn echo_stream_json_counts_pipelined_messages_over_streams_and_connections() {
+    let (_server, addr) = spawn_duplex_serve(&[]);
+    let report = bench_json(&args(&[
+        "echo-stream",
+        "--addr",
+        &addr.to_string(),
+        "--streams",
+        "6",
+        "--connections",
+        "2",
+        "--in-flight",
+        "8",
+        "--messages",
+        "1000",
+        "--rate",
+        "20000",
+    ]));
+    assert_eq!(report["messages"], 1000);
+    assert_eq!(report["errors_total"], 0, "{report}");
+    assert_eq!(report["latency_corrected"], true);
+    assert_eq!(report["config"]["streams"], 6);
+}
+
+#[test]
+fn fanout_json_counts_one_delivery_per_subscriber_per_publish() {
+    let (_server, addr) = spawn_duplex_serve(&[]);
+    let report = bench_json(&args(&[
+        "fanout",
+        "--addr",
+        &addr.to_string(),
+        "--publishers",
+        "2",
+        "--subscribers",
+        "5",
+        "--rooms",
+        "1",
+        "--connections",
+        "2",
+        "--messages",
+        "40",
+    ]));
+    assert_eq!(report["published"], 40);
+    assert_eq!(report["acked"], 40);
+    assert_eq!(report["messages"], 200, "{report}");
+    assert_eq!(report["undelivered"], 0);
+    assert_eq!(report["errors_total"], 0, "{report}");
+    assert_eq!(report["latency_us"]["count"], 200);
+}
+
+#[test]
+fn text_report_without_json_names_the_scenario_and_the_errors() {
+    let (_server, addr) = spawn_duplex_serve(&[]);
+    let output = duplex()
+        .args(["bench", "echo-pingpong", "--quiet", "--messages", "20"])
+        .args(["--addr", &addr.to_string()])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.starts_with("echo-pingpong against"), "{text}");
+    assert!(text.contains("20 round trips"), "{text}");
+    assert!(text.contains("errors: none"), "{text}");
+}
+
+#[test]
+fn bench_against_nothing_fails_with_the_address() {
+    let output = duplex()
+        .args(["bench", "echo-pingpong", "--quiet", "--addr", "127.0.0.1:1"])
+        .args(["--connect-timeout", "2s"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("127.0.0.1:1"), "{stderr}");
+}
