@@ -544,3 +544,14 @@ fn an_upstream_certificate_the_tap_does_not_trust_is_reported() {
     assert!(text.contains("TLS handshake failed"), "{text}");
     assert!(text.contains("upstream"), "{text}");
 }
+
+#[test]
+fn color_always_colors_even_into_a_pipe() {
+    let (_server, server) = spawn_duplex_serve(&[]);
+    let tap = Tap::start(server, &["--color", "always"]);
+    run_echo(tap.addr, "hi\n");
+    let trace = tap.finish().join("\n");
+    // Cyan for the client's arrow, magenta for the server's.
+    assert!(trace.contains("\x1b[36m→\x1b[0m"), "{trace}");
+    assert!(trace.contains("\x1b[35m←\x1b[0m"), "{trace}");
+}
