@@ -94,7 +94,7 @@ pub struct TapArgs {
     #[arg(long)]
     show_secrets: bool,
 
-    /// Give up connecting to the upstream after this long.
+    /// Give up connecting to the upstream (TLS handshakes included) after this long.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     connect_timeout: Duration,
 
@@ -277,12 +277,14 @@ async fn proxy_connection(
     let formatter = &shared.formatter;
     let elapsed = || shared.started.elapsed();
     let _ = client.set_nodelay(true);
-    let upstream =
-        tokio::time::timeout(shared.connect_timeout, TcpStream::connect(&shared.upstream)).await;
-    let upstream = match upstream {
-        Ok(Ok(upstream)) => upstream,
-        Ok(Err(error)) => {
-            let why = format!("cannot connect to {}: {error}", shared.upstream);
+    // Connecting and the TLS handshakes share one time limit, and give way to shutdown.
+    let opened = tokio::select! {
+        opened = tokio::time::timeout(shared.connect_timeout, open(client, &shared)) => opened,
+        _ = stopped.changed() => return None,
+    };
+    let (client, upstream, upstream_addr) = match opened {
+        Ok(Ok(opened)) => opened,
+        Ok(Err(why)) => {
             let _ = shared
                 .lines
                 .send(formatter.problem(id, elapsed(), &why))
@@ -290,20 +292,10 @@ async fn proxy_connection(
             return None;
         }
         Err(_) => {
-            let why = format!("cannot connect to {}: timed out", shared.upstream);
-            let _ = shared
-                .lines
-                .send(formatter.problem(id, elapsed(), &why))
-                .await;
-            return None;
-        }
-    };
-    let _ = upstream.set_nodelay(true);
-    let upstream_addr = upstream.peer_addr().ok();
-    let (client, upstream) = match shared.tls.wrap(client, upstream).await {
-        Ok(pair) => pair,
-        Err(error) => {
-            let why = format!("TLS handshake failed: {error:#}");
+            let why = format!(
+                "gave up on {} after {:?} (connect or TLS handshake)",
+                shared.upstream, shared.connect_timeout
+            );
             let _ = shared
                 .lines
                 .send(formatter.problem(id, elapsed(), &why))
@@ -376,6 +368,24 @@ async fn proxy_connection(
         .send(formatter.closed(id, elapsed(), sent, ending.as_deref()))
         .await;
     Some((id, decoder.summary(Instant::now())))
+}
+
+/// Connects to the upstream and performs the configured TLS handshakes.
+async fn open(
+    client: TcpStream,
+    shared: &Shared,
+) -> Result<(Box<dyn tls::Io>, Box<dyn tls::Io>, Option<SocketAddr>), String> {
+    let upstream = TcpStream::connect(&shared.upstream)
+        .await
+        .map_err(|error| format!("cannot connect to {}: {error}", shared.upstream))?;
+    let _ = upstream.set_nodelay(true);
+    let upstream_addr = upstream.peer_addr().ok();
+    let (client, upstream) = shared
+        .tls
+        .wrap(client, upstream)
+        .await
+        .map_err(|error| format!("TLS handshake failed: {error:#}"))?;
+    Ok((client, upstream, upstream_addr))
 }
 
 /// Copies one direction: each chunk goes to the decoder first, then on to the peer.

@@ -555,3 +555,29 @@ fn color_always_colors_even_into_a_pipe() {
     assert!(trace.contains("\x1b[36m→\x1b[0m"), "{trace}");
     assert!(trace.contains("\x1b[35m←\x1b[0m"), "{trace}");
 }
+
+#[test]
+fn an_unreachable_upstream_is_reported_and_the_client_closed() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let tap = Tap::start(SocketAddr::from(([127, 0, 0, 1], port)), &["--json"]);
+    let mut tcp = std::net::TcpStream::connect(tap.addr).unwrap();
+    tcp.set_read_timeout(Some(STEP)).unwrap();
+    let mut rest = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut tcp, &mut rest);
+    let trace = json_lines(&tap.finish());
+    let error = trace
+        .iter()
+        .find(|v| v["event"] == "error")
+        .expect("an error line");
+    assert!(
+        error["error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot connect to"),
+        "{error}"
+    );
+}
