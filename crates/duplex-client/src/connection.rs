@@ -2,7 +2,7 @@
 //! break reconnects with backoff, re-joins each room after the last offset delivered, and
 //! re-sends unacked publishes under their original client message ids.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -99,6 +99,8 @@ struct Connection {
     /// Prefix of this client's message ids, unique per client.
     id_prefix: String,
     next_message: u64,
+    /// The wait a `shutdown` frame asked for before reconnecting.
+    retry_after: Option<std::time::Duration>,
     events: mpsc::Sender<Event>,
 }
 
@@ -136,6 +138,7 @@ pub(crate) async fn start(
         pending: BTreeMap::new(),
         next_command: 1,
         next_message: 0,
+        retry_after: None,
         events,
     };
     tokio::spawn(connection.run(channel, requests));
@@ -176,11 +179,15 @@ impl Connection {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            let delay = self
+            let backoff = self
                 .options
                 .initial_backoff
                 .saturating_mul(1 << (attempt - 1).min(16))
                 .min(self.options.max_backoff);
+            let delay = self
+                .retry_after
+                .take()
+                .map_or(backoff, |asked| asked.max(backoff));
             debug!(%reason, attempt, ?delay, "session broke; reconnecting");
             self.emit(Event::Disconnected {
                 reason: reason.clone(),
@@ -227,16 +234,28 @@ impl Connection {
             }
         };
 
+        // Leaves still unanswered are done: the new session never joined those rooms.
+        let leaves: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| matches!(p, Pending::Leave { .. }))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in leaves {
+            if let Some(Pending::Leave { reply, .. }) = self.pending.remove(&id) {
+                let _ = reply.send(Ok(()));
+            }
+        }
         // Resume: every joined room after its last delivered offset, then what was unanswered.
         self.pending
             .retain(|_, pending| !matches!(pending, Pending::Rejoin { .. }));
         let mut resumed: Vec<(String, u64)> =
             self.rooms.iter().map(|(r, o)| (r.clone(), *o)).collect();
         resumed.sort();
-        let mut outgoing = Vec::new();
+        let mut outgoing = VecDeque::new();
         for (room, last) in &resumed {
             let id = self.command_id();
-            outgoing.push(ClientFrame {
+            outgoing.push_back(ClientFrame {
                 command_id: id,
                 command: Some(Command::Join(Join {
                     room: room.clone(),
@@ -250,30 +269,28 @@ impl Connection {
         }
         for (&id, pending) in &self.pending {
             if let Some(command) = pending.command() {
-                outgoing.push(ClientFrame {
+                outgoing.push_back(ClientFrame {
                     command_id: id,
                     command: Some(command),
                 });
-            }
-        }
-        for frame in outgoing {
-            if frames_tx.send(frame).await.is_err() {
-                return SessionEnd::Broken("session closed while resuming".into());
             }
         }
         if !resumed.is_empty() {
             self.emit(Event::Resumed { rooms: resumed }).await;
         }
 
+        // Frames to the server wait in `outgoing`, so the response stream is read even while
+        // the request side is blocked by flow control: the server's acks can always land.
+        let outgoing_limit = self.options.request_queue.max(16);
         loop {
             tokio::select! {
-                request = requests.recv() => {
+                permit = frames_tx.reserve(), if !outgoing.is_empty() => match permit {
+                    Ok(permit) => permit.send(outgoing.pop_front().expect("not empty")),
+                    Err(_) => return SessionEnd::Broken("session closed".into()),
+                },
+                request = requests.recv(), if outgoing.len() < outgoing_limit => {
                     let Some(request) = request else { return SessionEnd::ClientClosed };
-                    if let Some(frame) = self.accept(request)
-                        && frames_tx.send(frame).await.is_err()
-                    {
-                        return SessionEnd::Broken("session closed".into());
-                    }
+                    outgoing.extend(self.accept(request));
                 }
                 frame = stream.message() => match frame {
                     Ok(Some(frame)) => {
@@ -413,6 +430,9 @@ impl Connection {
             },
             Frame::Presence(presence) => self.emit(Event::Presence(presence)).await,
             Frame::Shutdown(shutdown) => {
+                self.retry_after = Some(std::time::Duration::from_millis(
+                    shutdown.retry_after_ms.into(),
+                ));
                 self.emit(Event::ServerShutdown {
                     reason: shutdown.reason.clone(),
                 })

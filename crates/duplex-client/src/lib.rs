@@ -121,7 +121,9 @@ pub struct Client {
     requests: mpsc::Sender<Request>,
 }
 
-/// The event side of a session.
+/// The event side of a session. Read it (or drop it): while its buffer is full the
+/// connection task waits, and so do acks and reconnects — that is the backpressure that
+/// keeps a slow reader from buffering without bound.
 #[derive(Debug)]
 pub struct Events {
     events: mpsc::Receiver<Event>,

@@ -108,17 +108,17 @@ impl Hub {
             Arc::downgrade(&store),
             config.retention_sweep,
         ));
-        Self {
-            shared: Arc::new(Shared {
-                store,
-                config,
-                rooms: Mutex::new(HashMap::new()),
-                sequencer,
-                sessions: Mutex::new(HashMap::new()),
-                next_session: AtomicU64::new(1),
-                shutting_down: AtomicBool::new(false),
-            }),
-        }
+        let shared = Arc::new(Shared {
+            store,
+            config,
+            rooms: Mutex::new(HashMap::new()),
+            sequencer,
+            sessions: Mutex::new(HashMap::new()),
+            next_session: AtomicU64::new(1),
+            shutting_down: AtomicBool::new(false),
+        });
+        tokio::spawn(sweep_rooms(Arc::downgrade(&shared)));
+        Self { shared }
     }
 
     pub fn config(&self) -> &HubConfig {
@@ -298,6 +298,13 @@ impl Shared {
         }
     }
 
+    /// Drops every room only the table holds (catches what `release_room` calls missed:
+    /// cancelled calls, replays that ended after their leave).
+    fn release_unused_rooms(&self) {
+        let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+        rooms.retain(|_, room| Arc::strong_count(room) > 1);
+    }
+
     pub fn forget_session(&self, id: u64) {
         self.sessions
             .lock()
@@ -395,16 +402,7 @@ async fn commit_batch(batch: &mut Vec<PublishCommand>, store: &dyn Store, config
     } else {
         store.append(records).await
     };
-    for (reply, offset) in duplicates {
-        let _ = reply.send(match &appended {
-            Ok(()) => Ok(PublishOutcome {
-                offset,
-                duplicate: true,
-            }),
-            Err(error) => Err(HubError::from(error.clone())),
-        });
-    }
-    match appended {
+    match &appended {
         Ok(()) => {
             for Accepted {
                 command,
@@ -412,13 +410,13 @@ async fn commit_batch(batch: &mut Vec<PublishCommand>, store: &dyn Store, config
                 frame,
             } in accepted
             {
-                let room = &command.room;
+                let PublishCommand { room, input, reply } = command;
                 let queued = QueuedFrame {
                     bytes: frame,
                     message: Some(MessageMeta {
                         room: room.name.clone(),
                         offset,
-                        key: command.input.key.as_str().into(),
+                        key: input.key.as_str().into(),
                     }),
                 };
                 {
@@ -426,7 +424,10 @@ async fn commit_batch(batch: &mut Vec<PublishCommand>, store: &dyn Store, config
                     state.delivered = offset;
                     Room::broadcast(&mut state, &queued, None);
                 }
-                let _ = command.reply.send(Ok(PublishOutcome {
+                // Let go of the room before waking the publisher, so its release of the
+                // room finds nobody else holding it.
+                drop(room);
+                let _ = reply.send(Ok(PublishOutcome {
                     offset,
                     duplicate: false,
                 }));
@@ -449,8 +450,36 @@ async fn commit_batch(batch: &mut Vec<PublishCommand>, store: &dyn Store, config
                         .retain(|id| id != &command.input.client_id);
                 }
                 drop(state);
-                let _ = command.reply.send(Err(HubError::from(error.clone())));
+                let PublishCommand { room, reply, .. } = command;
+                drop(room);
+                let _ = reply.send(Err(HubError::from(error.clone())));
             }
+        }
+    }
+    // Repeats are answered last: their original is durable and, if it was in this batch,
+    // fanned out by now, so a client that resumes after the acked offset finds it.
+    for (reply, offset) in duplicates {
+        let _ = reply.send(match &appended {
+            Ok(()) => Ok(PublishOutcome {
+                offset,
+                duplicate: true,
+            }),
+            Err(error) => Err(HubError::from(error.clone())),
+        });
+    }
+}
+
+/// How often rooms nobody holds are dropped from the table.
+const ROOM_SWEEP: std::time::Duration = std::time::Duration::from_secs(10);
+
+async fn sweep_rooms(shared: Weak<Shared>) {
+    let mut ticker = tokio::time::interval(ROOM_SWEEP);
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        match shared.upgrade() {
+            Some(shared) => shared.release_unused_rooms(),
+            None => return,
         }
     }
 }

@@ -56,6 +56,10 @@ struct State {
     frames: VecDeque<Entry>,
     live_frames: usize,
     live_bytes: usize,
+    /// Replies and replayed frames queued, and their bytes (bounded apart from live ones,
+    /// so a busy room cannot starve a session's acks).
+    reliable_frames: usize,
+    reliable_bytes: usize,
     /// Last offset handed to the transport, per room.
     delivered: HashMap<Arc<str>, Offset>,
     /// Messages dropped by policy and not yet reported, per room.
@@ -122,19 +126,23 @@ impl SubscriberQueue {
             return LivePush::Detach;
         }
         let size = frame.bytes.len();
-        let full = state.live_frames >= self.max_frames
-            || (state.live_frames > 0 && state.live_bytes + size > self.max_bytes);
-        if full {
+        let full = |state: &State| {
+            state.live_frames >= self.max_frames
+                || (state.live_frames > 0 && state.live_bytes + size > self.max_bytes)
+        };
+        if full(&state) {
             match self.policy {
                 LagPolicy::Disconnect => {
                     self.lag_out(&mut state);
                     return LivePush::Detach;
                 }
-                LagPolicy::DropOldest => Self::drop_oldest_live(&mut state),
-                LagPolicy::LatestPerKey => {
-                    if !Self::drop_same_key(&mut state, &frame) {
-                        Self::drop_oldest_live(&mut state);
+                LagPolicy::DropOldest | LagPolicy::LatestPerKey => {
+                    // A newer frame replaces one of the same key first; then the oldest go
+                    // until the new frame fits both bounds (a big frame may evict several).
+                    if self.policy == LagPolicy::LatestPerKey {
+                        Self::drop_same_key(&mut state, &frame);
                     }
+                    while full(&state) && Self::drop_oldest_live(&mut state) {}
                 }
             }
         }
@@ -145,8 +153,20 @@ impl SubscriberQueue {
         LivePush::Queued
     }
 
-    /// Queues a reply or replayed frame, waiting while the queue holds its bound.
+    /// Queues a reply or replayed frame, waiting while the session already holds its bound
+    /// of such frames (frames or bytes; one frame always fits in an empty queue). With
+    /// `cancelled`, gives up without queuing once that flag is set (checked under the
+    /// queue's lock, so a replay that was left cannot slip a frame in afterwards).
     pub async fn push_reliable(&self, frame: QueuedFrame) -> Result<(), HubError> {
+        self.push_reliable_unless(frame, None).await
+    }
+
+    pub async fn push_reliable_unless(
+        &self,
+        frame: QueuedFrame,
+        cancelled: Option<&std::sync::atomic::AtomicBool>,
+    ) -> Result<(), HubError> {
+        let size = frame.bytes.len();
         loop {
             let freed = self.room_freed.notified();
             let mut freed = std::pin::pin!(freed);
@@ -159,7 +179,15 @@ impl SubscriberQueue {
                 if state.consumer_gone || state.ending.is_some() {
                     return Err(HubError::ShuttingDown);
                 }
-                if state.frames.len() < self.max_frames {
+                if cancelled.is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed)) {
+                    return Err(HubError::ShuttingDown);
+                }
+                let fits = state.reliable_frames == 0
+                    || (state.reliable_frames < self.max_frames
+                        && state.reliable_bytes + size <= self.max_bytes);
+                if fits {
+                    state.reliable_frames += 1;
+                    state.reliable_bytes += size;
                     state.frames.push_back(Entry { frame, live: false });
                     wake(&mut state);
                     return Ok(());
@@ -173,6 +201,8 @@ impl SubscriberQueue {
     pub fn push_control(&self, bytes: Bytes) {
         let mut state = self.lock();
         if state.ending.is_none() && !state.consumer_gone {
+            state.reliable_frames += 1;
+            state.reliable_bytes += bytes.len();
             state.frames.push_back(Entry {
                 frame: QueuedFrame {
                     bytes,
@@ -204,6 +234,13 @@ impl SubscriberQueue {
         state.consumer_gone || state.lagged
     }
 
+    /// Forgets a room the session left: its delivery and drop counts.
+    pub fn forget_room(&self, room: &str) {
+        let mut state = self.lock();
+        state.delivered.remove(room);
+        state.dropped.remove(room);
+    }
+
     /// Resolves once the client is gone or the queue lagged out.
     pub async fn closed(&self) {
         loop {
@@ -228,6 +265,8 @@ impl SubscriberQueue {
         state.frames.clear();
         state.live_frames = 0;
         state.live_bytes = 0;
+        state.reliable_frames = 0;
+        state.reliable_bytes = 0;
         let mut rooms: Vec<_> = state
             .delivered
             .iter()
@@ -248,9 +287,14 @@ impl SubscriberQueue {
         self.closed.notify_waiters();
     }
 
-    fn drop_oldest_live(state: &mut State) {
-        if let Some(index) = state.frames.iter().position(|e| e.live) {
-            Self::remove_live(state, index);
+    /// Drops the oldest live frame; false when there is none.
+    fn drop_oldest_live(state: &mut State) -> bool {
+        match state.frames.iter().position(|e| e.live) {
+            Some(index) => {
+                Self::remove_live(state, index);
+                true
+            }
+            None => false,
         }
     }
 
@@ -328,6 +372,9 @@ impl Stream for Outbound {
             if entry.live {
                 state.live_frames -= 1;
                 state.live_bytes -= entry.frame.bytes.len();
+            } else {
+                state.reliable_frames -= 1;
+                state.reliable_bytes -= entry.frame.bytes.len();
             }
             if let Some(meta) = &entry.frame.message {
                 let last = state.delivered.entry(meta.room.clone()).or_default();
@@ -365,5 +412,74 @@ impl Drop for Outbound {
         drop(state);
         self.queue.room_freed.notify_waiters();
         self.queue.closed.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn live(room: &str, offset: Offset, size: usize, key: &str) -> QueuedFrame {
+        QueuedFrame {
+            bytes: Bytes::from(vec![b'x'; size]),
+            message: Some(MessageMeta {
+                room: room.into(),
+                offset,
+                key: key.into(),
+            }),
+        }
+    }
+
+    #[test]
+    fn lossy_policies_hold_the_byte_bound_too() {
+        for policy in [LagPolicy::DropOldest, LagPolicy::LatestPerKey] {
+            let queue = SubscriberQueue::new(policy, 8, 1000);
+            for offset in 1..=8 {
+                assert_eq!(queue.push_live(live("r", offset, 1, "")), LivePush::Queued);
+            }
+            for offset in 9..=16 {
+                assert_eq!(
+                    queue.push_live(live("r", offset, 900, "")),
+                    LivePush::Queued
+                );
+            }
+            let (frames, bytes) = queue.depth();
+            assert!(
+                bytes <= 1000,
+                "{policy:?}: {frames} frames, {bytes} bytes queued"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn replies_get_in_while_a_busy_room_fills_the_live_bound() {
+        let queue = SubscriberQueue::new(LagPolicy::DropOldest, 4, 1 << 20);
+        for offset in 1..=100 {
+            queue.push_live(live("busy", offset, 10, ""));
+        }
+        let ack = QueuedFrame {
+            bytes: Bytes::from_static(b"ack"),
+            message: None,
+        };
+        let pushed = tokio::time::timeout(
+            std::time::Duration::from_millis(100),
+            queue.push_reliable(ack),
+        )
+        .await;
+        assert!(
+            pushed.is_ok(),
+            "the ack does not wait for the live frames to drain"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_replay_pushes_nothing() {
+        let queue = SubscriberQueue::new(LagPolicy::Disconnect, 4, 1 << 20);
+        let cancelled = std::sync::atomic::AtomicBool::new(true);
+        let pushed = queue
+            .push_reliable_unless(live("r", 1, 1, ""), Some(&cancelled))
+            .await;
+        assert!(pushed.is_err());
+        assert_eq!(queue.depth(), (0, 0));
     }
 }

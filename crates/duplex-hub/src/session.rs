@@ -83,12 +83,22 @@ impl Session {
     /// Reads commands from `inbound` until it ends (then finishes the outbound stream OK
     /// once every pending publish is acked), fails (the outbound stream fails with that
     /// error), or the client goes away.
-    pub async fn drive<S>(mut self, mut inbound: S)
+    pub async fn drive<S>(self, inbound: S)
+    where
+        S: Stream<Item = Result<ClientFrame, HubError>> + Unpin,
+    {
+        self.drive_with(inbound, None).await
+    }
+
+    /// [`Session::drive`], with work already under way (the replay of a join made before
+    /// the session was handed over).
+    pub async fn drive_with<S>(mut self, mut inbound: S, started: Option<BoxFuture<'static, ()>>)
     where
         S: Stream<Item = Result<ClientFrame, HubError>> + Unpin,
     {
         let window = self.shared.config.publish_window.max(1);
         let mut pending: FuturesUnordered<BoxFuture<'static, ()>> = FuturesUnordered::new();
+        pending.extend(started);
         let mut inbound_open = true;
         let expiry = expiry_sleep(self.expires_at);
         tokio::pin!(expiry);
@@ -253,18 +263,18 @@ impl Session {
             session_id: self.id,
             queue: self.queue.clone(),
         };
-        match after {
-            None => {
-                room.lock().subscribers.push(subscriber);
-                Ok(None)
-            }
-            Some(after) => {
-                let page = self.shared.config.replay_page.max(1);
-                Ok(Some(Box::pin(replay_then_live(
-                    store, room, subscriber, cancelled, after, page,
-                ))))
-            }
-        }
+        // A live join goes through the same switch as a resume, from the `last_offset` it
+        // announced: whatever was fanned out while `joined` waited for room in the queue
+        // is replayed from the store instead of missed.
+        let page = self.shared.config.replay_page.max(1);
+        Ok(Some(Box::pin(replay_then_live(
+            store,
+            room,
+            subscriber,
+            cancelled,
+            after.unwrap_or(last),
+            page,
+        ))))
     }
 
     /// Leaves a room: no more of its messages, and presence says so.
@@ -275,6 +285,7 @@ impl Session {
             .ok_or_else(|| HubError::NotJoined(room.to_owned()))?;
         self.detach(&joined);
         drop(joined);
+        self.queue.forget_room(room);
         self.shared.release_room(room);
         Ok(())
     }
@@ -409,38 +420,56 @@ async fn replay_then_live(
     after: Offset,
     page: usize,
 ) {
+    let queue = subscriber.queue.clone();
+    if let Err(error) = replay(&*store, &room, subscriber, &cancelled, after, page).await {
+        // The room cannot be served without a gap (retention removed what was needed
+        // meanwhile) or the store failed: end the session with that error, so the client
+        // reconnects and learns where it can resume, rather than wait on a dead room.
+        queue.finish(Some(error));
+    }
+}
+
+async fn replay(
+    store: &dyn duplex_store::Store,
+    room: &Room,
+    subscriber: Subscriber,
+    cancelled: &AtomicBool,
+    after: Offset,
+    page: usize,
+) -> Result<(), HubError> {
     let mut cursor = after;
     loop {
         let limit = {
             let mut state = room.lock();
             if cancelled.load(Ordering::Relaxed) {
-                return;
+                return Ok(());
             }
             if cursor >= state.delivered {
                 state.subscribers.push(subscriber);
-                return;
+                return Ok(());
             }
             state.delivered
         };
-        let messages = match store.read_after(&room.name, cursor, page).await {
-            Ok(messages) => messages,
-            Err(error) => {
-                let error = HubError::from(error);
-                let _ = subscriber
-                    .queue
-                    .push_reliable(QueuedFrame {
-                        bytes: frames::error(0, &room.name, &error),
-                        message: None,
-                    })
-                    .await;
-                return;
+        let messages = store.read_after(&room.name, cursor, page).await?;
+        if let Some(first) = messages.first()
+            && first.offset > cursor + 1
+        {
+            // Offsets may skip; a skip is a loss only if retention removed cursor + 1.
+            let earliest = store
+                .bounds(&room.name)
+                .await?
+                .map_or(first.offset, |b| b.earliest);
+            if earliest > cursor + 1 {
+                return Err(HubError::ResumeTooOld {
+                    room: room.name.to_string(),
+                    after: cursor,
+                    earliest,
+                });
             }
-        };
+        }
         let before = cursor;
+        let read_nothing = messages.is_empty();
         for message in messages.into_iter().take_while(|m| m.offset <= limit) {
-            if cancelled.load(Ordering::Relaxed) {
-                return;
-            }
             let frame = QueuedFrame {
                 bytes: frames::message_frame(&message),
                 message: Some(MessageMeta {
@@ -449,13 +478,27 @@ async fn replay_then_live(
                     key: message.key.as_str().into(),
                 }),
             };
-            if subscriber.queue.push_reliable(frame).await.is_err() {
-                return;
+            // An error here means the client left, lagged out or the join was cancelled.
+            if subscriber
+                .queue
+                .push_reliable_unless(frame, Some(cancelled))
+                .await
+                .is_err()
+            {
+                return Ok(());
             }
             cursor = message.offset;
         }
         if cursor == before {
-            // Nothing left to read below the mark (retention removed it meanwhile).
+            if read_nothing {
+                // Nothing after the cursor is left: retention emptied the room meanwhile.
+                return Err(HubError::ResumeTooOld {
+                    room: room.name.to_string(),
+                    after: cursor,
+                    earliest: limit + 1,
+                });
+            }
+            // The next stored offset is past the mark: nothing exists up to it.
             cursor = limit;
         }
     }

@@ -199,3 +199,84 @@ async fn rooms_nobody_uses_are_dropped_from_the_table() {
     session.leave("kept").unwrap();
     assert_eq!(hub.stats().rooms, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_join_during_a_burst_misses_nothing_after_its_last_offset() {
+    let hub = Hub::new(
+        Arc::new(MemoryStore::new(Default::default())),
+        HubConfig::default(),
+    );
+    let publisher = hub.clone();
+    let burst = tokio::spawn(async move {
+        for i in 0..3000 {
+            publisher
+                .publish(PublishInput {
+                    room: "r".into(),
+                    payload: format!("{i}").into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let (session, mut outbound) = hub.open_session(duplex_hub::Identity::anonymous("late"));
+    let join = ClientFrame {
+        command_id: 1,
+        command: Some(Command::Join(Join {
+            room: "r".into(),
+            after_offset: None,
+            hidden: true,
+            replay_last: 0,
+        })),
+    };
+    tokio::spawn(
+        session.drive(futures::stream::iter([Ok(join)]).chain(futures::stream::pending())),
+    );
+    let mut last = None;
+    let mut expected = 0;
+    let mut seen = 0;
+    while seen < 200 {
+        let frame = ServerFrame::decode(outbound.next().await.unwrap().unwrap()).unwrap();
+        match frame.frame {
+            Some(Frame::Joined(joined)) => {
+                last = Some(joined.last_offset);
+                expected = joined.last_offset + 1;
+            }
+            Some(Frame::Message(message)) => {
+                assert!(last.is_some(), "joined comes first");
+                assert_eq!(
+                    message.offset, expected,
+                    "no gap after the announced last offset"
+                );
+                expected += 1;
+                seen += 1;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    burst.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unary_publishes_leave_no_rooms_behind_on_a_multi_thread_runtime() {
+    let hub = Hub::new(
+        Arc::new(MemoryStore::new(Default::default())),
+        HubConfig::default(),
+    );
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..2000 {
+        let hub = hub.clone();
+        tasks.spawn(async move {
+            hub.publish(PublishInput {
+                room: format!("r{i}"),
+                payload: "x".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    assert_eq!(hub.stats().rooms, 0);
+}

@@ -128,6 +128,19 @@ pub struct ServeConfig {
     #[arg(long)]
     pub allow_anonymous: bool,
 
+    /// Connection workers: threads that each run a single-threaded runtime and serve the
+    /// connections handed to them (round-robin by the acceptor). A connection's reads,
+    /// handlers and writes then stay on one thread: no wake-ups across threads per message.
+    /// 0 = one per core; 1 = serve every connection on the main runtime (see --runtime).
+    #[arg(long, default_value_t = 0)]
+    pub workers: usize,
+
+    /// The main runtime (acceptor, hub sequencer, store): `multi-thread` (tokio's
+    /// work-stealing pool, one thread per core) or `current-thread` (one thread). With
+    /// `--workers 1` it also runs every connection.
+    #[arg(long, default_value = "multi-thread")]
+    pub runtime: RuntimeKind,
+
     /// On SIGINT/SIGTERM: stop accepting, then give open calls this long to finish before
     /// closing them and exiting 0.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
@@ -141,6 +154,27 @@ pub enum StoreKind {
     Redb,
     /// In memory, bounded; lost when the server stops.
     Memory,
+}
+
+/// The tokio runtime `duplex serve` runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RuntimeKind {
+    /// Work-stealing pool, one worker thread per core.
+    MultiThread,
+    /// Everything on the thread that runs the server.
+    CurrentThread,
+}
+
+impl RuntimeKind {
+    /// Builds the runtime (I/O and timers enabled).
+    pub fn build(self) -> std::io::Result<tokio::runtime::Runtime> {
+        match self {
+            RuntimeKind::MultiThread => tokio::runtime::Runtime::new(),
+            RuntimeKind::CurrentThread => tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build(),
+        }
+    }
 }
 
 impl ServeConfig {
@@ -165,6 +199,14 @@ impl ServeConfig {
             issuer: self.jwt_issuer.clone(),
             audience: self.jwt_audience.clone(),
             allow_anonymous: self.allow_anonymous,
+        }
+    }
+
+    /// Connection workers to start: `--workers`, with 0 meaning one per core.
+    pub fn worker_count(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
         }
     }
 

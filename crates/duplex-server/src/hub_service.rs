@@ -15,7 +15,7 @@ use std::sync::Arc;
 use duplex_hub::{Hub, HubError, Identity, Outbound, PublishInput};
 use duplex_proto::hub::{
     ClientFrame, HistoryRequest, HistoryResponse, Join, PresenceRequest, PresenceResponse,
-    PublishAck, PublishRequest, SubscribeRequest, client_frame::Command,
+    PublishAck, PublishRequest, SubscribeRequest,
 };
 use futures::future::BoxFuture;
 use futures::stream::{self, Map, StreamExt as _};
@@ -167,21 +167,19 @@ impl ServerStreamingService<SubscribeRequest> for Subscribe {
                 .map_err(status)?;
             let hidden = subscribe.name.is_empty();
             if !hidden && !self_named(&identity) {
-                identity.name = subscribe.name.clone();
+                identity.name = checked_name(subscribe.name)?;
             }
-            let (session, outbound) = hub.open_session(identity);
-            let join = ClientFrame {
-                command_id: 0,
-                command: Some(Command::Join(Join {
-                    room: subscribe.room,
-                    after_offset: subscribe.after_offset,
-                    hidden,
-                    replay_last: 0,
-                })),
+            let (mut session, outbound) = hub.open_session(identity);
+            let join = Join {
+                room: subscribe.room,
+                after_offset: subscribe.after_offset,
+                hidden,
+                replay_last: 0,
             };
-            // The only command is the join; the session then lives until the client leaves.
-            let inbound = stream::iter([Ok(join)]).chain(stream::pending());
-            tokio::spawn(session.drive(inbound));
+            // A join that fails (resume older than retention, …) fails the call itself.
+            let replay = session.join(0, join).await.map_err(status)?;
+            // The session then lives until the client goes away.
+            tokio::spawn(session.drive_with(stream::pending(), replay));
             Ok(Response::new(frame_stream(outbound)))
         })
     }
@@ -206,7 +204,7 @@ impl UnaryService<PublishRequest> for Unary<PublishRequest> {
             let sender = if self_named(&identity) || publish.sender.is_empty() {
                 identity.name
             } else {
-                publish.sender
+                checked_name(publish.sender)?
             };
             let room = publish.room.clone();
             let outcome = hub
@@ -275,6 +273,14 @@ impl UnaryService<PresenceRequest> for Unary<PresenceRequest> {
             Ok(Response::new(PresenceResponse { members }))
         })
     }
+}
+
+/// A client-chosen name: 1 to 128 bytes, like the `duplex-name` header.
+fn checked_name(name: String) -> Result<String, Status> {
+    if name.is_empty() || name.len() > 128 {
+        return Err(Status::invalid_argument("a name must be 1 to 128 bytes"));
+    }
+    Ok(name)
 }
 
 /// Whether the identity's name came from a verified token (it has an expiry), so the

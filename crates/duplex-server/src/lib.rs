@@ -12,5 +12,5 @@ pub mod edge;
 pub mod hub_service;
 mod server;
 
-pub use config::{ServeConfig, StoreKind, parse_size};
+pub use config::{RuntimeKind, ServeConfig, StoreKind, parse_size};
 pub use server::{ServeError, Server};
