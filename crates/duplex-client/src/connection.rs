@@ -282,8 +282,19 @@ impl Connection {
         // Frames to the server wait in `outgoing`, so the response stream is read even while
         // the request side is blocked by flow control: the server's acks can always land.
         let outgoing_limit = self.options.request_queue.max(16);
+        let mut pings = tokio::time::interval(
+            self.options
+                .ping_interval
+                .max(std::time::Duration::from_millis(10)),
+        );
+        pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        pings.tick().await;
         loop {
             tokio::select! {
+                _ = pings.tick() => outgoing.push_back(ClientFrame {
+                    command_id: 0,
+                    command: Some(Command::Ping(Default::default())),
+                }),
                 permit = frames_tx.reserve(), if !outgoing.is_empty() => match permit {
                     Ok(permit) => permit.send(outgoing.pop_front().expect("not empty")),
                     Err(_) => return SessionEnd::Broken("session closed".into()),

@@ -39,6 +39,8 @@ pub struct ClientOptions {
     pub max_backoff: Duration,
     /// Requests (join, publish, …) queued for the connection task.
     pub request_queue: usize,
+    /// Send a ping this often, so the server's idle timeout never ends a quiet session.
+    pub ping_interval: Duration,
     /// Events buffered for the caller; when full, the connection task stops reading the
     /// server, so HTTP/2 flow control pushes back (and the server's lag policy decides).
     pub event_queue: usize,
@@ -53,6 +55,7 @@ impl ClientOptions {
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
             request_queue: 1024,
+            ping_interval: Duration::from_secs(30),
             event_queue: 4096,
         }
     }

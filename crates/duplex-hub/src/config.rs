@@ -60,6 +60,12 @@ pub struct HubConfig {
     pub max_history_page: usize,
     /// How often retention by age is enforced.
     pub retention_sweep: Duration,
+    /// Publishes per second one session may sustain (token bucket); `None` = no limit.
+    pub publish_rate: Option<u32>,
+    /// Publishes one session may make in a burst above the rate.
+    pub publish_burst: u32,
+    /// A `Connect` session that sends nothing (not even a ping) for this long is ended.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Default for HubConfig {
@@ -79,6 +85,9 @@ impl Default for HubConfig {
             dedupe_window: 4096,
             max_history_page: 1000,
             retention_sweep: Duration::from_secs(60),
+            publish_rate: None,
+            publish_burst: 0,
+            idle_timeout: None,
         }
     }
 }

@@ -49,6 +49,9 @@ pub enum HubError {
     /// The session's credentials expired.
     #[error("{0}")]
     Unauthenticated(String),
+    /// The client sent nothing for the idle timeout.
+    #[error("no frame from the client for {0:?}: send pings to keep an idle session open")]
+    IdleTimeout(std::time::Duration),
     /// The hub is shutting down.
     #[error("server is shutting down")]
     ShuttingDown,
@@ -67,6 +70,7 @@ impl HubError {
             HubError::Transport { code, .. } => *code,
             HubError::PermissionDenied(_) => 7,
             HubError::Unauthenticated(_) => 16,
+            HubError::IdleTimeout(_) => 4,
         }
     }
 

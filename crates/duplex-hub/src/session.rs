@@ -42,6 +42,42 @@ pub struct Session {
     expires_at: Option<SystemTime>,
     queue: Arc<SubscriberQueue>,
     joined: HashMap<Arc<str>, JoinedRoom>,
+    publish_budget: Option<TokenBucket>,
+}
+
+/// A token bucket: `rate` tokens a second, holding at most `burst`.
+#[derive(Debug)]
+struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    refilled: std::time::Instant,
+}
+
+impl TokenBucket {
+    fn new(rate: u32, burst: u32) -> Self {
+        let burst = f64::from(burst.max(rate).max(1));
+        Self {
+            rate: f64::from(rate),
+            burst,
+            tokens: burst,
+            refilled: std::time::Instant::now(),
+        }
+    }
+
+    /// Takes one token if there is one.
+    fn take(&mut self) -> bool {
+        let now = std::time::Instant::now();
+        let earned = now.duration_since(self.refilled).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + earned).min(self.burst);
+        self.refilled = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 impl std::fmt::Debug for Session {
@@ -62,7 +98,6 @@ impl Session {
         queue: Arc<SubscriberQueue>,
     ) -> Self {
         Self {
-            shared,
             id,
             member: Member {
                 name: identity.name,
@@ -70,8 +105,13 @@ impl Session {
             },
             rights: identity.rights,
             expires_at: identity.expires_at,
+            publish_budget: shared
+                .config
+                .publish_rate
+                .map(|rate| TokenBucket::new(rate, shared.config.publish_burst)),
             queue,
             joined: HashMap::new(),
+            shared,
         }
     }
 
@@ -83,17 +123,32 @@ impl Session {
     /// Reads commands from `inbound` until it ends (then finishes the outbound stream OK
     /// once every pending publish is acked), fails (the outbound stream fails with that
     /// error), or the client goes away.
+    ///
+    /// A session that sends nothing for the configured idle timeout is ended with
+    /// DEADLINE_EXCEEDED (clients ping to stay).
     pub async fn drive<S>(self, inbound: S)
     where
         S: Stream<Item = Result<ClientFrame, HubError>> + Unpin,
     {
-        self.drive_with(inbound, None).await
+        let idle_timeout = self.shared.config.idle_timeout;
+        self.run(inbound, None, idle_timeout).await
     }
 
-    /// [`Session::drive`], with work already under way (the replay of a join made before
-    /// the session was handed over).
-    pub async fn drive_with<S>(mut self, mut inbound: S, started: Option<BoxFuture<'static, ()>>)
+    /// Drives a session whose client cannot send (server-streaming `Subscribe`), with the
+    /// replay of the join made before it was handed over. No idle timeout applies.
+    pub async fn drive_listener<S>(self, inbound: S, started: Option<BoxFuture<'static, ()>>)
     where
+        S: Stream<Item = Result<ClientFrame, HubError>> + Unpin,
+    {
+        self.run(inbound, started, None).await
+    }
+
+    async fn run<S>(
+        mut self,
+        mut inbound: S,
+        started: Option<BoxFuture<'static, ()>>,
+        idle_timeout: Option<std::time::Duration>,
+    ) where
         S: Stream<Item = Result<ClientFrame, HubError>> + Unpin,
     {
         let window = self.shared.config.publish_window.max(1);
@@ -102,6 +157,9 @@ impl Session {
         let mut inbound_open = true;
         let expiry = expiry_sleep(self.expires_at);
         tokio::pin!(expiry);
+        let far_future = std::time::Duration::from_secs(100 * 365 * 24 * 3600);
+        let idle = tokio::time::sleep(idle_timeout.unwrap_or(far_future));
+        tokio::pin!(idle);
         loop {
             if !inbound_open && pending.is_empty() {
                 self.queue.finish(None);
@@ -111,6 +169,9 @@ impl Session {
                 frame = inbound.next(), if inbound_open && pending.len() < window => match frame {
                     None => inbound_open = false,
                     Some(Ok(frame)) => {
+                        if let Some(timeout) = idle_timeout {
+                            idle.as_mut().reset(tokio::time::Instant::now() + timeout);
+                        }
                         if let Some(task) = self.handle(frame).await {
                             pending.push(task);
                         }
@@ -127,6 +188,11 @@ impl Session {
                         "token expired: reconnect with a fresh token and resume".into(),
                     );
                     self.queue.finish(Some(error));
+                    return;
+                }
+                () = &mut idle, if inbound_open && idle_timeout.is_some() => {
+                    let timeout = idle_timeout.unwrap_or_default();
+                    self.queue.finish(Some(HubError::IdleTimeout(timeout)));
                     return;
                 }
             }
@@ -310,11 +376,20 @@ impl Session {
     /// Validates a publish and queues it for the sequencer (in command order), and returns
     /// the task that waits for its durable ack and replies.
     pub async fn publish(
-        &self,
+        &mut self,
         command_id: u64,
         publish: Publish,
     ) -> Result<BoxFuture<'static, ()>, (String, HubError)> {
         if let Err(error) = self.rights.check_write(&publish.room) {
+            return Err((publish.room, error));
+        }
+        if let Some(budget) = &mut self.publish_budget
+            && !budget.take()
+        {
+            let rate = budget.rate;
+            let error = HubError::ResourceExhausted(format!(
+                "publish rate over {rate}/s for this session: slow down and retry"
+            ));
             return Err((publish.room, error));
         }
         let Some(joined) = self.joined.get(publish.room.as_str()) else {

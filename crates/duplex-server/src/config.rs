@@ -50,6 +50,11 @@ pub struct ServeConfig {
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
     pub keepalive_timeout: Duration,
 
+    /// Largest header list (after HPACK decoding) a request may carry, in bytes
+    /// (SETTINGS_MAX_HEADER_LIST_SIZE): bounds what an HPACK bomb can make us hold.
+    #[arg(long, default_value = "16KiB", value_parser = parse_size)]
+    pub max_header_list_size: usize,
+
     /// Largest gRPC message accepted, in bytes. A bigger one fails its call with
     /// RESOURCE_EXHAUSTED; other calls go on. 4MiB is the gRPC-wide default.
     #[arg(long, default_value = "4MiB", value_parser = parse_size)]
@@ -95,6 +100,20 @@ pub struct ServeConfig {
     /// and the session goes on (a whole gRPC message over --max-message-size ends the call).
     #[arg(long, default_value = "1MiB", value_parser = parse_size)]
     pub max_payload: usize,
+
+    /// Publishes per second one session may sustain (token bucket); over it a publish gets
+    /// RESOURCE_EXHAUSTED and the session goes on. 0 = no limit.
+    #[arg(long, default_value_t = 5000)]
+    pub publish_rate: u32,
+
+    /// Publishes one session may make at once above --publish-rate.
+    #[arg(long, default_value_t = 10_000)]
+    pub publish_burst: u32,
+
+    /// End a `Hub.Connect` session that sends nothing (not even a ping) for this long,
+    /// with DEADLINE_EXCEEDED. `duplex-client` pings every 30s. 0s = never.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
 
     /// Rooms one session may have joined at once.
     #[arg(long, default_value_t = 100)]
@@ -187,6 +206,9 @@ impl ServeConfig {
             max_payload: self.max_payload,
             max_rooms_per_session: self.max_rooms_per_session,
             publish_window: self.publish_window,
+            publish_rate: Some(self.publish_rate).filter(|&rate| rate > 0),
+            publish_burst: self.publish_burst,
+            idle_timeout: Some(self.idle_timeout).filter(|t| !t.is_zero()),
             ..duplex_hub::HubConfig::default()
         }
     }

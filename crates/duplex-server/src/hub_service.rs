@@ -179,7 +179,7 @@ impl ServerStreamingService<SubscribeRequest> for Subscribe {
             // A join that fails (resume older than retention, …) fails the call itself.
             let replay = session.join(0, join).await.map_err(status)?;
             // The session then lives until the client goes away.
-            tokio::spawn(session.drive_with(stream::pending(), replay));
+            tokio::spawn(session.drive_listener(stream::pending(), replay));
             Ok(Response::new(frame_stream(outbound)))
         })
     }

@@ -167,6 +167,9 @@ impl Server {
             .http2_keepalive_interval(keepalive_interval)
             .http2_keepalive_timeout(Some(config.keepalive_timeout))
             .http2_max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESET_STREAMS))
+            .http2_max_header_list_size(
+                u32::try_from(config.max_header_list_size).unwrap_or(u32::MAX),
+            )
             .add_service(ChatService.into_server(config.max_message_size))
             .add_service(HubService::new(hub.clone(), auth, config.max_message_size));
 
@@ -248,8 +251,8 @@ where
             .name(format!("duplex-worker-{index}"))
             .spawn(move || {
                 runtime.block_on(async move {
-                    let incoming = ReceiverStream::new(connections)
-                        .map(tokio::net::TcpStream::from_std);
+                    let incoming =
+                        ReceiverStream::new(connections).map(tokio::net::TcpStream::from_std);
                     let signal = async move {
                         let _ = graceful.wait_for(|&draining| draining).await;
                     };
