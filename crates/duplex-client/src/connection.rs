@@ -111,6 +111,8 @@ pub(crate) async fn start(
 ) -> Result<(), ClientError> {
     let url = if options.addr.contains("://") {
         options.addr.clone()
+    } else if options.tls.is_some() {
+        format!("https://{}", options.addr)
     } else {
         format!("http://{}", options.addr)
     };
@@ -118,10 +120,15 @@ pub(crate) async fn start(
         addr: options.addr.clone(),
         reason,
     };
-    let endpoint = Endpoint::from_shared(url)
+    let mut endpoint = Endpoint::from_shared(url)
         .map_err(|e| connect_error(e.to_string()))?
         .connect_timeout(options.connect_timeout)
         .tcp_nodelay(true);
+    if let Some(tls) = options.tls.clone() {
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|e| connect_error(error_chain(&e)))?;
+    }
     let channel = endpoint
         .connect()
         .await

@@ -32,6 +32,8 @@ pub struct ClientOptions {
     pub addr: String,
     /// Session name: the `sender` of what this client publishes, and its presence name.
     pub name: String,
+    /// TLS settings (`https`); `None` for plaintext.
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
     /// Give up one connection attempt after this long.
     pub connect_timeout: Duration,
     /// First reconnect delay; doubles per failed attempt up to `max_backoff`.
@@ -51,6 +53,7 @@ impl ClientOptions {
         Self {
             addr: addr.into(),
             name: name.into(),
+            tls: None,
             connect_timeout: Duration::from_secs(5),
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),

@@ -124,6 +124,23 @@ pub struct ServeConfig {
     #[arg(long, default_value_t = 256)]
     pub publish_window: usize,
 
+    /// Serve TLS with this certificate chain (PEM). Needs --tls-key.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+
+    /// Mutual TLS: require every client to present a certificate signed by this CA (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_client_ca: Option<std::path::PathBuf>,
+
+    /// Serve plaintext on a non-loopback address. Without it, duplex refuses: anyone on the
+    /// path could read and alter the traffic. Use it only behind a proxy that terminates TLS.
+    #[arg(long)]
+    pub insecure: bool,
+
     /// Require bearer tokens (JWT, HS256) on the Hub service, verified with the secret in
     /// this file (at least 32 bytes). Tokens carry `sub`, `exp` and room rights.
     #[arg(long)]

@@ -9,6 +9,7 @@ use futures::stream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Certificate, Identity as TlsIdentity, ServerTlsConfig};
 use tracing::{info, warn};
 
 use std::sync::Arc;
@@ -21,6 +22,29 @@ use crate::chat::ChatService;
 use crate::config::{ServeConfig, StoreKind};
 use crate::edge::{CallDeadlineLayer, PathAliasLayer};
 use crate::hub_service::HubService;
+
+/// How long a client has to finish the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The TLS settings from the flags: a certificate and key, and a client CA for mTLS.
+fn tls_config(config: &ServeConfig) -> Result<Option<ServerTlsConfig>, ServeError> {
+    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
+        return Ok(None);
+    };
+    let read = |path: &std::path::PathBuf| {
+        std::fs::read(path).map_err(|source| ServeError::TlsFile {
+            path: path.clone(),
+            source,
+        })
+    };
+    let mut tls = ServerTlsConfig::new()
+        .identity(TlsIdentity::from_pem(read(cert)?, read(key)?))
+        .timeout(TLS_HANDSHAKE_TIMEOUT);
+    if let Some(ca) = &config.tls_client_ca {
+        tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));
+    }
+    Ok(Some(tls))
+}
 
 /// h2's cap on streams a peer may make us reset for protocol errors before the connection
 /// is closed with GOAWAY (the fix for RUSTSEC-2024-0003). tonic passes "no limit" to hyper
@@ -50,6 +74,16 @@ pub enum ServeError {
         kind: &'static str,
         source: duplex_store::StoreError,
     },
+    #[error(
+        "refusing to serve plaintext on {0}: anyone on the network could read and alter the \
+         traffic. Give --tls-cert and --tls-key, or --insecure if a proxy in front terminates TLS"
+    )]
+    PlaintextOnNetwork(SocketAddr),
+    #[error("TLS: cannot read {path}: {source}")]
+    TlsFile {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("auth: {0}")]
     Auth(#[from] crate::auth::AuthSetupError),
     #[error("cannot start a connection worker: {0}")]
@@ -61,6 +95,7 @@ pub enum ServeError {
 /// A bound, not yet running server.
 pub struct Server {
     config: ServeConfig,
+    tls: Option<ServerTlsConfig>,
     hub: Hub,
     auth: Arc<Authenticator>,
     listeners: Vec<TcpIncoming>,
@@ -85,6 +120,13 @@ impl Server {
         let Some(&first) = addresses.first() else {
             return Err(ServeError::NoAddress(config.listen.clone()));
         };
+        if config.tls_cert.is_none()
+            && !config.insecure
+            && let Some(open) = addresses.iter().find(|a| !a.ip().is_loopback())
+        {
+            return Err(ServeError::PlaintextOnNetwork(*open));
+        }
+        let tls = tls_config(&config)?;
 
         let mut listeners = Vec::new();
         let mut local_addrs = Vec::new();
@@ -125,6 +167,7 @@ impl Server {
         let auth = Arc::new(Authenticator::from_settings(&config.auth_settings())?);
         let hub = Hub::new(store, config.hub_config());
         Ok(Self {
+            tls,
             auth,
             config,
             hub,
@@ -152,11 +195,16 @@ impl Server {
             listeners,
             hub,
             auth,
+            tls,
             ..
         } = self;
         let keepalive_interval = Some(config.keepalive_interval).filter(|d| !d.is_zero());
 
-        let router = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = tls {
+            builder = builder.tls_config(tls)?;
+        }
+        let router = builder
             .layer(PathAliasLayer)
             .layer(CallDeadlineLayer)
             .initial_stream_window_size(config.initial_stream_window)

@@ -30,6 +30,9 @@ pub struct ChatArgs {
     #[arg(long, default_value_t = 20)]
     history: u32,
 
+    #[command(flatten)]
+    tls: crate::tls::ClientTlsArgs,
+
     /// Longest wait between reconnect attempts.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     max_backoff: Duration,
@@ -38,6 +41,7 @@ pub struct ChatArgs {
 pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
     let mut options = ClientOptions::new(&args.addr, &args.name);
     options.max_backoff = args.max_backoff;
+    options.tls = args.tls.config()?;
     let (client, mut events) = Client::connect(options)
         .await
         .with_context(|| format!("is `duplex serve` running at {}?", args.addr))?;

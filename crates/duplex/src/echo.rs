@@ -43,21 +43,25 @@ pub struct EchoArgs {
     #[arg(long, default_value = "/chat.Chat/Chat", value_parser = parse_method_path)]
     path: PathAndQuery,
 
+    #[command(flatten)]
+    tls: crate::tls::ClientTlsArgs,
+
     /// Largest reply accepted, in bytes (a 4MiB message echoes back 4 bytes longer).
     #[arg(long, default_value = "4MiB", value_parser = duplex_server::parse_size)]
     max_message_size: usize,
 }
 
 pub async fn run(args: EchoArgs) -> anyhow::Result<()> {
-    let url = if args.addr.contains("://") {
-        args.addr.clone()
-    } else {
-        format!("http://{}", args.addr)
-    };
-    let channel = Endpoint::from_shared(url.clone())
+    let tls = args.tls.config()?;
+    let url = crate::tls::url(&args.addr, tls.is_some());
+    let mut endpoint = Endpoint::from_shared(url.clone())
         .with_context(|| format!("`{}` is not a valid server address", args.addr))?
         .connect_timeout(args.connect_timeout)
-        .tcp_nodelay(true)
+        .tcp_nodelay(true);
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls)?;
+    }
+    let channel = endpoint
         .connect()
         .await
         .with_context(|| format!("cannot connect to {url} (is `duplex serve` running there?)"))?;

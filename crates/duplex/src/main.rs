@@ -5,6 +5,7 @@ mod chat;
 mod echo;
 mod serve;
 mod tap;
+mod tls;
 
 use std::process::ExitCode;
 
