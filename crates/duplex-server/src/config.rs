@@ -124,6 +124,25 @@ pub struct ServeConfig {
     #[arg(long, default_value_t = 256)]
     pub publish_window: usize,
 
+    /// Connections open at once; more are closed on accept.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// Connections open at once from one client IP address.
+    #[arg(long, default_value_t = 1_000)]
+    pub max_connections_per_ip: usize,
+
+    /// Close a connection that has not sent the HTTP/2 preface within this time
+    /// (slowloris). With TLS the handshake has its own 10s limit first.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub preface_timeout: Duration,
+
+    /// PING policy, as grpc-go enforces it: a client sending PINGs closer together than
+    /// this while the server sends no data collects strikes; past 2 it gets GOAWAY
+    /// ENHANCE_YOUR_CALM "too_many_pings". Plaintext connections only.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub min_ping_interval: Duration,
+
     /// Serve TLS with this certificate chain (PEM). Needs --tls-key.
     #[arg(long, requires = "tls_key")]
     pub tls_cert: Option<std::path::PathBuf>,
@@ -227,6 +246,16 @@ impl ServeConfig {
             publish_burst: self.publish_burst,
             idle_timeout: Some(self.idle_timeout).filter(|t| !t.is_zero()),
             ..duplex_hub::HubConfig::default()
+        }
+    }
+
+    /// Connection admission bounds from these flags.
+    pub fn connection_limits(&self) -> crate::guard::ConnectionLimits {
+        crate::guard::ConnectionLimits {
+            max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
+            preface_timeout: self.preface_timeout,
+            min_ping_interval: self.min_ping_interval,
         }
     }
 

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod chat;
 pub mod config;
 pub mod edge;
+pub mod guard;
 pub mod hub_service;
 mod server;
 

@@ -21,6 +21,7 @@ use crate::auth::Authenticator;
 use crate::chat::ChatService;
 use crate::config::{ServeConfig, StoreKind};
 use crate::edge::{CallDeadlineLayer, PathAliasLayer};
+use crate::guard::{Admission, ConnectionGate};
 use crate::hub_service::HubService;
 
 /// How long a client has to finish the TLS handshake.
@@ -233,7 +234,27 @@ impl Server {
             info!(grace = ?config.shutdown_grace, "shutting down: no new connections, draining open calls");
             let _ = draining_tx.send(());
         };
-        let serve = router.serve_with_incoming_shutdown(stream::select_all(listeners), signal);
+        let gate = ConnectionGate::new(config.connection_limits());
+        let plaintext = config.tls_cert.is_none();
+        let incoming = stream::select_all(listeners).filter_map(move |accepted| {
+            let guarded = match accepted {
+                Ok(tcp) => match gate.admit(&tcp) {
+                    Ok(admission) => Some(Ok::<_, std::io::Error>(
+                        gate.guard(tcp, admission, plaintext),
+                    )),
+                    Err(reason) => {
+                        warn!(%reason, "connection refused");
+                        None
+                    }
+                },
+                Err(error) => {
+                    warn!(%error, "accept failed");
+                    None
+                }
+            };
+            std::future::ready(guarded)
+        });
+        let serve = router.serve_with_incoming_shutdown(incoming, signal);
         let grace_over = async move {
             match draining_rx.await {
                 Ok(()) => tokio::time::sleep(config.shutdown_grace).await,
@@ -281,15 +302,18 @@ where
         Into<Box<dyn std::error::Error + Send + Sync>> + Send,
 {
     let (graceful_tx, graceful_rx) = watch::channel(false);
+    let gate = ConnectionGate::new(config.connection_limits());
+    let plaintext = config.tls_cert.is_none();
     let mut inboxes = Vec::with_capacity(workers);
     let mut finished = Vec::with_capacity(workers);
     // Dropping these ends every worker (and the connections it holds) at once.
     let mut hard_stops = Vec::with_capacity(workers);
     for index in 0..workers {
-        let (inbox, connections) = mpsc::channel::<std::net::TcpStream>(WORKER_INBOX);
+        let (inbox, connections) = mpsc::channel::<(std::net::TcpStream, Admission)>(WORKER_INBOX);
         let (done_tx, done_rx) = oneshot::channel();
         let (hard_stop, hard_stopped) = oneshot::channel::<()>();
         let router = router.clone();
+        let gate = gate.clone();
         let mut graceful = graceful_rx.clone();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -299,8 +323,10 @@ where
             .name(format!("duplex-worker-{index}"))
             .spawn(move || {
                 runtime.block_on(async move {
-                    let incoming =
-                        ReceiverStream::new(connections).map(tokio::net::TcpStream::from_std);
+                    let incoming = ReceiverStream::new(connections).map(move |(tcp, admission)| {
+                        tokio::net::TcpStream::from_std(tcp)
+                            .map(|tcp| gate.guard(tcp, admission, plaintext))
+                    });
                     let signal = async move {
                         let _ = graceful.wait_for(|&draining| draining).await;
                     };
@@ -325,12 +351,13 @@ where
         tokio::select! {
             () = &mut shutdown => break,
             accepted = incoming.next() => match accepted {
-                Some(Ok(tcp)) => match tcp.into_std() {
-                    Ok(tcp) => {
-                        let _ = inboxes[next % workers].send(tcp).await;
+                Some(Ok(tcp)) => match gate.admit(&tcp).map(|admission| (tcp.into_std(), admission)) {
+                    Err(reason) => warn!(%reason, "connection refused"),
+                    Ok((Err(error), _)) => warn!(%error, "cannot hand a connection to a worker"),
+                    Ok((Ok(tcp), admission)) => {
+                        let _ = inboxes[next % workers].send((tcp, admission)).await;
                         next = next.wrapping_add(1);
                     }
-                    Err(error) => warn!(%error, "cannot hand a connection to a worker"),
                 },
                 Some(Err(error)) => {
                     // Out of descriptors and the like: back off a little instead of spinning.

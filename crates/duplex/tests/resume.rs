@@ -90,6 +90,8 @@ async fn resume_after_disconnect_mid_burst_has_no_gap_and_no_duplicate() {
     let server = InProcessServer::start_with(|config| {
         config.store = duplex_server::StoreKind::Redb;
         config.data_dir = data.path().to_owned();
+        // A load test: no per-session publish rate.
+        config.publish_rate = 0;
     })
     .await;
     let channel = server.channel().await;

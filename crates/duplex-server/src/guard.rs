@@ -1,0 +1,453 @@
+//! Connection admission and guarding, below HTTP/2.
+//!
+//! [`ConnectionGate`] admits accepted TCP connections within two bounds — connections in
+//! total and per client IP — and refuses the rest by closing them at once. Each admitted
+//! connection is wrapped in a [`GuardedStream`], which:
+//!
+//! - holds the connection's admission until the connection is gone, so the counts are exact;
+//! - closes a connection that has not sent the 24 bytes of the HTTP/2 preface within the
+//!   preface timeout (slowloris: a TCP connection that never speaks pins a task and a socket,
+//!   and hyper has no preface timeout of its own);
+//! - on plaintext HTTP/2, reads the frame headers going both ways (headers only, payloads are
+//!   skipped, nothing is copied) to enforce a PING policy as grpc-go does: a client that
+//!   sends PINGs while the server sends no DATA or HEADERS collects strikes, and past
+//!   [`MAX_PING_STRIKES`] gets GOAWAY(ENHANCE_YOUR_CALM, "too_many_pings") and a close.
+//!
+//! It also stamps each connection with when it was accepted, which the Hub service uses to
+//! send `shutdown` frames just before the connection's maximum age.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Sleep;
+use tonic::transport::server::Connected;
+use tracing::{debug, warn};
+
+/// Length of the HTTP/2 client connection preface.
+const PREFACE_LEN: usize = 24;
+/// Length of an HTTP/2 frame header.
+const FRAME_HEADER_LEN: usize = 9;
+/// PINGs in a row without the server sending DATA or HEADERS, tolerated within
+/// [`ConnectionLimits::min_ping_interval`] of each other.
+pub const MAX_PING_STRIKES: u32 = 2;
+
+const FRAME_DATA: u8 = 0x0;
+const FRAME_HEADERS: u8 = 0x1;
+const FRAME_PING: u8 = 0x6;
+const FLAG_ACK: u8 = 0x1;
+/// GOAWAY(last stream 0... the server has processed, ENHANCE_YOUR_CALM) carrying
+/// "too_many_pings", the debug data grpc-go sends, so clients recognise it.
+const ENHANCE_YOUR_CALM: u32 = 0xb;
+
+/// Bounds on connections.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// Connections open at once; more are closed on accept.
+    pub max_connections: usize,
+    /// Connections open at once from one client IP.
+    pub max_connections_per_ip: usize,
+    /// Time a new connection has to send the HTTP/2 preface.
+    pub preface_timeout: Duration,
+    /// PINGs closer together than this, while the server sends nothing, are strikes.
+    pub min_ping_interval: Duration,
+}
+
+/// What a connection is, for the services behind it.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionInfo {
+    pub remote: Option<SocketAddr>,
+    pub accepted_at: Instant,
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    total: usize,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+/// Admits connections within [`ConnectionLimits`].
+#[derive(Debug)]
+pub struct ConnectionGate {
+    limits: ConnectionLimits,
+    counts: Mutex<Counts>,
+}
+
+/// One admitted connection's place in the counts; released on drop.
+#[derive(Debug)]
+pub struct Admission {
+    gate: Arc<ConnectionGate>,
+    ip: IpAddr,
+    info: ConnectionInfo,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        let mut counts = self.gate.lock();
+        counts.total -= 1;
+        if let Some(count) = counts.per_ip.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                counts.per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+impl ConnectionGate {
+    pub fn new(limits: ConnectionLimits) -> Arc<Self> {
+        Arc::new(Self {
+            limits,
+            counts: Mutex::new(Counts::default()),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
+        self.counts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Connections open now (for tests and metrics).
+    pub fn open_connections(&self) -> usize {
+        self.lock().total
+    }
+
+    /// Admits `stream`'s connection or says why not (the caller drops the stream).
+    pub fn admit(self: &Arc<Self>, stream: &TcpStream) -> Result<Admission, String> {
+        let remote = stream.peer_addr().ok();
+        let ip = remote.map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
+        let mut counts = self.lock();
+        if counts.total >= self.limits.max_connections {
+            return Err(format!("{} connections open, the limit", counts.total));
+        }
+        let from_ip = counts.per_ip.get(&ip).copied().unwrap_or(0);
+        if from_ip >= self.limits.max_connections_per_ip {
+            return Err(format!(
+                "{from_ip} connections open from {ip}, the limit per IP"
+            ));
+        }
+        counts.total += 1;
+        *counts.per_ip.entry(ip).or_default() += 1;
+        Ok(Admission {
+            gate: self.clone(),
+            ip,
+            info: ConnectionInfo {
+                remote,
+                accepted_at: Instant::now(),
+            },
+        })
+    }
+
+    /// Wraps an admitted stream. `plaintext`: HTTP/2 frames are visible (no TLS below us),
+    /// so the PING policy can be enforced.
+    pub fn guard(&self, stream: TcpStream, admission: Admission, plaintext: bool) -> GuardedStream {
+        GuardedStream {
+            inner: stream,
+            preface_deadline: Some(Box::pin(tokio::time::sleep(self.limits.preface_timeout))),
+            received: 0,
+            inbound: plaintext.then(FrameCursor::default),
+            outbound: plaintext.then(FrameCursor::default),
+            pings: PingPolicy {
+                min_interval: self.limits.min_ping_interval,
+                strikes: 0,
+                last_ping: None,
+            },
+            goaway: None,
+            admission,
+        }
+    }
+}
+
+/// Follows frame boundaries in one direction of an HTTP/2 byte stream, keeping only the
+/// header of the frame in progress.
+#[derive(Debug, Default)]
+struct FrameCursor {
+    /// Preface bytes still to skip (inbound only; set on first use).
+    preface_left: Option<usize>,
+    header: [u8; FRAME_HEADER_LEN],
+    header_len: usize,
+    payload_left: usize,
+}
+
+impl FrameCursor {
+    /// Feeds `bytes`; calls `on_frame(type, flags)` for each frame header completed.
+    fn feed(&mut self, mut bytes: &[u8], skip_preface: bool, mut on_frame: impl FnMut(u8, u8)) {
+        let preface_left =
+            self.preface_left
+                .get_or_insert(if skip_preface { PREFACE_LEN } else { 0 });
+        let skip = (*preface_left).min(bytes.len());
+        *preface_left -= skip;
+        bytes = &bytes[skip..];
+        while !bytes.is_empty() {
+            if self.payload_left > 0 {
+                let skip = self.payload_left.min(bytes.len());
+                self.payload_left -= skip;
+                bytes = &bytes[skip..];
+                continue;
+            }
+            let take = (FRAME_HEADER_LEN - self.header_len).min(bytes.len());
+            self.header[self.header_len..self.header_len + take].copy_from_slice(&bytes[..take]);
+            self.header_len += take;
+            bytes = &bytes[take..];
+            if self.header_len == FRAME_HEADER_LEN {
+                let h = self.header;
+                self.payload_left =
+                    usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
+                self.header_len = 0;
+                on_frame(h[3], h[4]);
+            }
+        }
+    }
+
+    /// True between frames: nothing of a frame written half.
+    fn at_boundary(&self) -> bool {
+        self.header_len == 0 && self.payload_left == 0
+    }
+}
+
+#[derive(Debug)]
+struct PingPolicy {
+    min_interval: Duration,
+    strikes: u32,
+    last_ping: Option<Instant>,
+}
+
+impl PingPolicy {
+    /// A PING arrived; true when the client has now pinged too much.
+    fn ping(&mut self, now: Instant) -> bool {
+        if self
+            .last_ping
+            .is_some_and(|last| now.duration_since(last) < self.min_interval)
+        {
+            self.strikes += 1;
+        }
+        self.last_ping = Some(now);
+        self.strikes > MAX_PING_STRIKES
+    }
+
+    /// The server sent DATA or HEADERS: pings are legitimate again (BDP, keepalive of
+    /// active calls).
+    fn server_sent_data(&mut self) {
+        self.strikes = 0;
+        self.last_ping = None;
+    }
+}
+
+/// An admitted connection with its preface deadline and PING policy.
+#[derive(Debug)]
+pub struct GuardedStream {
+    inner: TcpStream,
+    preface_deadline: Option<Pin<Box<Sleep>>>,
+    received: usize,
+    inbound: Option<FrameCursor>,
+    outbound: Option<FrameCursor>,
+    pings: PingPolicy,
+    /// A GOAWAY to write at the next frame boundary, then the connection ends.
+    goaway: Option<GoAway>,
+    admission: Admission,
+}
+
+#[derive(Debug)]
+struct GoAway {
+    frame: Vec<u8>,
+    written: usize,
+}
+
+fn goaway_frame() -> Vec<u8> {
+    let debug = b"too_many_pings";
+    let length = 8 + debug.len();
+    let mut frame = Vec::with_capacity(FRAME_HEADER_LEN + length);
+    frame.extend_from_slice(&(length as u32).to_be_bytes()[1..]);
+    frame.extend_from_slice(&[0x7, 0]); // GOAWAY, no flags
+    frame.extend_from_slice(&0u32.to_be_bytes()); // stream 0
+    frame.extend_from_slice(&0x7fff_ffffu32.to_be_bytes()); // last stream id: let in-flight calls end
+    frame.extend_from_slice(&ENHANCE_YOUR_CALM.to_be_bytes());
+    frame.extend_from_slice(debug);
+    frame
+}
+
+impl GuardedStream {
+    fn too_slow() -> io::Error {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            "no HTTP/2 preface within the preface timeout",
+        )
+    }
+
+    /// Writes what is left of a pending GOAWAY; Ready(Ok) once it is all out.
+    fn poll_flush_goaway(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let Some(goaway) = &mut self.goaway else {
+            return Poll::Ready(Ok(()));
+        };
+        while goaway.written < goaway.frame.len() {
+            let n =
+                ready!(Pin::new(&mut self.inner).poll_write(cx, &goaway.frame[goaway.written..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            goaway.written += n;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn ended(&self) -> bool {
+        self.goaway
+            .as_ref()
+            .is_some_and(|g| g.written == g.frame.len())
+    }
+}
+
+impl AsyncRead for GuardedStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.goaway.is_some() {
+            // Calmed down: the connection reads as ended; the GOAWAY goes out on shutdown.
+            return Poll::Ready(Ok(()));
+        }
+        if let Some(deadline) = &mut this.preface_deadline
+            && deadline.as_mut().poll(cx).is_ready()
+        {
+            debug!(remote = ?this.admission.info.remote, "closing a connection that sent no preface");
+            return Poll::Ready(Err(Self::too_slow()));
+        }
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+        let bytes = &buf.filled()[before..];
+        this.received += bytes.len();
+        if this.received >= PREFACE_LEN {
+            this.preface_deadline = None;
+        }
+        if let Some(cursor) = &mut this.inbound {
+            let now = Instant::now();
+            let pings = &mut this.pings;
+            let mut calm_down = false;
+            cursor.feed(bytes, true, |kind, flags| {
+                if kind == FRAME_PING && flags & FLAG_ACK == 0 && pings.ping(now) {
+                    calm_down = true;
+                }
+            });
+            if calm_down {
+                warn!(remote = ?this.admission.info.remote, "too many pings: GOAWAY ENHANCE_YOUR_CALM");
+                this.goaway = Some(GoAway {
+                    frame: goaway_frame(),
+                    written: 0,
+                });
+                // What was read is still handed up; the next read ends the connection.
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for GuardedStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bytes: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        if this.ended() {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "too many pings",
+            )));
+        }
+        if this.goaway.is_some() && this.outbound.as_ref().is_none_or(FrameCursor::at_boundary) {
+            ready!(this.poll_flush_goaway(cx))?;
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "too many pings",
+            )));
+        }
+        let n = ready!(Pin::new(&mut this.inner).poll_write(cx, bytes))?;
+        if let Some(cursor) = &mut this.outbound {
+            let pings = &mut this.pings;
+            cursor.feed(&bytes[..n], false, |kind, _| {
+                if kind == FRAME_DATA || kind == FRAME_HEADERS {
+                    pings.server_sent_data();
+                }
+            });
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.outbound.as_ref().is_none_or(FrameCursor::at_boundary) {
+            ready!(this.poll_flush_goaway(cx))?;
+        }
+        Pin::new(&mut this.inner).poll_shutdown(cx)
+    }
+}
+
+impl Connected for GuardedStream {
+    type ConnectInfo = ConnectionInfo;
+
+    fn connect_info(&self) -> ConnectionInfo {
+        self.admission.info
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cursor_finds_frames_across_reads() {
+        let mut cursor = FrameCursor::default();
+        let mut seen = Vec::new();
+        let mut stream = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        stream.extend_from_slice(&[0, 0, 8, FRAME_PING, 0, 0, 0, 0, 0]);
+        stream.extend_from_slice(&[1; 8]);
+        stream.extend_from_slice(&[0, 0, 3, FRAME_DATA, 1, 0, 0, 0, 1, b'a', b'b', b'c']);
+        stream.extend_from_slice(&[0, 0, 8, FRAME_PING, FLAG_ACK, 0, 0, 0, 0]);
+        stream.extend_from_slice(&[2; 8]);
+        for chunk in stream.chunks(5) {
+            cursor.feed(chunk, true, |kind, flags| seen.push((kind, flags)));
+        }
+        assert_eq!(
+            seen,
+            [(FRAME_PING, 0), (FRAME_DATA, 1), (FRAME_PING, FLAG_ACK)]
+        );
+        assert!(cursor.at_boundary());
+    }
+
+    #[test]
+    fn pings_strike_only_while_the_server_is_quiet() {
+        let mut policy = PingPolicy {
+            min_interval: Duration::from_secs(300),
+            strikes: 0,
+            last_ping: None,
+        };
+        let now = Instant::now();
+        assert!(!policy.ping(now));
+        assert!(!policy.ping(now));
+        policy.server_sent_data();
+        assert!(!policy.ping(now));
+        assert!(!policy.ping(now));
+        assert!(!policy.ping(now));
+        assert!(policy.ping(now), "the third strike");
+    }
+
+    #[test]
+    fn goaway_is_well_formed() {
+        let frame = goaway_frame();
+        assert_eq!(frame.len(), FRAME_HEADER_LEN + 8 + 14);
+        assert_eq!(&frame[..3], &[0, 0, 22]);
+        assert_eq!(frame[3], 0x7);
+        assert_eq!(&frame[13..17], &ENHANCE_YOUR_CALM.to_be_bytes());
+    }
+}

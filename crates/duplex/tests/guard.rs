@@ -1,0 +1,159 @@
+//! Connection admission below HTTP/2, against a real server process: per-IP and total
+//! connection limits, the preface timeout (slowloris), and the PING policy (GOAWAY
+//! ENHANCE_YOUR_CALM "too_many_pings").
+
+mod common;
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use common::spawn_duplex_serve;
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Reads until the server closes the connection or `limit` passes; returns the bytes and
+/// whether it closed.
+fn read_until_closed(tcp: &mut TcpStream, limit: Duration) -> (Vec<u8>, bool) {
+    tcp.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let start = Instant::now();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while start.elapsed() < limit {
+        match tcp.read(&mut buf) {
+            Ok(0) => return (seen, true),
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return (seen, true),
+        }
+    }
+    (seen, false)
+}
+
+/// A Chat call over a fresh connection works.
+fn healthy(addr: SocketAddr) -> bool {
+    let mut echo = common::duplex()
+        .args([
+            "echo",
+            "--addr",
+            &addr.to_string(),
+            "--connect-timeout",
+            "3s",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    echo.stdin.take().unwrap().write_all(b"ok\n").unwrap();
+    let output = echo.wait_with_output().unwrap();
+    output.status.success() && output.stdout == b"server: <<ok>>\n"
+}
+
+/// A connection that has spoken HTTP/2 (preface + SETTINGS) and is held open.
+fn h2_connection(addr: SocketAddr) -> TcpStream {
+    let mut tcp = TcpStream::connect(addr).unwrap();
+    tcp.write_all(PREFACE).unwrap();
+    tcp.write_all(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]).unwrap(); // empty SETTINGS
+    tcp
+}
+
+#[test]
+fn connections_beyond_the_per_ip_limit_are_closed_at_once() {
+    let (_server, addr) = spawn_duplex_serve(&["--max-connections-per-ip", "3"]);
+    let held: Vec<TcpStream> = (0..3).map(|_| h2_connection(addr)).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut fourth = TcpStream::connect(addr).unwrap();
+    let (_, closed) = read_until_closed(&mut fourth, Duration::from_secs(5));
+    assert!(closed, "the 4th connection from one IP is closed");
+    drop(held);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        healthy(addr),
+        "once they are gone, new connections are served"
+    );
+}
+
+#[test]
+fn connections_beyond_the_total_limit_are_closed_at_once() {
+    let (_server, addr) = spawn_duplex_serve(&["--max-connections", "2"]);
+    let held: Vec<TcpStream> = (0..2).map(|_| h2_connection(addr)).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!healthy(addr), "a third connection is refused");
+    drop(held);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(healthy(addr));
+}
+
+#[test]
+fn silent_and_half_preface_connections_are_closed_after_the_preface_timeout() {
+    let (_server, addr) = spawn_duplex_serve(&["--preface-timeout", "500ms"]);
+    let started = Instant::now();
+    let mut silent: Vec<TcpStream> = (0..20).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    let mut half = TcpStream::connect(addr).unwrap();
+    half.write_all(&PREFACE[..10]).unwrap();
+    silent.push(half);
+    // Meanwhile others are served.
+    assert!(healthy(addr));
+    for tcp in &mut silent {
+        let (_, closed) = read_until_closed(tcp, Duration::from_secs(10));
+        assert!(closed, "a connection without a preface is closed");
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(450),
+        "not before the timeout: {took:?}"
+    );
+    assert!(healthy(addr));
+}
+
+#[test]
+fn ping_flood_gets_goaway_enhance_your_calm() {
+    let (_server, addr) = spawn_duplex_serve(&["--min-ping-interval", "10s"]);
+    let mut tcp = h2_connection(addr);
+    for i in 0..10u8 {
+        tcp.write_all(&[0, 0, 8, 0x6, 0, 0, 0, 0, 0]).unwrap();
+        tcp.write_all(&[i; 8]).unwrap();
+    }
+    let (bytes, closed) = read_until_closed(&mut tcp, Duration::from_secs(10));
+    assert!(closed, "the flooding connection is closed");
+    // Walk the server's frames: a GOAWAY with ENHANCE_YOUR_CALM (0xb) and "too_many_pings".
+    let mut rest = &bytes[..];
+    let mut calmed = false;
+    while rest.len() >= 9 {
+        let length = usize::from(rest[0]) << 16 | usize::from(rest[1]) << 8 | usize::from(rest[2]);
+        let kind = rest[3];
+        let Some(payload) = rest.get(9..9 + length) else {
+            break;
+        };
+        if kind == 0x7 && payload.len() >= 8 && payload[4..8] == [0, 0, 0, 0xb] {
+            assert_eq!(&payload[8..], b"too_many_pings");
+            calmed = true;
+        }
+        rest = &rest[9 + length..];
+    }
+    assert!(
+        calmed,
+        "GOAWAY(ENHANCE_YOUR_CALM) among {} bytes",
+        bytes.len()
+    );
+    assert!(healthy(addr), "others are served");
+}
+
+#[test]
+fn a_polite_client_that_pings_now_and_then_is_left_alone() {
+    let (_server, addr) = spawn_duplex_serve(&["--min-ping-interval", "200ms"]);
+    let mut tcp = h2_connection(addr);
+    for i in 0..5u8 {
+        tcp.write_all(&[0, 0, 8, 0x6, 0, 0, 0, 0, 0]).unwrap();
+        tcp.write_all(&[i; 8]).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let (_, closed) = read_until_closed(&mut tcp, Duration::from_millis(500));
+    assert!(!closed, "pings spaced past the minimum interval are fine");
+}
