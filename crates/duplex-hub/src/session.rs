@@ -40,6 +40,8 @@ pub struct Session {
     rights: Rights,
     /// When the session's credentials expire; it ends with UNAUTHENTICATED then.
     expires_at: Option<SystemTime>,
+    /// When to tell the client its connection is about to be rotated (max age).
+    rotate_at: Option<tokio::time::Instant>,
     queue: Arc<SubscriberQueue>,
     joined: HashMap<Arc<str>, JoinedRoom>,
     publish_budget: Option<TokenBucket>,
@@ -105,6 +107,7 @@ impl Session {
             },
             rights: identity.rights,
             expires_at: identity.expires_at,
+            rotate_at: None,
             publish_budget: shared
                 .config
                 .publish_rate
@@ -113,6 +116,12 @@ impl Session {
             joined: HashMap::new(),
             shared,
         }
+    }
+
+    /// Sends the client a `shutdown` frame at `at` (its connection reaches its maximum age
+    /// soon after), so it reconnects and resumes before the connection is closed.
+    pub fn rotate_at(&mut self, at: tokio::time::Instant) {
+        self.rotate_at = Some(at);
     }
 
     /// The session's name: the `sender` of what it publishes.
@@ -160,6 +169,15 @@ impl Session {
         let far_future = std::time::Duration::from_secs(100 * 365 * 24 * 3600);
         let idle = tokio::time::sleep(idle_timeout.unwrap_or(far_future));
         tokio::pin!(idle);
+        let rotation = self.rotate_at.map(tokio::time::sleep_until);
+        let rotation = async move {
+            match rotation {
+                Some(sleep) => sleep.await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(rotation);
+        let mut rotation_announced = false;
         loop {
             if !inbound_open && pending.is_empty() {
                 self.queue.finish(None);
@@ -189,6 +207,13 @@ impl Session {
                     );
                     self.queue.finish(Some(error));
                     return;
+                }
+                () = &mut rotation, if !rotation_announced => {
+                    rotation_announced = true;
+                    self.queue.push_control(frames::shutdown(
+                        "connection reached its maximum age: reconnect and resume",
+                        0,
+                    ));
                 }
                 () = &mut idle, if inbound_open && idle_timeout.is_some() => {
                     let timeout = idle_timeout.unwrap_or_default();

@@ -143,6 +143,16 @@ pub struct ServeConfig {
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     pub min_ping_interval: Duration,
 
+    /// Close each connection after this long (GOAWAY, then --max-connection-age-grace), so
+    /// long-lived streams rebalance across servers. Hub sessions get a `shutdown` frame
+    /// just before, and duplex-client reconnects and resumes. 0s = never.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub max_connection_age: Duration,
+
+    /// After --max-connection-age, how long calls may go on before the connection is cut.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub max_connection_age_grace: Duration,
+
     /// Serve TLS with this certificate chain (PEM). Needs --tls-key.
     #[arg(long, requires = "tls_key")]
     pub tls_cert: Option<std::path::PathBuf>,

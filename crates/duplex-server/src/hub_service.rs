@@ -26,6 +26,7 @@ use tonic_prost::{ProstCodec, ProstDecoder};
 
 use crate::auth::Authenticator;
 use crate::chat::inbound_error;
+use crate::guard::ConnectionInfo;
 
 /// The Hub service: cheap to clone, one hub behind every connection.
 #[derive(Clone)]
@@ -33,6 +34,7 @@ pub struct HubService {
     hub: Hub,
     auth: Arc<Authenticator>,
     max_message_size: usize,
+    max_connection_age: Option<std::time::Duration>,
 }
 
 impl HubService {
@@ -41,7 +43,30 @@ impl HubService {
             hub,
             auth,
             max_message_size,
+            max_connection_age: None,
         }
+    }
+
+    /// Tell sessions to move shortly before their connection reaches `age`.
+    pub fn with_max_connection_age(mut self, age: Option<std::time::Duration>) -> Self {
+        self.max_connection_age = age;
+        self
+    }
+
+    /// When a session on `request`'s connection should be told to reconnect: a little
+    /// before the connection's maximum age (a tenth of the age, at most a second).
+    fn rotation_time<T>(&self, request: &Request<T>) -> Option<tokio::time::Instant> {
+        let age = self.max_connection_age?;
+        let extensions = request.extensions();
+        let info = extensions.get::<ConnectionInfo>().copied().or_else(|| {
+            extensions
+                .get::<tonic::transport::server::TlsConnectInfo<ConnectionInfo>>()
+                .map(|tls| *tls.get_ref())
+        })?;
+        let lead = (age / 10).min(std::time::Duration::from_secs(1));
+        Some(tokio::time::Instant::from_std(
+            info.accepted_at + age - lead,
+        ))
     }
 
     fn identify<T>(&self, request: &Request<T>) -> Result<Identity, Status> {
@@ -129,8 +154,12 @@ impl StreamingService<ClientFrame> for Connect {
     fn call(&mut self, request: Request<Streaming<ClientFrame>>) -> Self::Future {
         let hub = self.0.hub.clone();
         let identity = self.0.identify(&request);
+        let rotate_at = self.0.rotation_time(&request);
         Box::pin(async move {
-            let (session, outbound) = hub.open_session(identity?);
+            let (mut session, outbound) = hub.open_session(identity?);
+            if let Some(at) = rotate_at {
+                session.rotate_at(at);
+            }
             let inbound = request.into_inner().map(|frame| {
                 frame.map_err(|status| {
                     let status = inbound_error(status);

@@ -201,7 +201,13 @@ impl Server {
         } = self;
         let keepalive_interval = Some(config.keepalive_interval).filter(|d| !d.is_zero());
 
+        let max_connection_age = Some(config.max_connection_age).filter(|age| !age.is_zero());
         let mut builder = tonic::transport::Server::builder();
+        if let Some(age) = max_connection_age {
+            builder = builder
+                .max_connection_age(age)
+                .max_connection_age_grace(config.max_connection_age_grace);
+        }
         if let Some(tls) = tls {
             builder = builder.tls_config(tls)?;
         }
@@ -220,7 +226,10 @@ impl Server {
                 u32::try_from(config.max_header_list_size).unwrap_or(u32::MAX),
             )
             .add_service(ChatService.into_server(config.max_message_size))
-            .add_service(HubService::new(hub.clone(), auth, config.max_message_size));
+            .add_service(
+                HubService::new(hub.clone(), auth, config.max_message_size)
+                    .with_max_connection_age(max_connection_age),
+            );
 
         let workers = config.worker_count();
         if workers > 1 {

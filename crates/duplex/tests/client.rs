@@ -252,3 +252,47 @@ fn two_chat_terminals_talk_and_survive_a_restart() {
         "{last_lines:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connection_age_rotates_sessions_without_loss() {
+    let (_server, addr) = common::spawn_duplex_serve(&[
+        "--max-connection-age",
+        "1s",
+        "--max-connection-age-grace",
+        "2s",
+    ]);
+    let (reader, mut events) = Client::connect(options(addr, "reader")).await.unwrap();
+    reader.join("ticker", None).await.unwrap();
+    let (writer, writer_events) = Client::connect(options(addr, "writer")).await.unwrap();
+    drop(writer_events);
+    writer.join("ticker", None).await.unwrap();
+    let publishing = tokio::spawn(async move {
+        for i in 0..60 {
+            writer
+                .publish("ticker", Bytes::from(format!("tick {i}")), "text/plain")
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let mut offsets = Vec::new();
+    let (mut told, mut resumed) = (false, false);
+    while offsets.len() < 60 {
+        match timeout(STEP, events.next()).await.unwrap().unwrap() {
+            Event::Message(message) => offsets.push(message.offset),
+            Event::ServerShutdown { reason } => {
+                assert!(reason.contains("maximum age"), "{reason}");
+                told = true;
+            }
+            Event::Resumed { .. } => resumed = true,
+            _ => {}
+        }
+    }
+    timeout(STEP, publishing).await.unwrap().unwrap();
+    assert!(told && resumed, "the reader was told to move and resumed");
+    assert_eq!(
+        offsets,
+        (1..=60).collect::<Vec<u64>>(),
+        "no gap, no duplicate across rotations"
+    );
+}
