@@ -11,6 +11,7 @@
 mod config;
 mod error;
 pub mod frames;
+pub mod fuzzing;
 mod hub;
 mod queue;
 mod rights;

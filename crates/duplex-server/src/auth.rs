@@ -251,6 +251,53 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// The body of the `token` fuzz target, also run on stable by `tests/fuzz_token.rs`:
+/// arbitrary bytes as a bearer token, and as a claims document. The property: never a
+/// panic, and nothing but a well-signed token yields an identity.
+pub mod fuzzing {
+    use super::*;
+
+    /// The secret the fuzz verifier trusts; inputs are not expected to be signed with it.
+    pub const SECRET: &[u8] = b"fuzzing-secret-fuzzing-secret-fuzzing-secret";
+
+    fn verifier() -> &'static Authenticator {
+        static VERIFIER: std::sync::OnceLock<Authenticator> = std::sync::OnceLock::new();
+        VERIFIER.get_or_init(|| {
+            let mut validation = Validation::new(Algorithm::HS256);
+            validation.validate_nbf = true;
+            validation.set_required_spec_claims(&["exp", "sub"]);
+            validation.validate_aud = false;
+            Authenticator {
+                verifier: Some((DecodingKey::from_secret(SECRET), validation)),
+                allow_anonymous: false,
+            }
+        })
+    }
+
+    pub fn token(input: &[u8]) {
+        let text = String::from_utf8_lossy(input);
+        let mut metadata = MetadataMap::new();
+        if let Ok(value) = format!("Bearer {text}").parse() {
+            metadata.insert("authorization", value);
+            if let Ok(identity) = verifier().identify(&metadata) {
+                // Only a token signed with SECRET gets here; fuzz inputs cannot be.
+                let signed = jsonwebtoken::decode::<serde::de::IgnoredAny>(
+                    text.trim(),
+                    &DecodingKey::from_secret(SECRET),
+                    &verifier().verifier.as_ref().expect("set").1,
+                );
+                assert!(
+                    signed.is_ok(),
+                    "identity {identity:?} from an unsigned token"
+                );
+            }
+        }
+        if let Ok(claims) = serde_json::from_slice::<Claims>(input) {
+            let _ = claims_identity(claims);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
