@@ -10,40 +10,11 @@ use std::time::{Duration, Instant};
 use common::{ChildGuard, STEP, duplex, spawn_duplex_serve};
 
 /// Runs `duplex echo` with `input` on stdin; returns (exit ok, stdout, stderr).
-/// Input is written and output read concurrently, as a terminal or a pipe would.
 fn run_echo(args: &[&str], input: &str) -> (bool, String, String) {
-    let mut child = duplex()
-        .arg("echo")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let input = input.to_owned();
-    std::thread::spawn(move || {
-        // The call may end before all input is taken; that is the test's to judge.
-        let _ = stdin.write_all(input.as_bytes());
-    });
-    let pid = child.id();
-    let (done_tx, done_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = done_tx.send(child.wait_with_output());
-    });
-    let Ok(output) = done_rx.recv_timeout(STEP) else {
-        let _ = Command::new("kill")
-            .arg("-KILL")
-            .arg(pid.to_string())
-            .status();
-        panic!("duplex echo {args:?} did not exit within {STEP:?}");
-    };
-    let output = output.unwrap();
-    (
-        output.status.success(),
-        String::from_utf8(output.stdout).unwrap(),
-        String::from_utf8(output.stderr).unwrap(),
-    )
+    let mut command = duplex();
+    command.arg("echo").args(args);
+    let (code, out, err) = common::run_with_input(command, input);
+    (code == Some(0), out, err)
 }
 
 /// A `duplex echo` whose stdin stays open, driven line by line.

@@ -6,11 +6,13 @@
 mod common;
 
 use std::io::Write as _;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{ChildGuard, STEP, duplex, repo_root, spawn_duplex_serve, spawn_listening};
+use common::{
+    ChildGuard, STEP, duplex, python, repo_root, run_with_input, spawn_duplex_serve,
+    spawn_listening,
+};
 
 #[derive(Debug, Clone, Copy)]
 enum Peer {
@@ -26,16 +28,7 @@ impl Peer {
         let root = repo_root();
         match self {
             Peer::Python => {
-                let python = std::env::var_os("DUPLEX_PYTHON")
-                    .map(PathBuf::from)
-                    .unwrap_or_else(|| root.join(".venv/bin/python"));
-                assert!(
-                    python.exists(),
-                    "no Python with grpcio at {}: run scripts/test, which creates .venv from \
-                     interop/python/requirements.txt (or set DUPLEX_PYTHON)",
-                    python.display()
-                );
-                let mut command = Command::new(python);
+                let mut command = python();
                 command.arg(root.join(format!("interop/python/{script}.py")));
                 command
             }
@@ -67,38 +60,6 @@ impl Peer {
         let (child, addr, _stdout) = spawn_listening(command);
         (child, addr)
     }
-}
-
-fn run_with_input(mut command: Command, input: &str) -> (Option<i32>, String, String) {
-    let mut child = command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {command:?}: {e}"));
-    let mut stdin = child.stdin.take().unwrap();
-    let input = input.to_owned();
-    std::thread::spawn(move || {
-        let _ = stdin.write_all(input.as_bytes());
-    });
-    let pid = child.id();
-    let (done_tx, done_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = done_tx.send(child.wait_with_output());
-    });
-    let Ok(output) = done_rx.recv_timeout(STEP * 2) else {
-        let _ = Command::new("kill")
-            .arg("-KILL")
-            .arg(pid.to_string())
-            .status();
-        panic!("{command:?} did not exit in time");
-    };
-    let output = output.unwrap();
-    (
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
 }
 
 const LINES: &str = "hello\n\nhé ✓ 你好 🚀\nthe end\n";

@@ -8,7 +8,6 @@ mod common;
 
 use std::io::Read as _;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use common::{ChildGuard, STEP, repo_root, spawn_duplex_serve, spawn_duplex_serve_durable};
@@ -16,20 +15,10 @@ use common::{ChildGuard, STEP, repo_root, spawn_duplex_serve, spawn_duplex_serve
 /// Messages published by the client; it resumes from the middle.
 const COUNT: usize = 200;
 
-/// The venv Python with grpcio, as in `interop.rs`: a missing one fails, never skips.
+/// The grpcio Hub client script.
 fn python() -> Command {
-    let root = repo_root();
-    let python = std::env::var_os("DUPLEX_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join(".venv/bin/python"));
-    assert!(
-        python.exists(),
-        "no Python with grpcio at {}: run scripts/test, which creates .venv from \
-         interop/python/requirements.txt (or set DUPLEX_PYTHON)",
-        python.display()
-    );
-    let mut command = Command::new(python);
-    command.arg(root.join("interop/python/hub_client.py"));
+    let mut command = common::python();
+    command.arg(repo_root().join("interop/python/hub_client.py"));
     command
 }
 

@@ -3,11 +3,10 @@
 
 mod common;
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use common::{STEP, duplex, spawn_listening};
+use common::{duplex, spawn_listening};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 
 /// A CA, a server certificate for `localhost` and a client certificate, as PEM files.
@@ -72,27 +71,10 @@ fn serve_tls(pki: &Pki, mutual: bool) -> (common::ChildGuard, std::net::SocketAd
 
 /// Runs `duplex echo` with `args` and one line; returns (ok, stdout, stderr).
 fn echo(args: &[&std::ffi::OsStr]) -> (bool, String, String) {
-    let mut child = duplex()
-        .arg("echo")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"secret hello\n")
-        .unwrap();
-    let mut child = common::ChildGuard(child);
-    let status = child.wait_for_exit(STEP).expect("echo exits");
-    let mut out = String::new();
-    let mut err = String::new();
-    std::io::Read::read_to_string(child.0.stdout.as_mut().unwrap(), &mut out).unwrap();
-    std::io::Read::read_to_string(child.0.stderr.as_mut().unwrap(), &mut err).unwrap();
-    (status.success(), out, err)
+    let mut command = duplex();
+    command.arg("echo").args(args);
+    let (code, out, err) = common::run_with_input(command, "secret hello\n");
+    (code == Some(0), out, err)
 }
 
 #[test]

@@ -198,3 +198,55 @@ pub fn spawn_duplex_serve_durable(
     let (child, addr, _stdout) = spawn_listening(command);
     (child, addr)
 }
+
+/// The venv Python with grpcio that `scripts/test` makes (or `DUPLEX_PYTHON`). A missing one
+/// fails the test with what to run: interop tests never skip.
+pub fn python() -> Command {
+    let python = std::env::var_os("DUPLEX_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".venv/bin/python"));
+    assert!(
+        python.exists(),
+        "no Python with grpcio at {}: run scripts/test, which creates .venv from \
+         interop/python/requirements.txt (or set DUPLEX_PYTHON)",
+        python.display()
+    );
+    Command::new(python)
+}
+
+/// Runs `command` with `input` on stdin, written and read concurrently as a pipe would be;
+/// returns (exit code, stdout, stderr). Kills it if it runs past `2 × STEP`.
+pub fn run_with_input(mut command: Command, input: &str) -> (Option<i32>, String, String) {
+    use std::io::Write as _;
+
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {command:?}: {e}"));
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_owned();
+    std::thread::spawn(move || {
+        // The program may stop reading early; judging that is the test's job.
+        let _ = stdin.write_all(input.as_bytes());
+    });
+    let pid = child.id();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done_tx.send(child.wait_with_output());
+    });
+    let Ok(output) = done_rx.recv_timeout(STEP * 2) else {
+        let _ = Command::new("kill")
+            .arg("-KILL")
+            .arg(pid.to_string())
+            .status();
+        panic!("{command:?} did not exit in time");
+    };
+    let output = output.unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
