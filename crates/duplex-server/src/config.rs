@@ -128,8 +128,10 @@ pub struct ServeConfig {
     #[arg(long, default_value_t = 10_000)]
     pub max_connections: usize,
 
-    /// Connections open at once from one client IP address.
-    #[arg(long, default_value_t = 1_000)]
+    /// Connections open at once from one client IP address. Each connection may pin up to
+    /// its connection window of unread request data (a client that never reads replies),
+    /// so this times --initial-connection-window bounds what one address can make us hold.
+    #[arg(long, default_value_t = 100)]
     pub max_connections_per_ip: usize,
 
     /// Close a connection that has not sent the HTTP/2 preface within this time

@@ -1,5 +1,8 @@
 //! Tower layers between HTTP/2 and the tonic router: what every call gets before routing.
 //!
+//! - [`GrpcRequestLayer`]: what the gRPC spec asks of a request before anything routes it:
+//!   POST (else HTTP 405), a `application/grpc*` content-type (else HTTP 415), a well-formed
+//!   `grpc-timeout` if any (else HTTP 400). Plain tonic checks none of these.
 //! - [`PathAliasLayer`]: serves `/Chat/Chat` as `/chat.Chat/Chat`, so stubs generated from
 //!   the article's package-less proto work against our packaged service unchanged.
 //! - [`CallDeadlineLayer`]: honours `grpc-timeout` for the whole call. tonic's own timeout
@@ -18,6 +21,98 @@ use tokio::time::{Instant, Sleep};
 use tonic::Status;
 use tonic::body::Body;
 use tower::{Layer, Service};
+
+/// Rejects requests that are not gRPC, with the HTTP status and gRPC status grpc-go gives.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GrpcRequestLayer;
+
+impl<S> Layer<S> for GrpcRequestLayer {
+    type Service = GrpcRequest<S>;
+
+    fn layer(&self, inner: S) -> GrpcRequest<S> {
+        GrpcRequest { inner }
+    }
+}
+
+/// The service made by [`GrpcRequestLayer`].
+#[derive(Debug, Clone)]
+pub struct GrpcRequest<S> {
+    inner: S,
+}
+
+impl<S, B> Service<Request<B>> for GrpcRequest<S>
+where
+    S: Service<Request<B>, Response = Response<Body>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        match refusal(&request) {
+            Some(response) => Box::pin(std::future::ready(Ok(response))),
+            None => Box::pin(self.inner.call(request)),
+        }
+    }
+}
+
+/// The trailers-only answer to a request that is not gRPC, if it is not.
+fn refusal<B>(request: &Request<B>) -> Option<Response<Body>> {
+    let (http, status) = if request.method() != http::Method::POST {
+        (
+            http::StatusCode::METHOD_NOT_ALLOWED,
+            Status::internal(format!(
+                "invalid gRPC request method {:?}",
+                request.method().as_str()
+            )),
+        )
+    } else if !is_grpc_content_type(request.headers().get(http::header::CONTENT_TYPE)) {
+        let shown = request
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .unwrap_or_default();
+        (
+            http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Status::invalid_argument(format!("invalid gRPC request content-type {shown:?}")),
+        )
+    } else if request
+        .headers()
+        .get("grpc-timeout")
+        .is_some_and(|v| v.to_str().ok().and_then(parse_grpc_timeout).is_none())
+    {
+        (
+            http::StatusCode::BAD_REQUEST,
+            Status::internal("malformed grpc-timeout"),
+        )
+    } else {
+        return None;
+    };
+    let mut response: Response<Body> = status.into_http();
+    *response.status_mut() = http;
+    if http == http::StatusCode::METHOD_NOT_ALLOWED {
+        response
+            .headers_mut()
+            .insert(http::header::ALLOW, http::HeaderValue::from_static("POST"));
+    }
+    Some(response)
+}
+
+/// `application/grpc`, or it followed by `+format` or `;parameters`.
+fn is_grpc_content_type(value: Option<&http::HeaderValue>) -> bool {
+    let Some(value) = value else { return false };
+    let value = value.as_bytes();
+    let Some(rest) = value.strip_prefix(b"application/grpc") else {
+        return false;
+    };
+    rest.is_empty() || rest[0] == b'+' || rest[0] == b';'
+}
 
 /// Path prefixes of package-less service names and the packaged names they stand for.
 const PATH_ALIASES: &[(&str, &str)] = &[("/Chat/", "/chat.Chat/")];
@@ -222,6 +317,19 @@ mod tests {
         assert_eq!(parse_grpc_timeout("10x"), None);
         assert_eq!(parse_grpc_timeout(""), None);
         assert_eq!(parse_grpc_timeout("-1S"), None);
+    }
+
+    #[test]
+    fn grpc_content_types() {
+        let ct = |v: &'static str| Some(http::HeaderValue::from_static(v));
+        assert!(is_grpc_content_type(ct("application/grpc").as_ref()));
+        assert!(is_grpc_content_type(ct("application/grpc+proto").as_ref()));
+        assert!(is_grpc_content_type(
+            ct("application/grpc;charset=utf-8").as_ref()
+        ));
+        assert!(!is_grpc_content_type(ct("application/grpcx").as_ref()));
+        assert!(!is_grpc_content_type(ct("text/plain").as_ref()));
+        assert!(!is_grpc_content_type(None));
     }
 
     #[test]

@@ -157,6 +157,7 @@ impl ConnectionGate {
                 strikes: 0,
                 last_ping: None,
             },
+            last_client_stream: 0,
             goaway: None,
             admission,
         }
@@ -175,8 +176,13 @@ struct FrameCursor {
 }
 
 impl FrameCursor {
-    /// Feeds `bytes`; calls `on_frame(type, flags)` for each frame header completed.
-    fn feed(&mut self, mut bytes: &[u8], skip_preface: bool, mut on_frame: impl FnMut(u8, u8)) {
+    /// Feeds `bytes`; calls `on_frame(type, flags, stream)` for each frame header completed.
+    fn feed(
+        &mut self,
+        mut bytes: &[u8],
+        skip_preface: bool,
+        mut on_frame: impl FnMut(u8, u8, u32),
+    ) {
         let preface_left =
             self.preface_left
                 .get_or_insert(if skip_preface { PREFACE_LEN } else { 0 });
@@ -199,7 +205,8 @@ impl FrameCursor {
                 self.payload_left =
                     usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
                 self.header_len = 0;
-                on_frame(h[3], h[4]);
+                let stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
+                on_frame(h[3], h[4], stream);
             }
         }
     }
@@ -247,6 +254,8 @@ pub struct GuardedStream {
     inbound: Option<FrameCursor>,
     outbound: Option<FrameCursor>,
     pings: PingPolicy,
+    /// Highest stream the client opened (HEADERS), for the GOAWAY.
+    last_client_stream: u32,
     /// A GOAWAY to write at the next frame boundary, then the connection ends.
     goaway: Option<GoAway>,
     admission: Admission,
@@ -258,14 +267,16 @@ struct GoAway {
     written: usize,
 }
 
-fn goaway_frame() -> Vec<u8> {
+/// GOAWAY naming `last_stream`, the highest stream the client opened: calls up to it go on,
+/// later ones were not processed (so a client may retry them elsewhere).
+fn goaway_frame(last_stream: u32) -> Vec<u8> {
     let debug = b"too_many_pings";
     let length = 8 + debug.len();
     let mut frame = Vec::with_capacity(FRAME_HEADER_LEN + length);
     frame.extend_from_slice(&(length as u32).to_be_bytes()[1..]);
     frame.extend_from_slice(&[0x7, 0]); // GOAWAY, no flags
     frame.extend_from_slice(&0u32.to_be_bytes()); // stream 0
-    frame.extend_from_slice(&0x7fff_ffffu32.to_be_bytes()); // last stream id: let in-flight calls end
+    frame.extend_from_slice(&last_stream.to_be_bytes());
     frame.extend_from_slice(&ENHANCE_YOUR_CALM.to_be_bytes());
     frame.extend_from_slice(debug);
     frame
@@ -329,8 +340,12 @@ impl AsyncRead for GuardedStream {
         if let Some(cursor) = &mut this.inbound {
             let now = Instant::now();
             let pings = &mut this.pings;
+            let last_stream = &mut this.last_client_stream;
             let mut calm_down = false;
-            cursor.feed(bytes, true, |kind, flags| {
+            cursor.feed(bytes, true, |kind, flags, stream| {
+                if kind == FRAME_HEADERS {
+                    *last_stream = (*last_stream).max(stream);
+                }
                 if kind == FRAME_PING && flags & FLAG_ACK == 0 && pings.ping(now) {
                     calm_down = true;
                 }
@@ -338,7 +353,7 @@ impl AsyncRead for GuardedStream {
             if calm_down {
                 warn!(remote = ?this.admission.info.remote, "too many pings: GOAWAY ENHANCE_YOUR_CALM");
                 this.goaway = Some(GoAway {
-                    frame: goaway_frame(),
+                    frame: goaway_frame(this.last_client_stream),
                     written: 0,
                 });
                 // What was read is still handed up; the next read ends the connection.
@@ -371,7 +386,7 @@ impl AsyncWrite for GuardedStream {
         let n = ready!(Pin::new(&mut this.inner).poll_write(cx, bytes))?;
         if let Some(cursor) = &mut this.outbound {
             let pings = &mut this.pings;
-            cursor.feed(&bytes[..n], false, |kind, _| {
+            cursor.feed(&bytes[..n], false, |kind, _, _| {
                 if kind == FRAME_DATA || kind == FRAME_HEADERS {
                     pings.server_sent_data();
                 }
@@ -416,7 +431,7 @@ mod tests {
         stream.extend_from_slice(&[0, 0, 8, FRAME_PING, FLAG_ACK, 0, 0, 0, 0]);
         stream.extend_from_slice(&[2; 8]);
         for chunk in stream.chunks(5) {
-            cursor.feed(chunk, true, |kind, flags| seen.push((kind, flags)));
+            cursor.feed(chunk, true, |kind, flags, _| seen.push((kind, flags)));
         }
         assert_eq!(
             seen,
@@ -444,10 +459,11 @@ mod tests {
 
     #[test]
     fn goaway_is_well_formed() {
-        let frame = goaway_frame();
+        let frame = goaway_frame(7);
         assert_eq!(frame.len(), FRAME_HEADER_LEN + 8 + 14);
         assert_eq!(&frame[..3], &[0, 0, 22]);
         assert_eq!(frame[3], 0x7);
+        assert_eq!(&frame[9..13], &7u32.to_be_bytes());
         assert_eq!(&frame[13..17], &ENHANCE_YOUR_CALM.to_be_bytes());
     }
 }

@@ -20,7 +20,7 @@ use duplex_store::{MemoryStore, RedbStore, Store};
 use crate::auth::Authenticator;
 use crate::chat::ChatService;
 use crate::config::{ServeConfig, StoreKind};
-use crate::edge::{CallDeadlineLayer, PathAliasLayer};
+use crate::edge::{CallDeadlineLayer, GrpcRequestLayer, PathAliasLayer};
 use crate::guard::{Admission, ConnectionGate};
 use crate::hub_service::HubService;
 
@@ -212,6 +212,7 @@ impl Server {
             builder = builder.tls_config(tls)?;
         }
         let router = builder
+            .layer(GrpcRequestLayer)
             .layer(PathAliasLayer)
             .layer(CallDeadlineLayer)
             .initial_stream_window_size(config.initial_stream_window)

@@ -952,11 +952,17 @@ async fn zero_window_stall_holds_bounded_memory_and_others_are_served() {
 // 7. Slowloris
 // ---------------------------------------------------------------------------------------
 
-/// TCP connections that never send the preface, and ones that send half of it.
+/// TCP connections that never send the preface, and ones that send half of it, all from
+/// 127.0.0.2: one attacking address, so the per-IP connection limit applies to it and the
+/// health probe (from 127.0.0.1) shows that other clients are still served.
 async fn slowloris(addr: SocketAddr, silent: usize, half: usize) -> Vec<TcpStream> {
     let mut connections = Vec::with_capacity(silent + half);
     for n in 0..silent + half {
-        let mut tcp = TcpStream::connect(addr).await.expect("connect");
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket
+            .bind("127.0.0.2:0".parse().unwrap())
+            .expect("bind 127.0.0.2");
+        let mut tcp = socket.connect(addr).await.expect("connect");
         if n >= silent {
             tcp.write_all(&raw::PREFACE[..12]).await.unwrap();
         }
@@ -1139,13 +1145,12 @@ async fn grpc_oddities_get_a_clear_status() {
         grpc_frame(0, None, &payload)
     };
     let oddities = vec![
-        // CURRENT BEHAVIOUR (non-conformant, both content-type rows): tonic routes by path
-        // only and serves any content-type. The gRPC spec and grpc-go answer HTTP 415 with
-        // grpc-status 3 (INVALID_ARGUMENT) `invalid gRPC request content-type "…"`.
+        // Plain tonic routes by path only and serves any content-type; duplex's edge answers
+        // as the gRPC spec and grpc-go do: HTTP 415, grpc-status 3 (INVALID_ARGUMENT).
         Oddity {
             case: "no content-type",
             spec: "HTTP 415, grpc-status 3 (gRPC spec; grpc-go)",
-            now: "HTTP 200 grpc-status 0, 1 message(s)",
+            now: r#"HTTP 415 grpc-status 3 "invalid gRPC request content-type \"\"""#,
             path: "/chat.Chat/Chat",
             fields: vec![("te", "trailers")],
             body: Some(hello()),
@@ -1155,7 +1160,7 @@ async fn grpc_oddities_get_a_clear_status() {
         Oddity {
             case: "content-type: text/plain",
             spec: "HTTP 415, grpc-status 3 (gRPC spec; grpc-go)",
-            now: "HTTP 200 grpc-status 0, 1 message(s)",
+            now: r#"HTTP 415 grpc-status 3 "invalid gRPC request content-type \"text/plain\"""#,
             path: "/chat.Chat/Chat",
             fields: vec![("content-type", "text/plain"), ("te", "trailers")],
             body: Some(hello()),
@@ -1329,24 +1334,22 @@ async fn grpc_oddities_get_a_clear_status() {
             end: true,
             after: vec![],
         },
-        // CURRENT BEHAVIOUR (lenient): an unparsable grpc-timeout is ignored, so the call
-        // runs without a deadline; grpc-go answers HTTP 400, grpc-status 13.
+        // An unparsable grpc-timeout is refused as grpc-go does, not run without a deadline.
         Oddity {
             case: "grpc-timeout: garbage",
             spec: "HTTP 400, grpc-status 13 \"malformed grpc-timeout\" (grpc-go)",
-            now: "HTTP 200 grpc-status 0, 1 message(s)",
+            now: r#"HTTP 400 grpc-status 13 "malformed grpc-timeout""#,
             path: "/chat.Chat/Chat",
             fields: with(&[("grpc-timeout", "soon")]),
             body: Some(hello()),
             end: true,
             after: vec![],
         },
-        // CURRENT BEHAVIOUR (non-conformant): tonic does not check the method; gRPC is POST
-        // only, grpc-go answers HTTP 405, grpc-status 13 `invalid gRPC request method`.
+        // gRPC is POST only: HTTP 405, grpc-status 13, as grpc-go answers.
         Oddity {
             case: ":method GET",
             spec: "HTTP 405, grpc-status 13 (grpc-go)",
-            now: "HTTP 200 grpc-status 0",
+            now: r#"HTTP 405 grpc-status 13 "invalid gRPC request method \"GET\"""#,
             path: "/chat.Chat/Chat",
             fields: grpc.clone(),
             body: None,
