@@ -21,7 +21,7 @@ use hdrhistogram::Histogram;
 use serde_json::json;
 use tokio::time::Sleep;
 
-use crate::grpc::{self, Connection, Event, MessageSplitter};
+use crate::grpc::{self, Connection, Dialer, Event, MessageSplitter};
 use crate::progress::{Counters, Progress};
 use crate::report::{self, LatencySummary, Report, ServerUsage};
 use crate::runner::{self, Gate, Timing};
@@ -31,7 +31,7 @@ use crate::{BenchArgs, BenchError, Scenario, clock, os};
 struct Plan {
     addr: String,
     path: String,
-    connect_timeout: Duration,
+    dialer: Dialer,
     in_flight: usize,
     /// Rate mode: nanoseconds between two scheduled sends of one stream.
     interval: Option<u64>,
@@ -85,7 +85,7 @@ pub fn run(args: &BenchArgs) -> Result<Report, BenchError> {
     let plan = Arc::new(Plan {
         addr: args.addr.clone(),
         path: args.path.clone(),
-        connect_timeout: args.connect_timeout,
+        dialer: Dialer::new(args)?,
         in_flight,
         interval: args
             .rate
@@ -230,7 +230,7 @@ async fn client_thread(plan: &Plan, connections: &[Vec<usize>], mut gate: Gate) 
     let mut opened: Vec<(usize, SendStream<Bytes>, ResponseFuture)> = Vec::new();
     let mut links = Vec::new();
     for streams in connections {
-        let connection = match Connection::open(&plan.addr, plan.connect_timeout).await {
+        let connection = match Connection::open(&plan.addr, &plan.dialer).await {
             Ok(connection) => connection,
             Err(reason) => {
                 gate.ready(Err(format!("cannot connect to {}: {reason}", plan.addr)));

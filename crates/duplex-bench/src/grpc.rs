@@ -9,7 +9,13 @@ use futures::stream::{self, LocalBoxStream, StreamExt as _};
 use h2::client::{ResponseFuture, SendRequest};
 use h2::{RecvStream, SendStream};
 use prost::Message as _;
+use std::sync::Arc;
+
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::pki_types::pem::PemObject as _;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+use tokio_rustls::rustls::{self, RootCertStore};
 
 /// Client HTTP/2 window per stream: large, so flow control never paces the bench client.
 const STREAM_WINDOW: u32 = 1 << 20;
@@ -18,10 +24,63 @@ const CONNECTION_WINDOW: u32 = 16 << 20;
 /// gRPC message header: compressed flag and a 4-byte big-endian length.
 pub const HEADER: usize = 5;
 
+/// How to reach the server: the connect timeout and, for a TLS server, the connector and
+/// the name its certificate must carry. Built once from the arguments; cheap to clone.
+#[derive(Clone)]
+pub struct Dialer {
+    timeout: Duration,
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+}
+
+impl Dialer {
+    pub fn new(args: &crate::BenchArgs) -> Result<Self, crate::BenchError> {
+        let tls = match &args.ca {
+            None => None,
+            Some(ca) => {
+                let invalid = |what: String| crate::BenchError::Arguments(what);
+                let mut roots = RootCertStore::empty();
+                let certs = CertificateDer::pem_file_iter(ca)
+                    .map_err(|e| invalid(format!("cannot read {}: {e}", ca.display())))?;
+                for cert in certs {
+                    let cert = cert.map_err(|e| {
+                        invalid(format!("bad certificate in {}: {e}", ca.display()))
+                    })?;
+                    roots.add(cert).map_err(|e| {
+                        invalid(format!("unusable CA certificate in {}: {e}", ca.display()))
+                    })?;
+                }
+                let provider = Arc::new(rustls::crypto::ring::default_provider());
+                let mut config = rustls::ClientConfig::builder_with_provider(provider)
+                    .with_safe_default_protocol_versions()
+                    .map_err(|e| invalid(e.to_string()))?
+                    .with_root_certificates(roots)
+                    .with_no_client_auth();
+                config.alpn_protocols = vec![b"h2".to_vec()];
+                let host = args
+                    .addr
+                    .rsplit_once(':')
+                    .map_or(args.addr.as_str(), |(host, _)| host);
+                let name = args
+                    .tls_domain
+                    .clone()
+                    .unwrap_or_else(|| host.trim_matches(['[', ']']).to_owned());
+                let name = ServerName::try_from(name.clone())
+                    .map_err(|_| invalid(format!("`{name}` is not a valid TLS server name")))?;
+                Some((TlsConnector::from(Arc::new(config)), name))
+            }
+        };
+        Ok(Self {
+            timeout: args.connect_timeout,
+            tls,
+        })
+    }
+}
+
 /// One HTTP/2 connection to the server.
 pub struct Connection {
     send: SendRequest<Bytes>,
     authority: String,
+    scheme: &'static str,
 }
 
 /// How a stream ended: OK, or the key it is counted under in the report's errors.
@@ -34,26 +93,29 @@ pub enum Event {
 }
 
 impl Connection {
-    /// Connects over TCP (no delay) and does the HTTP/2 handshake; the connection is driven
-    /// by a task on the current runtime.
-    pub async fn open(addr: &str, timeout: Duration) -> Result<Self, String> {
+    /// Connects over TCP (no delay), TLS if the dialer says so, and does the HTTP/2
+    /// handshake; the connection is driven by a task on the current runtime.
+    pub async fn open(addr: &str, dialer: &Dialer) -> Result<Self, String> {
+        let timeout = dialer.timeout;
         let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| format!("no connection within {timeout:?}"))?
             .map_err(|e| e.to_string())?;
         tcp.set_nodelay(true).map_err(|e| e.to_string())?;
-        let (send, connection) = h2::client::Builder::new()
-            .initial_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONNECTION_WINDOW)
-            .handshake::<_, Bytes>(tcp)
-            .await
-            .map_err(|e| format!("HTTP/2 handshake failed: {e}"))?;
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
+        let (send, scheme) = match &dialer.tls {
+            None => (handshake(tcp).await?, "http"),
+            Some((connector, name)) => {
+                let tls = tokio::time::timeout(timeout, connector.connect(name.clone(), tcp))
+                    .await
+                    .map_err(|_| format!("no TLS handshake within {timeout:?}"))?
+                    .map_err(|e| format!("TLS handshake failed: {e}"))?;
+                (handshake(tls).await?, "https")
+            }
+        };
         Ok(Self {
             send,
             authority: addr.to_owned(),
+            scheme,
         })
     }
 
@@ -65,7 +127,7 @@ impl Connection {
     ) -> Result<(SendStream<Bytes>, ResponseFuture), String> {
         let mut builder = http::Request::builder()
             .method("POST")
-            .uri(format!("http://{}{}", self.authority, path))
+            .uri(format!("{}://{}{}", self.scheme, self.authority, path))
             .header("content-type", "application/grpc")
             .header("te", "trailers");
         for (key, value) in metadata {
@@ -78,6 +140,23 @@ impl Connection {
             .map_err(|e| error_key(&e))?;
         Ok((stream, response))
     }
+}
+
+/// The HTTP/2 handshake with the bench's windows, its connection driven by a task.
+async fn handshake<T>(io: T) -> Result<SendRequest<Bytes>, String>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (send, connection) = h2::client::Builder::new()
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .handshake::<_, Bytes>(io)
+        .await
+        .map_err(|e| format!("HTTP/2 handshake failed: {e}"))?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(send)
 }
 
 /// The report key of an HTTP/2-level failure.

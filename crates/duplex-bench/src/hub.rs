@@ -25,7 +25,7 @@ use serde_json::json;
 use tokio::sync::Notify;
 
 use crate::echo::start_measurement;
-use crate::grpc::{self, Connection, Event, MessageSplitter, ServerFrame, TaggedEvents};
+use crate::grpc::{self, Connection, Dialer, Event, MessageSplitter, ServerFrame, TaggedEvents};
 use crate::progress::{Counters, Progress};
 use crate::report::{self, LatencySummary, Report, ServerUsage};
 use crate::runner::{self, Gate, Timing};
@@ -247,7 +247,7 @@ async fn close_sessions(
 
 struct FanoutPlan {
     addr: String,
-    connect_timeout: Duration,
+    dialer: Dialer,
     rooms: Vec<RoomGate>,
     /// Subscriber s is on connection s % C and in room s % R.
     subscriber_connections: Vec<Vec<usize>>,
@@ -291,7 +291,7 @@ pub fn fanout(args: &BenchArgs) -> Result<Report, BenchError> {
     let counters = Arc::new(Counters::default());
     let plan = Arc::new(FanoutPlan {
         addr: args.addr.clone(),
-        connect_timeout: args.connect_timeout,
+        dialer: Dialer::new(args)?,
         rooms,
         subscriber_connections: runner::round_robin(args.subscribers, connections),
         publishers: args.publishers,
@@ -457,7 +457,7 @@ async fn fanout_thread(
     let mut publishers = Vec::new();
     let setup = async {
         for &unit in units {
-            let connection = Connection::open(&plan.addr, plan.connect_timeout)
+            let connection = Connection::open(&plan.addr, &plan.dialer)
                 .await
                 .map_err(|reason| format!("cannot connect to {}: {reason}", plan.addr))?;
             if unit < subscriber_connections {
@@ -809,17 +809,22 @@ pub fn resume(args: &BenchArgs) -> Result<Report, BenchError> {
     let room = format!("bench.{}.resume", run_tag());
     let counters = Arc::new(Counters::default());
     let addr = args.addr.clone();
-    let timeout = args.connect_timeout;
+    let dialer = Dialer::new(args)?;
     let in_flight = args.in_flight();
     let size = args.size();
     let drain = clock::nanos(args.drain_timeout);
     let thread_room = room.clone();
     let thread_counters = counters.clone();
     let pool = runner::spawn(1, move |_, gate| {
-        let (addr, room, counters) = (addr.clone(), thread_room.clone(), thread_counters.clone());
+        let (addr, dialer, room, counters) = (
+            addr.clone(),
+            dialer.clone(),
+            thread_room.clone(),
+            thread_counters.clone(),
+        );
         async move {
             resume_thread(
-                &addr, timeout, &room, history, in_flight, size, drain, &counters, gate,
+                &addr, &dialer, &room, history, in_flight, size, drain, &counters, gate,
             )
             .await
         }
@@ -883,7 +888,7 @@ struct Replay {
 #[allow(clippy::too_many_arguments)]
 async fn resume_thread(
     addr: &str,
-    timeout: Duration,
+    dialer: &Dialer,
     room: &str,
     history: u64,
     in_flight: usize,
@@ -894,11 +899,11 @@ async fn resume_thread(
 ) -> (Tally, Replay) {
     let mut tally = Tally::new();
     let mut replay = Replay::default();
-    let stored = store_history(addr, timeout, room, history, in_flight, size, &mut tally).await;
+    let stored = store_history(addr, dialer, room, history, in_flight, size, &mut tally).await;
     let reader = match stored {
         Ok(seconds) => {
             replay.store_seconds = seconds;
-            Connection::open(addr, timeout)
+            Connection::open(addr, dialer)
                 .await
                 .map_err(|reason| format!("cannot connect to {addr}: {reason}"))
         }
@@ -988,14 +993,14 @@ async fn resume_thread(
 /// seconds it took.
 async fn store_history(
     addr: &str,
-    timeout: Duration,
+    dialer: &Dialer,
     room: &str,
     history: u64,
     in_flight: usize,
     size: usize,
     tally: &mut Tally,
 ) -> Result<f64, String> {
-    let connection = Connection::open(addr, timeout)
+    let connection = Connection::open(addr, dialer)
         .await
         .map_err(|reason| format!("cannot connect to {addr}: {reason}"))?;
     let mut events = SelectAll::new();
@@ -1090,11 +1095,12 @@ pub fn idle(args: &BenchArgs) -> Result<Report, BenchError> {
     });
     let client_before = os::sample(None).unwrap_or_default();
     let opened_at = clock::now();
-    let (addr, timeout) = (args.addr.clone(), args.connect_timeout);
+    let (addr, dialer) = (args.addr.clone(), Dialer::new(args)?);
     let thread_counters = counters.clone();
     let pool = runner::spawn(threads, move |index, gate| {
-        let (addr, rooms, per_connection, layout, counters) = (
+        let (addr, dialer, rooms, per_connection, layout, counters) = (
             addr.clone(),
+            dialer.clone(),
             rooms.clone(),
             per_connection.clone(),
             layout.clone(),
@@ -1103,7 +1109,7 @@ pub fn idle(args: &BenchArgs) -> Result<Report, BenchError> {
         async move {
             let mine: Vec<&Vec<usize>> =
                 layout[index].iter().map(|&c| &per_connection[c]).collect();
-            idle_thread(&addr, timeout, &rooms, &mine, &counters, gate).await
+            idle_thread(&addr, &dialer, &rooms, &mine, &counters, gate).await
         }
     })?;
     let progress = Progress::start(
@@ -1173,7 +1179,7 @@ pub fn idle(args: &BenchArgs) -> Result<Report, BenchError> {
 
 async fn idle_thread(
     addr: &str,
-    timeout: Duration,
+    dialer: &Dialer,
     rooms: &[String],
     connections: &[&Vec<usize>],
     counters: &Counters,
@@ -1187,7 +1193,7 @@ async fn idle_thread(
     let mut last_joined = 0;
     let setup = async {
         for members in connections {
-            let connection = Connection::open(addr, timeout)
+            let connection = Connection::open(addr, dialer)
                 .await
                 .map_err(|reason| format!("cannot connect to {addr}: {reason}"))?;
             for &s in members.iter() {

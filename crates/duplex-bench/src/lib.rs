@@ -161,6 +161,14 @@ pub struct BenchArgs {
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub connect_timeout: Duration,
 
+    /// Connect with TLS, trusting this CA certificate (PEM) for the server.
+    #[arg(long)]
+    pub ca: Option<std::path::PathBuf>,
+
+    /// Name the server's certificate must carry (default: the host in --addr).
+    #[arg(long, requires = "ca")]
+    pub tls_domain: Option<String>,
+
     /// Print the report as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,

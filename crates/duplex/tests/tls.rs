@@ -194,3 +194,33 @@ fn plaintext_on_a_network_address_is_refused_without_insecure() {
     );
     assert!(err.contains("--insecure"), "{err}");
 }
+
+#[test]
+fn bench_measures_a_tls_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path());
+    let (_server, addr) = serve_tls(&pki, false);
+    let output = duplex()
+        .args([
+            "bench",
+            "echo-pingpong",
+            "--json",
+            "--quiet",
+            "--messages",
+            "50",
+            "--addr",
+            &addr.to_string(),
+        ])
+        .args(["--tls-domain", "localhost", "--ca"])
+        .arg(&pki.ca)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["messages"], 50);
+    assert_eq!(report["errors_total"], 0, "{report}");
+}
