@@ -8,7 +8,8 @@
 //! - closes a connection that has not sent the 24 bytes of the HTTP/2 preface within the
 //!   preface timeout (slowloris: a TCP connection that never speaks pins a task and a socket,
 //!   and hyper has no preface timeout of its own);
-//! - on plaintext HTTP/2, reads the frame headers going both ways (headers only, payloads are
+//! - terminates TLS itself (when configured), so everything below sees HTTP/2 in the clear;
+//! - reads the frame headers going both ways (headers only, payloads are
 //!   skipped, nothing is copied) to enforce a PING policy as grpc-go does: a client that
 //!   sends PINGs while the server sends no DATA or HEADERS collects strikes, and past
 //!   [`MAX_PING_STRIKES`] gets GOAWAY(ENHANCE_YOUR_CALM, "too_many_pings") and a close.
@@ -27,6 +28,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
+use tokio_rustls::TlsAcceptor;
 use tonic::transport::server::Connected;
 use tracing::{debug, warn};
 
@@ -55,7 +57,8 @@ pub struct ConnectionLimits {
     pub max_connections_per_ip: usize,
     /// Time a new connection has to send the HTTP/2 preface.
     pub preface_timeout: Duration,
-    /// PINGs closer together than this, while the server sends nothing, are strikes.
+    /// PINGs closer together than this, while the server sends nothing, are strikes
+    /// (enforced on TLS connections too: the guard terminates TLS).
     pub min_ping_interval: Duration,
 }
 
@@ -143,15 +146,31 @@ impl ConnectionGate {
         })
     }
 
-    /// Wraps an admitted stream. `plaintext`: HTTP/2 frames are visible (no TLS below us),
-    /// so the PING policy can be enforced.
-    pub fn guard(&self, stream: TcpStream, admission: Admission, plaintext: bool) -> GuardedStream {
-        GuardedStream {
-            inner: stream,
+    /// Wraps an admitted connection, after its TLS handshake if `tls` is set (bounded by
+    /// [`TLS_HANDSHAKE_TIMEOUT`]). The preface timeout starts once the handshake is done.
+    pub async fn guard(
+        &self,
+        tcp: TcpStream,
+        admission: Admission,
+        tls: Option<&TlsAcceptor>,
+    ) -> io::Result<GuardedStream> {
+        let inner = match tls {
+            None => Transport::Plain(tcp),
+            Some(acceptor) => {
+                let accepted = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
+                    .await
+                    .map_err(|_| {
+                        io::Error::new(io::ErrorKind::TimedOut, "TLS handshake too slow")
+                    })??;
+                Transport::Tls(Box::new(accepted))
+            }
+        };
+        Ok(GuardedStream {
+            inner,
             preface_deadline: Some(Box::pin(tokio::time::sleep(self.limits.preface_timeout))),
             received: 0,
-            inbound: plaintext.then(FrameCursor::default),
-            outbound: plaintext.then(FrameCursor::default),
+            inbound: Some(FrameCursor::default()),
+            outbound: Some(FrameCursor::default()),
             pings: PingPolicy {
                 min_interval: self.limits.min_ping_interval,
                 strikes: 0,
@@ -160,6 +179,59 @@ impl ConnectionGate {
             last_client_stream: 0,
             goaway: None,
             admission,
+        })
+    }
+}
+
+/// How long a client has to finish the TLS handshake.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Handshakes that may run at once on one worker; more wait (each is bounded in time).
+pub const CONCURRENT_HANDSHAKES: usize = 1024;
+
+/// The bytes under HTTP/2: plain TCP, or TLS over it.
+#[derive(Debug)]
+pub enum Transport {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Transport {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
+            Transport::Tls(tls) => Pin::new(tls.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Transport {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bytes: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Transport::Plain(tcp) => Pin::new(tcp).poll_write(cx, bytes),
+            Transport::Tls(tls) => Pin::new(tls.as_mut()).poll_write(cx, bytes),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
+            Transport::Tls(tls) => Pin::new(tls.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
+            Transport::Tls(tls) => Pin::new(tls.as_mut()).poll_shutdown(cx),
         }
     }
 }
@@ -248,7 +320,7 @@ impl PingPolicy {
 /// An admitted connection with its preface deadline and PING policy.
 #[derive(Debug)]
 pub struct GuardedStream {
-    inner: TcpStream,
+    inner: Transport,
     preface_deadline: Option<Pin<Box<Sleep>>>,
     received: usize,
     inbound: Option<FrameCursor>,

@@ -58,11 +58,7 @@ impl HubService {
     fn rotation_time<T>(&self, request: &Request<T>) -> Option<tokio::time::Instant> {
         let age = self.max_connection_age?;
         let extensions = request.extensions();
-        let info = extensions.get::<ConnectionInfo>().copied().or_else(|| {
-            extensions
-                .get::<tonic::transport::server::TlsConnectInfo<ConnectionInfo>>()
-                .map(|tls| *tls.get_ref())
-        })?;
+        let info = extensions.get::<ConnectionInfo>().copied()?;
         let lead = (age / 10).min(std::time::Duration::from_secs(1));
         Some(tokio::time::Instant::from_std(
             info.accepted_at + age - lead,

@@ -7,10 +7,13 @@ use std::net::SocketAddr;
 use futures::StreamExt as _;
 use futures::stream;
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::pem::PemObject as _;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Certificate, Identity as TlsIdentity, ServerTlsConfig};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use std::sync::Arc;
 
@@ -21,30 +24,54 @@ use crate::auth::Authenticator;
 use crate::chat::ChatService;
 use crate::config::{ServeConfig, StoreKind};
 use crate::edge::{CallDeadlineLayer, GrpcRequestLayer, PathAliasLayer};
-use crate::guard::{Admission, ConnectionGate};
+use crate::guard::{Admission, CONCURRENT_HANDSHAKES, ConnectionGate, GuardedStream};
 use crate::hub_service::HubService;
 
-/// How long a client has to finish the TLS handshake.
-const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// The TLS settings from the flags: a certificate and key, and a client CA for mTLS.
-fn tls_config(config: &ServeConfig) -> Result<Option<ServerTlsConfig>, ServeError> {
+/// The TLS acceptor from the flags: a certificate and key, and a client CA for mTLS.
+/// TLS is terminated by the connection guard, so the PING policy and the preface timeout
+/// see HTTP/2 on TLS connections too.
+fn tls_acceptor(config: &ServeConfig) -> Result<Option<TlsAcceptor>, ServeError> {
     let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
         return Ok(None);
     };
-    let read = |path: &std::path::PathBuf| {
-        std::fs::read(path).map_err(|source| ServeError::TlsFile {
-            path: path.clone(),
-            source,
-        })
+    let invalid = |path: &std::path::PathBuf, what: String| ServeError::TlsFile {
+        path: path.clone(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, what),
     };
-    let mut tls = ServerTlsConfig::new()
-        .identity(TlsIdentity::from_pem(read(cert)?, read(key)?))
-        .timeout(TLS_HANDSHAKE_TIMEOUT);
-    if let Some(ca) = &config.tls_client_ca {
-        tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));
-    }
-    Ok(Some(tls))
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| invalid(cert, e.to_string()))?;
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| invalid(key, e.to_string()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| invalid(cert, e.to_string()))?;
+    let builder = match &config.tls_client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for der in CertificateDer::pem_file_iter(ca).map_err(|e| invalid(ca, e.to_string()))? {
+                roots
+                    .add(der.map_err(|e| invalid(ca, e.to_string()))?)
+                    .map_err(|e| invalid(ca, e.to_string()))?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .map_err(|e| invalid(ca, e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut tls = builder.with_single_cert(chain, key_der).map_err(|e| {
+        invalid(
+            key,
+            format!("the certificate and key do not fit together: {e}"),
+        )
+    })?;
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Some(TlsAcceptor::from(Arc::new(tls))))
 }
 
 /// h2's cap on streams a peer may make us reset for protocol errors before the connection
@@ -96,7 +123,7 @@ pub enum ServeError {
 /// A bound, not yet running server.
 pub struct Server {
     config: ServeConfig,
-    tls: Option<ServerTlsConfig>,
+    tls: Option<TlsAcceptor>,
     hub: Hub,
     auth: Arc<Authenticator>,
     listeners: Vec<TcpIncoming>,
@@ -127,7 +154,7 @@ impl Server {
         {
             return Err(ServeError::PlaintextOnNetwork(*open));
         }
-        let tls = tls_config(&config)?;
+        let tls = tls_acceptor(&config)?;
 
         let mut listeners = Vec::new();
         let mut local_addrs = Vec::new();
@@ -208,9 +235,6 @@ impl Server {
                 .max_connection_age(age)
                 .max_connection_age_grace(config.max_connection_age_grace);
         }
-        if let Some(tls) = tls {
-            builder = builder.tls_config(tls)?;
-        }
         let router = builder
             .layer(GrpcRequestLayer)
             .layer(PathAliasLayer)
@@ -234,7 +258,7 @@ impl Server {
 
         let workers = config.worker_count();
         if workers > 1 {
-            return serve_on_workers(router, listeners, hub, &config, workers, shutdown).await;
+            return serve_on_workers(router, listeners, hub, &config, tls, workers, shutdown).await;
         }
 
         let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
@@ -245,25 +269,26 @@ impl Server {
             let _ = draining_tx.send(());
         };
         let gate = ConnectionGate::new(config.connection_limits());
-        let plaintext = config.tls_cert.is_none();
-        let incoming = stream::select_all(listeners).filter_map(move |accepted| {
-            let guarded = match accepted {
-                Ok(tcp) => match gate.admit(&tcp) {
-                    Ok(admission) => Some(Ok::<_, std::io::Error>(
-                        gate.guard(tcp, admission, plaintext),
-                    )),
-                    Err(reason) => {
-                        warn!(%reason, "connection refused");
+        let admitted = stream::select_all(listeners).filter_map({
+            let gate = gate.clone();
+            move |accepted| {
+                let admitted = match accepted {
+                    Ok(tcp) => match gate.admit(&tcp) {
+                        Ok(admission) => Some((tcp, admission)),
+                        Err(reason) => {
+                            warn!(%reason, "connection refused");
+                            None
+                        }
+                    },
+                    Err(error) => {
+                        warn!(%error, "accept failed");
                         None
                     }
-                },
-                Err(error) => {
-                    warn!(%error, "accept failed");
-                    None
-                }
-            };
-            std::future::ready(guarded)
+                };
+                std::future::ready(admitted)
+            }
         });
+        let incoming = guarded(admitted, gate, tls);
         let serve = router.serve_with_incoming_shutdown(incoming, signal);
         let grace_over = async move {
             match draining_rx.await {
@@ -277,6 +302,30 @@ impl Server {
         }
         Ok(())
     }
+}
+
+/// Admitted connections, guarded: TLS handshakes (if any) run concurrently, so a slow one
+/// does not hold up the next; a failed one is logged and dropped.
+fn guarded(
+    admitted: impl futures::Stream<Item = (tokio::net::TcpStream, Admission)> + Send + 'static,
+    gate: Arc<ConnectionGate>,
+    tls: Option<TlsAcceptor>,
+) -> impl futures::Stream<Item = Result<GuardedStream, std::io::Error>> + Send + 'static {
+    admitted
+        .map(move |(tcp, admission)| {
+            let (gate, tls) = (gate.clone(), tls.clone());
+            async move { gate.guard(tcp, admission, tls.as_ref()).await }
+        })
+        .buffer_unordered(CONCURRENT_HANDSHAKES)
+        .filter_map(|guarded| {
+            std::future::ready(match guarded {
+                Ok(stream) => Some(Ok(stream)),
+                Err(error) => {
+                    debug!(%error, "connection dropped before HTTP/2");
+                    None
+                }
+            })
+        })
 }
 
 /// Serves on `workers` threads, each a single-threaded runtime running its own copy of the
@@ -296,6 +345,7 @@ async fn serve_on_workers<L>(
     listeners: Vec<TcpIncoming>,
     hub: Hub,
     config: &ServeConfig,
+    tls: Option<TlsAcceptor>,
     workers: usize,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError>
@@ -313,7 +363,6 @@ where
 {
     let (graceful_tx, graceful_rx) = watch::channel(false);
     let gate = ConnectionGate::new(config.connection_limits());
-    let plaintext = config.tls_cert.is_none();
     let mut inboxes = Vec::with_capacity(workers);
     let mut finished = Vec::with_capacity(workers);
     // Dropping these ends every worker (and the connections it holds) at once.
@@ -324,6 +373,7 @@ where
         let (hard_stop, hard_stopped) = oneshot::channel::<()>();
         let router = router.clone();
         let gate = gate.clone();
+        let tls = tls.clone();
         let mut graceful = graceful_rx.clone();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -333,10 +383,13 @@ where
             .name(format!("duplex-worker-{index}"))
             .spawn(move || {
                 runtime.block_on(async move {
-                    let incoming = ReceiverStream::new(connections).map(move |(tcp, admission)| {
-                        tokio::net::TcpStream::from_std(tcp)
-                            .map(|tcp| gate.guard(tcp, admission, plaintext))
-                    });
+                    let admitted =
+                        ReceiverStream::new(connections).filter_map(|(tcp, admission)| {
+                            let tcp = tokio::net::TcpStream::from_std(tcp)
+                                .inspect_err(|error| warn!(%error, "cannot take a connection"));
+                            std::future::ready(tcp.ok().map(|tcp| (tcp, admission)))
+                        });
+                    let incoming = guarded(admitted, gate, tls);
                     let signal = async move {
                         let _ = graceful.wait_for(|&draining| draining).await;
                     };

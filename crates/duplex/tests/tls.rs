@@ -224,3 +224,76 @@ fn bench_measures_a_tls_server() {
     assert_eq!(report["messages"], 50);
     assert_eq!(report["errors_total"], 0, "{report}");
 }
+
+#[tokio::test]
+async fn the_ping_policy_holds_on_tls_connections_too() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject as _;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path());
+    let mut command = duplex();
+    command
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+            "memory",
+            "--min-ping-interval",
+            "10s",
+            "--tls-cert",
+        ])
+        .arg(&pki.server_cert)
+        .arg("--tls-key")
+        .arg(&pki.server_key);
+    let (_server, addr, _) = spawn_listening(command);
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(&pki.ca).unwrap())
+        .unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut tls = connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .expect("TLS handshake");
+    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    tls.write_all(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]).await.unwrap();
+    for i in 0..10u8 {
+        tls.write_all(&[0, 0, 8, 0x6, 0, 0, 0, 0, 0]).await.unwrap();
+        tls.write_all(&[i; 8]).await.unwrap();
+    }
+    let mut bytes = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match tls.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => bytes.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the connection is closed");
+    let calmed = bytes
+        .windows(b"too_many_pings".len())
+        .any(|w| w == b"too_many_pings");
+    assert!(
+        calmed,
+        "GOAWAY too_many_pings over TLS ({} bytes read)",
+        bytes.len()
+    );
+}
