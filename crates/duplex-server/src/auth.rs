@@ -36,7 +36,7 @@ pub enum AuthSetupError {
     },
     #[error("{path} is not an RSA or EC (P-256) public key in PEM form")]
     Key { path: PathBuf },
-    #[error("{path} is empty: an HS256 secret needs at least 32 bytes")]
+    #[error("{path} is too short: an HS256 secret needs at least 32 bytes")]
     ShortSecret { path: PathBuf },
     #[error("give either --jwt-secret-file or --jwt-public-key-file, not both")]
     TwoKeys,
@@ -97,15 +97,21 @@ impl Authenticator {
         let mut validation = Validation::new(algorithm);
         validation.leeway = LEEWAY_SECONDS;
         validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        // A configured issuer or audience must be present in the token, not merely match
+        // when present; without a configured audience, a token meant for one is refused.
+        let mut required = vec!["exp", "sub"];
         match &settings.issuer {
-            Some(issuer) => validation.set_issuer(&[issuer]),
+            Some(issuer) => {
+                validation.set_issuer(&[issuer]);
+                required.push("iss");
+            }
             None => validation.iss = None,
         }
-        match &settings.audience {
-            Some(audience) => validation.set_audience(&[audience]),
-            None => validation.validate_aud = false,
+        if let Some(audience) = &settings.audience {
+            validation.set_audience(&[audience]);
+            required.push("aud");
         }
+        validation.set_required_spec_claims(&required);
         Ok(Self {
             verifier: Some((key, validation)),
             allow_anonymous: settings.allow_anonymous,
@@ -120,10 +126,11 @@ impl Authenticator {
     /// The caller's identity: from a verified token, or anonymous (named by the
     /// `duplex-name` header) when auth is off or anonymous calls are allowed.
     pub fn identify(&self, metadata: &MetadataMap) -> Result<Identity, Status> {
-        let token = bearer_token(metadata)?;
         let Some((key, validation)) = &self.verifier else {
+            // Auth is off: whatever `authorization` holds is not ours to judge.
             return Ok(anonymous(metadata));
         };
+        let token = bearer_token(metadata)?;
         let Some(token) = token else {
             return if self.allow_anonymous {
                 Ok(anonymous(metadata))
@@ -236,10 +243,13 @@ pub fn claims_identity(claims: Claims) -> Result<Identity, String> {
     }
     let rights = Rights::new(&claims.rooms.read, &claims.rooms.write)
         .map_err(|error| format!("token room claims: {error}"))?;
+    let expires_at = UNIX_EPOCH
+        .checked_add(Duration::from_secs(claims.exp))
+        .ok_or("token `exp` is out of range")?;
     Ok(Identity {
         name: claims.sub,
         rights,
-        expires_at: Some(UNIX_EPOCH + Duration::from_secs(claims.exp)),
+        expires_at: Some(expires_at),
     })
 }
 
@@ -329,6 +339,12 @@ mod tests {
         let bad: Claims =
             serde_json::from_str(r#"{"sub":"x","exp":1,"rooms":{"read":["a*b"]}}"#).unwrap();
         assert!(claims_identity(bad).is_err());
+        let huge: Claims =
+            serde_json::from_str(r#"{"sub":"x","exp":18446744073709551615}"#).unwrap();
+        assert!(
+            claims_identity(huge).is_err(),
+            "an exp past the clock's range is refused, not a panic"
+        );
         let no_rooms: Claims = serde_json::from_str(r#"{"sub":"x","exp":1}"#).unwrap();
         let identity = claims_identity(no_rooms).unwrap();
         assert!(!identity.rights.can_read("lobby"), "no claims, no rights");

@@ -141,7 +141,7 @@ pub struct ServeConfig {
 
     /// PING policy, as grpc-go enforces it: a client sending PINGs closer together than
     /// this while the server sends no data collects strikes; past 2 it gets GOAWAY
-    /// ENHANCE_YOUR_CALM "too_many_pings". Plaintext connections only.
+    /// ENHANCE_YOUR_CALM "too_many_pings" (TLS connections too: the guard terminates TLS).
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     pub min_ping_interval: Duration,
 
@@ -267,6 +267,9 @@ impl ServeConfig {
             max_connections: self.max_connections,
             max_connections_per_ip: self.max_connections_per_ip,
             preface_timeout: self.preface_timeout,
+            hard_close_after: Some(self.max_connection_age)
+                .filter(|age| !age.is_zero())
+                .map(|age| age + self.max_connection_age_grace),
             min_ping_interval: self.min_ping_interval,
         }
     }

@@ -57,6 +57,9 @@ pub struct ConnectionLimits {
     pub max_connections_per_ip: usize,
     /// Time a new connection has to send the HTTP/2 preface.
     pub preface_timeout: Duration,
+    /// Close the connection outright this long after it was accepted (max connection age
+    /// plus its grace; the graceful GOAWAY at the age itself is tonic's).
+    pub hard_close_after: Option<Duration>,
     /// PINGs closer together than this, while the server sends nothing, are strikes
     /// (enforced on TLS connections too: the guard terminates TLS).
     pub min_ping_interval: Duration,
@@ -165,8 +168,14 @@ impl ConnectionGate {
                 Transport::Tls(Box::new(accepted))
             }
         };
+        let hard_close = self.limits.hard_close_after.map(|after| {
+            Box::pin(tokio::time::sleep_until(
+                (admission.info.accepted_at + after).into(),
+            ))
+        });
         Ok(GuardedStream {
             inner,
+            hard_close,
             preface_deadline: Some(Box::pin(tokio::time::sleep(self.limits.preface_timeout))),
             received: 0,
             inbound: Some(FrameCursor::default()),
@@ -321,6 +330,8 @@ impl PingPolicy {
 #[derive(Debug)]
 pub struct GuardedStream {
     inner: Transport,
+    /// Max connection age plus grace: past it the connection is cut.
+    hard_close: Option<Pin<Box<Sleep>>>,
     preface_deadline: Option<Pin<Box<Sleep>>>,
     received: usize,
     inbound: Option<FrameCursor>,
@@ -375,7 +386,8 @@ impl GuardedStream {
             }
             goaway.written += n;
         }
-        Poll::Ready(Ok(()))
+        // TLS buffers what it is given: push the GOAWAY onto the wire before the close.
+        Pin::new(&mut self.inner).poll_flush(cx)
     }
 
     fn ended(&self) -> bool {
@@ -395,6 +407,15 @@ impl AsyncRead for GuardedStream {
         if this.goaway.is_some() {
             // Calmed down: the connection reads as ended; the GOAWAY goes out on shutdown.
             return Poll::Ready(Ok(()));
+        }
+        if let Some(deadline) = &mut this.hard_close
+            && deadline.as_mut().poll(cx).is_ready()
+        {
+            debug!(remote = ?this.admission.info.remote, "closing a connection past its maximum age and grace");
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "connection past its maximum age and grace",
+            )));
         }
         if let Some(deadline) = &mut this.preface_deadline
             && deadline.as_mut().poll(cx).is_ready()

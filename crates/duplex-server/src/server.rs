@@ -231,9 +231,9 @@ impl Server {
         let max_connection_age = Some(config.max_connection_age).filter(|age| !age.is_zero());
         let mut builder = tonic::transport::Server::builder();
         if let Some(age) = max_connection_age {
-            builder = builder
-                .max_connection_age(age)
-                .max_connection_age_grace(config.max_connection_age_grace);
+            // tonic sends GOAWAY at the age only when it is given no grace (with one, it
+            // just cuts the connection at age + grace); the guard does the cut.
+            builder = builder.max_connection_age(age);
         }
         let router = builder
             .layer(GrpcRequestLayer)
@@ -418,7 +418,11 @@ where
                     Err(reason) => warn!(%reason, "connection refused"),
                     Ok((Err(error), _)) => warn!(%error, "cannot hand a connection to a worker"),
                     Ok((Ok(tcp), admission)) => {
-                        let _ = inboxes[next % workers].send((tcp, admission)).await;
+                        // Never wait on one worker here: that would stall accepting (and
+                        // shutdown) for all of them. A worker this far behind sheds load.
+                        if inboxes[next % workers].try_send((tcp, admission)).is_err() {
+                            warn!("worker backlog full: connection refused");
+                        }
                         next = next.wrapping_add(1);
                     }
                 },

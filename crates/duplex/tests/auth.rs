@@ -394,3 +394,36 @@ fn base64_url(bytes: &[u8]) -> String {
     }
     out
 }
+
+#[tokio::test]
+async fn a_configured_audience_and_issuer_must_be_in_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = write_file(dir.path(), "secret", SECRET);
+    let (_server, addr) = spawn_duplex_serve(&[
+        "--jwt-secret-file",
+        &secret,
+        "--jwt-audience",
+        "duplex",
+        "--jwt-issuer",
+        "https://issuer.example",
+    ]);
+    let channel = channel(addr).await;
+    let exp = now() + 3600;
+    let rooms = serde_json::json!({ "read": ["*"], "write": ["*"] });
+    let token = |claims: serde_json::Value| hs256(&claims, SECRET);
+    let full = token(
+        serde_json::json!({"sub":"a","exp":exp,"aud":"duplex","iss":"https://issuer.example","rooms":rooms}),
+    );
+    assert!(open(&channel, Some(&full), "a").await.is_ok());
+    for claims in [
+        serde_json::json!({"sub":"a","exp":exp,"iss":"https://issuer.example","rooms":rooms}),
+        serde_json::json!({"sub":"a","exp":exp,"aud":"duplex","rooms":rooms}),
+        serde_json::json!({"sub":"a","exp":exp,"aud":"other","iss":"https://issuer.example","rooms":rooms}),
+    ] {
+        let status = open(&channel, Some(&token(claims.clone())), "a")
+            .await
+            .err()
+            .expect("refused");
+        assert_eq!(status.code(), Code::Unauthenticated, "{claims}");
+    }
+}

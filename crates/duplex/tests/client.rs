@@ -296,3 +296,48 @@ async fn max_connection_age_rotates_sessions_without_loss() {
         "no gap, no duplicate across rotations"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_max_age_and_grace_are_cut() {
+    use tokio::io::AsyncReadExt as _;
+    use tokio::io::AsyncWriteExt as _;
+
+    let (_server, addr) = common::spawn_duplex_serve(&[
+        "--max-connection-age",
+        "300ms",
+        "--max-connection-age-grace",
+        "300ms",
+    ]);
+    // A connection that speaks HTTP/2 and then just holds on.
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    tcp.write_all(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut seen = Vec::new();
+    let closed = timeout(STEP, async {
+        let mut buf = [0u8; 1024];
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the connection is closed");
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "not before its age"
+    );
+    // A GOAWAY (type 7) came first, at the age.
+    let mut rest = &seen[..];
+    let mut goaway = false;
+    while rest.len() >= 9 {
+        let length = usize::from(rest[0]) << 16 | usize::from(rest[1]) << 8 | usize::from(rest[2]);
+        goaway |= rest[3] == 0x7;
+        rest = rest.get(9 + length..).unwrap_or(&[]);
+    }
+    assert!(goaway, "a GOAWAY before the cut");
+}
