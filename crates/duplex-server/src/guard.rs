@@ -350,8 +350,9 @@ struct GoAway {
     written: usize,
 }
 
-/// GOAWAY naming `last_stream`, the highest stream the client opened: calls up to it go on,
-/// later ones were not processed (so a client may retry them elsewhere).
+/// GOAWAY naming `last_stream`, the highest stream the client opened: later ones were not
+/// processed, so a client may retry them elsewhere. The connection then closes, failing
+/// the calls still open, as grpc-go does for too_many_pings.
 fn goaway_frame(last_stream: u32) -> Vec<u8> {
     let debug = b"too_many_pings";
     let length = 8 + debug.len();
