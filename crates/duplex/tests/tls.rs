@@ -49,6 +49,15 @@ fn make_pki(dir: &Path) -> Pki {
 }
 
 fn serve_tls(pki: &Pki, mutual: bool) -> (common::ChildGuard, std::net::SocketAddr) {
+    serve_tls_with(pki, mutual, &[])
+}
+
+/// `duplex serve` with TLS (and mTLS if `mutual`) and extra flags.
+fn serve_tls_with(
+    pki: &Pki,
+    mutual: bool,
+    extra: &[&str],
+) -> (common::ChildGuard, std::net::SocketAddr) {
     let mut command = duplex();
     command
         .args([
@@ -65,6 +74,7 @@ fn serve_tls(pki: &Pki, mutual: bool) -> (common::ChildGuard, std::net::SocketAd
     if mutual {
         command.arg("--tls-client-ca").arg(&pki.ca);
     }
+    command.args(extra);
     let (child, addr, _) = spawn_listening(command);
     (child, addr)
 }
@@ -234,22 +244,7 @@ async fn the_ping_policy_holds_on_tls_connections_too() {
 
     let dir = tempfile::tempdir().unwrap();
     let pki = make_pki(dir.path());
-    let mut command = duplex();
-    command
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--store",
-            "memory",
-            "--min-ping-interval",
-            "10s",
-            "--tls-cert",
-        ])
-        .arg(&pki.server_cert)
-        .arg("--tls-key")
-        .arg(&pki.server_key);
-    let (_server, addr, _) = spawn_listening(command);
+    let (_server, addr) = serve_tls_with(&pki, false, &["--min-ping-interval", "10s"]);
 
     let mut roots = rustls::RootCertStore::empty();
     roots
