@@ -1,11 +1,12 @@
 //! Tower layers between HTTP/2 and the tonic router: what every call gets before routing.
 //!
 //! - [`GrpcRequestLayer`]: what the gRPC spec asks of a request before anything routes it:
-//!   POST (else HTTP 405), a `application/grpc*` content-type (else HTTP 415), a well-formed
-//!   `grpc-timeout` if any (else HTTP 400). Plain tonic checks none of these.
+//!   POST (else HTTP 405) and a `application/grpc*` content-type (else HTTP 415). Plain
+//!   tonic checks neither.
 //! - [`PathAliasLayer`]: serves `/Chat/Chat` as `/chat.Chat/Chat`, so stubs generated from
 //!   the article's package-less proto work against our packaged service unchanged.
-//! - [`CallDeadlineLayer`]: honours `grpc-timeout` for the whole call. tonic's own timeout
+//! - [`CallDeadlineLayer`]: honours `grpc-timeout` for the whole call (a malformed one gets
+//!   HTTP 400, as grpc-go answers). tonic's own timeout
 //!   stops at the response headers; a bidi call's body can stream for hours after that.
 //!   This layer ends the response body with DEADLINE_EXCEEDED trailers when the deadline
 //!   passes, which also drops the handler's streams and so cancels its work.
@@ -82,26 +83,23 @@ fn refusal<B>(request: &Request<B>) -> Option<Response<Body>> {
             http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Status::invalid_argument(format!("invalid gRPC request content-type {shown:?}")),
         )
-    } else if request
-        .headers()
-        .get("grpc-timeout")
-        .is_some_and(|v| v.to_str().ok().and_then(parse_grpc_timeout).is_none())
-    {
-        (
-            http::StatusCode::BAD_REQUEST,
-            Status::internal("malformed grpc-timeout"),
-        )
     } else {
         return None;
     };
-    let mut response: Response<Body> = status.into_http();
-    *response.status_mut() = http;
+    let mut response = trailers_only(http, status);
     if http == http::StatusCode::METHOD_NOT_ALLOWED {
         response
             .headers_mut()
             .insert(http::header::ALLOW, http::HeaderValue::from_static("POST"));
     }
     Some(response)
+}
+
+/// A trailers-only gRPC answer carrying `status`, with HTTP status `http`.
+fn trailers_only(http: http::StatusCode, status: Status) -> Response<Body> {
+    let mut response: Response<Body> = status.into_http();
+    *response.status_mut() = http;
+    response
 }
 
 /// `application/grpc`, or it followed by `+format` or `;parameters`.
@@ -189,6 +187,7 @@ impl<S, B> Service<Request<B>> for CallDeadline<S>
 where
     S: Service<Request<B>, Response = Response<Body>>,
     S::Future: Send + 'static,
+    S::Error: Send + 'static,
 {
     type Response = Response<Body>;
     type Error = S::Error;
@@ -199,12 +198,20 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let deadline = request
-            .headers()
-            .get("grpc-timeout")
-            .and_then(|value| value.to_str().ok())
-            .and_then(parse_grpc_timeout)
-            .map(|timeout| Instant::now() + timeout);
+        let deadline = match request.headers().get("grpc-timeout") {
+            None => None,
+            Some(value) => match value.to_str().ok().and_then(parse_grpc_timeout) {
+                Some(timeout) => Some(Instant::now() + timeout),
+                // As grpc-go answers; never a call that silently has no deadline.
+                None => {
+                    let refused = trailers_only(
+                        http::StatusCode::BAD_REQUEST,
+                        Status::internal("malformed grpc-timeout"),
+                    );
+                    return Box::pin(std::future::ready(Ok(refused)));
+                }
+            },
+        };
         let response = self.inner.call(request);
         Box::pin(async move {
             let response = response.await?;
