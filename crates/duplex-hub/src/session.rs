@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use duplex_proto::hub::client_frame::Command;
 use duplex_proto::hub::{ClientFrame, Join, Member, Publish};
@@ -18,6 +18,7 @@ use duplex_store::Offset;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{Stream, StreamExt as _};
+use tokio::time::Instant;
 
 use crate::HubError;
 use crate::frames;
@@ -135,28 +136,34 @@ impl Session {
     ///
     /// A session that sends nothing for the configured idle timeout is ended with
     /// DEADLINE_EXCEEDED (clients ping to stay).
-    pub async fn drive<S>(self, inbound: S)
+    pub fn drive<S>(self, inbound: S) -> impl Future<Output = ()> + Send
     where
-        S: Stream<Item = Result<ClientFrame, HubError>> + Unpin,
+        S: Stream<Item = Result<ClientFrame, HubError>> + Unpin + Send,
     {
         let idle_timeout = self.shared.config.idle_timeout;
-        self.run(inbound, None, idle_timeout).await
+        self.run(inbound, None, idle_timeout)
     }
 
     /// Drives a session whose client cannot send (server-streaming `Subscribe`), with the
     /// replay of the join made before it was handed over. No idle timeout applies.
-    pub async fn drive_listener<S>(self, inbound: S, started: Option<BoxFuture<'static, ()>>)
+    pub fn drive_listener<S>(
+        self,
+        inbound: S,
+        started: Option<BoxFuture<'static, ()>>,
+    ) -> impl Future<Output = ()> + Send
     where
-        S: Stream<Item = Result<ClientFrame, HubError>> + Unpin,
+        S: Stream<Item = Result<ClientFrame, HubError>> + Unpin + Send,
     {
-        self.run(inbound, started, None).await
+        self.run(inbound, started, None)
     }
 
+    // Not `async fn drive` calling this: the wrapper's future would hold `self` and the
+    // stream a second time, in every session's task.
     async fn run<S>(
         mut self,
         mut inbound: S,
         started: Option<BoxFuture<'static, ()>>,
-        idle_timeout: Option<std::time::Duration>,
+        idle_timeout: Option<Duration>,
     ) where
         S: Stream<Item = Result<ClientFrame, HubError>> + Unpin,
     {
@@ -164,20 +171,12 @@ impl Session {
         let mut pending: FuturesUnordered<BoxFuture<'static, ()>> = FuturesUnordered::new();
         pending.extend(started);
         let mut inbound_open = true;
-        let expiry = expiry_sleep(self.expires_at);
-        tokio::pin!(expiry);
-        let far_future = std::time::Duration::from_secs(100 * 365 * 24 * 3600);
-        let idle = tokio::time::sleep(idle_timeout.unwrap_or(far_future));
-        tokio::pin!(idle);
-        let rotation = self.rotate_at.map(tokio::time::sleep_until);
-        let rotation = async move {
-            match rotation {
-                Some(sleep) => sleep.await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::pin!(rotation);
-        let mut rotation_announced = false;
+        let mut deadlines = Deadlines::new(self.expires_at, self.rotate_at, idle_timeout);
+        // One timer for every deadline, armed for the nearest; it sits in every idle
+        // session's task, so there is one, and a frame only moves the idle deadline
+        // without touching the timer (a timer that fires early is armed again).
+        let timer = tokio::time::sleep_until(deadlines.next(inbound_open));
+        tokio::pin!(timer);
         loop {
             if !inbound_open && pending.is_empty() {
                 self.queue.finish(None);
@@ -187,10 +186,10 @@ impl Session {
                 frame = inbound.next(), if inbound_open && pending.len() < window => match frame {
                     None => inbound_open = false,
                     Some(Ok(frame)) => {
-                        if let Some(timeout) = idle_timeout {
-                            idle.as_mut().reset(tokio::time::Instant::now() + timeout);
-                        }
-                        if let Some(task) = self.handle(frame).await {
+                        deadlines.active();
+                        // Boxed: a command's future is large (join, replay, publish) and
+                        // would otherwise sit in every idle session's task.
+                        if let Some(task) = Box::pin(self.handle(frame)).await {
                             pending.push(task);
                         }
                     }
@@ -201,24 +200,27 @@ impl Session {
                 },
                 Some(()) = pending.next(), if !pending.is_empty() => {}
                 () = self.queue.closed() => return,
-                () = &mut expiry => {
-                    let error = HubError::Unauthenticated(
-                        "token expired: reconnect with a fresh token and resume".into(),
-                    );
-                    self.queue.finish(Some(error));
-                    return;
-                }
-                () = &mut rotation, if !rotation_announced => {
-                    rotation_announced = true;
-                    self.queue.push_control(frames::shutdown(
-                        "connection reached its maximum age: reconnect and resume",
-                        0,
-                    ));
-                }
-                () = &mut idle, if inbound_open && idle_timeout.is_some() => {
-                    let timeout = idle_timeout.unwrap_or_default();
-                    self.queue.finish(Some(HubError::IdleTimeout(timeout)));
-                    return;
+                () = &mut timer => {
+                    let now = tokio::time::Instant::now();
+                    match deadlines.due(now, inbound_open) {
+                        Some(Due::Expiry) => {
+                            let error = HubError::Unauthenticated(
+                                "token expired: reconnect with a fresh token and resume".into(),
+                            );
+                            self.queue.finish(Some(error));
+                            return;
+                        }
+                        Some(Due::Idle(timeout)) => {
+                            self.queue.finish(Some(HubError::IdleTimeout(timeout)));
+                            return;
+                        }
+                        Some(Due::Rotation) => self.queue.push_control(frames::shutdown(
+                            "connection reached its maximum age: reconnect and resume",
+                            0,
+                        )),
+                        None => {}
+                    }
+                    timer.as_mut().reset(deadlines.next(inbound_open));
                 }
             }
         }
@@ -474,15 +476,80 @@ impl Drop for Session {
 }
 
 /// Resolves when the session's credentials expire; never without an expiry.
-async fn expiry_sleep(expires_at: Option<SystemTime>) {
-    let Some(expires_at) = expires_at else {
-        return std::future::pending().await;
-    };
-    let left = expires_at
-        .duration_since(SystemTime::now())
-        .unwrap_or_default();
-    tokio::time::sleep(left).await;
+/// A session's deadlines: credentials expiry, the idle timeout (while the client can send)
+/// and the connection-rotation notice.
+struct Deadlines {
+    expiry: Option<Instant>,
+    rotation: Option<Instant>,
+    idle_timeout: Option<Duration>,
+    last_frame: Instant,
 }
+
+/// Which deadline passed.
+#[derive(Debug, PartialEq, Eq)]
+enum Due {
+    Expiry,
+    Idle(Duration),
+    Rotation,
+}
+
+impl Deadlines {
+    fn new(
+        expires_at: Option<SystemTime>,
+        rotation: Option<Instant>,
+        idle_timeout: Option<Duration>,
+    ) -> Self {
+        let now = Instant::now();
+        Self {
+            expiry: expires_at
+                .map(|at| now + at.duration_since(SystemTime::now()).unwrap_or_default()),
+            rotation,
+            idle_timeout,
+            last_frame: now,
+        }
+    }
+
+    /// The client sent a frame: the idle deadline moves.
+    fn active(&mut self) {
+        if self.idle_timeout.is_some() {
+            self.last_frame = Instant::now();
+        }
+    }
+
+    fn idle(&self, inbound_open: bool) -> Option<Instant> {
+        let timeout = self.idle_timeout.filter(|_| inbound_open)?;
+        Some(self.last_frame + timeout)
+    }
+
+    /// The nearest deadline, or one far enough away to mean never.
+    fn next(&self, inbound_open: bool) -> Instant {
+        [self.expiry, self.rotation, self.idle(inbound_open)]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or_else(|| Instant::now() + NEVER)
+    }
+
+    /// The deadline that passed by `now`, if one did; a rotation is due once.
+    fn due(&mut self, now: Instant, inbound_open: bool) -> Option<Due> {
+        if self.expiry.is_some_and(|at| at <= now) {
+            return Some(Due::Expiry);
+        }
+        if let Some(at) = self.idle(inbound_open)
+            && at <= now
+        {
+            return self.idle_timeout.map(Due::Idle);
+        }
+        if self.rotation.is_some_and(|at| at <= now) {
+            self.rotation = None;
+            return Some(Due::Rotation);
+        }
+        None
+    }
+}
+
+/// Far enough to mean never, near enough not to overflow an `Instant`.
+const NEVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// Fails a resume that cannot be served without a gap.
 fn check_resume(
@@ -625,5 +692,38 @@ mod tests {
         // Everything trimmed (last 10, none retained): only 10 itself is fine.
         assert!(check_resume("r", 10, None, 10).is_ok());
         assert!(check_resume("r", 3, None, 10).is_err());
+    }
+
+    #[test]
+    fn one_timer_serves_every_deadline() {
+        let idle = Duration::from_secs(30);
+        let mut deadlines = Deadlines::new(None, None, Some(idle));
+        let start = deadlines.last_frame;
+        assert_eq!(deadlines.next(true), start + idle);
+        assert_eq!(deadlines.due(start + idle / 2, true), None);
+        // A frame moves the idle deadline; the timer armed for the old one finds nothing due.
+        deadlines.last_frame = start + idle / 2;
+        assert_eq!(deadlines.due(start + idle, true), None);
+        assert_eq!(deadlines.next(true), start + idle / 2 + idle);
+        assert_eq!(deadlines.due(start + 2 * idle, true), Some(Due::Idle(idle)));
+        // A client that can no longer send is not idle.
+        assert_eq!(deadlines.due(start + 2 * idle, false), None);
+    }
+
+    #[test]
+    fn rotation_is_due_once_and_expiry_first() {
+        let now = Instant::now();
+        let rotation = now + Duration::from_secs(5);
+        let mut deadlines = Deadlines::new(None, Some(rotation), None);
+        assert_eq!(deadlines.next(true), rotation);
+        assert_eq!(deadlines.due(rotation, true), Some(Due::Rotation));
+        assert_eq!(deadlines.due(rotation, true), None);
+        assert!(deadlines.next(true) > rotation + Duration::from_secs(3600));
+
+        let expires = SystemTime::now() + Duration::from_secs(60);
+        let mut deadlines = Deadlines::new(Some(expires), Some(rotation), None);
+        assert_eq!(deadlines.next(true), rotation);
+        let later = now + Duration::from_secs(120);
+        assert_eq!(deadlines.due(later, true), Some(Due::Expiry));
     }
 }
