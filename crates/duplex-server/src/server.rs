@@ -250,7 +250,7 @@ impl Server {
             .http2_max_header_list_size(
                 u32::try_from(config.max_header_list_size).unwrap_or(u32::MAX),
             )
-            .add_service(ChatService.into_server(config.max_message_size))
+            .add_service(ChatService::new(config.max_message_size))
             .add_service(
                 HubService::new(hub.clone(), auth, config.max_message_size)
                     .with_max_connection_age(max_connection_age),

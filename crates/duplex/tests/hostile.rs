@@ -1193,7 +1193,7 @@ async fn grpc_oddities_get_a_clear_status() {
         Oddity {
             case: "unknown method /chat.Chat/Nope",
             spec: "UNIMPLEMENTED (12)",
-            now: "HTTP 200 grpc-status 12",
+            now: r#"HTTP 200 grpc-status 12 "no such method in chat.Chat""#,
             path: "/chat.Chat/Nope",
             fields: grpc.clone(),
             body: Some(hello()),
