@@ -9,7 +9,7 @@ use std::convert::Infallible;
 use std::marker::PhantomData;
 use std::task::{Context, Poll};
 
-use bytes::{BufMut as _, Bytes};
+use bytes::{Buf as _, BufMut as _, Bytes};
 use std::sync::Arc;
 
 use duplex_hub::{Hub, HubError, Identity, Outbound, PublishInput};
@@ -22,7 +22,7 @@ use futures::stream::{self, Map, StreamExt as _};
 use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::server::{Grpc, NamedService, ServerStreamingService, StreamingService, UnaryService};
 use tonic::{Code, Request, Response, Status, Streaming};
-use tonic_prost::{ProstCodec, ProstDecoder};
+use tonic_prost::ProstCodec;
 
 use crate::auth::Authenticator;
 use crate::chat::inbound_error;
@@ -335,7 +335,7 @@ impl<D: prost::Message + Default + Send + 'static> Codec for PreEncodedCodec<D> 
     }
 
     fn decoder(&mut self) -> SessionDecoder<D> {
-        SessionDecoder(ProstDecoder::default())
+        SessionDecoder(PhantomData)
     }
 }
 
@@ -370,16 +370,23 @@ fn session_buffers() -> BufferSettings {
     BufferSettings::new(SESSION_BUFFER_BYTES, SESSION_YIELD_BYTES)
 }
 
-/// prost decoding with [`session_buffers`].
+/// prost decoding with [`session_buffers`], from the message as one `Bytes`: prost then
+/// steps through a slice rather than tonic's buffer (which keeps its position in a packed
+/// word it updates on every byte), and `bytes` fields (payloads) come out as slices of the
+/// message, not copies.
 #[derive(Debug)]
-pub struct SessionDecoder<D>(ProstDecoder<D>);
+pub struct SessionDecoder<D>(PhantomData<D>);
 
 impl<D: prost::Message + Default + Send + 'static> Decoder for SessionDecoder<D> {
     type Item = D;
     type Error = Status;
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<D>, Status> {
-        self.0.decode(buf)
+        let message = buf.copy_to_bytes(buf.remaining());
+        // As tonic-prost reports a message it cannot decode.
+        D::decode(message)
+            .map(Some)
+            .map_err(|error| Status::internal(error.to_string()))
     }
 
     fn buffer_settings(&self) -> BufferSettings {
