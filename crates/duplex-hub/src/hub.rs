@@ -413,11 +413,11 @@ async fn commit_batch(batch: &mut Vec<PublishCommand>, store: &dyn Store, config
                 let PublishCommand { room, input, reply } = command;
                 let queued = QueuedFrame {
                     bytes: frame,
-                    message: Some(MessageMeta {
+                    message: Some(Arc::new(MessageMeta {
                         room: room.name.clone(),
                         offset,
                         key: input.key.as_str().into(),
-                    }),
+                    })),
                 };
                 {
                     let mut state = room.lock();

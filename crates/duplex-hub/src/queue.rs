@@ -34,11 +34,21 @@ pub(crate) struct MessageMeta {
     pub key: Arc<str>,
 }
 
-/// One encoded `ServerFrame` waiting to be sent.
+/// One encoded `ServerFrame` waiting to be sent. Cloned once per subscriber a message is
+/// fanned out to: two reference counts, the bytes' and the metadata's.
 #[derive(Debug, Clone)]
 pub(crate) struct QueuedFrame {
     pub bytes: Bytes,
-    pub message: Option<MessageMeta>,
+    pub message: Option<Arc<MessageMeta>>,
+}
+
+/// What a session's stream has done in one room.
+#[derive(Debug, Default, Clone, Copy)]
+struct RoomMarks {
+    /// Last offset handed to the transport.
+    delivered: Offset,
+    /// Messages dropped by policy and not yet reported.
+    dropped: u64,
 }
 
 #[derive(Debug)]
@@ -60,10 +70,9 @@ struct State {
     /// so a busy room cannot starve a session's acks).
     reliable_frames: usize,
     reliable_bytes: usize,
-    /// Last offset handed to the transport, per room.
-    delivered: HashMap<Arc<str>, Offset>,
-    /// Messages dropped by policy and not yet reported, per room.
-    dropped: HashMap<Arc<str>, u64>,
+    /// Per room the session gets messages from. Looked up once per frame sent, so with a
+    /// fast hash: the keys are room names the server accepted, not a flooding vector.
+    rooms: HashMap<Arc<str>, RoomMarks, foldhash::fast::RandomState>,
     ending: Option<Ending>,
     /// Lagged frames still to send before the `Lagged` failure.
     lag_reports: VecDeque<Bytes>,
@@ -237,8 +246,7 @@ impl SubscriberQueue {
     /// Forgets a room the session left: its delivery and drop counts.
     pub fn forget_room(&self, room: &str) {
         let mut state = self.lock();
-        state.delivered.remove(room);
-        state.dropped.remove(room);
+        state.rooms.remove(room);
     }
 
     /// Resolves once the client is gone or the queue lagged out.
@@ -267,18 +275,11 @@ impl SubscriberQueue {
         state.live_bytes = 0;
         state.reliable_frames = 0;
         state.reliable_bytes = 0;
-        let mut rooms: Vec<_> = state
-            .delivered
-            .iter()
-            .map(|(r, o)| (r.clone(), *o))
-            .collect();
-        rooms.sort();
+        let mut rooms: Vec<_> = state.rooms.drain().collect();
+        rooms.sort_by(|a, b| a.0.cmp(&b.0));
         state.lag_reports = rooms
             .into_iter()
-            .map(|(room, offset)| {
-                let dropped = state.dropped.remove(&room).unwrap_or(0);
-                frames::lagged(&room, offset, dropped)
-            })
+            .map(|(room, marks)| frames::lagged(&room, marks.delivered, marks.dropped))
             .collect();
         state.ending = Some(Ending::Lagged);
         state.lagged = true;
@@ -326,7 +327,7 @@ impl SubscriberQueue {
             state.live_frames -= 1;
             state.live_bytes -= entry.frame.bytes.len();
             if let Some(meta) = entry.frame.message {
-                *state.dropped.entry(meta.room).or_default() += 1;
+                state.rooms.entry(meta.room.clone()).or_default().dropped += 1;
             }
         }
     }
@@ -361,26 +362,31 @@ impl Stream for Outbound {
         if let Some(report) = state.lag_reports.pop_front() {
             return Poll::Ready(Some(Ok(report)));
         }
-        // Messages the policy dropped in a room are reported before that room's next one.
-        if let Some(meta) = state.frames.front().and_then(|e| e.frame.message.as_ref())
-            && let Some(dropped) = state.dropped.remove(&meta.room)
-        {
-            let last = state.delivered.get(&meta.room).copied().unwrap_or(0);
-            return Poll::Ready(Some(Ok(frames::lagged(&meta.room, last, dropped))));
-        }
         if let Some(entry) = state.frames.pop_front() {
+            if let Some(meta) = &entry.frame.message {
+                let marks = match state.rooms.get_mut(&*meta.room) {
+                    Some(marks) => marks,
+                    None => state.rooms.entry(meta.room.clone()).or_default(),
+                };
+                // Messages the policy dropped in a room are reported before its next one.
+                if marks.dropped > 0 {
+                    let dropped = std::mem::take(&mut marks.dropped);
+                    let report = frames::lagged(&meta.room, marks.delivered, dropped);
+                    state.frames.push_front(entry);
+                    return Poll::Ready(Some(Ok(report)));
+                }
+                marks.delivered = marks.delivered.max(meta.offset);
+            }
+            let size = entry.frame.bytes.len();
             if entry.live {
                 state.live_frames -= 1;
-                state.live_bytes -= entry.frame.bytes.len();
-            } else {
-                state.reliable_frames -= 1;
-                state.reliable_bytes -= entry.frame.bytes.len();
+                state.live_bytes -= size;
+                return Poll::Ready(Some(Ok(entry.frame.bytes)));
             }
-            if let Some(meta) = &entry.frame.message {
-                let last = state.delivered.entry(meta.room.clone()).or_default();
-                *last = meta.offset.max(*last);
-            }
+            state.reliable_frames -= 1;
+            state.reliable_bytes -= size;
             drop(guard);
+            // Only reliable pushes wait for room; live ones never do.
             queue.room_freed.notify_waiters();
             return Poll::Ready(Some(Ok(entry.frame.bytes)));
         }
@@ -422,11 +428,11 @@ mod tests {
     fn live(room: &str, offset: Offset, size: usize, key: &str) -> QueuedFrame {
         QueuedFrame {
             bytes: Bytes::from(vec![b'x'; size]),
-            message: Some(MessageMeta {
+            message: Some(Arc::new(MessageMeta {
                 room: room.into(),
                 offset,
                 key: key.into(),
-            }),
+            })),
         }
     }
 

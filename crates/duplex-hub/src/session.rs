@@ -639,11 +639,11 @@ async fn replay(
         for message in messages.into_iter().take_while(|m| m.offset <= limit) {
             let frame = QueuedFrame {
                 bytes: frames::message_frame(&message),
-                message: Some(MessageMeta {
+                message: Some(Arc::new(MessageMeta {
                     room: room.name.clone(),
                     offset: message.offset,
                     key: message.key.as_str().into(),
-                }),
+                })),
             };
             // An error here means the client left, lagged out or the join was cancelled.
             if subscriber
