@@ -61,7 +61,7 @@ pub fn session_frames(input: &[u8]) {
         let mut answered = false;
         while let Some(Some(item)) = outbound.next().now_or_never() {
             let Ok(bytes) = item else { break };
-            let frame = ServerFrame::decode(bytes).expect("the hub encodes valid frames");
+            let frame = ServerFrame::decode(&bytes[..]).expect("the hub encodes valid frames");
             if let Some(duplex_proto::hub::server_frame::Frame::Pong(pong)) = frame.frame {
                 answered = pong.command_id == u64::MAX;
             }

@@ -23,7 +23,7 @@ use tracing::{debug, warn};
 use crate::HubError;
 use crate::config::HubConfig;
 use crate::frames;
-use crate::queue::{MessageMeta, Outbound, QueuedFrame, SubscriberQueue};
+use crate::queue::{Frame, MessageFrame, Outbound, SubscriberQueue};
 use crate::rights::Identity;
 use crate::room::{Room, remember_id, validate_room_name};
 use crate::session::Session;
@@ -411,14 +411,12 @@ async fn commit_batch(batch: &mut Vec<PublishCommand>, store: &dyn Store, config
             } in accepted
             {
                 let PublishCommand { room, input, reply } = command;
-                let queued = QueuedFrame {
+                let queued = Frame::message(MessageFrame {
                     bytes: frame,
-                    message: Some(Arc::new(MessageMeta {
-                        room: room.name.clone(),
-                        offset,
-                        key: input.key.as_str().into(),
-                    })),
-                };
+                    room: room.name.clone(),
+                    offset,
+                    key: input.key.as_str().into(),
+                });
                 {
                     let mut state = room.lock();
                     state.delivered = offset;

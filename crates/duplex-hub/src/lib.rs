@@ -21,7 +21,7 @@ mod session;
 pub use config::{HubConfig, LagPolicy};
 pub use error::HubError;
 pub use hub::{HistoryPage, Hub, HubStats, PublishInput, PublishOutcome};
-pub use queue::Outbound;
+pub use queue::{Frame, Outbound};
 pub use rights::{Identity, Rights};
 pub use room::validate_room_name;
 pub use session::Session;

@@ -25,21 +25,56 @@ use crate::HubError;
 use crate::config::LagPolicy;
 use crate::frames;
 
-/// Where a message frame belongs, for lag accounting and coalescing.
-#[derive(Debug, Clone)]
-pub(crate) struct MessageMeta {
+/// A room message as fanned out: its encoded frame and where it belongs (for lag accounting
+/// and coalescing), shared by every subscriber it goes to.
+#[derive(Debug)]
+pub(crate) struct MessageFrame {
+    pub bytes: Bytes,
     pub room: Arc<str>,
     pub offset: Offset,
     /// Coalescing key for `latest-per-key`; empty = none.
     pub key: Arc<str>,
 }
 
-/// One encoded `ServerFrame` waiting to be sent. Cloned once per subscriber a message is
-/// fanned out to: two reference counts, the bytes' and the metadata's.
+/// One encoded `ServerFrame` to send. A copy of a fanned-out message is one reference
+/// count, taken by the publishing thread and dropped by the sending one.
 #[derive(Debug, Clone)]
-pub(crate) struct QueuedFrame {
-    pub bytes: Bytes,
-    pub message: Option<Arc<MessageMeta>>,
+pub struct Frame(Repr);
+
+#[derive(Debug, Clone)]
+enum Repr {
+    Message(Arc<MessageFrame>),
+    /// A reply, a presence event, a report: bytes of one session's own.
+    Own(Bytes),
+}
+
+impl Frame {
+    pub(crate) fn message(message: MessageFrame) -> Self {
+        Self(Repr::Message(Arc::new(message)))
+    }
+
+    pub(crate) fn own(bytes: Bytes) -> Self {
+        Self(Repr::Own(bytes))
+    }
+
+    /// The room message this frame carries, if it is one.
+    fn meta(&self) -> Option<&MessageFrame> {
+        match &self.0 {
+            Repr::Message(message) => Some(message),
+            Repr::Own(_) => None,
+        }
+    }
+}
+
+impl std::ops::Deref for Frame {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match &self.0 {
+            Repr::Message(message) => &message.bytes,
+            Repr::Own(bytes) => bytes,
+        }
+    }
 }
 
 /// What a session's stream has done in one room.
@@ -84,7 +119,7 @@ struct State {
 
 #[derive(Debug)]
 struct Entry {
-    frame: QueuedFrame,
+    frame: Frame,
     live: bool,
 }
 
@@ -129,12 +164,12 @@ impl SubscriberQueue {
     }
 
     /// Queues a fanned-out frame without waiting; applies the lag policy when full.
-    pub fn push_live(&self, frame: QueuedFrame) -> LivePush {
+    pub fn push_live(&self, frame: Frame) -> LivePush {
         let mut state = self.lock();
         if state.consumer_gone || state.ending.is_some() {
             return LivePush::Detach;
         }
-        let size = frame.bytes.len();
+        let size = frame.len();
         let full = |state: &State| {
             state.live_frames >= self.max_frames
                 || (state.live_frames > 0 && state.live_bytes + size > self.max_bytes)
@@ -166,16 +201,16 @@ impl SubscriberQueue {
     /// of such frames (frames or bytes; one frame always fits in an empty queue). With
     /// `cancelled`, gives up without queuing once that flag is set (checked under the
     /// queue's lock, so a replay that was left cannot slip a frame in afterwards).
-    pub async fn push_reliable(&self, frame: QueuedFrame) -> Result<(), HubError> {
+    pub async fn push_reliable(&self, frame: Frame) -> Result<(), HubError> {
         self.push_reliable_unless(frame, None).await
     }
 
     pub async fn push_reliable_unless(
         &self,
-        frame: QueuedFrame,
+        frame: Frame,
         cancelled: Option<&std::sync::atomic::AtomicBool>,
     ) -> Result<(), HubError> {
-        let size = frame.bytes.len();
+        let size = frame.len();
         loop {
             let freed = self.room_freed.notified();
             let mut freed = std::pin::pin!(freed);
@@ -213,10 +248,7 @@ impl SubscriberQueue {
             state.reliable_frames += 1;
             state.reliable_bytes += bytes.len();
             state.frames.push_back(Entry {
-                frame: QueuedFrame {
-                    bytes,
-                    message: None,
-                },
+                frame: Frame::own(bytes),
                 live: false,
             });
             wake(&mut state);
@@ -265,7 +297,7 @@ impl SubscriberQueue {
     /// Frames and bytes queued now.
     pub fn depth(&self) -> (usize, usize) {
         let state = self.lock();
-        let bytes = state.frames.iter().map(|e| e.frame.bytes.len()).sum();
+        let bytes = state.frames.iter().map(|e| e.frame.len()).sum();
         (state.frames.len(), bytes)
     }
 
@@ -299,8 +331,8 @@ impl SubscriberQueue {
         }
     }
 
-    fn drop_same_key(state: &mut State, incoming: &QueuedFrame) -> bool {
-        let Some(meta) = &incoming.message else {
+    fn drop_same_key(state: &mut State, incoming: &Frame) -> bool {
+        let Some(meta) = incoming.meta() else {
             return false;
         };
         if meta.key.is_empty() {
@@ -309,8 +341,7 @@ impl SubscriberQueue {
         let same = state.frames.iter().position(|e| {
             e.live
                 && e.frame
-                    .message
-                    .as_ref()
+                    .meta()
                     .is_some_and(|m| m.room == meta.room && m.key == meta.key)
         });
         match same {
@@ -325,8 +356,8 @@ impl SubscriberQueue {
     fn remove_live(state: &mut State, index: usize) {
         if let Some(entry) = state.frames.remove(index) {
             state.live_frames -= 1;
-            state.live_bytes -= entry.frame.bytes.len();
-            if let Some(meta) = entry.frame.message {
+            state.live_bytes -= entry.frame.len();
+            if let Some(meta) = entry.frame.meta() {
                 state.rooms.entry(meta.room.clone()).or_default().dropped += 1;
             }
         }
@@ -353,17 +384,17 @@ impl Outbound {
 }
 
 impl Stream for Outbound {
-    type Item = Result<Bytes, HubError>;
+    type Item = Result<Frame, HubError>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let queue = &self.queue;
         let mut guard = queue.lock();
         let state = &mut *guard;
         if let Some(report) = state.lag_reports.pop_front() {
-            return Poll::Ready(Some(Ok(report)));
+            return Poll::Ready(Some(Ok(Frame::own(report))));
         }
         if let Some(entry) = state.frames.pop_front() {
-            if let Some(meta) = &entry.frame.message {
+            if let Some(meta) = entry.frame.meta() {
                 let marks = match state.rooms.get_mut(&*meta.room) {
                     Some(marks) => marks,
                     None => state.rooms.entry(meta.room.clone()).or_default(),
@@ -373,22 +404,22 @@ impl Stream for Outbound {
                     let dropped = std::mem::take(&mut marks.dropped);
                     let report = frames::lagged(&meta.room, marks.delivered, dropped);
                     state.frames.push_front(entry);
-                    return Poll::Ready(Some(Ok(report)));
+                    return Poll::Ready(Some(Ok(Frame::own(report))));
                 }
                 marks.delivered = marks.delivered.max(meta.offset);
             }
-            let size = entry.frame.bytes.len();
+            let size = entry.frame.len();
             if entry.live {
                 state.live_frames -= 1;
                 state.live_bytes -= size;
-                return Poll::Ready(Some(Ok(entry.frame.bytes)));
+                return Poll::Ready(Some(Ok(entry.frame)));
             }
             state.reliable_frames -= 1;
             state.reliable_bytes -= size;
             drop(guard);
             // Only reliable pushes wait for room; live ones never do.
             queue.room_freed.notify_waiters();
-            return Poll::Ready(Some(Ok(entry.frame.bytes)));
+            return Poll::Ready(Some(Ok(entry.frame)));
         }
         let state = &mut *guard;
         match &state.ending {
@@ -425,15 +456,13 @@ impl Drop for Outbound {
 mod tests {
     use super::*;
 
-    fn live(room: &str, offset: Offset, size: usize, key: &str) -> QueuedFrame {
-        QueuedFrame {
+    fn live(room: &str, offset: Offset, size: usize, key: &str) -> Frame {
+        Frame::message(MessageFrame {
             bytes: Bytes::from(vec![b'x'; size]),
-            message: Some(Arc::new(MessageMeta {
-                room: room.into(),
-                offset,
-                key: key.into(),
-            })),
-        }
+            room: room.into(),
+            offset,
+            key: key.into(),
+        })
     }
 
     #[test]
@@ -463,10 +492,7 @@ mod tests {
         for offset in 1..=100 {
             queue.push_live(live("busy", offset, 10, ""));
         }
-        let ack = QueuedFrame {
-            bytes: Bytes::from_static(b"ack"),
-            message: None,
-        };
+        let ack = Frame::own(Bytes::from_static(b"ack"));
         let pushed = tokio::time::timeout(
             std::time::Duration::from_millis(100),
             queue.push_reliable(ack),

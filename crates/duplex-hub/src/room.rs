@@ -12,7 +12,7 @@ use duplex_store::{Offset, Store};
 use tokio::sync::OnceCell;
 
 use crate::HubError;
-use crate::queue::{LivePush, QueuedFrame, SubscriberQueue};
+use crate::queue::{Frame, LivePush, SubscriberQueue};
 
 /// Longest room name, in bytes.
 pub const MAX_ROOM_NAME: usize = 128;
@@ -105,7 +105,7 @@ impl Room {
 
     /// Sends `frame` to every subscriber but `except`, detaching those that lagged out or
     /// went away.
-    pub fn broadcast(state: &mut RoomState, frame: &QueuedFrame, except: Option<u64>) {
+    pub fn broadcast(state: &mut RoomState, frame: &Frame, except: Option<u64>) {
         state.subscribers.retain(|subscriber| {
             Some(subscriber.session_id) == except
                 || subscriber.queue.push_live(frame.clone()) == LivePush::Queued

@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use crate::HubError;
 use crate::frames;
 use crate::hub::{PublishInput, Shared, now_unix_micros};
-use crate::queue::{MessageMeta, QueuedFrame, SubscriberQueue};
+use crate::queue::{Frame, MessageFrame, SubscriberQueue};
 use crate::rights::{Identity, Rights};
 use crate::room::{Room, Subscriber};
 
@@ -279,13 +279,7 @@ impl Session {
 
     async fn reply(&self, bytes: bytes::Bytes) {
         // Fails only when the client is gone or lagged out; the driver notices that.
-        let _ = self
-            .queue
-            .push_reliable(QueuedFrame {
-                bytes,
-                message: None,
-            })
-            .await;
+        let _ = self.queue.push_reliable(Frame::own(bytes)).await;
     }
 
     /// Joins a room: sends `joined`, announces presence, and returns the replay to run when
@@ -331,10 +325,7 @@ impl Session {
             let members = state.members.clone();
             if !join.hidden {
                 state.members.push(self.member.clone());
-                let event = QueuedFrame {
-                    bytes: frames::presence(&room.name, self.member.clone(), true),
-                    message: None,
-                };
+                let event = Frame::own(frames::presence(&room.name, self.member.clone(), true));
                 Room::broadcast(&mut state, &event, Some(self.id));
             }
             members
@@ -392,10 +383,11 @@ impl Session {
             .members
             .retain(|m| m.session_id != self.member.session_id);
         if state.members.len() != before {
-            let event = QueuedFrame {
-                bytes: frames::presence(&joined.room.name, self.member.clone(), false),
-                message: None,
-            };
+            let event = Frame::own(frames::presence(
+                &joined.room.name,
+                self.member.clone(),
+                false,
+            ));
             Room::broadcast(&mut state, &event, Some(self.id));
         }
     }
@@ -454,12 +446,7 @@ impl Session {
                 }
                 Err(error) => frames::error(command_id, &name, &error),
             };
-            let _ = queue
-                .push_reliable(QueuedFrame {
-                    bytes: reply,
-                    message: None,
-                })
-                .await;
+            let _ = queue.push_reliable(Frame::own(reply)).await;
         }))
     }
 }
@@ -637,14 +624,12 @@ async fn replay(
         let before = cursor;
         let read_nothing = messages.is_empty();
         for message in messages.into_iter().take_while(|m| m.offset <= limit) {
-            let frame = QueuedFrame {
+            let frame = Frame::message(MessageFrame {
                 bytes: frames::message_frame(&message),
-                message: Some(Arc::new(MessageMeta {
-                    room: room.name.clone(),
-                    offset: message.offset,
-                    key: message.key.as_str().into(),
-                })),
-            };
+                room: room.name.clone(),
+                offset: message.offset,
+                key: message.key.as_str().into(),
+            });
             // An error here means the client left, lagged out or the join was cancelled.
             if subscriber
                 .queue

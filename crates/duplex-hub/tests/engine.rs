@@ -74,7 +74,7 @@ async fn no_ack_and_no_delivery_before_the_commit() {
     tokio::spawn(
         session.drive(futures::stream::iter([Ok(join)]).chain(futures::stream::pending())),
     );
-    let joined = ServerFrame::decode(outbound.next().await.unwrap().unwrap()).unwrap();
+    let joined = ServerFrame::decode(&outbound.next().await.unwrap().unwrap()[..]).unwrap();
     assert!(matches!(joined.frame, Some(Frame::Joined(_))));
 
     let publisher = hub.clone();
@@ -100,7 +100,7 @@ async fn no_ack_and_no_delivery_before_the_commit() {
         "the ack follows the commit"
     );
     assert_eq!(outcome.offset, 1);
-    let delivered = ServerFrame::decode(outbound.next().await.unwrap().unwrap()).unwrap();
+    let delivered = ServerFrame::decode(&outbound.next().await.unwrap().unwrap()[..]).unwrap();
     match delivered.frame {
         Some(Frame::Message(message)) => assert_eq!(message.offset, 1),
         other => panic!("expected the message, got {other:?}"),
@@ -237,7 +237,7 @@ async fn a_live_join_during_a_burst_misses_nothing_after_its_last_offset() {
     let mut expected = 0;
     let mut seen = 0;
     while seen < 200 {
-        let frame = ServerFrame::decode(outbound.next().await.unwrap().unwrap()).unwrap();
+        let frame = ServerFrame::decode(&outbound.next().await.unwrap().unwrap()[..]).unwrap();
         match frame.frame {
             Some(Frame::Joined(joined)) => {
                 last = Some(joined.last_offset);

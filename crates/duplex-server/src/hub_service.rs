@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 use bytes::{Buf as _, BufMut as _, Bytes};
 use std::sync::Arc;
 
-use duplex_hub::{Hub, HubError, Identity, Outbound, PublishInput};
+use duplex_hub::{Frame, Hub, HubError, Identity, Outbound, PublishInput};
 use duplex_proto::hub::{
     ClientFrame, HistoryRequest, HistoryResponse, Join, PresenceRequest, PresenceResponse,
     PublishAck, PublishRequest, SubscribeRequest,
@@ -80,10 +80,10 @@ pub fn status(error: HubError) -> Status {
 }
 
 /// The outbound stream of a session, as tonic wants it.
-type FrameStream = Map<Outbound, fn(Result<Bytes, HubError>) -> Result<Bytes, Status>>;
+type FrameStream = Map<Outbound, fn(Result<Frame, HubError>) -> Result<Frame, Status>>;
 
 fn frame_stream(outbound: Outbound) -> FrameStream {
-    let to_status: fn(Result<Bytes, HubError>) -> Result<Bytes, Status> =
+    let to_status: fn(Result<Frame, HubError>) -> Result<Frame, Status> =
         |item| item.map_err(status);
     outbound.map(to_status)
 }
@@ -143,7 +143,7 @@ where
 struct Connect(HubService);
 
 impl StreamingService<ClientFrame> for Connect {
-    type Response = Bytes;
+    type Response = Frame;
     type ResponseStream = FrameStream;
     type Future = BoxFuture<'static, Result<Response<FrameStream>, Status>>;
 
@@ -175,7 +175,7 @@ impl StreamingService<ClientFrame> for Connect {
 struct Subscribe(HubService);
 
 impl ServerStreamingService<SubscribeRequest> for Subscribe {
-    type Response = Bytes;
+    type Response = Frame;
     type ResponseStream = FrameStream;
     type Future = BoxFuture<'static, Result<Response<FrameStream>, Status>>;
 
@@ -325,7 +325,7 @@ impl<D> Default for PreEncodedCodec<D> {
 }
 
 impl<D: prost::Message + Default + Send + 'static> Codec for PreEncodedCodec<D> {
-    type Encode = Bytes;
+    type Encode = Frame;
     type Decode = D;
     type Encoder = PreEncoded;
     type Decoder = SessionDecoder<D>;
@@ -344,10 +344,10 @@ impl<D: prost::Message + Default + Send + 'static> Codec for PreEncodedCodec<D> 
 pub struct PreEncoded;
 
 impl Encoder for PreEncoded {
-    type Item = Bytes;
+    type Item = Frame;
     type Error = Status;
 
-    fn encode(&mut self, item: Bytes, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
+    fn encode(&mut self, item: Frame, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
         buf.put_slice(&item);
         Ok(())
     }
