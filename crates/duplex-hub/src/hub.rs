@@ -23,7 +23,7 @@ use tracing::{debug, warn};
 use crate::HubError;
 use crate::config::HubConfig;
 use crate::frames;
-use crate::queue::{Frame, MessageFrame, Outbound, SubscriberQueue};
+use crate::queue::{Frame, MessageFrame, Outbound, SubscriberQueue, coalescing_key};
 use crate::rights::Identity;
 use crate::room::{Room, remember_id, validate_room_name};
 use crate::session::Session;
@@ -415,7 +415,7 @@ async fn commit_batch(batch: &mut Vec<PublishCommand>, store: &dyn Store, config
                     bytes: frame,
                     room: room.name.clone(),
                     offset,
-                    key: input.key.as_str().into(),
+                    key: coalescing_key(&input.key),
                 });
                 {
                     let mut state = room.lock();

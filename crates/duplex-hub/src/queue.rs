@@ -32,8 +32,13 @@ pub(crate) struct MessageFrame {
     pub bytes: Bytes,
     pub room: Arc<str>,
     pub offset: Offset,
-    /// Coalescing key for `latest-per-key`; empty = none.
-    pub key: Arc<str>,
+    /// Coalescing key for `latest-per-key`.
+    pub key: Option<Arc<str>>,
+}
+
+/// A message's coalescing key: none when it has none (most), without allocating.
+pub(crate) fn coalescing_key(key: &str) -> Option<Arc<str>> {
+    (!key.is_empty()).then(|| key.into())
 }
 
 /// One encoded `ServerFrame` to send. A copy of a fanned-out message is one reference
@@ -115,6 +120,8 @@ struct State {
     lagged: bool,
     consumer_gone: bool,
     consumer: Option<Waker>,
+    /// A reliable push is waiting for room: the next reliable frame sent wakes it.
+    reliable_waiting: bool,
 }
 
 #[derive(Debug)]
@@ -210,35 +217,54 @@ impl SubscriberQueue {
         frame: Frame,
         cancelled: Option<&std::sync::atomic::AtomicBool>,
     ) -> Result<(), HubError> {
-        let size = frame.len();
+        let mut frame = Some(frame);
         loop {
+            // Most pushes find room: no waiter is registered for them.
+            if let Some(done) = self.try_push_reliable(&mut frame, cancelled) {
+                return done;
+            }
             let freed = self.room_freed.notified();
             let mut freed = std::pin::pin!(freed);
             freed.as_mut().enable();
-            {
-                let mut state = self.lock();
-                if state.lagged {
-                    return Err(HubError::Lagged);
-                }
-                if state.consumer_gone || state.ending.is_some() {
-                    return Err(HubError::ShuttingDown);
-                }
-                if cancelled.is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed)) {
-                    return Err(HubError::ShuttingDown);
-                }
-                let fits = state.reliable_frames == 0
-                    || (state.reliable_frames < self.max_frames
-                        && state.reliable_bytes + size <= self.max_bytes);
-                if fits {
-                    state.reliable_frames += 1;
-                    state.reliable_bytes += size;
-                    state.frames.push_back(Entry { frame, live: false });
-                    wake(&mut state);
-                    return Ok(());
-                }
+            // Room freed between the try and the registration is seen here.
+            if let Some(done) = self.try_push_reliable(&mut frame, cancelled) {
+                return done;
             }
             freed.await;
         }
+    }
+
+    /// Queues `frame` if it fits, or fails; `None` when it must wait for room (and then the
+    /// consumer is told to wake reliable pushers).
+    fn try_push_reliable(
+        &self,
+        frame: &mut Option<Frame>,
+        cancelled: Option<&std::sync::atomic::AtomicBool>,
+    ) -> Option<Result<(), HubError>> {
+        let mut state = self.lock();
+        if state.lagged {
+            return Some(Err(HubError::Lagged));
+        }
+        if state.consumer_gone || state.ending.is_some() {
+            return Some(Err(HubError::ShuttingDown));
+        }
+        if cancelled.is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed)) {
+            return Some(Err(HubError::ShuttingDown));
+        }
+        let size = frame.as_ref().map_or(0, |frame| frame.len());
+        let fits = state.reliable_frames == 0
+            || (state.reliable_frames < self.max_frames
+                && state.reliable_bytes + size <= self.max_bytes);
+        if !fits {
+            state.reliable_waiting = true;
+            return None;
+        }
+        let frame = frame.take()?;
+        state.reliable_frames += 1;
+        state.reliable_bytes += size;
+        state.frames.push_back(Entry { frame, live: false });
+        wake(&mut state);
+        Some(Ok(()))
     }
 
     /// Queues a frame now, whatever the bound (rare control frames: shutdown).
@@ -335,7 +361,7 @@ impl SubscriberQueue {
         let Some(meta) = incoming.meta() else {
             return false;
         };
-        if meta.key.is_empty() {
+        if meta.key.is_none() {
             return false;
         }
         let same = state.frames.iter().position(|e| {
@@ -416,9 +442,11 @@ impl Stream for Outbound {
             }
             state.reliable_frames -= 1;
             state.reliable_bytes -= size;
-            drop(guard);
-            // Only reliable pushes wait for room; live ones never do.
-            queue.room_freed.notify_waiters();
+            // Only reliable pushes wait for room, and seldom: wake them only if one does.
+            if std::mem::take(&mut state.reliable_waiting) {
+                drop(guard);
+                queue.room_freed.notify_waiters();
+            }
             return Poll::Ready(Some(Ok(entry.frame)));
         }
         let state = &mut *guard;
@@ -461,7 +489,7 @@ mod tests {
             bytes: Bytes::from(vec![b'x'; size]),
             room: room.into(),
             offset,
-            key: key.into(),
+            key: coalescing_key(key),
         })
     }
 

@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use crate::HubError;
 use crate::frames;
 use crate::hub::{PublishInput, Shared, now_unix_micros};
-use crate::queue::{Frame, MessageFrame, SubscriberQueue};
+use crate::queue::{Frame, MessageFrame, SubscriberQueue, coalescing_key};
 use crate::rights::{Identity, Rights};
 use crate::room::{Room, Subscriber};
 
@@ -628,7 +628,7 @@ async fn replay(
                 bytes: frames::message_frame(&message),
                 room: room.name.clone(),
                 offset: message.offset,
-                key: message.key.as_str().into(),
+                key: coalescing_key(&message.key),
             });
             // An error here means the client left, lagged out or the join was cancelled.
             if subscriber
