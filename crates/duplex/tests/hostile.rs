@@ -1180,6 +1180,32 @@ async fn grpc_oddities_get_a_clear_status() {
             end: true,
             after: vec![],
         },
+        // proto3 strings are UTF-8; the Chat decoder refuses what prost refuses, as prost does.
+        Oddity {
+            case: "Msg whose text is not UTF-8",
+            spec: "INTERNAL (13), as tonic and grpc-go fail a message they cannot decode",
+            now: r#"HTTP 200 grpc-status 13 "failed to decode Protobuf message: Msg.text: invalid string value: data is not UTF-8 encoded""#,
+            path: "/chat.Chat/Chat",
+            fields: grpc.clone(),
+            body: Some(grpc_frame(0, None, &[0x0a, 0x02, 0xff, b'a'])),
+            end: true,
+            after: vec![],
+        },
+        // An unknown field is skipped and the last text wins, as protobuf says.
+        Oddity {
+            case: "Msg with an unknown field and its text twice",
+            spec: "served",
+            now: "HTTP 200 grpc-status 0, 1 message(s)",
+            path: "/chat.Chat/Chat",
+            fields: grpc.clone(),
+            body: Some(grpc_frame(
+                0,
+                None,
+                &[0x10, 0x05, 0x0a, 0x01, b'a', 0x0a, 0x02, b'h', b'i'],
+            )),
+            end: true,
+            after: vec![],
+        },
         Oddity {
             case: "unknown service /nope.Nope/Chat",
             spec: "UNIMPLEMENTED (12)",
