@@ -44,7 +44,8 @@ pub struct Session {
     /// When to tell the client its connection is about to be rotated (max age).
     rotate_at: Option<tokio::time::Instant>,
     queue: Arc<SubscriberQueue>,
-    joined: HashMap<Arc<str>, JoinedRoom>,
+    /// Looked up per publish; at most `max_rooms_per_session` entries, so a fast hash.
+    joined: HashMap<Arc<str>, JoinedRoom, foldhash::fast::RandomState>,
     publish_budget: Option<TokenBucket>,
 }
 
@@ -114,7 +115,7 @@ impl Session {
                 .publish_rate
                 .map(|rate| TokenBucket::new(rate, shared.config.publish_burst)),
             queue,
-            joined: HashMap::new(),
+            joined: HashMap::default(),
             shared,
         }
     }

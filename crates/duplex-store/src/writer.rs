@@ -15,6 +15,8 @@
 //! already queued.
 
 use std::collections::HashMap;
+
+use foldhash::fast::RandomState as FastHash;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -133,7 +135,9 @@ impl Writer {
         {
             let mut messages = txn.open_table(MESSAGES)?;
             let mut rooms = txn.open_table(ROOMS)?;
-            let mut touched: HashMap<String, RoomState> = HashMap::new();
+            // Maps over the rooms of one group, looked up per message: a fast hash (a
+            // group names at most a few thousand rooms, so flooding one buys nothing).
+            let mut touched: HashMap<String, RoomState, FastHash> = HashMap::default();
             for (batch, _) in appends {
                 if let Some(refusal) = check_offsets(batch, &mut touched, &rooms)? {
                     verdicts.push(Err(refusal));
@@ -230,10 +234,10 @@ impl Writer {
 /// `Ok(Some(_))` refuses the batch; `Err(_)` fails the whole group.
 fn check_offsets(
     batch: &[StoredMessage],
-    touched: &mut HashMap<String, RoomState>,
+    touched: &mut HashMap<String, RoomState, FastHash>,
     rooms: &Table<&str, (u64, u64)>,
 ) -> Result<Option<StoreError>, StoreError> {
-    let mut within_batch: HashMap<&str, Offset> = HashMap::new();
+    let mut within_batch: HashMap<&str, Offset, FastHash> = HashMap::default();
     for message in batch {
         let room = message.room.as_str();
         let last = match within_batch.get(room) {
