@@ -463,7 +463,6 @@ impl Drop for Session {
     }
 }
 
-/// Resolves when the session's credentials expire; never without an expiry.
 /// A session's deadlines: credentials expiry, the idle timeout (while the client can send)
 /// and the connection-rotation notice.
 struct Deadlines {
