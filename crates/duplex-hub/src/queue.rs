@@ -130,6 +130,14 @@ struct Entry {
     live: bool,
 }
 
+/// What became of a reliable push that does not wait.
+enum TryPush {
+    /// Queued, or failed for good.
+    Done(Result<(), HubError>),
+    /// No room: the frame, back.
+    Full(Frame),
+}
+
 /// What became of a live push.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum LivePush {
@@ -214,57 +222,57 @@ impl SubscriberQueue {
 
     pub async fn push_reliable_unless(
         &self,
-        frame: Frame,
+        mut frame: Frame,
         cancelled: Option<&std::sync::atomic::AtomicBool>,
     ) -> Result<(), HubError> {
-        let mut frame = Some(frame);
         loop {
             // Most pushes find room: no waiter is registered for them.
-            if let Some(done) = self.try_push_reliable(&mut frame, cancelled) {
-                return done;
-            }
+            frame = match self.try_push_reliable(frame, cancelled) {
+                TryPush::Done(done) => return done,
+                TryPush::Full(frame) => frame,
+            };
             let freed = self.room_freed.notified();
             let mut freed = std::pin::pin!(freed);
             freed.as_mut().enable();
             // Room freed between the try and the registration is seen here.
-            if let Some(done) = self.try_push_reliable(&mut frame, cancelled) {
-                return done;
-            }
+            frame = match self.try_push_reliable(frame, cancelled) {
+                TryPush::Done(done) => return done,
+                TryPush::Full(frame) => frame,
+            };
             freed.await;
         }
     }
 
-    /// Queues `frame` if it fits, or fails; `None` when it must wait for room (and then the
-    /// consumer is told to wake reliable pushers).
+    /// Queues `frame` if it fits, or fails; hands it back when the queue is full (and then
+    /// the consumer is told to wake reliable pushers).
     fn try_push_reliable(
         &self,
-        frame: &mut Option<Frame>,
+        frame: Frame,
         cancelled: Option<&std::sync::atomic::AtomicBool>,
-    ) -> Option<Result<(), HubError>> {
+    ) -> TryPush {
         let mut state = self.lock();
         if state.lagged {
-            return Some(Err(HubError::Lagged));
+            return TryPush::Done(Err(HubError::Lagged));
         }
         if state.consumer_gone || state.ending.is_some() {
-            return Some(Err(HubError::ShuttingDown));
+            return TryPush::Done(Err(HubError::ShuttingDown));
         }
         if cancelled.is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed)) {
-            return Some(Err(HubError::ShuttingDown));
+            return TryPush::Done(Err(HubError::ShuttingDown));
         }
-        let size = frame.as_ref().map_or(0, |frame| frame.len());
+        let size = frame.len();
         let fits = state.reliable_frames == 0
             || (state.reliable_frames < self.max_frames
                 && state.reliable_bytes + size <= self.max_bytes);
         if !fits {
             state.reliable_waiting = true;
-            return None;
+            return TryPush::Full(frame);
         }
-        let frame = frame.take()?;
         state.reliable_frames += 1;
         state.reliable_bytes += size;
         state.frames.push_back(Entry { frame, live: false });
         wake(&mut state);
-        Some(Ok(()))
+        TryPush::Done(Ok(()))
     }
 
     /// Queues a frame now, whatever the bound (rare control frames: shutdown).
