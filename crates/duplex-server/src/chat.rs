@@ -189,11 +189,14 @@ impl Decoder for EchoCodec {
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<MsgText>, Status> {
         let message = buf.copy_to_bytes(buf.remaining());
-        // As tonic-prost reports a message it cannot decode.
-        decode_msg(message)
-            .map(Some)
-            .map_err(|error| Status::internal(error.to_string()))
+        decode_msg(message).map(Some).map_err(undecodable)
     }
+}
+
+/// The status for a request message that does not decode: INTERNAL with prost's words, as
+/// tonic-prost reports it (and the gRPC status-code guide asks).
+pub fn undecodable(error: prost::DecodeError) -> Status {
+    Status::internal(error.to_string())
 }
 
 /// Maps an error from tonic's request decoder to the status the gRPC spec asks for.

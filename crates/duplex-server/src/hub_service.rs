@@ -25,7 +25,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 use tonic_prost::ProstCodec;
 
 use crate::auth::Authenticator;
-use crate::chat::inbound_error;
+use crate::chat::{inbound_error, undecodable};
 use crate::guard::ConnectionInfo;
 
 /// The Hub service: cheap to clone, one hub behind every connection.
@@ -383,10 +383,7 @@ impl<D: prost::Message + Default + Send + 'static> Decoder for SessionDecoder<D>
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<D>, Status> {
         let message = buf.copy_to_bytes(buf.remaining());
-        // As tonic-prost reports a message it cannot decode.
-        D::decode(message)
-            .map(Some)
-            .map_err(|error| Status::internal(error.to_string()))
+        D::decode(message).map(Some).map_err(undecodable)
     }
 
     fn buffer_settings(&self) -> BufferSettings {
