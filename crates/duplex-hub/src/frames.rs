@@ -8,6 +8,7 @@ use duplex_proto::hub::{
 };
 use duplex_store::{Offset, StoredMessage};
 use prost::Message as _;
+use prost::encoding::{encode_varint, encoded_len_varint};
 
 use crate::HubError;
 
@@ -34,59 +35,69 @@ pub fn message(stored: &StoredMessage) -> Message {
 /// and the payload into a `Message`. It runs once per message appended and per message
 /// replayed.
 pub(crate) fn message_frame(stored: &StoredMessage) -> Bytes {
-    use prost::encoding::{encode_varint, encoded_len_varint};
-
-    let text_fields: [(u8, &[u8]); 6] = [
-        (1, stored.room.as_bytes()),
-        (4, stored.sender.as_bytes()),
-        (5, &stored.payload),
-        (6, stored.content_type.as_bytes()),
-        (7, stored.client_id.as_bytes()),
-        (8, stored.key.as_bytes()),
-    ];
-    let number_fields: [(u8, u64); 2] = [
-        (2, stored.offset),
+    use Field::{Number, Text};
+    // `Message`'s fields in field-number order, as prost writes them.
+    let fields = [
+        Text(1, stored.room.as_bytes()),
+        Number(2, stored.offset),
         // int64 goes on the wire as its two's-complement u64.
-        (3, stored.time_unix_micros as u64),
+        Number(3, stored.time_unix_micros as u64),
+        Text(4, stored.sender.as_bytes()),
+        Text(5, &stored.payload),
+        Text(6, stored.content_type.as_bytes()),
+        Text(7, stored.client_id.as_bytes()),
+        Text(8, stored.key.as_bytes()),
     ];
-    let len_field = |len: usize| 1 + encoded_len_varint(len as u64) + len;
-    let inner: usize = text_fields
-        .iter()
-        .filter(|(_, value)| !value.is_empty())
-        .map(|(_, value)| len_field(value.len()))
-        .chain(
-            number_fields
-                .iter()
-                .filter(|(_, value)| *value != 0)
-                .map(|(_, value)| 1 + encoded_len_varint(*value)),
-        )
-        .sum();
-    let mut out = Vec::with_capacity(len_field(inner));
+    let inner: usize = fields.iter().map(Field::encoded_len).sum();
+    let mut out = Vec::with_capacity(1 + encoded_len_varint(inner as u64) + inner);
     out.push(key(1, LENGTH_DELIMITED)); // ServerFrame.message
     encode_varint(inner as u64, &mut out);
-    // In field-number order, as prost writes them.
-    let [room, sender, payload, content_type, client_id, message_key] = text_fields;
-    let [offset, time] = number_fields;
-    let put_text = |out: &mut Vec<u8>, (field, value): (u8, &[u8])| {
-        if !value.is_empty() {
-            out.push(key(field, LENGTH_DELIMITED));
-            encode_varint(value.len() as u64, out);
-            out.extend_from_slice(value);
-        }
-    };
-    let put_number = |out: &mut Vec<u8>, (field, value): (u8, u64)| {
-        if value != 0 {
-            out.push(key(field, VARINT));
-            encode_varint(value, out);
-        }
-    };
-    put_text(&mut out, room);
-    put_number(&mut out, offset);
-    put_number(&mut out, time);
-    for field in [sender, payload, content_type, client_id, message_key] {
-        put_text(&mut out, field);
+    for field in &fields {
+        field.put(&mut out);
     }
     out.into()
+}
+
+/// A scalar field of a proto3 message: left out when it holds its default (empty, 0).
+enum Field<'a> {
+    /// string or bytes: length-delimited.
+    Text(u8, &'a [u8]),
+    /// uint64 or int64: a varint.
+    Number(u8, u64),
+}
+
+impl Field<'_> {
+    fn is_default(&self) -> bool {
+        match self {
+            Field::Text(_, value) => value.is_empty(),
+            Field::Number(_, value) => *value == 0,
+        }
+    }
+
+    fn encoded_len(&self) -> usize {
+        match self {
+            _ if self.is_default() => 0,
+            Field::Text(_, value) => 1 + encoded_len_varint(value.len() as u64) + value.len(),
+            Field::Number(_, value) => 1 + encoded_len_varint(*value),
+        }
+    }
+
+    fn put(&self, out: &mut Vec<u8>) {
+        if self.is_default() {
+            return;
+        }
+        match self {
+            Field::Text(field, value) => {
+                out.push(key(*field, LENGTH_DELIMITED));
+                encode_varint(value.len() as u64, out);
+                out.extend_from_slice(value);
+            }
+            Field::Number(field, value) => {
+                out.push(key(*field, VARINT));
+                encode_varint(*value, out);
+            }
+        }
+    }
 }
 
 const VARINT: u8 = 0;
