@@ -15,7 +15,17 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 use tracing::debug;
 
-use crate::{ClientError, ClientOptions, Event, Joined};
+use crate::{ClientError, ClientOptions, Event, Joined, is_permanent};
+
+/// A session that served this long before breaking counts as having worked: the backoff
+/// starts again from `initial_backoff`.
+const STABLE_SESSION: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// An open `Hub.Connect` call: frames to the server, and the server's frames.
+struct Session {
+    frames: mpsc::Sender<ClientFrame>,
+    stream: tonic::Streaming<ServerFrame>,
+}
 
 /// A call from a [`crate::Client`] to the connection task.
 pub(crate) enum Request {
@@ -86,6 +96,20 @@ enum SessionEnd {
     ClientClosed,
     /// The stream broke; reconnect.
     Broken(String),
+    /// The server ended the session with a status retrying cannot change (e.g. the token
+    /// expired: UNAUTHENTICATED).
+    Failed(tonic::Status),
+}
+
+/// A wait drawn from the upper half of `step`, so clients that lost the same server do not
+/// all come back at the same instant.
+fn jitter(step: std::time::Duration) -> std::time::Duration {
+    use std::hash::BuildHasher as _;
+    // A randomly keyed hasher is randomness enough for spreading reconnects.
+    let random = std::collections::hash_map::RandomState::new().hash_one(std::time::Instant::now());
+    let half = step / 2;
+    let nanos = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX);
+    half + std::time::Duration::from_nanos(if nanos == 0 { 0 } else { random % (nanos + 1) })
 }
 
 struct Connection {
@@ -99,8 +123,12 @@ struct Connection {
     /// Prefix of this client's message ids, unique per client.
     id_prefix: String,
     next_message: u64,
+    /// `authorization` metadata from `options.token`, checked once.
+    authorization: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
     /// The wait a `shutdown` frame asked for before reconnecting.
     retry_after: Option<std::time::Duration>,
+    /// Attempts to restore the session since it last worked; sets the backoff.
+    failed_attempts: u32,
     events: mpsc::Sender<Event>,
 }
 
@@ -129,6 +157,13 @@ pub(crate) async fn start(
             .tls_config(tls)
             .map_err(|e| connect_error(error_chain(&e)))?;
     }
+    let authorization =
+        match &options.token {
+            Some(token) => Some(format!("Bearer {}", token.trim()).parse().map_err(|_| {
+                connect_error("the token has characters a header cannot carry".into())
+            })?),
+            None => None,
+        };
     let channel = endpoint
         .connect()
         .await
@@ -137,19 +172,39 @@ pub(crate) async fn start(
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_nanos();
-    let connection = Connection {
+    let mut connection = Connection {
         id_prefix: format!("{}-{:x}-{:x}", options.name, std::process::id(), started),
         options,
         endpoint,
+        authorization,
         rooms: HashMap::new(),
         pending: BTreeMap::new(),
         next_command: 1,
         next_message: 0,
         retry_after: None,
+        failed_attempts: 0,
         events,
     };
-    tokio::spawn(connection.run(channel, requests));
+    // The first session is opened here, so a refusal reaches the caller of `connect`.
+    let first = match connection.open(channel).await {
+        Ok(session) => Ok(session),
+        Err(status) if is_permanent(status.code()) => return Err(refusal(&status)),
+        Err(status) => Err(describe(&status)),
+    };
+    tokio::spawn(connection.run(first, requests));
     Ok(())
+}
+
+/// A status as a line for the user: its code's name and its message.
+fn describe(status: &tonic::Status) -> String {
+    format!("{:?}: {}", status.code(), status.message())
+}
+
+fn refusal(status: &tonic::Status) -> ClientError {
+    ClientError::Refused {
+        code: status.code(),
+        message: status.message().to_owned(),
+    }
 }
 
 fn error_chain(error: &dyn std::error::Error) -> String {
@@ -164,33 +219,48 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 }
 
 impl Connection {
-    async fn run(mut self, mut channel: Channel, mut requests: mpsc::Receiver<Request>) {
+    async fn run(mut self, first: Result<Session, String>, mut requests: mpsc::Receiver<Request>) {
+        let mut opened = first;
         loop {
-            let reason = match self.session(channel, &mut requests).await {
-                SessionEnd::ClientClosed => return,
-                SessionEnd::Broken(reason) => reason,
+            let reason = match opened {
+                Ok(session) => {
+                    let started = std::time::Instant::now();
+                    match self.serve(session, &mut requests).await {
+                        SessionEnd::ClientClosed => return,
+                        SessionEnd::Failed(status) => return self.fail(&status).await,
+                        SessionEnd::Broken(reason) => {
+                            if started.elapsed() >= STABLE_SESSION {
+                                self.failed_attempts = 0;
+                            }
+                            reason
+                        }
+                    }
+                }
+                Err(reason) => reason,
             };
-            channel = match self.reconnect(reason, &mut requests).await {
-                Some(channel) => channel,
+            opened = match self.reconnect(reason, &mut requests).await {
+                Some(session) => Ok(session),
                 None => return,
             };
         }
     }
 
-    /// Waits out the backoff (queuing new requests meanwhile) and connects again.
+    /// Waits out the backoff (queuing new requests meanwhile) and tries again, until a
+    /// session opens (`Some`), the server refuses for good or the client is closed (`None`).
     async fn reconnect(
         &mut self,
         mut reason: String,
         requests: &mut mpsc::Receiver<Request>,
-    ) -> Option<Channel> {
-        let mut attempt = 0u32;
+    ) -> Option<Session> {
         loop {
-            attempt += 1;
-            let backoff = self
+            self.failed_attempts = self.failed_attempts.saturating_add(1);
+            let attempt = self.failed_attempts;
+            let step = self
                 .options
                 .initial_backoff
                 .saturating_mul(1 << (attempt - 1).min(16))
                 .min(self.options.max_backoff);
+            let backoff = jitter(step);
             let delay = self
                 .retry_after
                 .take()
@@ -216,30 +286,70 @@ impl Connection {
                     },
                 }
             }
-            match self.endpoint.connect().await {
-                Ok(channel) => return Some(channel),
-                Err(error) => reason = error_chain(&error),
+            let channel = match self.endpoint.connect().await {
+                Ok(channel) => channel,
+                Err(error) => {
+                    reason = error_chain(&error);
+                    continue;
+                }
+            };
+            match self.open(channel).await {
+                Ok(session) => return Some(session),
+                Err(status) if is_permanent(status.code()) => {
+                    self.fail(&status).await;
+                    return None;
+                }
+                Err(status) => reason = describe(&status),
             }
         }
     }
 
-    /// One session stream: re-join, re-send, then serve requests and frames until it ends.
-    async fn session(
-        &mut self,
-        channel: Channel,
-        requests: &mut mpsc::Receiver<Request>,
-    ) -> SessionEnd {
-        let (frames_tx, frames_rx) = mpsc::channel(self.options.request_queue.max(16));
+    /// Ends the client for good: every waiting call and the event stream get the refusal.
+    async fn fail(&mut self, status: &tonic::Status) {
+        debug!(code = ?status.code(), "session refused; not retrying");
+        for (_, pending) in std::mem::take(&mut self.pending) {
+            match pending {
+                Pending::Join { reply, .. } => {
+                    let _ = reply.send(Err(refusal(status)));
+                }
+                Pending::Leave { reply, .. } => {
+                    let _ = reply.send(Err(refusal(status)));
+                }
+                Pending::Publish { reply, .. } => {
+                    let _ = reply.send(Err(refusal(status)));
+                }
+                Pending::Rejoin { .. } => {}
+            }
+        }
+        self.emit(Event::Failed(refusal(status))).await;
+    }
+
+    /// Opens a `Hub.Connect` call: `Err` carries the status the server refused it with.
+    async fn open(&mut self, channel: Channel) -> Result<Session, tonic::Status> {
+        let (frames, frames_rx) = mpsc::channel(self.options.request_queue.max(16));
         let mut request = tonic::Request::new(ReceiverStream::new(frames_rx));
         if let Ok(name) = self.options.name.parse() {
             request.metadata_mut().insert("duplex-name", name);
         }
-        let mut stream = match HubClient::new(channel).connect(request).await {
-            Ok(response) => response.into_inner(),
-            Err(status) => {
-                return SessionEnd::Broken(format!("{:?}: {}", status.code(), status.message()));
-            }
-        };
+        if let Some(authorization) = &self.authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", authorization.clone());
+        }
+        let stream = HubClient::new(channel).connect(request).await?.into_inner();
+        Ok(Session { frames, stream })
+    }
+
+    /// One session stream: re-join, re-send, then serve requests and frames until it ends.
+    async fn serve(
+        &mut self,
+        session: Session,
+        requests: &mut mpsc::Receiver<Request>,
+    ) -> SessionEnd {
+        let Session {
+            frames: frames_tx,
+            mut stream,
+        } = session;
 
         // Leaves still unanswered are done: the new session never joined those rooms.
         let leaves: Vec<u64> = self
@@ -282,9 +392,6 @@ impl Connection {
                 });
             }
         }
-        if !resumed.is_empty() {
-            self.emit(Event::Resumed { rooms: resumed }).await;
-        }
 
         // Frames to the server wait in `outgoing`, so the response stream is read even while
         // the request side is blocked by flow control: the server's acks can always land.
@@ -317,9 +424,8 @@ impl Connection {
                         }
                     }
                     Ok(None) => return SessionEnd::Broken("the server ended the session".into()),
-                    Err(status) => {
-                        return SessionEnd::Broken(format!("{:?}: {}", status.code(), status.message()));
-                    }
+                    Err(status) if is_permanent(status.code()) => return SessionEnd::Failed(status),
+                    Err(status) => return SessionEnd::Broken(describe(&status)),
                 },
             }
         }
@@ -413,6 +519,15 @@ impl Connection {
                         last_offset: joined.last_offset,
                         members: joined.members,
                     }));
+                }
+                Some(Pending::Rejoin { room }) => {
+                    let after_offset = self.rooms.get(&room).copied().unwrap_or_default();
+                    self.emit(Event::Resumed {
+                        room,
+                        after_offset,
+                        members: joined.members,
+                    })
+                    .await;
                 }
                 Some(other) => {
                     self.pending.insert(joined.command_id, other);

@@ -14,6 +14,13 @@
 //!
 //! So a caller sees one uninterrupted stream per room, and each `publish` resolves once its
 //! message is durable, whatever happened to the connection in between.
+//!
+//! Reconnects wait longer after each failed attempt (doubling from `initial_backoff` to
+//! `max_backoff`, with jitter so a restarted server is not hit by every client at once).
+//! A refusal that retrying cannot change — UNIMPLEMENTED (not a duplex server),
+//! UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, FAILED_PRECONDITION — is not
+//! retried: [`Client::connect`] returns it as [`ClientError::Refused`], or, once connected,
+//! the session ends with [`Event::Failed`] and every waiting call gets the error.
 
 mod connection;
 
@@ -34,10 +41,16 @@ pub struct ClientOptions {
     pub name: String,
     /// TLS settings (`https`); `None` for plaintext.
     pub tls: Option<tonic::transport::ClientTlsConfig>,
+    /// A JWT sent as `authorization: Bearer <token>` on every session, for servers that
+    /// require one (`duplex serve --jwt-secret-file`); the server then names the session
+    /// after the token's `sub`, not `name`.
+    pub token: Option<String>,
     /// Give up one connection attempt after this long.
     pub connect_timeout: Duration,
-    /// First reconnect delay; doubles per failed attempt up to `max_backoff`.
+    /// First reconnect delay; doubles per failed attempt up to `max_backoff`. Each wait is
+    /// drawn from the upper half of its step (jitter).
     pub initial_backoff: Duration,
+    /// Longest wait between two reconnect attempts.
     pub max_backoff: Duration,
     /// Requests (join, publish, …) queued for the connection task.
     pub request_queue: usize,
@@ -54,6 +67,7 @@ impl ClientOptions {
             addr: addr.into(),
             name: name.into(),
             tls: None,
+            token: None,
             connect_timeout: Duration::from_secs(5),
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
@@ -71,18 +85,27 @@ pub enum Event {
     Message(Message),
     /// Someone joined or left a room this client is in.
     Presence(PresenceEvent),
-    /// The connection broke; the next attempt comes after `delay`.
+    /// The connection broke (or an attempt to restore it failed); attempt number `attempt`
+    /// comes after `delay`.
     Disconnected {
         reason: String,
         attempt: u32,
         delay: Duration,
     },
-    /// Connected again; each room was re-joined after the given offset.
-    Resumed { rooms: Vec<(String, u64)> },
+    /// Connected again, and `room` re-joined: what follows resumes after `after_offset`
+    /// (the last offset delivered). `members` are the others in the room now.
+    Resumed {
+        room: String,
+        after_offset: u64,
+        members: Vec<Member>,
+    },
     /// The server announced it is going away; the client will reconnect by itself.
     ServerShutdown { reason: String },
     /// A command error not tied to a call still waiting (rare: a replay failed).
     Error(CommandError),
+    /// The server refused the session for a reason retrying will not change (see
+    /// [`ClientError::Refused`]). This is the last event: the client is closed.
+    Failed(ClientError),
 }
 
 /// The result of a join.
@@ -99,8 +122,13 @@ pub struct Joined {
 pub enum ClientError {
     #[error("cannot connect to {addr}: {reason}")]
     Connect { addr: String, reason: String },
+    /// The server refused the session with a status that retrying will not change:
+    /// UNIMPLEMENTED, UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT or
+    /// FAILED_PRECONDITION.
+    #[error("the server refused the session: {code:?}: {message}")]
+    Refused { code: tonic::Code, message: String },
     /// The server refused the command; `code` is a gRPC status code number.
-    #[error("{message} (code {code})")]
+    #[error("{message} ({:?})", tonic::Code::from(*code))]
     Command {
         code: i32,
         message: String,
@@ -108,6 +136,26 @@ pub enum ClientError {
     },
     #[error("the client was closed")]
     Closed,
+}
+
+impl ClientError {
+    /// Whether retrying cannot help: a refusal of the session, or the client is closed.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, ClientError::Refused { .. } | ClientError::Closed)
+    }
+}
+
+/// Whether a status ending (or refusing) a session will come back the same on every retry.
+pub fn is_permanent(code: tonic::Code) -> bool {
+    use tonic::Code;
+    matches!(
+        code,
+        Code::Unimplemented
+            | Code::Unauthenticated
+            | Code::PermissionDenied
+            | Code::InvalidArgument
+            | Code::FailedPrecondition
+    )
 }
 
 impl From<CommandError> for ClientError {
@@ -143,8 +191,10 @@ impl Events {
 }
 
 impl Client {
-    /// Connects (the first attempt must succeed, so a wrong address fails fast) and starts
-    /// the task that keeps the session alive.
+    /// Connects and opens the session, then starts the task that keeps it alive. The first
+    /// connection must succeed, so a wrong address fails fast, and a permanent refusal is
+    /// returned here ([`ClientError::Refused`]); a transient one (UNAVAILABLE,
+    /// RESOURCE_EXHAUSTED, …) is retried with backoff, announced as [`Event::Disconnected`].
     pub async fn connect(options: ClientOptions) -> Result<(Client, Events), ClientError> {
         let (requests, requests_rx) = mpsc::channel(options.request_queue.max(1));
         let (events_tx, events) = mpsc::channel(options.event_queue.max(1));

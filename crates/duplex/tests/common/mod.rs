@@ -138,7 +138,8 @@ impl Drop for ChildGuard {
 }
 
 /// Starts a server process (`duplex serve` or a foreign peer) that prints
-/// `listening on ADDR`, and returns it with the first address it printed.
+/// `listening on ADDR` (or, `duplex tap --json`, `{"event":"listening","address":ADDR}`),
+/// and returns it with the first address it printed.
 pub fn spawn_listening(mut command: Command) -> (ChildGuard, SocketAddr, BufReader<ChildStdout>) {
     command.stdout(Stdio::piped()).stderr(Stdio::inherit());
     let mut child = ChildGuard(
@@ -159,9 +160,14 @@ pub fn spawn_listening(mut command: Command) -> (ChildGuard, SocketAddr, BufRead
         .recv_timeout(STEP)
         .unwrap_or_else(|_| panic!("{command:?} printed no `listening on` line within {STEP:?}"));
     let line = line.expect("read the server's stdout");
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
+    // `duplex tap --json` says it as JSON: {"event":"listening","address":ADDR}.
+    let json_address = serde_json::from_str::<serde_json::Value>(&line)
+        .ok()
+        .filter(|value| value["event"] == "listening")
+        .and_then(|value| value["address"].as_str().map(str::to_owned));
+    let addr = json_address
+        .as_deref()
+        .or_else(|| line.trim().strip_prefix("listening on "))
         .unwrap_or_else(|| panic!("expected `listening on ADDR`, got {line:?}"))
         .parse()
         .expect("a socket address");
@@ -250,4 +256,70 @@ pub fn run_with_input(mut command: Command, input: &str) -> (Option<i32>, String
         String::from_utf8_lossy(&output.stdout).into_owned(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
+}
+
+/// A `duplex chat` process with its stdin and a line reader on its stdout.
+pub struct ChatTerminal {
+    pub child: ChildGuard,
+    screen: std::sync::mpsc::Receiver<String>,
+}
+
+impl ChatTerminal {
+    /// `duplex chat --room lobby --name NAME --addr ADDR --max-backoff 300ms` plus `extra`.
+    pub fn open(addr: SocketAddr, name: &str, extra: &[&str]) -> Self {
+        let mut command = duplex();
+        command
+            .args(["chat", "--room", "lobby", "--name", name, "--addr"])
+            .arg(addr.to_string())
+            .args(["--max-backoff", "300ms"])
+            .args(extra);
+        Self::spawn(command)
+    }
+
+    /// Runs `command` (a `duplex chat …`) with piped stdin and stdout.
+    pub fn spawn(mut command: Command) -> Self {
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let (lines, screen) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stdout.lines() {
+                let Ok(line) = line else { return };
+                if lines.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Self {
+            child: ChildGuard(child),
+            screen,
+        }
+    }
+
+    pub fn type_line(&mut self, text: &str) {
+        use std::io::Write as _;
+        let stdin = self.child.0.stdin.as_mut().unwrap();
+        writeln!(stdin, "{text}").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// Waits for a screen line containing `needle`; returns the lines seen up to it.
+    pub fn expect(&self, needle: &str) -> Vec<String> {
+        let mut seen = Vec::new();
+        let deadline = std::time::Instant::now() + STEP;
+        while std::time::Instant::now() < deadline {
+            if let Ok(line) = self.screen.recv_timeout(Duration::from_millis(100)) {
+                let found = line.contains(needle);
+                seen.push(line);
+                if found {
+                    return seen;
+                }
+            }
+        }
+        panic!("no line with {needle:?} on screen; saw {seen:#?}");
+    }
 }
