@@ -30,6 +30,8 @@ pub const HEADER: usize = 5;
 pub struct Dialer {
     timeout: Duration,
     tls: Option<(TlsConnector, ServerName<'static>)>,
+    /// `authorization: Bearer …` for every call, from `--token` / `--token-file`.
+    authorization: Option<String>,
 }
 
 impl Dialer {
@@ -69,9 +71,29 @@ impl Dialer {
                 Some((TlsConnector::from(Arc::new(config)), name))
             }
         };
+        let token = match (&args.token, &args.token_file) {
+            (Some(token), _) => Some(token.trim().to_owned()),
+            (None, Some(path)) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| {
+                        crate::BenchError::Arguments(format!("cannot read {}: {e}", path.display()))
+                    })?
+                    .trim()
+                    .to_owned(),
+            ),
+            (None, None) => None,
+        };
+        if let Some(token) = &token
+            && (token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return Err(crate::BenchError::Arguments(
+                "the token is empty or has characters a JWT cannot contain".into(),
+            ));
+        }
         Ok(Self {
             timeout: args.connect_timeout,
             tls,
+            authorization: token.map(|token| format!("Bearer {token}")),
         })
     }
 }
@@ -81,6 +103,7 @@ pub struct Connection {
     send: SendRequest<Bytes>,
     authority: String,
     scheme: &'static str,
+    authorization: Option<String>,
 }
 
 /// How a stream ended: OK, or the key it is counted under in the report's errors.
@@ -116,6 +139,7 @@ impl Connection {
             send,
             authority: addr.to_owned(),
             scheme,
+            authorization: dialer.authorization.clone(),
         })
     }
 
@@ -132,6 +156,9 @@ impl Connection {
             .header("te", "trailers");
         for (key, value) in metadata {
             builder = builder.header(*key, value);
+        }
+        if let Some(authorization) = &self.authorization {
+            builder = builder.header("authorization", authorization);
         }
         let request = builder.body(()).map_err(|e| e.to_string())?;
         let mut send = self.send.clone().ready().await.map_err(|e| error_key(&e))?;

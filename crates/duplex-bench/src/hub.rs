@@ -260,6 +260,9 @@ struct FanoutPlan {
     limit: Option<u64>,
     claimed: AtomicU64,
     publishers_done: AtomicUsize,
+    /// Set when the server refused a publish (e.g. its per-session rate limit): every
+    /// publisher stops at once, since what follows would measure the refusal, not the engine.
+    refused: std::sync::atomic::AtomicBool,
     drain: u64,
     counters: Arc<Counters>,
 }
@@ -304,6 +307,7 @@ pub fn fanout(args: &BenchArgs) -> Result<Report, BenchError> {
         limit: args.messages,
         claimed: AtomicU64::new(0),
         publishers_done: AtomicUsize::new(0),
+        refused: std::sync::atomic::AtomicBool::new(false),
         drain: clock::nanos(args.drain_timeout),
         counters: counters.clone(),
     });
@@ -343,6 +347,9 @@ pub fn fanout(args: &BenchArgs) -> Result<Report, BenchError> {
         }
         if plan.publishers_done.load(Ordering::Acquire) < plan.publishers {
             continue;
+        }
+        if plan.refused.load(Ordering::Acquire) {
+            break;
         }
         let done_at = *publishers_done_at.get_or_insert(now);
         let all_delivered = plan.rooms.iter().all(|room| room.outstanding() == 0);
@@ -662,7 +669,11 @@ async fn publish(plan: &FanoutPlan, timing: Timing, publisher: &mut Publisher) -
         if stopping && drain_deadline == u64::MAX {
             drain_deadline = now + plan.drain;
         }
-        if (stopping && waiting.is_empty()) || now >= drain_deadline || publisher.session.ended {
+        if (stopping && waiting.is_empty())
+            || now >= drain_deadline
+            || publisher.session.ended
+            || plan.refused.load(Ordering::Acquire)
+        {
             break;
         }
         // Send what may go now.
@@ -759,7 +770,12 @@ async fn publish(plan: &FanoutPlan, timing: Timing, publisher: &mut Publisher) -
                             return;
                         };
                         match failed {
-                            Some(code) => problems.push(code),
+                            Some(code) => {
+                                // Never delivered: out of the window's count.
+                                room.published.fetch_sub(1, Ordering::AcqRel);
+                                plan.refused.store(true, Ordering::Release);
+                                problems.push(code);
+                            }
                             None if stamp >= timing.measure_start => {
                                 report::record(&mut acks, now.saturating_sub(stamp));
                                 tally.acked += 1;
@@ -783,7 +799,7 @@ async fn publish(plan: &FanoutPlan, timing: Timing, publisher: &mut Publisher) -
             () = timer.as_mut() => {}
         }
     }
-    if !waiting.is_empty() {
+    if !waiting.is_empty() && !plan.refused.load(Ordering::Acquire) {
         *tally.errors.entry("ACK_TIMEOUT".into()).or_default() += waiting.len() as u64;
     }
     plan.publishers_done.fetch_add(1, Ordering::AcqRel);

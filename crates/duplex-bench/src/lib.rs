@@ -72,7 +72,7 @@ pub struct BenchArgs {
     #[arg(value_enum)]
     pub scenario: Scenario,
 
-    /// Server address, HOST:PORT (plain-text HTTP/2).
+    /// Server address: HOST:PORT, a host alone (port 50051) or a port alone (localhost).
     #[arg(long, default_value = "localhost:50051", env = "DUPLEX_ADDR")]
     pub addr: String,
 
@@ -168,6 +168,20 @@ pub struct BenchArgs {
     /// Name the server's certificate must carry (default: the host in --addr).
     #[arg(long, requires = "ca")]
     pub tls_domain: Option<String>,
+
+    /// JWT sent as `authorization: Bearer …` on every call, for servers that require
+    /// tokens (`duplex token` mints one).
+    #[arg(
+        long,
+        env = "DUPLEX_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "token_file"
+    )]
+    pub token: Option<String>,
+
+    /// Read the JWT from this file.
+    #[arg(long)]
+    pub token_file: Option<std::path::PathBuf>,
 
     /// Print the report as one JSON object on stdout.
     #[arg(long)]

@@ -9,10 +9,11 @@ use std::time::Duration;
 /// Configuration of `duplex serve`. `--help` is the reference for every field.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeConfig {
-    /// Address to listen on, as HOST:PORT. A host name listens on every address it
-    /// resolves to (`localhost` = 127.0.0.1 and [::1] where both exist). Port 0 picks a
-    /// free port; the chosen addresses are printed as `listening on ADDR`.
-    #[arg(long, default_value = "localhost:50051", env = "DUPLEX_LISTEN")]
+    /// Address to listen on, as HOST:PORT (a port alone means localhost:PORT). A host name
+    /// listens on every address it resolves to (`localhost` = 127.0.0.1 and [::1] where
+    /// both exist); 0.0.0.0 or [::] is every interface. Port 0 picks a free port; the
+    /// chosen addresses are printed as `listening on ADDR`.
+    #[arg(long, default_value = "localhost:50051", env = "DUPLEX_LISTEN", value_parser = parse_listen_address)]
     pub listen: String,
 
     /// HTTP/2 initial flow-control window of each stream, in bytes (SETTINGS_INITIAL_WINDOW_SIZE).
@@ -23,7 +24,8 @@ pub struct ServeConfig {
 
     /// HTTP/2 initial flow-control window of the whole connection, in bytes: the budget
     /// all streams of one connection share before a connection-level WINDOW_UPDATE.
-    #[arg(long, default_value = "2MiB", value_parser = parse_window)]
+    /// 64KiB-1 (HTTP/2's own starting value, which can only grow) to 2GiB-1.
+    #[arg(long, default_value = "2MiB", value_parser = parse_connection_window)]
     pub initial_connection_window: u32,
 
     /// Size both windows from the measured bandwidth-delay product (BDP pings) instead of
@@ -38,7 +40,7 @@ pub struct ServeConfig {
 
     /// Most concurrent streams (calls) one connection may hold open
     /// (SETTINGS_MAX_CONCURRENT_STREAMS). Bounds the work one client can pin on the server.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_concurrent_streams: u32,
 
     /// Send an HTTP/2 PING on a connection after this long without traffic from the peer, to
@@ -56,8 +58,8 @@ pub struct ServeConfig {
     pub max_header_list_size: usize,
 
     /// Largest gRPC message accepted, in bytes. A bigger one fails its call with
-    /// RESOURCE_EXHAUSTED; other calls go on. 4MiB is the gRPC-wide default.
-    #[arg(long, default_value = "4MiB", value_parser = parse_size)]
+    /// RESOURCE_EXHAUSTED; other calls go on. 4MiB is the gRPC-wide default; 1KiB to 1GiB.
+    #[arg(long, default_value = "4MiB", value_parser = parse_message_size)]
     pub max_message_size: usize,
 
     /// Disable Nagle's algorithm on accepted sockets, so small messages leave at once.
@@ -89,16 +91,16 @@ pub struct ServeConfig {
     pub lag_policy: duplex_hub::LagPolicy,
 
     /// Live frames one subscriber may have queued before its lag policy fires.
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, default_value_t = 4096, value_parser = at_least_one)]
     pub queue_frames: usize,
 
     /// Bytes one subscriber may have queued before its lag policy fires.
-    #[arg(long, default_value = "8MiB", value_parser = parse_size)]
+    #[arg(long, default_value = "8MiB", value_parser = parse_nonzero_size)]
     pub queue_bytes: usize,
 
     /// Largest payload one publish may carry. Over it, that publish gets RESOURCE_EXHAUSTED
     /// and the session goes on (a whole gRPC message over --max-message-size ends the call).
-    #[arg(long, default_value = "1MiB", value_parser = parse_size)]
+    #[arg(long, default_value = "1MiB", value_parser = parse_nonzero_size)]
     pub max_payload: usize,
 
     /// Publishes per second one session may sustain (token bucket); over it a publish gets
@@ -116,22 +118,22 @@ pub struct ServeConfig {
     pub idle_timeout: Duration,
 
     /// Rooms one session may have joined at once.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_parser = at_least_one)]
     pub max_rooms_per_session: usize,
 
     /// Publishes one session may have waiting for durability. Past it the server stops
     /// reading that session's stream, so HTTP/2 flow control pushes back on the publisher.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = at_least_one)]
     pub publish_window: usize,
 
     /// Connections open at once; more are closed on accept.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 10_000, value_parser = at_least_one)]
     pub max_connections: usize,
 
     /// Connections open at once from one client IP address. Each connection may pin up to
     /// its connection window of unread request data (a client that never reads replies),
     /// so this times --initial-connection-window bounds what one address can make us hold.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_parser = at_least_one)]
     pub max_connections_per_ip: usize,
 
     /// Close a connection that has not sent the HTTP/2 preface within this time
@@ -347,6 +349,88 @@ fn parse_window(text: &str) -> Result<u32, String> {
     parse_size_in(text, 1, (1 << 31) - 1)
 }
 
+/// A connection window: every connection starts at 65535 (RFC 9113 §6.9.2) and a
+/// WINDOW_UPDATE can only raise it, so less than that cannot be had.
+fn parse_connection_window(text: &str) -> Result<u32, String> {
+    parse_size_in(text, 65_535, (1 << 31) - 1)
+}
+
+/// A gRPC message size limit: 1KiB (less would refuse gRPC's own small calls) to 1GiB.
+fn parse_message_size(text: &str) -> Result<usize, String> {
+    let size = parse_size(text)?;
+    if (1 << 10..=1 << 30).contains(&size) {
+        Ok(size)
+    } else {
+        Err(format!("{size} is out of range: 1KiB (1024) to 1GiB"))
+    }
+}
+
+/// A byte bound that must let at least one byte through.
+fn parse_nonzero_size(text: &str) -> Result<usize, String> {
+    match parse_size(text)? {
+        0 => Err("0 would refuse everything: give at least 1 (e.g. 64KiB)".into()),
+        size => Ok(size),
+    }
+}
+
+/// A count bound that must let at least one through.
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(0) => Err("0 would refuse everything: give at least 1".into()),
+        Ok(count) => Ok(count),
+        Err(_) => Err(format!(
+            "`{text}` is not a count: expected a whole number such as 100"
+        )),
+    }
+}
+
+/// A listen address as HOST:PORT. A port alone means `localhost:PORT`; `:PORT` is refused
+/// rather than guessed (other servers read it as every interface, which here would need
+/// TLS or --insecure), with the two forms to choose from.
+pub fn parse_listen_address(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    if let Ok(port) = text.parse::<u32>() {
+        return port_number(&port.to_string()).map(|port| format!("localhost:{port}"));
+    }
+    if let Some(port) = text.strip_prefix(':') {
+        return Err(format!(
+            "`{text}` has no host: give HOST:PORT, e.g. localhost:{port} (this machine only) \
+             or 0.0.0.0:{port} (every interface)"
+        ));
+    }
+    let (host, port) = split_host_port(text).ok_or_else(|| {
+        format!("`{text}` is not HOST:PORT: expected e.g. localhost:50051 or [::1]:50051")
+    })?;
+    if host.is_empty() {
+        return Err(format!(
+            "`{text}` has no host: expected e.g. localhost:50051"
+        ));
+    }
+    port_number(port)?;
+    Ok(text.to_owned())
+}
+
+/// Splits `host:port` and `[v6]:port`; `None` when there is no port.
+pub fn split_host_port(text: &str) -> Option<(&str, &str)> {
+    if let Some(rest) = text.strip_prefix('[') {
+        let (host, after) = rest.split_once(']')?;
+        let port = after.strip_prefix(':')?;
+        return Some((host, port));
+    }
+    let (host, port) = text.rsplit_once(':')?;
+    // A bare IPv6 address has colons but no port.
+    if host.contains(':') {
+        return None;
+    }
+    Some((host, port))
+}
+
+/// A TCP port, 0 to 65535, with a message naming the range otherwise.
+pub fn port_number(text: &str) -> Result<u16, String> {
+    text.parse::<u16>()
+        .map_err(|_| format!("invalid port `{text}`: a port is a number from 0 to 65535"))
+}
+
 /// An HTTP/2 max frame size: 2^14 to 2^24-1 (RFC 9113 §6.5.2).
 fn parse_frame_size(text: &str) -> Result<u32, String> {
     parse_size_in(text, 1 << 14, (1 << 24) - 1)
@@ -381,6 +465,42 @@ mod tests {
         assert!(parse_window("2GiB").is_err());
         assert!(parse_frame_size("1KiB").is_err());
         assert_eq!(parse_frame_size("16KiB"), Ok(16384));
+    }
+
+    #[test]
+    fn listen_addresses_are_host_and_port() {
+        assert_eq!(parse_listen_address("50051").unwrap(), "localhost:50051");
+        assert_eq!(parse_listen_address("127.0.0.1:0").unwrap(), "127.0.0.1:0");
+        assert_eq!(parse_listen_address("[::1]:7").unwrap(), "[::1]:7");
+        assert!(
+            parse_listen_address(":50081")
+                .unwrap_err()
+                .contains("localhost:50081")
+        );
+        assert!(
+            parse_listen_address("localhost")
+                .unwrap_err()
+                .contains("HOST:PORT")
+        );
+        assert!(
+            parse_listen_address("localhost:99999")
+                .unwrap_err()
+                .contains("0 to 65535")
+        );
+        assert!(parse_listen_address("::1").is_err());
+    }
+
+    #[test]
+    fn limits_that_would_refuse_everything_are_refused() {
+        assert!(parse_message_size("0").is_err());
+        assert!(parse_message_size("4MiB").is_ok());
+        assert!(
+            parse_connection_window("1KiB")
+                .unwrap_err()
+                .contains("65535")
+        );
+        assert!(at_least_one("0").is_err());
+        assert!(parse_nonzero_size("0").is_err());
     }
 
     #[test]

@@ -1,9 +1,23 @@
 //! `duplex bench`: runs one load scenario from `duplex-bench` and prints its report (text, or
 //! JSON with `--json`). The load runs on its own threads, off this runtime.
+//!
+//! A run in which the server refused work (RESOURCE_EXHAUSTED from its publish rate limit,
+//! a denied token, a method it does not serve) measured the refusal, not the server: the
+//! report is still printed, and the command then fails with what to change.
 
 pub use duplex_bench::BenchArgs;
 
-pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+/// Statuses that mean the server turned the load away.
+const REFUSALS: [&str; 4] = [
+    "RESOURCE_EXHAUSTED",
+    "PERMISSION_DENIED",
+    "UNAUTHENTICATED",
+    "UNIMPLEMENTED",
+];
+
+pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
+    let url = crate::address::client_url(&args.addr, false)?;
+    args.addr = url.trim_start_matches("http://").to_owned();
     let json = args.json;
     let report = tokio::task::spawn_blocking(move || duplex_bench::run(&args)).await??;
     if json {
@@ -11,5 +25,27 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     } else {
         print!("{}", report.to_text());
     }
-    Ok(())
+    let refused: Vec<String> = REFUSALS
+        .iter()
+        .filter_map(|code| report.errors.get(*code).map(|n| format!("{n} × {code}")))
+        .collect();
+    if refused.is_empty() {
+        return Ok(());
+    }
+    let hint = if report.errors.contains_key("RESOURCE_EXHAUSTED") {
+        "; a duplex server limits each session's publishes (--publish-rate, 5000/s by \
+         default) as an abuse guard: start the server with --publish-rate 0 to measure the \
+         engine"
+    } else if report.errors.contains_key("UNAUTHENTICATED")
+        || report.errors.contains_key("PERMISSION_DENIED")
+    {
+        "; give a token that may read and write every room (--token-file, `duplex token \
+         --read '*' --write '*'`)"
+    } else {
+        ""
+    };
+    anyhow::bail!(
+        "the measurement is not valid: the server refused work ({}){hint}",
+        refused.join(", ")
+    )
 }

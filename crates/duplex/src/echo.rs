@@ -46,6 +46,9 @@ pub struct EchoArgs {
     #[command(flatten)]
     tls: crate::tls::ClientTlsArgs,
 
+    #[command(flatten)]
+    token: crate::token::ClientTokenArgs,
+
     /// Largest reply accepted, in bytes (a 4MiB message echoes back 4 bytes longer).
     #[arg(long, default_value = "4MiB", value_parser = duplex_server::parse_size)]
     max_message_size: usize,
@@ -53,7 +56,8 @@ pub struct EchoArgs {
 
 pub async fn run(args: EchoArgs) -> anyhow::Result<()> {
     let tls = args.tls.config()?;
-    let url = crate::tls::url(&args.addr, tls.is_some());
+    let authorization = args.token.authorization()?;
+    let url = crate::address::client_url(&args.addr, tls.is_some())?;
     let mut endpoint = Endpoint::from_shared(url.clone())
         .with_context(|| format!("`{}` is not a valid server address", args.addr))?
         .connect_timeout(args.connect_timeout)
@@ -75,6 +79,12 @@ pub async fn run(args: EchoArgs) -> anyhow::Result<()> {
     if let Some(deadline) = args.deadline {
         request.set_timeout(deadline);
     }
+    if let Some(authorization) = authorization {
+        request
+            .metadata_mut()
+            .insert("authorization", authorization);
+    }
+    let path = args.path.clone();
     client
         .ready()
         .await
@@ -82,11 +92,15 @@ pub async fn run(args: EchoArgs) -> anyhow::Result<()> {
     let mut replies = client
         .streaming::<_, Msg, Echo, _>(request, args.path, ProstCodec::default())
         .await
-        .map_err(call_failed)?
+        .map_err(|status| call_failed(status, &path))?
         .into_inner();
 
     let mut stdout = tokio::io::stdout();
-    while let Some(reply) = replies.message().await.map_err(call_failed)? {
+    while let Some(reply) = replies
+        .message()
+        .await
+        .map_err(|status| call_failed(status, &path))?
+    {
         let line = format!("server: {}\n", reply.text);
         stdout.write_all(line.as_bytes()).await?;
         stdout.flush().await?;
@@ -117,8 +131,23 @@ async fn read_lines(lines: mpsc::Sender<Msg>) -> std::io::Result<()> {
     }
 }
 
-fn call_failed(status: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("call failed: {:?}: {}", status.code(), status.message())
+fn call_failed(status: tonic::Status, path: &PathAndQuery) -> anyhow::Error {
+    let hint = match (status.code(), path.path()) {
+        (tonic::Code::Unimplemented, "/chat.Chat/Chat") => {
+            " (a server built from the article's package-less chat.proto serves /Chat/Chat: \
+             try --path /Chat/Chat)"
+        }
+        (tonic::Code::Unimplemented, "/Chat/Chat") => {
+            " (a server built from duplex's proto/chat.proto serves /chat.Chat/Chat: try \
+             --path /chat.Chat/Chat)"
+        }
+        _ => "",
+    };
+    anyhow::anyhow!(
+        "call failed: {:?}: {}{hint}",
+        status.code(),
+        status.message()
+    )
 }
 
 fn parse_method_path(text: &str) -> Result<PathAndQuery, String> {

@@ -129,8 +129,16 @@ pub async fn run(args: TapArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let local = listener.local_addr()?;
-    // Scripts and tests read this line to learn the port chosen for `:0`.
-    println!("listening on {local}");
+    // Scripts and tests read this line to learn the port chosen for `:0`; with --json it is
+    // JSON like every other line, so the whole output can go through `jq`.
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({"event": "listening", "address": local.to_string()})
+        );
+    } else {
+        println!("listening on {local}");
+    }
 
     let started = Instant::now();
     let (lines, lines_rx) = mpsc::channel(LINE_QUEUE);

@@ -52,14 +52,3 @@ impl ClientTlsArgs {
         Ok(Some(config))
     }
 }
-
-/// `addr` as a URL: `http://` or, with TLS, `https://` unless a scheme is given.
-pub fn url(addr: &str, tls: bool) -> String {
-    if addr.contains("://") {
-        addr.to_owned()
-    } else if tls {
-        format!("https://{addr}")
-    } else {
-        format!("http://{addr}")
-    }
-}
