@@ -207,12 +207,17 @@ fn refusal(status: &tonic::Status) -> ClientError {
     }
 }
 
+/// An error and its causes on one line, each said once (transport errors repeat their
+/// source's text in their own).
 fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
         source = cause.source();
     }
     text

@@ -86,6 +86,9 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
     let mut stdin = BufReader::new(tokio::io::stdin());
     let mut line = Vec::new();
     let mut acks = tokio::task::JoinSet::new();
+    // Whether the session is up: the first failure after it worked is "connection lost",
+    // the ones after it "still no connection".
+    let mut connected = true;
     loop {
         tokio::select! {
             read = stdin.read_until(b'\n', &mut line) => {
@@ -111,7 +114,7 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
                 if let Event::Failed(error) = event {
                     return Err(refused(error, has_token, &args.room));
                 }
-                if let Some(text) = render(&event, &me) {
+                if let Some(text) = render(&event, &me, &mut connected) {
                     say(&mut out, &text).await?;
                 }
             }
@@ -189,7 +192,7 @@ fn printable(text: &str) -> String {
 }
 
 /// One screen line for an event, or none for events about ourselves.
-fn render(event: &Event, me: &str) -> Option<String> {
+fn render(event: &Event, me: &str, connected: &mut bool) -> Option<String> {
     match event {
         Event::Message(message) if message.sender != me => Some(format!(
             "[{}] {}",
@@ -216,7 +219,7 @@ fn render(event: &Event, me: &str) -> Option<String> {
         } => {
             // Whole milliseconds: the jittered delay's nanoseconds are noise on screen.
             let delay = Duration::from_millis(delay.as_millis().try_into().unwrap_or(u64::MAX));
-            let what = if *attempt == 1 {
+            let what = if std::mem::replace(connected, false) {
                 "connection lost"
             } else {
                 "still no connection"
@@ -231,11 +234,14 @@ fn render(event: &Event, me: &str) -> Option<String> {
             room,
             after_offset,
             members,
-        } => Some(format!(
-            "-- reconnected: resumed {} after offset {after_offset} ({})",
-            printable(room),
-            who_is_here(members)
-        )),
+        } => {
+            *connected = true;
+            Some(format!(
+                "-- reconnected: resumed {} after offset {after_offset} ({})",
+                printable(room),
+                who_is_here(members)
+            ))
+        }
         Event::ServerShutdown { reason } => {
             Some(format!("-- server going away: {}", printable(reason)))
         }
