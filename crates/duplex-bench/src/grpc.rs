@@ -30,7 +30,7 @@ pub const HEADER: usize = 5;
 pub struct Dialer {
     timeout: Duration,
     tls: Option<(TlsConnector, ServerName<'static>)>,
-    /// `authorization: Bearer …` for every call, from `--token` / `--token-file`.
+    /// `authorization: Bearer …` for every call, from [`crate::BenchArgs::token`].
     authorization: Option<String>,
 }
 
@@ -71,29 +71,10 @@ impl Dialer {
                 Some((TlsConnector::from(Arc::new(config)), name))
             }
         };
-        let token = match (&args.token, &args.token_file) {
-            (Some(token), _) => Some(token.trim().to_owned()),
-            (None, Some(path)) => Some(
-                std::fs::read_to_string(path)
-                    .map_err(|e| {
-                        crate::BenchError::Arguments(format!("cannot read {}: {e}", path.display()))
-                    })?
-                    .trim()
-                    .to_owned(),
-            ),
-            (None, None) => None,
-        };
-        if let Some(token) = &token
-            && (token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()))
-        {
-            return Err(crate::BenchError::Arguments(
-                "the token is empty or has characters a JWT cannot contain".into(),
-            ));
-        }
         Ok(Self {
             timeout: args.connect_timeout,
             tls,
-            authorization: token.map(|token| format!("Bearer {token}")),
+            authorization: args.token.as_ref().map(|token| format!("Bearer {token}")),
         })
     }
 }

@@ -169,19 +169,10 @@ pub struct BenchArgs {
     #[arg(long, requires = "ca")]
     pub tls_domain: Option<String>,
 
-    /// JWT sent as `authorization: Bearer …` on every call, for servers that require
-    /// tokens (`duplex token` mints one).
-    #[arg(
-        long,
-        env = "DUPLEX_TOKEN",
-        hide_env_values = true,
-        conflicts_with = "token_file"
-    )]
+    /// JWT sent as `authorization: Bearer …` on every call (the `duplex bench` command
+    /// fills it from `--token`, `--token-file` or `DUPLEX_TOKEN`).
+    #[arg(skip)]
     pub token: Option<String>,
-
-    /// Read the JWT from this file.
-    #[arg(long)]
-    pub token_file: Option<std::path::PathBuf>,
 
     /// Print the report as one JSON object on stdout.
     #[arg(long)]

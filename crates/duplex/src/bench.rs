@@ -5,7 +5,18 @@
 //! a denied token, a method it does not serve) measured the refusal, not the server: the
 //! report is still printed, and the command then fails with what to change.
 
-pub use duplex_bench::BenchArgs;
+use duplex_bench::BenchArgs;
+
+/// Arguments of `duplex bench`: the load generator's, and a token for servers that
+/// require one.
+#[derive(Debug, clap::Args)]
+pub struct BenchCommand {
+    #[command(flatten)]
+    bench: BenchArgs,
+
+    #[command(flatten)]
+    token: crate::token::ClientTokenArgs,
+}
 
 /// Statuses that mean the server turned the load away.
 const REFUSALS: [&str; 4] = [
@@ -15,7 +26,9 @@ const REFUSALS: [&str; 4] = [
     "UNIMPLEMENTED",
 ];
 
-pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
+pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
+    let mut args = command.bench;
+    args.token = command.token.token()?;
     let url = crate::address::client_url(&args.addr, false)?;
     args.addr = url.trim_start_matches("http://").to_owned();
     let json = args.json;

@@ -33,7 +33,7 @@ enum Command {
     /// Chat in a room: type to publish, see others live; reconnects and resumes by itself.
     Chat(chat::ChatArgs),
     /// Load-test a server: echo ping-pong and pipelined, room fan-out, resume, idle sessions.
-    Bench(bench::BenchArgs),
+    Bench(bench::BenchCommand),
     /// Proxy HTTP/2 and show every frame both ways: headers, gRPC messages, flow-control windows.
     Tap(tap::TapArgs),
     /// Mint a development JWT for a server started with --jwt-secret-file or --jwt-public-key-file.

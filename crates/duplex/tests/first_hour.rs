@@ -54,6 +54,16 @@ fn chat_in(room: &str, addr: SocketAddr, extra: &[&str]) -> Command {
     command
 }
 
+/// `duplex bench fanout --addr ADDR --quiet` plus `extra`.
+fn bench_fanout(addr: SocketAddr, extra: &[&str]) -> Command {
+    let mut command = duplex();
+    command
+        .args(["bench", "fanout", "--quiet", "--addr"])
+        .arg(addr.to_string())
+        .args(extra);
+    command
+}
+
 #[test]
 fn chat_against_a_server_without_rooms_says_why_and_exits_nonzero() {
     // The article's kind of server: grpcio serving only Chat.
@@ -173,6 +183,22 @@ fn minted_tokens_grant_exactly_their_rooms_to_chat_echo_and_the_client_library()
         );
     });
 
+    // bench with a token that may use every room.
+    let everything = mint(&[
+        "--secret-file",
+        &secret,
+        "--sub",
+        "loadgen",
+        "--read",
+        "*",
+        "--write",
+        "*",
+    ]);
+    let mut bench = bench_fanout(addr, &["--subscribers", "1", "--messages", "50"]);
+    bench.env("DUPLEX_TOKEN", &everything);
+    let (code, out, err) = run_with_input(bench, "");
+    assert_eq!(code, Some(0), "{out}\n{err}");
+
     // echo carries the token too (the Chat service itself asks for none).
     let mut echo = duplex();
     echo.args(["echo", "--addr", &addr.to_string(), "--token", &alice]);
@@ -255,13 +281,7 @@ fn tls_quick_start_with_duplex_cert_works_for_tls_and_mutual_tls() {
     assert!(err.contains("--force"), "{err}");
 
     let file = |name: &str| format!("{out}/{name}");
-    let mut serve = duplex();
-    serve.args([
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--store",
-        "memory",
+    let (_server, addr) = spawn_duplex_serve(&[
         "--tls-cert",
         &file("server.pem"),
         "--tls-key",
@@ -269,7 +289,6 @@ fn tls_quick_start_with_duplex_cert_works_for_tls_and_mutual_tls() {
         "--tls-client-ca",
         &file("ca.pem"),
     ]);
-    let (_server, addr, _) = spawn_listening(serve);
     let echo = |extra: &[&str]| {
         let mut command = duplex();
         command
@@ -452,18 +471,7 @@ fn tap_json_prints_only_json_lines_from_the_first() {
 fn bench_against_a_rate_limited_server_stops_early_and_fails_with_the_fix() {
     let (_server, addr) = spawn_duplex_serve(&["--publish-rate", "50", "--publish-burst", "50"]);
     let started = Instant::now();
-    let mut bench = duplex();
-    bench.args([
-        "bench",
-        "fanout",
-        "--addr",
-        &addr.to_string(),
-        "--subscribers",
-        "2",
-        "--duration",
-        "30s",
-        "--quiet",
-    ]);
+    let bench = bench_fanout(addr, &["--subscribers", "2", "--duration", "30s"]);
     let (code, out, err) = run_with_input(bench, "");
     assert_eq!(code, Some(1), "stdout: {out}\nstderr: {err}");
     assert!(err.contains("RESOURCE_EXHAUSTED"), "{err}");
