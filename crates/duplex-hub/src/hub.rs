@@ -7,7 +7,8 @@
 //! the next one), and only then fans each message out, encoded once, and acks it. So a
 //! message is acked and delivered only once it is durable, and each room has one total
 //! order. While the store commits, new publishes wait in the queue; a full queue makes
-//! submitters wait, which stops the server reading their streams.
+//! submitters wait, which stops the server reading their streams. The sequencer reads
+//! nothing from the store: a room's position is loaded before its publish is queued.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -271,11 +272,16 @@ impl Shared {
 
     /// Queues a validated publish for the sequencer, waiting while its queue is full. The
     /// queue keeps submission order, so one session's publishes keep theirs.
+    ///
+    /// A room not loaded yet (a unary publish into a room nobody holds) is loaded here, in
+    /// the caller's task, so the sequencer never reads the store.
     pub async fn enqueue(
         &self,
         room: Arc<Room>,
         input: PublishInput,
     ) -> Result<oneshot::Receiver<Result<PublishOutcome, HubError>>, HubError> {
+        room.ensure_loaded(&*self.store, self.config.dedupe_window)
+            .await?;
         let (reply, ack) = oneshot::channel();
         self.sequencer
             .send(PublishCommand { room, input, reply })
@@ -356,11 +362,13 @@ async fn commit_batch(batch: &mut Vec<PublishCommand>, store: &dyn Store, config
     // is durable: the original may be in it.
     let mut duplicates = Vec::new();
     for command in batch.drain(..) {
-        if let Err(error) = command
-            .room
-            .ensure_loaded(store, config.dedupe_window)
-            .await
-        {
+        // `enqueue` loads every room before queueing: no store read runs here, where it
+        // would hold up every room's publishes.
+        if !command.room.is_loaded() {
+            let error = HubError::Store(format!(
+                "room {} was queued before its position was loaded",
+                command.room.name
+            ));
             let _ = command.reply.send(Err(error));
             continue;
         }

@@ -20,6 +20,11 @@
 //! - `duplex.rooms.v1`: `room` → `(last offset ever appended, messages retained)`. The
 //!   last offset outlives retention, so offsets never go back; the count lets count
 //!   retention trim without scanning.
+//! - `duplex.client_ids.v1`: `(room, offset)` → client message id, for the retained
+//!   messages that carry one. The hub reads a room's newest ids to dedupe when the room
+//!   comes back into use; with them in their own table that costs a few KiB, not the
+//!   payloads of the room's last few thousand messages. A file written before this table
+//!   existed gets it filled from the messages once, when opened.
 //!
 //! Opening takes redb's whole-file lock; a second open of the same directory, from this
 //! process or another, fails with [`StoreError::Locked`] naming the directory. Dropping
@@ -57,6 +62,10 @@ pub const CACHE_BYTES: usize = 64 * 1024 * 1024;
 /// Messages of every room: `(room, offset)` → encoded record.
 pub(crate) const MESSAGES: TableDefinition<(&str, u64), &[u8]> =
     TableDefinition::new("duplex.messages.v1");
+
+/// Client message ids of retained messages: `(room, offset)` → id (only non-empty ids).
+pub(crate) const CLIENT_IDS: TableDefinition<(&str, u64), &str> =
+    TableDefinition::new("duplex.client_ids.v1");
 
 /// Per-room state: `room` → `(last offset ever appended, number of messages retained)`.
 pub(crate) const ROOMS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("duplex.rooms.v1");
@@ -239,6 +248,29 @@ impl Store for RedbStore {
         })
     }
 
+    fn recent_client_ids(
+        &self,
+        room: &str,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<(Offset, String)>, StoreError>> {
+        let room = room.to_owned();
+        self.read(move |db| {
+            let txn = db.begin_read()?;
+            let ids = txn.open_table(CLIENT_IDS)?;
+            let mut out = Vec::with_capacity(limit.min(4096));
+            for entry in ids
+                .range((room.as_str(), 0)..=(room.as_str(), u64::MAX))?
+                .rev()
+                .take(limit)
+            {
+                let (key, id) = entry?;
+                out.push((key.value().1, id.value().to_owned()));
+            }
+            out.reverse();
+            Ok(out)
+        })
+    }
+
     fn enforce_retention(&self, now_unix_micros: i64) -> BoxFuture<'_, Result<u64, StoreError>> {
         Box::pin(async move {
             let (done, answer) = oneshot::channel();
@@ -258,11 +290,38 @@ impl Store for RedbStore {
     }
 }
 
-/// Creates the tables if the file is new, so readers never meet a missing table.
+/// Creates the tables if the file is new, so readers never meet a missing table, and
+/// fills the client-id index of a file written before it existed.
 fn create_tables(db: &Database) -> Result<(), StoreError> {
+    use redb::{ReadableTable as _, TableHandle as _};
+
     let txn = db.begin_write()?;
+    let had_ids = txn
+        .list_tables()?
+        .any(|table| table.name() == CLIENT_IDS.name());
     txn.open_table(MESSAGES)?;
     txn.open_table(ROOMS)?;
+    let mut ids = txn.open_table(CLIENT_IDS)?;
+    if !had_ids {
+        let messages = txn.open_table(MESSAGES)?;
+        let mut filled = 0u64;
+        for entry in messages.iter()? {
+            let (key, value) = entry?;
+            let (room, offset) = key.value();
+            let message = record::decode(room, offset, value.value())?;
+            if !message.client_id.is_empty() {
+                ids.insert((room, offset), message.client_id.as_str())?;
+                filled += 1;
+            }
+        }
+        if filled > 0 {
+            tracing::info!(
+                ids = filled,
+                "store: built the client-id index of an older file"
+            );
+        }
+    }
+    drop(ids);
     txn.commit()?;
     Ok(())
 }

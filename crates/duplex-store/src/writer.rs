@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::redb_store::{MAX_REQUESTS_PER_COMMIT, MESSAGES, ROOMS};
+use crate::redb_store::{CLIENT_IDS, MAX_REQUESTS_PER_COMMIT, MESSAGES, ROOMS};
 use crate::{MAX_RETENTION_DELETES_PER_RUN, Offset, Retention, StoreError, StoredMessage, record};
 
 /// What the store asks of its writer thread.
@@ -134,6 +134,7 @@ impl Writer {
         let mut stored = 0usize;
         {
             let mut messages = txn.open_table(MESSAGES)?;
+            let mut ids = txn.open_table(CLIENT_IDS)?;
             let mut rooms = txn.open_table(ROOMS)?;
             // Maps over the rooms of one group, looked up per message: a fast hash (a
             // group names at most a few thousand rooms, so flooding one buys nothing).
@@ -145,7 +146,11 @@ impl Writer {
                 }
                 for message in batch {
                     let encoded = record::encode(message);
-                    messages.insert((message.room.as_str(), message.offset), encoded.as_slice())?;
+                    let key = (message.room.as_str(), message.offset);
+                    messages.insert(key, encoded.as_slice())?;
+                    if !message.client_id.is_empty() {
+                        ids.insert(key, message.client_id.as_str())?;
+                    }
                     let state = touched
                         .get_mut(&message.room)
                         .expect("check_offsets loaded every room of the batch");
@@ -163,7 +168,7 @@ impl Writer {
                     && state.retained > max
                 {
                     let over = state.retained - max;
-                    let removed = trim_oldest(&mut messages, room, over, None, over)?;
+                    let removed = trim_oldest(&mut messages, &mut ids, room, over, None, over)?;
                     state.retained -= removed;
                 }
                 rooms.insert(room.as_str(), (state.last, state.retained))?;
@@ -186,6 +191,7 @@ impl Writer {
         let mut removed_total = 0;
         {
             let mut messages = txn.open_table(MESSAGES)?;
+            let mut ids = txn.open_table(CLIENT_IDS)?;
             let mut rooms = txn.open_table(ROOMS)?;
             let states = rooms
                 .iter()?
@@ -204,7 +210,8 @@ impl Writer {
                     .retention
                     .max_messages
                     .map_or(0, |max| state.retained.saturating_sub(max));
-                let removed = trim_oldest(&mut messages, &room, over_count, cutoff, budget)?;
+                let removed =
+                    trim_oldest(&mut messages, &mut ids, &room, over_count, cutoff, budget)?;
                 if removed > 0 {
                     let retained = state.retained.saturating_sub(removed);
                     rooms.insert(room.as_str(), (state.last, retained))?;
@@ -270,9 +277,11 @@ fn check_offsets(
 
 /// Deletes the oldest messages of `room`: the first `count`, then more as long as they are
 /// older than `cutoff` (when given), `limit` at most. Stops at the first message retention
-/// keeps, so a room always retains a contiguous tail of its log. Returns how many went.
+/// keeps, so a room always retains a contiguous tail of its log. Their client ids go too.
+/// Returns how many went.
 fn trim_oldest(
     messages: &mut Table<(&str, u64), &[u8]>,
+    ids: &mut Table<(&str, u64), &str>,
     room: &str,
     count: u64,
     cutoff: Option<i64>,
@@ -300,6 +309,7 @@ fn trim_oldest(
     }
     for &offset in &doomed {
         messages.remove((room, offset))?;
+        ids.remove((room, offset))?;
     }
     Ok(doomed.len() as u64)
 }

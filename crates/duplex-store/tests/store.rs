@@ -462,3 +462,74 @@ async fn one_retention_run_removes_a_bounded_number() {
         assert_eq!(store.bounds("r").await.unwrap(), None, "{name}");
     }
 }
+
+/// What the hub reads to dedupe a room it loads: the newest client ids, oldest first,
+/// skipping messages without one and following retention.
+#[tokio::test]
+async fn recent_client_ids_are_the_newest_retained_ones() {
+    let retention = Retention {
+        max_messages: Some(6),
+        max_age: None,
+    };
+    for (name, store, _dir) in backends(retention) {
+        let batch = (1..=10)
+            .map(|offset| StoredMessage {
+                client_id: if offset % 3 == 0 {
+                    String::new()
+                } else {
+                    format!("c{offset}")
+                },
+                ..message("r", offset)
+            })
+            .collect();
+        store.append(batch).await.unwrap();
+        store.append(vec![message("other", 1)]).await.unwrap();
+        let ids = store.recent_client_ids("r", 3).await.unwrap();
+        let want: Vec<(Offset, String)> = [(8, "c8"), (10, "c10")]
+            .into_iter()
+            .map(|(o, id)| (o, id.to_owned()))
+            .collect();
+        // redb's index lists the newest 3 ids (7, 8, 10); the memory default reads the
+        // newest 3 offsets (8, 9, 10) and keeps those with an id. Both end at the newest.
+        assert!(ids.ends_with(&want), "{name}: {ids:?}");
+        // Retention keeps offsets 5..=10: the index never names a trimmed message.
+        let all = store.recent_client_ids("r", 100).await.unwrap();
+        let offsets: Vec<Offset> = all.iter().map(|(o, _)| *o).collect();
+        assert_eq!(offsets, [5, 7, 8, 10], "{name}");
+        assert!(
+            store
+                .recent_client_ids("empty", 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+}
+
+/// A file written before the client-id index existed gets it built when opened, so a
+/// retried publish is still recognised after the upgrade.
+#[tokio::test]
+async fn the_client_id_index_is_built_for_an_older_file() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = RedbStore::open(dir.path(), Retention::default()).unwrap();
+        store
+            .append((1..=4).map(|offset| message("r", offset)).collect())
+            .await
+            .unwrap();
+    }
+    {
+        // Make it look like an older file: no index table.
+        let db = redb::Database::open(dir.path().join("duplex.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        let index: redb::TableDefinition<(&str, u64), &str> =
+            redb::TableDefinition::new("duplex.client_ids.v1");
+        assert!(txn.delete_table(index).unwrap(), "the index table existed");
+        txn.commit().unwrap();
+    }
+    let store = RedbStore::open(dir.path(), Retention::default()).unwrap();
+    let ids = store.recent_client_ids("r", 10).await.unwrap();
+    let offsets: Vec<Offset> = ids.iter().map(|(o, _)| *o).collect();
+    assert_eq!(offsets, [1, 2, 3, 4]);
+    assert_eq!(ids[3].1, "c4");
+}
