@@ -24,6 +24,7 @@ use tracing::{debug, warn};
 use crate::HubError;
 use crate::config::HubConfig;
 use crate::frames;
+use crate::limiter::PublishLimiter;
 use crate::queue::{Frame, MessageFrame, Outbound, SubscriberQueue, coalescing_key};
 use crate::rights::Identity;
 use crate::room::{Room, remember_id, validate_room_name};
@@ -82,6 +83,8 @@ pub(crate) struct Shared {
     pub config: HubConfig,
     rooms: Mutex<HashMap<Arc<str>, Arc<Room>>>,
     sequencer: mpsc::Sender<PublishCommand>,
+    /// The publish rate limit per identity; `None` when the rate is unlimited.
+    limiter: Option<PublishLimiter>,
     sessions: Mutex<HashMap<u64, Weak<SubscriberQueue>>>,
     next_session: AtomicU64,
     shutting_down: AtomicBool,
@@ -109,8 +112,12 @@ impl Hub {
             Arc::downgrade(&store),
             config.retention_sweep,
         ));
+        let limiter = config.publish_rate.map(|rate| {
+            PublishLimiter::new(rate, config.publish_burst, config.rate_limited_identities)
+        });
         let shared = Arc::new(Shared {
             store,
+            limiter,
             config,
             rooms: Mutex::new(HashMap::new()),
             sequencer,
@@ -146,7 +153,19 @@ impl Hub {
         (session, Outbound::new(queue))
     }
 
-    /// Publishes without a session (unary calls). Returns once the message is durable.
+    /// Publishes without a session (unary calls) for `identity`, whose publish rate budget
+    /// it spends like its sessions do. Returns once the message is durable.
+    pub async fn publish_as(
+        &self,
+        identity: &Identity,
+        input: PublishInput,
+    ) -> Result<PublishOutcome, HubError> {
+        self.shared.check_rate(&identity.quota_key)?;
+        self.publish(input).await
+    }
+
+    /// Publishes without a session and without any rate limit (tools and tests; calls on
+    /// behalf of a client go through [`Hub::publish_as`]). Returns once it is durable.
     pub async fn publish(&self, input: PublishInput) -> Result<PublishOutcome, HubError> {
         let room = self.shared.room(&input.room)?;
         let name = room.name.clone();
@@ -229,6 +248,14 @@ impl Shared {
         let room = Arc::new(Room::new(name));
         rooms.insert(room.name.clone(), room.clone());
         Ok(room)
+    }
+
+    /// Spends one publish of `quota_key`'s rate budget, or RESOURCE_EXHAUSTED.
+    pub fn check_rate(&self, quota_key: &str) -> Result<(), HubError> {
+        match &self.limiter {
+            Some(limiter) => limiter.take(quota_key),
+            None => Ok(()),
+        }
     }
 
     pub fn validate_publish(&self, input: &PublishInput) -> Result<(), HubError> {

@@ -247,6 +247,7 @@ pub fn claims_identity(claims: Claims) -> Result<Identity, String> {
         .checked_add(Duration::from_secs(claims.exp))
         .ok_or("token `exp` is out of range")?;
     Ok(Identity {
+        quota_key: format!("sub:{}", claims.sub),
         name: claims.sub,
         rights,
         expires_at: Some(expires_at),

@@ -101,14 +101,22 @@ pub struct ServeConfig {
     #[arg(long, default_value = "1MiB", value_parser = parse_size)]
     pub max_payload: usize,
 
-    /// Publishes per second one session may sustain (token bucket); over it a publish gets
-    /// RESOURCE_EXHAUSTED and the session goes on. 0 = no limit.
+    /// Publishes per second one identity may sustain (token bucket), counted across all
+    /// its sessions and unary calls: a token's subject, or the client's IP address (its
+    /// /64 for IPv6) when anonymous. Over it a publish gets RESOURCE_EXHAUSTED and the
+    /// session goes on. 0 = no limit.
     #[arg(long, default_value_t = 5000)]
     pub publish_rate: u32,
 
-    /// Publishes one session may make at once above --publish-rate.
+    /// Publishes one identity may make at once above --publish-rate.
     #[arg(long, default_value_t = 10_000)]
     pub publish_burst: u32,
+
+    /// Identities the publish rate limiter tracks at once (about 200 bytes each). Idle
+    /// ones are forgotten first; when all are busy, a new identity's publish gets
+    /// RESOURCE_EXHAUSTED until one refills.
+    #[arg(long, default_value_t = 100_000)]
+    pub publish_rate_identities: usize,
 
     /// End a `Hub.Connect` session that sends nothing (not even a ping) for this long,
     /// with DEADLINE_EXCEEDED. `duplex-client` pings every 30s. 0s = never.
@@ -256,6 +264,7 @@ impl ServeConfig {
             publish_window: self.publish_window,
             publish_rate: Some(self.publish_rate).filter(|&rate| rate > 0),
             publish_burst: self.publish_burst,
+            rate_limited_identities: self.publish_rate_identities,
             idle_timeout: Some(self.idle_timeout).filter(|t| !t.is_zero()),
             ..duplex_hub::HubConfig::default()
         }

@@ -65,8 +65,27 @@ impl HubService {
         ))
     }
 
+    /// The caller's identity. An anonymous caller's publish rate budget is its peer's
+    /// address (its /64 for IPv6, which hands a client a whole /64), since it has no
+    /// verified name: `duplex-name` is whatever the client says.
     fn identify<T>(&self, request: &Request<T>) -> Result<Identity, Status> {
-        self.auth.identify(request.metadata())
+        let mut identity = self.auth.identify(request.metadata())?;
+        if !self_named(&identity) {
+            let remote = request
+                .extensions()
+                .get::<ConnectionInfo>()
+                .and_then(|info| info.remote)
+                .or_else(|| request.remote_addr());
+            identity.quota_key = match remote.map(|addr| addr.ip().to_canonical()) {
+                Some(std::net::IpAddr::V6(ip)) => {
+                    let prefix = u128::from(ip) & !((1u128 << 64) - 1);
+                    format!("ip:{}/64", std::net::Ipv6Addr::from(prefix))
+                }
+                Some(ip) => format!("ip:{ip}"),
+                None => "ip:unknown".into(),
+            };
+        }
+        Ok(identity)
     }
 }
 
@@ -227,20 +246,23 @@ impl UnaryService<PublishRequest> for Unary<PublishRequest> {
             identity.rights.check_write(&publish.room).map_err(status)?;
             // A token's subject is the sender; anonymous callers may name one.
             let sender = if self_named(&identity) || publish.sender.is_empty() {
-                identity.name
+                identity.name.clone()
             } else {
                 checked_name(publish.sender)?
             };
             let room = publish.room.clone();
             let outcome = hub
-                .publish(PublishInput {
-                    room: publish.room,
-                    sender,
-                    payload: publish.payload,
-                    content_type: publish.content_type,
-                    client_id: publish.client_message_id,
-                    key: publish.key,
-                })
+                .publish_as(
+                    &identity,
+                    PublishInput {
+                        room: publish.room,
+                        sender,
+                        payload: publish.payload,
+                        content_type: publish.content_type,
+                        client_id: publish.client_message_id,
+                        key: publish.key,
+                    },
+                )
                 .await
                 .map_err(status)?;
             Ok(Response::new(PublishAck {

@@ -11,10 +11,14 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{STEP, spawn_duplex_serve_durable};
+use common::session::Session;
+use common::{STEP, spawn_duplex_serve, spawn_duplex_serve_durable};
 use duplex_proto::hub::PublishRequest;
 use duplex_proto::hub::hub_client::HubClient;
+use duplex_proto::hub::server_frame::Frame;
 use duplex_store::{RedbStore, Retention, Store, StoredMessage};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
 async fn hub_client(addr: std::net::SocketAddr) -> HubClient<Channel> {
@@ -138,4 +142,154 @@ async fn publishes_into_cold_rooms_do_not_stall_other_rooms() {
         "a probe publish took {worst:?} while cold rooms were being loaded (bound {PROBE_BOUND:?})"
     );
     assert!(server.0.try_wait().unwrap().is_none(), "server still runs");
+}
+
+const SECRET: &[u8] = b"a-test-secret-of-at-least-32-bytes-length";
+
+/// An HS256 token for `sub` that may read and write every room for an hour.
+fn token(sub: &str) -> String {
+    let claims = serde_json::json!({
+        "sub": sub,
+        "exp": duplex_server::auth::unix_now() + 3600,
+        "rooms": { "read": ["*"], "write": ["*"] },
+    });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET),
+    )
+    .unwrap()
+}
+
+fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+async fn open_session(channel: &Channel, token: &str) -> Session {
+    let (commands, rx) = mpsc::channel(1024);
+    let frames = HubClient::new(channel.clone())
+        .connect(with_token(ReceiverStream::new(rx), token))
+        .await
+        .expect("open a session")
+        .into_inner();
+    Session {
+        commands,
+        frames,
+        next_command: 1,
+    }
+}
+
+/// Acked and rate-limited publishes a session got answers for, of `sent`.
+async fn session_outcomes(session: &mut Session, sent: usize) -> (usize, usize) {
+    let (mut acked, mut limited) = (0, 0);
+    while acked + limited < sent {
+        match session.next().await {
+            Frame::PublishAck(_) => acked += 1,
+            Frame::Error(error) => {
+                assert_eq!(
+                    error.code,
+                    tonic::Code::ResourceExhausted as i32,
+                    "{error:?}"
+                );
+                limited += 1;
+            }
+            _ => {}
+        }
+    }
+    (acked, limited)
+}
+
+/// Issue 10 item 7. Before the fix the limit was per session and unary `Publish` had none:
+/// one identity with two sessions and unary calls got 2 bursts and unlimited unary
+/// publishes (all 60 here acked). Now they share one budget: about the burst is acked, the
+/// rest get RESOURCE_EXHAUSTED, and another identity publishing at the same time is not
+/// touched.
+#[tokio::test]
+async fn the_publish_rate_is_per_identity_across_sessions_and_unary_calls() {
+    const BURST: usize = 20;
+    const PER_WAY: usize = 20;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    let (_server, addr) = spawn_duplex_serve(&[
+        "--jwt-secret-file",
+        secret.to_str().unwrap(),
+        "--publish-rate",
+        "1",
+        "--publish-burst",
+        &BURST.to_string(),
+    ]);
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let (alice, bob) = (token("alice"), token("bob"));
+
+    let started = Instant::now();
+    let mut sessions = Vec::new();
+    for _ in 0..2 {
+        let mut session = open_session(&channel, &alice).await;
+        session.join("room", None).await;
+        sessions.push(session);
+    }
+    for session in &mut sessions {
+        for i in 0..PER_WAY {
+            session.publish("room", format!("s{i}")).await;
+        }
+    }
+    let mut unary = HubClient::new(channel.clone());
+    let (mut acked, mut limited) = (0, 0);
+    for i in 0..PER_WAY {
+        let request = PublishRequest {
+            room: "room".into(),
+            payload: Bytes::from(format!("u{i}")),
+            ..Default::default()
+        };
+        match unary.publish(with_token(request, &alice)).await {
+            Ok(_) => acked += 1,
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+                limited += 1;
+            }
+        }
+    }
+    for session in &mut sessions {
+        let (a, l) = session_outcomes(session, PER_WAY).await;
+        acked += a;
+        limited += l;
+    }
+    // The burst, plus one a second for as long as this took.
+    let allowed = BURST + started.elapsed().as_secs() as usize + 1;
+
+    // Another identity, after alice ran dry: its own full budget.
+    let mut bob_acked = 0;
+    for i in 0..10 {
+        let request = PublishRequest {
+            room: "room".into(),
+            payload: Bytes::from(format!("b{i}")),
+            ..Default::default()
+        };
+        unary
+            .publish(with_token(request, &bob))
+            .await
+            .expect("another identity is not limited by alice's publishes");
+        bob_acked += 1;
+    }
+    println!(
+        "| 1 identity: 2 sessions + unary, {} publishes, burst {BURST}, 1/s | ≤ {allowed} acked, \
+         rest RESOURCE_EXHAUSTED; another identity unaffected | {acked} acked, {limited} \
+         limited; other identity {bob_acked}/10 acked |",
+        3 * PER_WAY
+    );
+    assert_eq!(acked + limited, 3 * PER_WAY);
+    assert!(
+        (BURST..=allowed).contains(&acked),
+        "one identity's sessions and unary calls share one budget: {acked} acked, at most \
+         {allowed} allowed"
+    );
 }

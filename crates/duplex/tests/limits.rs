@@ -1,4 +1,4 @@
-//! Limits a production server needs, against real servers: publish rate per session, idle
+//! Limits a production server needs, against real servers: publish rate per identity, idle
 //! sessions, header list size.
 
 mod common;
@@ -13,7 +13,7 @@ use duplex_proto::hub::{Ping, client_frame::Command};
 use tokio::time::timeout;
 
 #[tokio::test]
-async fn publish_rate_is_limited_per_session_and_the_session_goes_on() {
+async fn publish_rate_is_limited_and_the_session_goes_on() {
     let server = InProcessServer::start_with(|config| {
         config.publish_rate = 20;
         config.publish_burst = 20;
