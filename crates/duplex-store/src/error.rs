@@ -91,6 +91,11 @@ pub enum StoreError {
     #[error("store is closed")]
     Closed,
 
+    /// A write failed (disk full, I/O error) and the store is reopening its database to
+    /// recover; retry shortly. Nothing that failed was acknowledged.
+    #[error("store is recovering from a failed write (disk full or I/O error); retry shortly")]
+    Reopening,
+
     /// A blocking read task failed (panicked or was cancelled by runtime shutdown).
     #[error("store read task failed: {0}")]
     ReadTask(#[source] Arc<tokio::task::JoinError>),
