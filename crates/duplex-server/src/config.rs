@@ -73,6 +73,13 @@ pub struct ServeConfig {
     #[arg(long, default_value = "./duplex-data", env = "DUPLEX_DATA_DIR")]
     pub data_dir: std::path::PathBuf,
 
+    /// Start even when the store's database file exists but is empty (truncated) or cannot
+    /// be opened: a file that cannot be opened is renamed aside (duplex.redb.damaged-TIME)
+    /// and an empty store begins, whose offsets restart at 1. Without it the server refuses
+    /// to start on such a file; a missing file (a fresh data directory) is created anyway.
+    #[arg(long)]
+    pub reset_store: bool,
+
     /// Keep at most this many messages per room (older ones are removed). 0 = no count limit
     /// (the memory store still caps each room).
     #[arg(long, default_value_t = 1_000_000)]

@@ -34,13 +34,31 @@ pub enum StoreError {
 
     /// The database file exists but cannot be opened: damaged, or written by an
     /// incompatible redb version.
-    #[error("cannot open database file {}: {source}", path.display())]
+    #[error(
+        "cannot open database file {}: {source}. Restore it from a backup, or start over \
+         with an empty store (`duplex serve --reset-store` keeps the file aside)",
+        path.display()
+    )]
     Open {
         /// The database file.
         path: PathBuf,
         /// What redb said.
         #[source]
         source: Arc<redb::DatabaseError>,
+    },
+
+    /// The database file exists but is empty (0 bytes) or holds no duplex tables: it was
+    /// truncated or lost. Opening it as is would restart every room's offsets at 1.
+    #[error(
+        "database file {} exists but is empty or holds no duplex data (truncated or lost?); \
+         starting on it would restart every room's offsets at 1 and resuming clients would \
+         miss messages. Restore it from a backup, or start over with `duplex serve \
+         --reset-store`",
+        path.display()
+    )]
+    Empty {
+        /// The database file.
+        path: PathBuf,
     },
 
     /// The database failed to read or write its file (I/O error, corrupted page).

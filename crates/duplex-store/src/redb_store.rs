@@ -105,13 +105,62 @@ impl RedbStore {
     /// this one, has `dir` open; with [`StoreError::DataDir`] when `dir` cannot be created;
     /// with [`StoreError::Open`] when the file is not a database this version can read. A
     /// file left by a crash is repaired during the open (which then takes longer).
+    ///
+    /// An existing file that is empty (0 bytes: truncated, or lost by its disk) or holds no
+    /// duplex tables is refused with [`StoreError::Empty`]: opening it would start an empty
+    /// store whose offsets restart at 1, and resuming clients would silently miss messages.
+    /// [`RedbStore::open_resetting`] starts over instead.
     pub fn open(dir: &Path, retention: Retention) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|source| StoreError::DataDir {
+        Self::open_with(dir, retention, false)
+    }
+
+    /// Like [`RedbStore::open`], but starts an empty store where the existing file is empty
+    /// or cannot be opened; a file that cannot be opened is first renamed aside to
+    /// `duplex.redb.damaged-UNIXTIME` (nothing is deleted). Offsets then restart at 1.
+    pub fn open_resetting(dir: &Path, retention: Retention) -> Result<Self, StoreError> {
+        Self::open_with(dir, retention, true)
+    }
+
+    fn open_with(dir: &Path, retention: Retention, reset: bool) -> Result<Self, StoreError> {
+        let dir_error = |source: std::io::Error| StoreError::DataDir {
             dir: dir.to_owned(),
             source: Arc::new(source),
-        })?;
+        };
+        std::fs::create_dir_all(dir).map_err(dir_error)?;
         let path = dir.join(DATA_FILE_NAME);
-        let db = open_file(&path).map_err(|error| match error {
+        let existing_len = match std::fs::metadata(&path) {
+            Ok(metadata) => Some(metadata.len()),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+            Err(error) => return Err(dir_error(error)),
+        };
+        if existing_len == Some(0) {
+            if !reset {
+                return Err(StoreError::Empty { path });
+            }
+            tracing::warn!(
+                path = %path.display(),
+                "store file is empty: starting an empty store (--reset-store)"
+            );
+        }
+        let opened = match open_file(&path) {
+            Err(error)
+                if reset
+                    && existing_len.is_some()
+                    && !matches!(error, redb::DatabaseError::DatabaseAlreadyOpen) =>
+            {
+                let aside = set_aside(&path).map_err(dir_error)?;
+                tracing::warn!(
+                    path = %path.display(),
+                    kept_as = %aside.display(),
+                    %error,
+                    "store file cannot be opened: kept aside, starting an empty store \
+                     (--reset-store)"
+                );
+                open_file(&path)
+            }
+            other => other,
+        };
+        let db = opened.map_err(|error| match error {
             redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked {
                 dir: dir.to_owned(),
             },
@@ -120,6 +169,9 @@ impl RedbStore {
                 source: Arc::new(other),
             },
         })?;
+        if existing_len.is_some_and(|len| len > 0) && !reset && !has_tables(&db)? {
+            return Err(StoreError::Empty { path });
+        }
         create_tables(&db)?;
 
         let db = Arc::new(OpenDatabase {
@@ -362,6 +414,26 @@ impl OpenDatabase {
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(db));
         Ok(())
     }
+}
+
+/// Renames a damaged database file to `duplex.redb.damaged-UNIXTIME` beside it.
+fn set_aside(path: &Path) -> Result<PathBuf, std::io::Error> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let aside = path.with_file_name(format!("{DATA_FILE_NAME}.damaged-{now}"));
+    std::fs::rename(path, &aside)?;
+    Ok(aside)
+}
+
+/// Whether the file holds the duplex tables (a file this store ever opened does).
+fn has_tables(db: &Database) -> Result<bool, StoreError> {
+    use redb::TableHandle as _;
+    let txn = db.begin_read()?;
+    let found = txn
+        .list_tables()?
+        .any(|table| table.name() == MESSAGES.name());
+    Ok(found)
 }
 
 /// Opens (creating if missing) the database file with the store's cache size.

@@ -533,3 +533,47 @@ async fn the_client_id_index_is_built_for_an_older_file() {
     assert_eq!(offsets, [1, 2, 3, 4]);
     assert_eq!(ids[3].1, "c4");
 }
+
+/// A truncated file would restart every room at offset 1 and resuming clients would miss
+/// messages silently: it is refused, unless the caller asks to start over.
+#[tokio::test]
+async fn an_empty_database_file_is_refused_unless_reset() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = RedbStore::open(dir.path(), Retention::default()).unwrap();
+        store
+            .append(vec![message("r", 1), message("r", 2)])
+            .await
+            .unwrap();
+    }
+    let path = dir.path().join("duplex.redb");
+    std::fs::File::create(&path).unwrap(); // truncates it
+    let error = RedbStore::open(dir.path(), Retention::default()).unwrap_err();
+    assert!(matches!(error, StoreError::Empty { .. }), "{error:?}");
+    assert!(error.to_string().contains("--reset-store"), "{error}");
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), 0, "left as it was");
+
+    let store = RedbStore::open_resetting(dir.path(), Retention::default()).unwrap();
+    assert_eq!(store.last_offset("r").await.unwrap(), 0, "an empty store");
+    drop(store);
+    // Started over once, it opens normally from then on.
+    RedbStore::open(dir.path(), Retention::default()).unwrap();
+}
+
+#[test]
+fn a_damaged_file_is_kept_aside_when_reset() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("duplex.redb");
+    std::fs::write(&path, vec![0x5A; 64 * 1024]).unwrap();
+    let error = RedbStore::open(dir.path(), Retention::default()).unwrap_err();
+    assert!(error.to_string().contains("--reset-store"), "{error}");
+    RedbStore::open_resetting(dir.path(), Retention::default()).unwrap();
+    let kept: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.starts_with("duplex.redb.damaged-"))
+        .collect();
+    assert_eq!(kept.len(), 1, "the damaged file is kept aside: {kept:?}");
+    let aside = dir.path().join(&kept[0]);
+    assert_eq!(std::fs::read(aside).unwrap(), vec![0x5A; 64 * 1024]);
+}

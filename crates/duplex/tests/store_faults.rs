@@ -234,3 +234,75 @@ async fn a_full_disk_fails_publishes_until_space_is_freed_and_loses_nothing_acke
     let stored = everything(&mut client, "full").await;
     assert_same(&stored, &acked, "after a restart");
 }
+
+/// Runs `duplex serve` on `data` expecting it to refuse to start; returns its stderr.
+fn refused_start(data: &Path) -> String {
+    let mut command = common::duplex();
+    command
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+            "redb",
+            "--data-dir",
+        ])
+        .arg(data);
+    let (code, stdout, stderr) = common::run_with_input(command, "");
+    assert_ne!(code, Some(0), "the server must not start: {stdout}{stderr}");
+    assert!(code.is_some(), "the server exits by itself (not killed)");
+    assert!(!stdout.contains("listening on"), "{stdout}");
+    stderr
+}
+
+/// Issue 10 item 9. Before the fix, a database file truncated to 0 bytes started as an
+/// empty store: offsets restarted at 1 and resuming clients silently missed messages. Now
+/// the server refuses to start on it (and on a file it cannot open), naming the file and
+/// `--reset-store`; with that flag it starts over. A fresh data directory still starts
+/// without a word.
+#[tokio::test]
+async fn an_empty_or_damaged_store_file_is_refused_unless_reset() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("fresh");
+    {
+        let (_server, addr) = spawn_duplex_serve_durable(&data, &[]);
+        let mut client = hub_client(addr).await;
+        for i in 0..3 {
+            client.publish(publish_request(i, 16)).await.unwrap();
+        }
+    }
+    let file = data.join("duplex.redb");
+    std::fs::File::create(&file).unwrap(); // truncated to 0 bytes
+    let stderr = refused_start(&data);
+    assert!(
+        stderr.contains("empty") && stderr.contains("--reset-store"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(&file.display().to_string()), "{stderr}");
+
+    std::fs::write(&file, vec![0x5A; 64 * 1024]).unwrap(); // damaged
+    let stderr = refused_start(&data);
+    assert!(stderr.contains("--reset-store"), "{stderr}");
+
+    let (_server, addr) = spawn_duplex_serve_durable(&data, &["--reset-store"]);
+    let mut client = hub_client(addr).await;
+    let ack = client.publish(publish_request(0, 16)).await.unwrap();
+    assert_eq!(ack.into_inner().offset, 1, "started over");
+    let kept = std::fs::read_dir(&data)
+        .unwrap()
+        .filter(|entry| {
+            entry
+                .as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("duplex.redb.damaged-")
+        })
+        .count();
+    assert_eq!(kept, 1, "the damaged file is kept aside");
+    println!(
+        "| database file truncated to 0 bytes / damaged, then `duplex serve` | refused, naming \
+         --reset-store; with it, a new store | refused twice; --reset-store started over at \
+         offset 1 |"
+    );
+}
