@@ -132,31 +132,58 @@ where
             "/duplex.v1.Hub/Subscribe" => Box::pin(async move {
                 let mut grpc = Grpc::new(PreEncodedCodec::<SubscribeRequest>::default())
                     .max_decoding_message_size(limit);
-                Ok(grpc.server_streaming(Subscribe(service), request).await)
+                let response = grpc.server_streaming(Subscribe(service), request).await;
+                Ok(oversize_as_resource_exhausted(response))
             }),
             "/duplex.v1.Hub/Publish" => Box::pin(async move {
                 let mut grpc = Grpc::new(ProstCodec::default()).max_decoding_message_size(limit);
-                Ok(grpc
+                let response = grpc
                     .unary(Unary(service, PhantomData::<PublishRequest>), request)
-                    .await)
+                    .await;
+                Ok(oversize_as_resource_exhausted(response))
             }),
             "/duplex.v1.Hub/History" => Box::pin(async move {
                 let mut grpc = Grpc::new(ProstCodec::default()).max_decoding_message_size(limit);
-                Ok(grpc
+                let response = grpc
                     .unary(Unary(service, PhantomData::<HistoryRequest>), request)
-                    .await)
+                    .await;
+                Ok(oversize_as_resource_exhausted(response))
             }),
             "/duplex.v1.Hub/Presence" => Box::pin(async move {
                 let mut grpc = Grpc::new(ProstCodec::default()).max_decoding_message_size(limit);
-                Ok(grpc
+                let response = grpc
                     .unary(Unary(service, PhantomData::<PresenceRequest>), request)
-                    .await)
+                    .await;
+                Ok(oversize_as_resource_exhausted(response))
             }),
             _ => Box::pin(async move {
                 Ok(Status::unimplemented("no such method in duplex.v1.Hub").into_http())
             }),
         }
     }
+}
+
+/// The status of a unary or server-streaming call whose request message is over the size
+/// limit, as the gRPC spec, grpc-go and C-core give it: RESOURCE_EXHAUSTED.
+///
+/// tonic decodes those requests before our handler runs and answers an oversized one with
+/// OUT_OF_RANGE, as a trailers-only response (the status in the headers). No Hub handler
+/// answers OUT_OF_RANGE, so a response carrying it is that refusal, and its code is
+/// rewritten; the message (found N bytes, the limit is M) stays. `Connect` maps the same
+/// error on its inbound stream (see `chat::inbound_error`).
+fn oversize_as_resource_exhausted(
+    mut response: http::Response<tonic::body::Body>,
+) -> http::Response<tonic::body::Body> {
+    let out_of_range = (Code::OutOfRange as i32).to_string();
+    if response
+        .headers()
+        .get("grpc-status")
+        .is_some_and(|code| code.as_bytes() == out_of_range.as_bytes())
+    {
+        let exhausted = http::HeaderValue::from(Code::ResourceExhausted as i32);
+        response.headers_mut().insert("grpc-status", exhausted);
+    }
+    response
 }
 
 struct Connect(HubService);
