@@ -205,10 +205,22 @@ pub struct ServeConfig {
     #[arg(long)]
     pub jwt_audience: Option<String>,
 
-    /// With a JWT key configured, still accept calls without a token (every right, named
-    /// by the `duplex-name` header). For local development.
+    /// With a JWT key configured, still accept calls without a token. They get the
+    /// anonymous rights (--anonymous-read, --anonymous-write: read-only by default), never
+    /// a token's, and their `duplex-name` is prefixed `anon:` so it cannot pass for a
+    /// token's subject.
     #[arg(long)]
     pub allow_anonymous: bool,
+
+    /// With --allow-anonymous: room patterns (`lobby`, `game.*`, `*`; comma-separated)
+    /// callers without a token may read: join, subscribe, history, presence.
+    #[arg(long, value_delimiter = ',', default_value = "*")]
+    pub anonymous_read: Vec<String>,
+
+    /// With --allow-anonymous: room patterns (comma-separated) callers without a token may
+    /// publish to. None by default: anonymous callers are read-only.
+    #[arg(long, value_delimiter = ',')]
+    pub anonymous_write: Vec<String>,
 
     /// Connection workers: threads that each run a single-threaded runtime and serve the
     /// connections handed to them (round-robin by the acceptor). A connection's reads,
@@ -298,6 +310,8 @@ impl ServeConfig {
             issuer: self.jwt_issuer.clone(),
             audience: self.jwt_audience.clone(),
             allow_anonymous: self.allow_anonymous,
+            anonymous_read: self.anonymous_read.clone(),
+            anonymous_write: self.anonymous_write.clone(),
         }
     }
 

@@ -227,6 +227,7 @@ impl ServerStreamingService<SubscribeRequest> for Subscribe {
 
     fn call(&mut self, request: Request<SubscribeRequest>) -> Self::Future {
         let hub = self.0.hub.clone();
+        let auth = self.0.auth.clone();
         let identity = self.0.identify(&request);
         Box::pin(async move {
             let mut identity = identity?;
@@ -238,7 +239,7 @@ impl ServerStreamingService<SubscribeRequest> for Subscribe {
                 .map_err(status)?;
             let hidden = subscribe.name.is_empty();
             if !hidden && !self_named(&identity) {
-                identity.name = checked_name(subscribe.name)?;
+                identity.name = auth.anonymous_name(&checked_name(subscribe.name)?);
             }
             let (mut session, outbound) = hub.open_session(identity);
             let join = Join {
@@ -265,6 +266,7 @@ impl UnaryService<PublishRequest> for Unary<PublishRequest> {
 
     fn call(&mut self, request: Request<PublishRequest>) -> Self::Future {
         let hub = self.0.hub.clone();
+        let auth = self.0.auth.clone();
         let identity = self.0.identify(&request);
         Box::pin(async move {
             let identity = identity?;
@@ -275,7 +277,7 @@ impl UnaryService<PublishRequest> for Unary<PublishRequest> {
             let sender = if self_named(&identity) || publish.sender.is_empty() {
                 identity.name.clone()
             } else {
-                checked_name(publish.sender)?
+                auth.anonymous_name(&checked_name(publish.sender)?)
             };
             let room = publish.room.clone();
             let outcome = hub
