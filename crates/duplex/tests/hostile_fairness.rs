@@ -293,3 +293,46 @@ async fn the_publish_rate_is_per_identity_across_sessions_and_unary_calls() {
          {allowed} allowed"
     );
 }
+
+/// Issue 10 item 7, anonymous side: without a token the identity is the client's IP
+/// address, so sessions that call themselves different names share one budget (before:
+/// one budget per session, 2 × the burst).
+#[tokio::test]
+async fn anonymous_sessions_from_one_address_share_one_publish_budget() {
+    const BURST: usize = 10;
+    let (_server, addr) =
+        spawn_duplex_serve(&["--publish-rate", "1", "--publish-burst", &BURST.to_string()]);
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut sessions = vec![
+        Session::open(&channel, "first-name").await,
+        Session::open(&channel, "second-name").await,
+    ];
+    for session in &mut sessions {
+        session.join("room", None).await;
+        for i in 0..BURST {
+            session.publish("room", format!("m{i}")).await;
+        }
+    }
+    let (mut acked, mut limited) = (0, 0);
+    for session in &mut sessions {
+        let (a, l) = session_outcomes(session, BURST).await;
+        acked += a;
+        limited += l;
+    }
+    let allowed = BURST + started.elapsed().as_secs() as usize + 1;
+    println!(
+        "| 2 anonymous sessions, one address, {} publishes, burst {BURST}, 1/s | ≤ {allowed} \
+         acked | {acked} acked, {limited} limited |",
+        2 * BURST
+    );
+    assert!(
+        (BURST..=allowed).contains(&acked),
+        "anonymous sessions from one address share one budget: {acked} acked, at most \
+         {allowed} allowed"
+    );
+}
