@@ -73,13 +73,6 @@ pub struct ServeConfig {
     #[arg(long, default_value = "./duplex-data", env = "DUPLEX_DATA_DIR")]
     pub data_dir: std::path::PathBuf,
 
-    /// Start even when the store's database file exists but is empty (truncated) or cannot
-    /// be opened: a file that cannot be opened is renamed aside (duplex.redb.damaged-TIME)
-    /// and an empty store begins, whose offsets restart at 1. Without it the server refuses
-    /// to start on such a file; a missing file (a fresh data directory) is created anyway.
-    #[arg(long)]
-    pub reset_store: bool,
-
     /// Keep at most this many messages per room (older ones are removed). 0 = no count limit
     /// (the memory store still caps each room).
     #[arg(long, default_value_t = 1_000_000)]
@@ -88,6 +81,13 @@ pub struct ServeConfig {
     /// Remove messages older than this (e.g. 7d, 12h). 0s = no age limit.
     #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
     pub retention_age: Duration,
+
+    /// Start even when the store's database file exists but is empty (truncated) or cannot
+    /// be opened: a file that cannot be opened is renamed aside (duplex.redb.damaged-TIME)
+    /// and an empty store begins, whose offsets restart at 1. Without it the server refuses
+    /// to start on such a file; a missing file (a fresh data directory) is created anyway.
+    #[arg(long)]
+    pub reset_store: bool,
 
     /// What happens to a subscriber whose outbound queue is full: `disconnect` (a `lagged`
     /// frame with the last offset delivered, then RESOURCE_EXHAUSTED; the client resumes
