@@ -60,10 +60,14 @@ pub struct HubConfig {
     pub max_history_page: usize,
     /// How often retention by age is enforced.
     pub retention_sweep: Duration,
-    /// Publishes per second one session may sustain (token bucket); `None` = no limit.
+    /// Publishes per second one identity ([`crate::Identity::quota_key`]) may sustain
+    /// across all its sessions and unary calls (token bucket); `None` = no limit.
     pub publish_rate: Option<u32>,
-    /// Publishes one session may make in a burst above the rate.
+    /// Publishes one identity may make in a burst above the rate.
     pub publish_burst: u32,
+    /// Most identities the publish rate limiter tracks at once (bounds its memory, about
+    /// 200 bytes each); see `limiter.rs` for what happens when they are all busy.
+    pub rate_limited_identities: usize,
     /// A `Connect` session that sends nothing (not even a ping) for this long is ended.
     pub idle_timeout: Option<Duration>,
 }
@@ -87,6 +91,7 @@ impl Default for HubConfig {
             retention_sweep: Duration::from_secs(60),
             publish_rate: None,
             publish_burst: 0,
+            rate_limited_identities: 100_000,
             idle_timeout: None,
         }
     }

@@ -36,6 +36,7 @@ pub fn session_frames(input: &[u8]) {
             name: "fuzz".into(),
             rights,
             expires_at: None,
+            quota_key: "fuzz".into(),
         };
         let (mut session, mut outbound) = hub.open_session(identity);
         let mut rest = input;

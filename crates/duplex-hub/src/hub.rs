@@ -7,7 +7,8 @@
 //! the next one), and only then fans each message out, encoded once, and acks it. So a
 //! message is acked and delivered only once it is durable, and each room has one total
 //! order. While the store commits, new publishes wait in the queue; a full queue makes
-//! submitters wait, which stops the server reading their streams.
+//! submitters wait, which stops the server reading their streams. The sequencer reads
+//! nothing from the store: a room's position is loaded before its publish is queued.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -23,6 +24,7 @@ use tracing::{debug, warn};
 use crate::HubError;
 use crate::config::HubConfig;
 use crate::frames;
+use crate::limiter::PublishLimiter;
 use crate::queue::{Frame, MessageFrame, Outbound, SubscriberQueue, coalescing_key};
 use crate::rights::Identity;
 use crate::room::{Room, remember_id, validate_room_name};
@@ -81,6 +83,8 @@ pub(crate) struct Shared {
     pub config: HubConfig,
     rooms: Mutex<HashMap<Arc<str>, Arc<Room>>>,
     sequencer: mpsc::Sender<PublishCommand>,
+    /// The publish rate limit per identity; `None` when the rate is unlimited.
+    limiter: Option<PublishLimiter>,
     sessions: Mutex<HashMap<u64, Weak<SubscriberQueue>>>,
     next_session: AtomicU64,
     shutting_down: AtomicBool,
@@ -108,8 +112,12 @@ impl Hub {
             Arc::downgrade(&store),
             config.retention_sweep,
         ));
+        let limiter = config.publish_rate.map(|rate| {
+            PublishLimiter::new(rate, config.publish_burst, config.rate_limited_identities)
+        });
         let shared = Arc::new(Shared {
             store,
+            limiter,
             config,
             rooms: Mutex::new(HashMap::new()),
             sequencer,
@@ -145,7 +153,19 @@ impl Hub {
         (session, Outbound::new(queue))
     }
 
-    /// Publishes without a session (unary calls). Returns once the message is durable.
+    /// Publishes without a session (unary calls) for `identity`, whose publish rate budget
+    /// it spends like its sessions do. Returns once the message is durable.
+    pub async fn publish_as(
+        &self,
+        identity: &Identity,
+        input: PublishInput,
+    ) -> Result<PublishOutcome, HubError> {
+        self.shared.check_rate(&identity.quota_key)?;
+        self.publish(input).await
+    }
+
+    /// Publishes without a session and without any rate limit (tools and tests; calls on
+    /// behalf of a client go through [`Hub::publish_as`]). Returns once it is durable.
     pub async fn publish(&self, input: PublishInput) -> Result<PublishOutcome, HubError> {
         let room = self.shared.room(&input.room)?;
         let name = room.name.clone();
@@ -230,6 +250,14 @@ impl Shared {
         Ok(room)
     }
 
+    /// Spends one publish of `quota_key`'s rate budget, or RESOURCE_EXHAUSTED.
+    pub fn check_rate(&self, quota_key: &str) -> Result<(), HubError> {
+        match &self.limiter {
+            Some(limiter) => limiter.take(quota_key),
+            None => Ok(()),
+        }
+    }
+
     pub fn validate_publish(&self, input: &PublishInput) -> Result<(), HubError> {
         let max = self.config.max_payload;
         if input.payload.is_empty() {
@@ -271,11 +299,16 @@ impl Shared {
 
     /// Queues a validated publish for the sequencer, waiting while its queue is full. The
     /// queue keeps submission order, so one session's publishes keep theirs.
+    ///
+    /// A room not loaded yet (a unary publish into a room nobody holds) is loaded here, in
+    /// the caller's task, so the sequencer never reads the store.
     pub async fn enqueue(
         &self,
         room: Arc<Room>,
         input: PublishInput,
     ) -> Result<oneshot::Receiver<Result<PublishOutcome, HubError>>, HubError> {
+        room.ensure_loaded(&*self.store, self.config.dedupe_window)
+            .await?;
         let (reply, ack) = oneshot::channel();
         self.sequencer
             .send(PublishCommand { room, input, reply })
@@ -356,11 +389,13 @@ async fn commit_batch(batch: &mut Vec<PublishCommand>, store: &dyn Store, config
     // is durable: the original may be in it.
     let mut duplicates = Vec::new();
     for command in batch.drain(..) {
-        if let Err(error) = command
-            .room
-            .ensure_loaded(store, config.dedupe_window)
-            .await
-        {
+        // `enqueue` loads every room before queueing: no store read runs here, where it
+        // would hold up every room's publishes.
+        if !command.room.is_loaded() {
+            let error = HubError::Store(format!(
+                "room {} was queued before its position was loaded",
+                command.room.name
+            ));
             let _ = command.reply.send(Err(error));
             continue;
         }

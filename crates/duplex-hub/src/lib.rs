@@ -13,6 +13,7 @@ mod error;
 pub mod frames;
 pub mod fuzzing;
 mod hub;
+mod limiter;
 mod queue;
 mod rights;
 mod room;

@@ -109,13 +109,19 @@ pub struct Identity {
     pub name: String,
     pub rights: Rights,
     pub expires_at: Option<SystemTime>,
+    /// Whom the publish rate limit counts this caller as: every session and unary call
+    /// with the same key shares one budget. The server sets it (a token's subject, or the
+    /// peer address of an anonymous caller); it is never shown to anyone.
+    pub quota_key: String,
 }
 
 impl Identity {
     /// A session with every right and no expiry (auth off).
     pub fn anonymous(name: impl Into<String>) -> Self {
+        let name = name.into();
         Self {
-            name: name.into(),
+            quota_key: format!("name:{name}"),
+            name,
             rights: Rights::all(),
             expires_at: None,
         }

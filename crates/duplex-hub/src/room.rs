@@ -78,7 +78,10 @@ impl Room {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Loads the room's position (and recent client ids) from the store, once.
+    /// Loads the room's position and its newest client ids (for dedupe) from the store,
+    /// once. Runs in the task of whoever first uses the room (a join, a unary publish),
+    /// never in the sequencer: a room coming back into use must not stall every other
+    /// room's publishes. It reads no payloads (see `Store::recent_client_ids`).
     pub async fn ensure_loaded(
         &self,
         store: &dyn Store,
@@ -87,20 +90,22 @@ impl Room {
         self.loaded
             .get_or_try_init(|| async {
                 let last = store.last_offset(&self.name).await?;
-                let from = last.saturating_sub(dedupe_window as u64);
-                let recent = store.read_after(&self.name, from, dedupe_window).await?;
+                let recent = store.recent_client_ids(&self.name, dedupe_window).await?;
                 let mut state = self.lock();
                 state.next_offset = last + 1;
                 state.delivered = last;
-                for message in recent {
-                    if !message.client_id.is_empty() {
-                        remember_id(&mut state, message.client_id, message.offset, dedupe_window);
-                    }
+                for (offset, id) in recent {
+                    remember_id(&mut state, id, offset, dedupe_window);
                 }
                 Ok::<(), HubError>(())
             })
             .await
             .map(|_| ())
+    }
+
+    /// Whether [`Room::ensure_loaded`] has completed: the sequencer only takes loaded rooms.
+    pub fn is_loaded(&self) -> bool {
+        self.loaded.initialized()
     }
 
     /// Sends `frame` to every subscriber but `except`, detaching those that lagged out or

@@ -46,42 +46,9 @@ pub struct Session {
     queue: Arc<SubscriberQueue>,
     /// Looked up per publish; at most `max_rooms_per_session` entries, so a fast hash.
     joined: HashMap<Arc<str>, JoinedRoom, foldhash::fast::RandomState>,
-    publish_budget: Option<TokenBucket>,
-}
-
-/// A token bucket: `rate` tokens a second, holding at most `burst`.
-#[derive(Debug)]
-struct TokenBucket {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    refilled: std::time::Instant,
-}
-
-impl TokenBucket {
-    fn new(rate: u32, burst: u32) -> Self {
-        let burst = f64::from(burst.max(rate).max(1));
-        Self {
-            rate: f64::from(rate),
-            burst,
-            tokens: burst,
-            refilled: std::time::Instant::now(),
-        }
-    }
-
-    /// Takes one token if there is one.
-    fn take(&mut self) -> bool {
-        let now = std::time::Instant::now();
-        let earned = now.duration_since(self.refilled).as_secs_f64() * self.rate;
-        self.tokens = (self.tokens + earned).min(self.burst);
-        self.refilled = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
+    /// Whose publish budget this session spends (shared with the identity's other
+    /// sessions and unary calls; see `limiter.rs`).
+    quota_key: String,
 }
 
 impl std::fmt::Debug for Session {
@@ -110,10 +77,7 @@ impl Session {
             rights: identity.rights,
             expires_at: identity.expires_at,
             rotate_at: None,
-            publish_budget: shared
-                .config
-                .publish_rate
-                .map(|rate| TokenBucket::new(rate, shared.config.publish_burst)),
+            quota_key: identity.quota_key,
             queue,
             joined: HashMap::default(),
             shared,
@@ -403,13 +367,7 @@ impl Session {
         if let Err(error) = self.rights.check_write(&publish.room) {
             return Err((publish.room, error));
         }
-        if let Some(budget) = &mut self.publish_budget
-            && !budget.take()
-        {
-            let rate = budget.rate;
-            let error = HubError::ResourceExhausted(format!(
-                "publish rate over {rate}/s for this session: slow down and retry"
-            ));
+        if let Err(error) = self.shared.check_rate(&self.quota_key) {
             return Err((publish.room, error));
         }
         let Some(joined) = self.joined.get(publish.room.as_str()) else {

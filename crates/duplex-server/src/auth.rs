@@ -9,6 +9,15 @@
 //! {"sub": "alice", "exp": 1790000000, "rooms": {"read": ["lobby", "game.*"], "write": ["game.eu.*"]}}
 //! ```
 //!
+//! A token whose header lists critical extensions (`crit`) is refused: RFC 7515 §4.1.11
+//! asks a recipient to refuse extensions it does not understand, and duplex understands
+//! none.
+//!
+//! With `--allow-anonymous`, a caller without a token gets the anonymous rights (read-only
+//! by default: `--anonymous-read` / `--anonymous-write`), never a token's, and a name under
+//! [`ANONYMOUS_PREFIX`], so dropping a limited token gains no rights and no one's name.
+//! With no key configured at all (auth off), every caller is anonymous with every right.
+//!
 //! Tokens are never logged or echoed back: errors say what is wrong, not what was sent.
 
 use std::path::{Path, PathBuf};
@@ -22,6 +31,10 @@ use tonic::metadata::MetadataMap;
 
 /// Metadata key naming an anonymous session (the `sender` of its messages).
 pub const NAME_HEADER: &str = "duplex-name";
+
+/// Prefix of every anonymous caller's name when tokens are verified: a token's subject is
+/// taken as is, so without it an anonymous caller could call itself `alice`.
+pub const ANONYMOUS_PREFIX: &str = "anon:";
 
 /// Seconds of clock skew tolerated on `exp` and `nbf`.
 const LEEWAY_SECONDS: u64 = 5;
@@ -40,6 +53,8 @@ pub enum AuthSetupError {
     ShortSecret { path: PathBuf },
     #[error("give either --jwt-secret-file or --jwt-public-key-file, not both")]
     TwoKeys,
+    #[error("--anonymous-read / --anonymous-write: {0}")]
+    AnonymousRights(String),
 }
 
 /// Turns request metadata into an [`Identity`].
@@ -47,6 +62,9 @@ pub enum AuthSetupError {
 pub struct Authenticator {
     verifier: Option<(DecodingKey, Validation)>,
     allow_anonymous: bool,
+    /// What a caller without a token may do when tokens are verified and anonymous calls
+    /// are allowed (with auth off, callers get every right).
+    anonymous_rights: Rights,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -69,6 +87,10 @@ pub struct AuthSettings {
     pub issuer: Option<String>,
     pub audience: Option<String>,
     pub allow_anonymous: bool,
+    /// Room patterns anonymous callers may read, with tokens verified.
+    pub anonymous_read: Vec<String>,
+    /// Room patterns anonymous callers may publish to, with tokens verified.
+    pub anonymous_write: Vec<String>,
 }
 
 impl Authenticator {
@@ -77,6 +99,7 @@ impl Authenticator {
         Self {
             verifier: None,
             allow_anonymous: true,
+            anonymous_rights: Rights::all(),
         }
     }
 
@@ -112,9 +135,12 @@ impl Authenticator {
             required.push("aud");
         }
         validation.set_required_spec_claims(&required);
+        let anonymous_rights = Rights::new(&settings.anonymous_read, &settings.anonymous_write)
+            .map_err(|error| AuthSetupError::AnonymousRights(error.to_string()))?;
         Ok(Self {
             verifier: Some((key, validation)),
             allow_anonymous: settings.allow_anonymous,
+            anonymous_rights,
         })
     }
 
@@ -133,17 +159,40 @@ impl Authenticator {
         let token = bearer_token(metadata)?;
         let Some(token) = token else {
             return if self.allow_anonymous {
-                Ok(anonymous(metadata))
+                let mut identity = anonymous(metadata);
+                identity.name = self.anonymous_name(&identity.name);
+                identity.rights = self.anonymous_rights.clone();
+                Ok(identity)
             } else {
                 Err(Status::unauthenticated(
                     "missing token: send `authorization: Bearer <JWT>` metadata",
                 ))
             };
         };
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|error| Status::unauthenticated(token_error(error.kind())))?;
+        if header.crit.is_some() {
+            return Err(Status::unauthenticated(
+                "token header lists critical extensions (crit) this server does not \
+                 understand",
+            ));
+        }
         let claims = jsonwebtoken::decode::<Claims>(token, key, validation)
             .map_err(|error| Status::unauthenticated(token_error(error.kind())))?
             .claims;
         claims_identity(claims).map_err(Status::unauthenticated)
+    }
+}
+
+impl Authenticator {
+    /// The name an anonymous caller who calls itself `name` gets: as is with auth off,
+    /// under [`ANONYMOUS_PREFIX`] when tokens are verified, so it never equals a subject.
+    pub fn anonymous_name(&self, name: &str) -> String {
+        if self.verifier.is_some() {
+            format!("{ANONYMOUS_PREFIX}{name}")
+        } else {
+            name.to_owned()
+        }
     }
 }
 
@@ -247,6 +296,7 @@ pub fn claims_identity(claims: Claims) -> Result<Identity, String> {
         .checked_add(Duration::from_secs(claims.exp))
         .ok_or("token `exp` is out of range")?;
     Ok(Identity {
+        quota_key: format!("sub:{}", claims.sub),
         name: claims.sub,
         rights,
         expires_at: Some(expires_at),
@@ -280,6 +330,7 @@ pub mod fuzzing {
             Authenticator {
                 verifier: Some((DecodingKey::from_secret(SECRET), validation)),
                 allow_anonymous: false,
+                anonymous_rights: Rights::all(),
             }
         })
     }

@@ -84,6 +84,13 @@ pub struct ServeConfig {
     #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
     pub retention_age: Duration,
 
+    /// Start even when the store's database file exists but is empty (truncated) or cannot
+    /// be opened: a file that cannot be opened is renamed aside (duplex.redb.damaged-TIME)
+    /// and an empty store begins, whose offsets restart at 1. Without it the server refuses
+    /// to start on such a file; a missing file (a fresh data directory) is created anyway.
+    #[arg(long)]
+    pub reset_store: bool,
+
     /// What happens to a subscriber whose outbound queue is full: `disconnect` (a `lagged`
     /// frame with the last offset delivered, then RESOURCE_EXHAUSTED; the client resumes
     /// from history and loses nothing), `drop-oldest`, or `latest-per-key`.
@@ -103,14 +110,22 @@ pub struct ServeConfig {
     #[arg(long, default_value = "1MiB", value_parser = parse_nonzero_size)]
     pub max_payload: usize,
 
-    /// Publishes per second one session may sustain (token bucket); over it a publish gets
-    /// RESOURCE_EXHAUSTED and the session goes on. 0 = no limit.
+    /// Publishes per second one identity may sustain (token bucket), counted across all
+    /// its sessions and unary calls: a token's subject, or the client's IP address (its
+    /// /64 for IPv6) when anonymous. Over it a publish gets RESOURCE_EXHAUSTED and the
+    /// session goes on. 0 = no limit.
     #[arg(long, default_value_t = 5000)]
     pub publish_rate: u32,
 
-    /// Publishes one session may make at once above --publish-rate.
+    /// Publishes one identity may make at once above --publish-rate.
     #[arg(long, default_value_t = 10_000)]
     pub publish_burst: u32,
+
+    /// Identities the publish rate limiter tracks at once (about 200 bytes each). Idle
+    /// ones are forgotten first; when all are busy, a new identity's publish gets
+    /// RESOURCE_EXHAUSTED until one refills.
+    #[arg(long, default_value_t = 100_000)]
+    pub publish_rate_identities: usize,
 
     /// End a `Hub.Connect` session that sends nothing (not even a ping) for this long,
     /// with DEADLINE_EXCEEDED. `duplex-client` pings every 30s. 0s = never.
@@ -192,10 +207,22 @@ pub struct ServeConfig {
     #[arg(long)]
     pub jwt_audience: Option<String>,
 
-    /// With a JWT key configured, still accept calls without a token (every right, named
-    /// by the `duplex-name` header). For local development.
+    /// With a JWT key configured, still accept calls without a token. They get the
+    /// anonymous rights (--anonymous-read, --anonymous-write: read-only by default), never
+    /// a token's, and their `duplex-name` is prefixed `anon:` so it cannot pass for a
+    /// token's subject.
     #[arg(long)]
     pub allow_anonymous: bool,
+
+    /// With --allow-anonymous: room patterns (`lobby`, `game.*`, `*`; comma-separated)
+    /// callers without a token may read: join, subscribe, history, presence.
+    #[arg(long, value_delimiter = ',', default_value = "*")]
+    pub anonymous_read: Vec<String>,
+
+    /// With --allow-anonymous: room patterns (comma-separated) callers without a token may
+    /// publish to. None by default: anonymous callers are read-only.
+    #[arg(long, value_delimiter = ',')]
+    pub anonymous_write: Vec<String>,
 
     /// Connection workers: threads that each run a single-threaded runtime and serve the
     /// connections handed to them (round-robin by the acceptor). A connection's reads,
@@ -258,6 +285,7 @@ impl ServeConfig {
             publish_window: self.publish_window,
             publish_rate: Some(self.publish_rate).filter(|&rate| rate > 0),
             publish_burst: self.publish_burst,
+            rate_limited_identities: self.publish_rate_identities,
             idle_timeout: Some(self.idle_timeout).filter(|t| !t.is_zero()),
             ..duplex_hub::HubConfig::default()
         }
@@ -284,6 +312,8 @@ impl ServeConfig {
             issuer: self.jwt_issuer.clone(),
             audience: self.jwt_audience.clone(),
             allow_anonymous: self.allow_anonymous,
+            anonymous_read: self.anonymous_read.clone(),
+            anonymous_write: self.anonymous_write.clone(),
         }
     }
 

@@ -65,8 +65,27 @@ impl HubService {
         ))
     }
 
+    /// The caller's identity. An anonymous caller's publish rate budget is its peer's
+    /// address (its /64 for IPv6, which hands a client a whole /64), since it has no
+    /// verified name: `duplex-name` is whatever the client says.
     fn identify<T>(&self, request: &Request<T>) -> Result<Identity, Status> {
-        self.auth.identify(request.metadata())
+        let mut identity = self.auth.identify(request.metadata())?;
+        if !self_named(&identity) {
+            let remote = request
+                .extensions()
+                .get::<ConnectionInfo>()
+                .and_then(|info| info.remote)
+                .or_else(|| request.remote_addr());
+            identity.quota_key = match remote.map(|addr| addr.ip().to_canonical()) {
+                Some(std::net::IpAddr::V6(ip)) => {
+                    let prefix = u128::from(ip) & !((1u128 << 64) - 1);
+                    format!("ip:{}/64", std::net::Ipv6Addr::from(prefix))
+                }
+                Some(ip) => format!("ip:{ip}"),
+                None => "ip:unknown".into(),
+            };
+        }
+        Ok(identity)
     }
 }
 
@@ -113,31 +132,58 @@ where
             "/duplex.v1.Hub/Subscribe" => Box::pin(async move {
                 let mut grpc = Grpc::new(PreEncodedCodec::<SubscribeRequest>::default())
                     .max_decoding_message_size(limit);
-                Ok(grpc.server_streaming(Subscribe(service), request).await)
+                let response = grpc.server_streaming(Subscribe(service), request).await;
+                Ok(oversize_as_resource_exhausted(response))
             }),
             "/duplex.v1.Hub/Publish" => Box::pin(async move {
                 let mut grpc = Grpc::new(ProstCodec::default()).max_decoding_message_size(limit);
-                Ok(grpc
+                let response = grpc
                     .unary(Unary(service, PhantomData::<PublishRequest>), request)
-                    .await)
+                    .await;
+                Ok(oversize_as_resource_exhausted(response))
             }),
             "/duplex.v1.Hub/History" => Box::pin(async move {
                 let mut grpc = Grpc::new(ProstCodec::default()).max_decoding_message_size(limit);
-                Ok(grpc
+                let response = grpc
                     .unary(Unary(service, PhantomData::<HistoryRequest>), request)
-                    .await)
+                    .await;
+                Ok(oversize_as_resource_exhausted(response))
             }),
             "/duplex.v1.Hub/Presence" => Box::pin(async move {
                 let mut grpc = Grpc::new(ProstCodec::default()).max_decoding_message_size(limit);
-                Ok(grpc
+                let response = grpc
                     .unary(Unary(service, PhantomData::<PresenceRequest>), request)
-                    .await)
+                    .await;
+                Ok(oversize_as_resource_exhausted(response))
             }),
             _ => Box::pin(async move {
                 Ok(Status::unimplemented("no such method in duplex.v1.Hub").into_http())
             }),
         }
     }
+}
+
+/// The status of a unary or server-streaming call whose request message is over the size
+/// limit, as the gRPC spec, grpc-go and C-core give it: RESOURCE_EXHAUSTED.
+///
+/// tonic decodes those requests before our handler runs and answers an oversized one with
+/// OUT_OF_RANGE, as a trailers-only response (the status in the headers). No Hub handler
+/// answers OUT_OF_RANGE, so a response carrying it is that refusal, and its code is
+/// rewritten; the message (found N bytes, the limit is M) stays. `Connect` maps the same
+/// error on its inbound stream (see `chat::inbound_error`).
+fn oversize_as_resource_exhausted(
+    mut response: http::Response<tonic::body::Body>,
+) -> http::Response<tonic::body::Body> {
+    let out_of_range = (Code::OutOfRange as i32).to_string();
+    if response
+        .headers()
+        .get("grpc-status")
+        .is_some_and(|code| code.as_bytes() == out_of_range.as_bytes())
+    {
+        let exhausted = http::HeaderValue::from(Code::ResourceExhausted as i32);
+        response.headers_mut().insert("grpc-status", exhausted);
+    }
+    response
 }
 
 struct Connect(HubService);
@@ -181,6 +227,7 @@ impl ServerStreamingService<SubscribeRequest> for Subscribe {
 
     fn call(&mut self, request: Request<SubscribeRequest>) -> Self::Future {
         let hub = self.0.hub.clone();
+        let auth = self.0.auth.clone();
         let identity = self.0.identify(&request);
         Box::pin(async move {
             let mut identity = identity?;
@@ -192,7 +239,7 @@ impl ServerStreamingService<SubscribeRequest> for Subscribe {
                 .map_err(status)?;
             let hidden = subscribe.name.is_empty();
             if !hidden && !self_named(&identity) {
-                identity.name = checked_name(subscribe.name)?;
+                identity.name = auth.anonymous_name(&checked_name(subscribe.name)?);
             }
             let (mut session, outbound) = hub.open_session(identity);
             let join = Join {
@@ -219,6 +266,7 @@ impl UnaryService<PublishRequest> for Unary<PublishRequest> {
 
     fn call(&mut self, request: Request<PublishRequest>) -> Self::Future {
         let hub = self.0.hub.clone();
+        let auth = self.0.auth.clone();
         let identity = self.0.identify(&request);
         Box::pin(async move {
             let identity = identity?;
@@ -227,20 +275,23 @@ impl UnaryService<PublishRequest> for Unary<PublishRequest> {
             identity.rights.check_write(&publish.room).map_err(status)?;
             // A token's subject is the sender; anonymous callers may name one.
             let sender = if self_named(&identity) || publish.sender.is_empty() {
-                identity.name
+                identity.name.clone()
             } else {
-                checked_name(publish.sender)?
+                auth.anonymous_name(&checked_name(publish.sender)?)
             };
             let room = publish.room.clone();
             let outcome = hub
-                .publish(PublishInput {
-                    room: publish.room,
-                    sender,
-                    payload: publish.payload,
-                    content_type: publish.content_type,
-                    client_id: publish.client_message_id,
-                    key: publish.key,
-                })
+                .publish_as(
+                    &identity,
+                    PublishInput {
+                        room: publish.room,
+                        sender,
+                        payload: publish.payload,
+                        content_type: publish.content_type,
+                        client_id: publish.client_message_id,
+                        key: publish.key,
+                    },
+                )
                 .await
                 .map_err(status)?;
             Ok(Response::new(PublishAck {

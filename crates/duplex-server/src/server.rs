@@ -182,14 +182,17 @@ impl Server {
             return Err(ServeError::NoAddress(config.listen.clone()));
         }
         let store: Arc<dyn Store> = match config.store {
-            StoreKind::Redb => Arc::new(
-                RedbStore::open(&config.data_dir, config.retention()).map_err(|source| {
-                    ServeError::Store {
-                        kind: "redb",
-                        source,
-                    }
-                })?,
-            ),
+            StoreKind::Redb => {
+                let opened = if config.reset_store {
+                    RedbStore::open_resetting(&config.data_dir, config.retention())
+                } else {
+                    RedbStore::open(&config.data_dir, config.retention())
+                };
+                Arc::new(opened.map_err(|source| ServeError::Store {
+                    kind: "redb",
+                    source,
+                })?)
+            }
             StoreKind::Memory => Arc::new(MemoryStore::new(config.retention())),
         };
         let auth = Arc::new(Authenticator::from_settings(&config.auth_settings())?);

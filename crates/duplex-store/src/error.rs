@@ -34,13 +34,31 @@ pub enum StoreError {
 
     /// The database file exists but cannot be opened: damaged, or written by an
     /// incompatible redb version.
-    #[error("cannot open database file {}: {source}", path.display())]
+    #[error(
+        "cannot open database file {}: {source}. Restore it from a backup, or start over \
+         with an empty store (`duplex serve --reset-store` keeps the file aside)",
+        path.display()
+    )]
     Open {
         /// The database file.
         path: PathBuf,
         /// What redb said.
         #[source]
         source: Arc<redb::DatabaseError>,
+    },
+
+    /// The database file exists but is empty (0 bytes) or holds no duplex tables: it was
+    /// truncated or lost. Opening it as is would restart every room's offsets at 1.
+    #[error(
+        "database file {} exists but is empty or holds no duplex data (truncated or lost?); \
+         starting on it would restart every room's offsets at 1 and resuming clients would \
+         miss messages. Restore it from a backup, or start over with `duplex serve \
+         --reset-store`",
+        path.display()
+    )]
+    Empty {
+        /// The database file.
+        path: PathBuf,
     },
 
     /// The database failed to read or write its file (I/O error, corrupted page).
@@ -90,6 +108,11 @@ pub enum StoreError {
     /// died); nothing more can be written.
     #[error("store is closed")]
     Closed,
+
+    /// A write failed (disk full, I/O error) and the store is reopening its database to
+    /// recover; retry shortly. Nothing that failed was acknowledged.
+    #[error("store is recovering from a failed write (disk full or I/O error); retry shortly")]
+    Reopening,
 
     /// A blocking read task failed (panicked or was cancelled by runtime shutdown).
     #[error("store read task failed: {0}")]

@@ -156,6 +156,31 @@ pub trait Store: Send + Sync + 'static {
     /// everything and reopening, so offsets never go back.
     fn last_offset(&self, room: &str) -> BoxFuture<'_, Result<Offset, StoreError>>;
 
+    /// The client message ids of `room`'s newest messages that carry one, at most `limit`,
+    /// oldest first, with their offsets: what the hub needs to dedupe a room it loads.
+    ///
+    /// Cheap by contract: a backend must answer without reading payloads, because the hub
+    /// calls it for every room that comes back into use. The default reads the last `limit`
+    /// messages (fine for a store in memory, whose reads copy no payload);
+    /// [`RedbStore`] keeps a separate index of ids.
+    fn recent_client_ids(
+        &self,
+        room: &str,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<(Offset, String)>, StoreError>> {
+        let room = room.to_owned();
+        Box::pin(async move {
+            let last = self.last_offset(&room).await?;
+            let from = last.saturating_sub(limit as u64);
+            let recent = self.read_after(&room, from, limit).await?;
+            Ok(recent
+                .into_iter()
+                .filter(|message| !message.client_id.is_empty())
+                .map(|message| (message.offset, message.client_id))
+                .collect())
+        })
+    }
+
     /// Deletes what retention no longer keeps, in every room: messages older than
     /// `max_age`, and the oldest beyond `max_messages` (already enforced on append; this
     /// catches a limit lowered since). Returns how many messages were removed, at most
@@ -190,6 +215,14 @@ impl<S: Store + ?Sized> Store for Arc<S> {
 
     fn last_offset(&self, room: &str) -> BoxFuture<'_, Result<Offset, StoreError>> {
         (**self).last_offset(room)
+    }
+
+    fn recent_client_ids(
+        &self,
+        room: &str,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<(Offset, String)>, StoreError>> {
+        (**self).recent_client_ids(room, limit)
     }
 
     fn enforce_retention(&self, now_unix_micros: i64) -> BoxFuture<'_, Result<u64, StoreError>> {

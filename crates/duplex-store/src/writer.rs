@@ -9,7 +9,9 @@
 //!
 //! A batch whose offsets do not follow its room's last offset is refused on its own; the
 //! rest of its group still commits. A failed transaction or commit fails every append of
-//! the group with the same error, and none of them is acknowledged.
+//! the group with the same error, and none of them is acknowledged; the writer then closes
+//! and reopens the database (see `redb_store`), since redb refuses every write after one
+//! failed.
 //!
 //! The loop ends when every sender is gone (the store was dropped), after the requests
 //! already queued.
@@ -19,11 +21,14 @@ use std::collections::HashMap;
 use foldhash::fast::RandomState as FastHash;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::redb_store::{MAX_REQUESTS_PER_COMMIT, MESSAGES, ROOMS};
+use crate::redb_store::{
+    CLIENT_IDS, MAX_REQUESTS_PER_COMMIT, MESSAGES, OpenDatabase, REOPEN_INTERVAL, ROOMS,
+};
 use crate::{MAX_RETENTION_DELETES_PER_RUN, Offset, Retention, StoreError, StoredMessage, record};
 
 /// What the store asks of its writer thread.
@@ -51,15 +56,18 @@ struct RoomState {
 
 /// The write side of the database. Owned by its thread; see the module docs.
 pub(crate) struct Writer {
-    db: Arc<Database>,
+    db: Arc<OpenDatabase>,
     retention: Retention,
     commits: Arc<AtomicU64>,
     requests: mpsc::Receiver<WriteRequest>,
+    /// When the database was last closed to be reopened and the last attempt failed:
+    /// attempts are spaced by [`REOPEN_INTERVAL`].
+    failed_reopen_at: Option<Instant>,
 }
 
 impl Writer {
     pub(crate) fn new(
-        db: Arc<Database>,
+        db: Arc<OpenDatabase>,
         retention: Retention,
         commits: Arc<AtomicU64>,
         requests: mpsc::Receiver<WriteRequest>,
@@ -69,12 +77,68 @@ impl Writer {
             retention,
             commits,
             requests,
+            failed_reopen_at: None,
         }
+    }
+
+    /// Waits for the next request; `None` once the store is dropped. While the database is
+    /// closed after a failed write, it keeps trying to reopen it (every
+    /// [`REOPEN_INTERVAL`]) even when no write comes: reads fail until it is open again.
+    fn next_request(&mut self) -> Option<WriteRequest> {
+        loop {
+            if self.db.is_open() {
+                return self.requests.blocking_recv();
+            }
+            match self.requests.try_recv() {
+                Ok(request) => return Some(request),
+                Err(mpsc::error::TryRecvError::Disconnected) => return None,
+                Err(mpsc::error::TryRecvError::Empty) => {}
+            }
+            let _ = self.database();
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    /// The open database, reopening it first if a failed write closed it (at most once
+    /// per [`REOPEN_INTERVAL`]).
+    fn database(&mut self) -> Result<Arc<Database>, StoreError> {
+        if self.db.is_open() {
+            return self.db.get();
+        }
+        if self
+            .failed_reopen_at
+            .is_some_and(|at| at.elapsed() < REOPEN_INTERVAL)
+        {
+            return Err(StoreError::Reopening);
+        }
+        match self.db.reopen() {
+            Ok(()) => {
+                self.failed_reopen_at = None;
+                tracing::warn!("store database reopened after a failed write; writes go on");
+                self.db.get()
+            }
+            Err(error) => {
+                self.failed_reopen_at = Some(Instant::now());
+                tracing::error!(%error, "store database could not be reopened; will retry");
+                Err(StoreError::Reopening)
+            }
+        }
+    }
+
+    /// A write failed: redb refuses every later write until the database is reopened, so
+    /// close it now; the next request reopens it.
+    fn recover(&mut self, error: &StoreError) {
+        if matches!(error, StoreError::Reopening) {
+            return;
+        }
+        tracing::error!(%error, "store write failed; closing the database to reopen it");
+        self.db.close();
+        self.failed_reopen_at = None;
     }
 
     /// The thread's loop; returns when the store is dropped.
     pub(crate) fn run(mut self) {
-        while let Some(first) = self.requests.blocking_recv() {
+        while let Some(first) = self.next_request() {
             let mut appends: Vec<PendingAppend> = Vec::new();
             let mut retention_runs = Vec::new();
             let mut sort = |request| match request {
@@ -95,9 +159,12 @@ impl Writer {
                 self.commit_appends(appends);
             }
             for (now_unix_micros, done) in retention_runs {
-                let result = self.enforce_retention(now_unix_micros);
+                let result = self
+                    .database()
+                    .and_then(|db| self.enforce_retention(&db, now_unix_micros));
                 if let Err(error) = &result {
                     tracing::error!(%error, "store retention run failed");
+                    self.recover(error);
                 }
                 let _ = done.send(result);
             }
@@ -105,9 +172,12 @@ impl Writer {
     }
 
     /// Writes a group of appends in one transaction and answers each once it is durable.
-    fn commit_appends(&self, appends: Vec<PendingAppend>) {
+    fn commit_appends(&mut self, appends: Vec<PendingAppend>) {
         let requests = appends.len();
-        match self.write_group(&appends) {
+        let written = self
+            .database()
+            .and_then(|db| self.write_group(&db, &appends));
+        match written {
             Ok(verdicts) => {
                 tracing::trace!(requests, "store group committed");
                 for ((_, done), verdict) in appends.into_iter().zip(verdicts) {
@@ -119,6 +189,7 @@ impl Writer {
                 for (_, done) in appends {
                     let _ = done.send(Err(error.clone()));
                 }
+                self.recover(&error);
             }
         }
     }
@@ -127,13 +198,15 @@ impl Writer {
     /// stored) and means the stored ones are durable; `Err` means none is.
     fn write_group(
         &self,
+        db: &Database,
         appends: &[PendingAppend],
     ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
-        let txn = self.begin_durable()?;
+        let txn = begin_durable(db)?;
         let mut verdicts = Vec::with_capacity(appends.len());
         let mut stored = 0usize;
         {
             let mut messages = txn.open_table(MESSAGES)?;
+            let mut ids = txn.open_table(CLIENT_IDS)?;
             let mut rooms = txn.open_table(ROOMS)?;
             // Maps over the rooms of one group, looked up per message: a fast hash (a
             // group names at most a few thousand rooms, so flooding one buys nothing).
@@ -145,7 +218,11 @@ impl Writer {
                 }
                 for message in batch {
                     let encoded = record::encode(message);
-                    messages.insert((message.room.as_str(), message.offset), encoded.as_slice())?;
+                    let key = (message.room.as_str(), message.offset);
+                    messages.insert(key, encoded.as_slice())?;
+                    if !message.client_id.is_empty() {
+                        ids.insert(key, message.client_id.as_str())?;
+                    }
                     let state = touched
                         .get_mut(&message.room)
                         .expect("check_offsets loaded every room of the batch");
@@ -163,7 +240,7 @@ impl Writer {
                     && state.retained > max
                 {
                     let over = state.retained - max;
-                    let removed = trim_oldest(&mut messages, room, over, None, over)?;
+                    let removed = trim_oldest(&mut messages, &mut ids, room, over, None, over)?;
                     state.retained -= removed;
                 }
                 rooms.insert(room.as_str(), (state.last, state.retained))?;
@@ -177,15 +254,16 @@ impl Writer {
     /// Deletes, in every room, the oldest messages beyond `max_messages` and those older
     /// than `max_age`, at most [`MAX_RETENTION_DELETES_PER_RUN`] in all. One transaction;
     /// commits only when something was removed.
-    fn enforce_retention(&self, now_unix_micros: i64) -> Result<u64, StoreError> {
+    fn enforce_retention(&self, db: &Database, now_unix_micros: i64) -> Result<u64, StoreError> {
         let cutoff = self.retention.age_cutoff(now_unix_micros);
         if cutoff.is_none() && self.retention.max_messages.is_none() {
             return Ok(0);
         }
-        let txn = self.begin_durable()?;
+        let txn = begin_durable(db)?;
         let mut removed_total = 0;
         {
             let mut messages = txn.open_table(MESSAGES)?;
+            let mut ids = txn.open_table(CLIENT_IDS)?;
             let mut rooms = txn.open_table(ROOMS)?;
             let states = rooms
                 .iter()?
@@ -204,7 +282,8 @@ impl Writer {
                     .retention
                     .max_messages
                     .map_or(0, |max| state.retained.saturating_sub(max));
-                let removed = trim_oldest(&mut messages, &room, over_count, cutoff, budget)?;
+                let removed =
+                    trim_oldest(&mut messages, &mut ids, &room, over_count, cutoff, budget)?;
                 if removed > 0 {
                     let retained = state.retained.saturating_sub(removed);
                     rooms.insert(room.as_str(), (state.last, retained))?;
@@ -220,12 +299,12 @@ impl Writer {
         tracing::debug!(removed = removed_total, "store retention removed messages");
         Ok(removed_total)
     }
+}
 
-    fn begin_durable(&self) -> Result<WriteTransaction, StoreError> {
-        let mut txn = self.db.begin_write()?;
-        txn.set_durability(Durability::Immediate)?;
-        Ok(txn)
-    }
+fn begin_durable(db: &Database) -> Result<WriteTransaction, StoreError> {
+    let mut txn = db.begin_write()?;
+    txn.set_durability(Durability::Immediate)?;
+    Ok(txn)
 }
 
 /// Checks that `batch`'s offsets follow each room's last offset (as stored, or as left by
@@ -270,9 +349,11 @@ fn check_offsets(
 
 /// Deletes the oldest messages of `room`: the first `count`, then more as long as they are
 /// older than `cutoff` (when given), `limit` at most. Stops at the first message retention
-/// keeps, so a room always retains a contiguous tail of its log. Returns how many went.
+/// keeps, so a room always retains a contiguous tail of its log. Their client ids go too.
+/// Returns how many went.
 fn trim_oldest(
     messages: &mut Table<(&str, u64), &[u8]>,
+    ids: &mut Table<(&str, u64), &str>,
     room: &str,
     count: u64,
     cutoff: Option<i64>,
@@ -300,6 +381,7 @@ fn trim_oldest(
     }
     for &offset in &doomed {
         messages.remove((room, offset))?;
+        ids.remove((room, offset))?;
     }
     Ok(doomed.len() as u64)
 }

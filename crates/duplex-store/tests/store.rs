@@ -462,3 +462,118 @@ async fn one_retention_run_removes_a_bounded_number() {
         assert_eq!(store.bounds("r").await.unwrap(), None, "{name}");
     }
 }
+
+/// What the hub reads to dedupe a room it loads: the newest client ids, oldest first,
+/// skipping messages without one and following retention.
+#[tokio::test]
+async fn recent_client_ids_are_the_newest_retained_ones() {
+    let retention = Retention {
+        max_messages: Some(6),
+        max_age: None,
+    };
+    for (name, store, _dir) in backends(retention) {
+        let batch = (1..=10)
+            .map(|offset| StoredMessage {
+                client_id: if offset % 3 == 0 {
+                    String::new()
+                } else {
+                    format!("c{offset}")
+                },
+                ..message("r", offset)
+            })
+            .collect();
+        store.append(batch).await.unwrap();
+        store.append(vec![message("other", 1)]).await.unwrap();
+        let ids = store.recent_client_ids("r", 3).await.unwrap();
+        let want: Vec<(Offset, String)> = [(8, "c8"), (10, "c10")]
+            .into_iter()
+            .map(|(o, id)| (o, id.to_owned()))
+            .collect();
+        // redb's index lists the newest 3 ids (7, 8, 10); the memory default reads the
+        // newest 3 offsets (8, 9, 10) and keeps those with an id. Both end at the newest.
+        assert!(ids.ends_with(&want), "{name}: {ids:?}");
+        // Retention keeps offsets 5..=10: the index never names a trimmed message.
+        let all = store.recent_client_ids("r", 100).await.unwrap();
+        let offsets: Vec<Offset> = all.iter().map(|(o, _)| *o).collect();
+        assert_eq!(offsets, [5, 7, 8, 10], "{name}");
+        assert!(
+            store
+                .recent_client_ids("empty", 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+}
+
+/// A file written before the client-id index existed gets it built when opened, so a
+/// retried publish is still recognised after the upgrade.
+#[tokio::test]
+async fn the_client_id_index_is_built_for_an_older_file() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = RedbStore::open(dir.path(), Retention::default()).unwrap();
+        store
+            .append((1..=4).map(|offset| message("r", offset)).collect())
+            .await
+            .unwrap();
+    }
+    {
+        // Make it look like an older file: no index table.
+        let db = redb::Database::open(dir.path().join("duplex.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        let index: redb::TableDefinition<(&str, u64), &str> =
+            redb::TableDefinition::new("duplex.client_ids.v1");
+        assert!(txn.delete_table(index).unwrap(), "the index table existed");
+        txn.commit().unwrap();
+    }
+    let store = RedbStore::open(dir.path(), Retention::default()).unwrap();
+    let ids = store.recent_client_ids("r", 10).await.unwrap();
+    let offsets: Vec<Offset> = ids.iter().map(|(o, _)| *o).collect();
+    assert_eq!(offsets, [1, 2, 3, 4]);
+    assert_eq!(ids[3].1, "c4");
+}
+
+/// A truncated file would restart every room at offset 1 and resuming clients would miss
+/// messages silently: it is refused, unless the caller asks to start over.
+#[tokio::test]
+async fn an_empty_database_file_is_refused_unless_reset() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = RedbStore::open(dir.path(), Retention::default()).unwrap();
+        store
+            .append(vec![message("r", 1), message("r", 2)])
+            .await
+            .unwrap();
+    }
+    let path = dir.path().join("duplex.redb");
+    std::fs::File::create(&path).unwrap(); // truncates it
+    let error = RedbStore::open(dir.path(), Retention::default()).unwrap_err();
+    assert!(matches!(error, StoreError::Empty { .. }), "{error:?}");
+    assert!(error.to_string().contains("--reset-store"), "{error}");
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), 0, "left as it was");
+
+    let store = RedbStore::open_resetting(dir.path(), Retention::default()).unwrap();
+    assert_eq!(store.last_offset("r").await.unwrap(), 0, "an empty store");
+    drop(store);
+    // Started over once, it opens normally from then on.
+    RedbStore::open(dir.path(), Retention::default()).unwrap();
+}
+
+#[test]
+fn a_damaged_file_is_kept_aside_when_reset() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("duplex.redb");
+    std::fs::write(&path, vec![0x5A; 64 * 1024]).unwrap();
+    let error = RedbStore::open(dir.path(), Retention::default()).unwrap_err();
+    assert!(error.to_string().contains("--reset-store"), "{error}");
+    RedbStore::open_resetting(dir.path(), Retention::default()).unwrap();
+    let kept: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.starts_with("duplex.redb.damaged-"))
+        .collect();
+    assert_eq!(kept.len(), 1, "the damaged file is kept aside: {kept:?}");
+    let aside = dir.path().join(&kept[0]);
+    assert_eq!(std::fs::read(aside).unwrap(), vec![0x5A; 64 * 1024]);
+}

@@ -427,3 +427,112 @@ async fn a_configured_audience_and_issuer_must_be_in_the_token() {
         assert_eq!(status.code(), Code::Unauthenticated, "{claims}");
     }
 }
+
+/// Issue 10 item 12, first half. RFC 7515 §4.1.11: a token whose header lists critical
+/// extensions the recipient does not understand must be refused. Before the fix such a
+/// token, correctly signed, was accepted.
+#[tokio::test]
+async fn a_token_with_critical_extensions_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = write_file(dir.path(), "secret", SECRET);
+    let (_server, addr) = spawn_duplex_serve(&["--jwt-secret-file", &secret]);
+    let channel = channel(addr).await;
+    let claims = claims("alice", now() + 3600, &["*"], &["*"]);
+    let mut header = Header::new(Algorithm::HS256);
+    header.crit = Some(vec!["urn:example:must-understand".into()]);
+    let critical = jsonwebtoken::encode(
+        &header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET),
+    )
+    .unwrap();
+    let status = open(&channel, Some(&critical), "alice")
+        .await
+        .err()
+        .expect("a token with crit is refused");
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(status.message().contains("crit"), "{}", status.message());
+    // The same claims without `crit` are accepted: the refusal is for the header alone.
+    open(&channel, Some(&hs256(&claims, SECRET)), "alice")
+        .await
+        .expect("the same token without crit");
+}
+
+/// Issue 10 item 12, second half. Before the fix `--allow-anonymous` gave a caller without
+/// a token every right and any name, so a client holding a limited token gained everything
+/// by dropping it and could publish as anyone. Now anonymous callers get the anonymous
+/// rights (read-only unless `--anonymous-write`) and a name under `anon:`.
+#[tokio::test]
+async fn anonymous_callers_get_their_own_rights_and_cannot_take_a_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = write_file(dir.path(), "secret", SECRET);
+    let (_server, addr) = spawn_duplex_serve(&[
+        "--jwt-secret-file",
+        &secret,
+        "--allow-anonymous",
+        "--anonymous-write",
+        "guest.*",
+    ]);
+    let channel = channel(addr).await;
+    let mut client = HubClient::new(channel.clone());
+
+    // Reading works (the default anonymous read is every room); writing only in guest.*.
+    let mut anonymous = open(&channel, None, "alice").await.unwrap();
+    let joined = anonymous.join("lobby", None).await;
+    assert_eq!(joined.room, "lobby");
+    anonymous.send(publish("lobby", "as nobody")).await;
+    expect_error(&mut anonymous, Code::PermissionDenied).await;
+    let status = client
+        .publish(PublishRequest {
+            room: "lobby".into(),
+            payload: Bytes::from_static(b"unary, as nobody"),
+            sender: "alice".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+
+    // Where it may write, it cannot pass for a token's subject.
+    client
+        .publish(PublishRequest {
+            room: "guest.1".into(),
+            payload: Bytes::from_static(b"hello"),
+            sender: "alice".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("anonymous publish where --anonymous-write allows it");
+    let history = client
+        .history(HistoryRequest {
+            room: "guest.1".into(),
+            after_offset: 0,
+            limit: 10,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(history.messages.len(), 1);
+    assert_eq!(history.messages[0].sender, "anon:alice");
+    let presence = client
+        .presence(duplex_proto::hub::PresenceRequest {
+            room: "lobby".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let names: Vec<&str> = presence.members.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["anon:alice"]);
+
+    // A token limited to reading the lobby still gets exactly that; dropping it gains
+    // nothing beyond the anonymous rights.
+    let limited = hs256(&claims("bob", now() + 3600, &["lobby"], &[]), SECRET);
+    let mut bob = open(&channel, Some(&limited), "ignored").await.unwrap();
+    bob.send(join("guest.1")).await;
+    expect_error(&mut bob, Code::PermissionDenied).await;
+    println!(
+        "| --allow-anonymous, no token | read-only (configurable), name anon:… | lobby read OK, \
+         publish PERMISSION_DENIED; guest.* publish as sender {:?} |",
+        history.messages[0].sender
+    );
+}

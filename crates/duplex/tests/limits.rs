@@ -1,4 +1,4 @@
-//! Limits a production server needs, against real servers: publish rate per session, idle
+//! Limits a production server needs, against real servers: publish rate per identity, idle
 //! sessions, header list size.
 
 mod common;
@@ -13,7 +13,7 @@ use duplex_proto::hub::{Ping, client_frame::Command};
 use tokio::time::timeout;
 
 #[tokio::test]
-async fn publish_rate_is_limited_per_session_and_the_session_goes_on() {
+async fn publish_rate_is_limited_and_the_session_goes_on() {
     let server = InProcessServer::start_with(|config| {
         config.publish_rate = 20;
         config.publish_burst = 20;
@@ -134,4 +134,99 @@ async fn oversized_header_lists_are_refused() {
         .expect("a modest header list is fine")
         .into_inner();
     assert_eq!(replies.message().await.unwrap().unwrap().text, "<<ok>>");
+}
+
+/// Issue 10 item 10. Before the fix, an oversized request got RESOURCE_EXHAUSTED on
+/// `Connect` and Chat but OUT_OF_RANGE (tonic's code) on the Hub's unary calls and on
+/// `Subscribe`. Every Hub call now answers as the gRPC spec says, over the wire from a
+/// real server process.
+#[tokio::test]
+async fn oversized_requests_get_resource_exhausted_on_every_hub_call() {
+    use duplex_proto::hub::hub_client::HubClient;
+    use duplex_proto::hub::{
+        ClientFrame, HistoryRequest, PresenceRequest, Publish, PublishRequest, SubscribeRequest,
+    };
+
+    let (_server, addr) = common::spawn_duplex_serve(&["--max-message-size", "1KiB"]);
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = HubClient::new(channel);
+    let big = "r".repeat(2048);
+    let mut seen = Vec::new();
+    let publish = client
+        .publish(PublishRequest {
+            room: "room".into(),
+            payload: Bytes::from(vec![b'x'; 2048]),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    seen.push(("Publish", publish));
+    let history = client
+        .history(HistoryRequest {
+            room: big.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    seen.push(("History", history));
+    let presence = client
+        .presence(PresenceRequest { room: big.clone() })
+        .await
+        .unwrap_err();
+    seen.push(("Presence", presence));
+    let subscribe = match client
+        .subscribe(SubscribeRequest {
+            room: big.clone(),
+            ..Default::default()
+        })
+        .await
+    {
+        Err(status) => status,
+        Ok(response) => response
+            .into_inner()
+            .message()
+            .await
+            .expect_err("an oversized Subscribe fails"),
+    };
+    seen.push(("Subscribe", subscribe));
+    let frame = ClientFrame {
+        command_id: 1,
+        command: Some(Command::Publish(Publish {
+            room: "room".into(),
+            payload: Bytes::from(vec![b'x'; 2048]),
+            ..Default::default()
+        })),
+    };
+    let connect = match client.connect(tokio_stream::iter(vec![frame])).await {
+        Err(status) => status,
+        Ok(response) => {
+            let mut frames = response.into_inner();
+            loop {
+                match timeout(STEP, frames.message()).await.expect("an answer") {
+                    Err(status) => break status,
+                    Ok(Some(_)) => continue,
+                    Ok(None) => panic!("Connect ended OK after an oversized frame"),
+                }
+            }
+        }
+    };
+    seen.push(("Connect", connect));
+    for (call, status) in &seen {
+        println!(
+            "| oversized {call} request | RESOURCE_EXHAUSTED | {:?} |",
+            status.code()
+        );
+    }
+    for (call, status) in seen {
+        assert_eq!(
+            status.code(),
+            tonic::Code::ResourceExhausted,
+            "{call}: {status:?}"
+        );
+        assert!(status.message().contains("too large"), "{call}: {status:?}");
+    }
 }

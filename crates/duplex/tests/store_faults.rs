@@ -1,0 +1,308 @@
+//! The embedded store under faults, against real `duplex serve` processes (issue 10, items
+//! 8 and 9): a full disk, and a database file that is empty or damaged when the server
+//! starts.
+//!
+//! The disk-full case needs a small filesystem of its own, which it mounts (a tmpfs), so it
+//! needs root. CI runs the suite as root; run elsewhere, it fails saying so rather than
+//! passing without having run.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{STEP, spawn_duplex_serve_durable};
+use duplex_proto::hub::hub_client::HubClient;
+use duplex_proto::hub::{HistoryRequest, PublishRequest};
+use tonic::transport::Channel;
+
+async fn hub_client(addr: std::net::SocketAddr) -> HubClient<Channel> {
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect to the server");
+    HubClient::new(channel).max_decoding_message_size(64 << 20)
+}
+
+/// A tmpfs of a given size mounted on a fresh directory; unmounted on drop.
+struct SmallFilesystem {
+    mount_point: PathBuf,
+    _parent: tempfile::TempDir,
+}
+
+impl SmallFilesystem {
+    fn mount(size: &str) -> Self {
+        use std::os::unix::fs::MetadataExt as _;
+        let uid = std::fs::metadata("/proc/self")
+            .map(|m| m.uid())
+            .unwrap_or(u32::MAX);
+        assert_eq!(
+            uid, 0,
+            "this test mounts a small tmpfs to fill it, which needs root: run it as root \
+             (CI does), e.g. `sudo -E cargo nextest run --test store_faults`"
+        );
+        let parent = tempfile::tempdir().unwrap();
+        let mount_point = parent.path().join("small");
+        std::fs::create_dir(&mount_point).unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&mount_point)
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "mount -t tmpfs failed: {status}");
+        Self {
+            mount_point,
+            _parent: parent,
+        }
+    }
+
+    fn path(&self) -> &Path {
+        &self.mount_point
+    }
+}
+
+impl Drop for SmallFilesystem {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(&self.mount_point)
+            .status();
+    }
+}
+
+/// Fills the filesystem holding `dir` with a file, up to what the filesystem refuses, then
+/// gives back `headroom` bytes.
+fn fill(dir: &Path, headroom: u64) -> PathBuf {
+    use std::io::Write as _;
+    let path = dir.join("filler");
+    let mut file = std::fs::File::create(&path).unwrap();
+    let chunk = vec![0u8; 64 * 1024];
+    for _ in 0..100_000 {
+        if file.write_all(&chunk).is_err() {
+            break;
+        }
+    }
+    let full = file.metadata().unwrap().len();
+    file.set_len(full.saturating_sub(headroom)).unwrap();
+    file.sync_all().unwrap();
+    path
+}
+
+fn publish_request(i: usize, size: usize) -> PublishRequest {
+    let mut payload = format!("m{i}:").into_bytes();
+    payload.resize(size, b'.');
+    PublishRequest {
+        room: "full".into(),
+        payload: Bytes::from(payload),
+        client_message_id: format!("c{i}"),
+        ..Default::default()
+    }
+}
+
+/// Every message of `room` as (offset, payload), in order.
+async fn everything(client: &mut HubClient<Channel>, room: &str) -> Vec<(u64, Bytes)> {
+    let mut out = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = client
+            .history(HistoryRequest {
+                room: room.into(),
+                after_offset: after,
+                limit: 100,
+            })
+            .await
+            .expect("history")
+            .into_inner();
+        let Some(last) = page.messages.last() else {
+            return out;
+        };
+        after = last.offset;
+        out.extend(page.messages.into_iter().map(|m| (m.offset, m.payload)));
+    }
+}
+
+/// Asserts the store holds exactly what was acked, in order (offsets shown, not payloads).
+fn assert_same(stored: &[(u64, Bytes)], acked: &[(u64, Bytes)], when: &str) {
+    let offsets = |messages: &[(u64, Bytes)]| messages.iter().map(|m| m.0).collect::<Vec<_>>();
+    assert_eq!(
+        offsets(stored),
+        offsets(acked),
+        "{when}: the stored offsets are the acked ones"
+    );
+    for (stored, acked) in stored.iter().zip(acked) {
+        assert!(
+            stored.1 == acked.1,
+            "{when}: offset {} holds another payload",
+            stored.0
+        );
+    }
+}
+
+/// Issue 10 item 8. Before the fix, once one commit failed for lack of space redb refused
+/// every later write ("Previous I/O error") until the process restarted, even after space
+/// was freed. Now the store reopens the database after a failed commit: publishes fail
+/// (UNAVAILABLE) while the disk is full, succeed again once space is freed, and every
+/// acked message is there, also after the server is killed and restarted.
+#[tokio::test]
+async fn a_full_disk_fails_publishes_until_space_is_freed_and_loses_nothing_acked() {
+    const SIZE: usize = 32 * 1024;
+    let fs = SmallFilesystem::mount("24m");
+    let data = fs.path().join("data");
+    let (mut server, addr) = spawn_duplex_serve_durable(&data, &[]);
+    let mut client = hub_client(addr).await;
+    client
+        .publish(publish_request(0, SIZE))
+        .await
+        .expect("a first publish");
+    let mut acked = vec![(1u64, publish_request(0, SIZE).payload)];
+
+    let filler = fill(fs.path(), 1 << 20);
+    let mut failures = 0;
+    let mut i = 1;
+    let started = Instant::now();
+    while failures < 3 && i < 2000 && started.elapsed() < STEP {
+        let request = publish_request(i, SIZE);
+        let payload = request.payload.clone();
+        match client.publish(request).await {
+            Ok(ack) => acked.push((ack.into_inner().offset, payload)),
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+                failures += 1;
+            }
+        }
+        i += 1;
+    }
+    assert!(failures > 0, "the disk never filled ({i} publishes acked)");
+    let acked_while_full = acked.len();
+
+    std::fs::remove_file(&filler).unwrap();
+    // Space is back: publishes succeed again, without a restart.
+    let freed = Instant::now();
+    let recovered = loop {
+        let request = publish_request(i, SIZE);
+        let payload = request.payload.clone();
+        match client.publish(request).await {
+            Ok(ack) => {
+                acked.push((ack.into_inner().offset, payload));
+                i += 1;
+                break freed.elapsed();
+            }
+            Err(status) if freed.elapsed() < STEP => {
+                assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(status) => panic!(
+                "publishes still fail {:?} after space was freed: {status:?}",
+                freed.elapsed()
+            ),
+        }
+        i += 1;
+    };
+    for _ in 0..5 {
+        let request = publish_request(i, SIZE);
+        let payload = request.payload.clone();
+        let ack = client
+            .publish(request)
+            .await
+            .expect("publish after recovery");
+        acked.push((ack.into_inner().offset, payload));
+        i += 1;
+    }
+    println!(
+        "| disk full under publishes, then space freed | publishes fail, then work again; \
+         nothing acked lost | {acked_while_full} acked before {failures} failures; working \
+         again {recovered:?} after space was freed |"
+    );
+
+    let stored = everything(&mut client, "full").await;
+    assert_same(&stored, &acked, "while running");
+    assert!(
+        server.0.try_wait().unwrap().is_none(),
+        "the server still runs"
+    );
+
+    // Killed, not stopped: what was acked must already be durable.
+    server.signal("KILL");
+    server
+        .wait_for_exit(STEP)
+        .expect("the server dies on SIGKILL");
+    let (_server, addr) = spawn_duplex_serve_durable(&data, &[]);
+    let mut client = hub_client(addr).await;
+    let stored = everything(&mut client, "full").await;
+    assert_same(&stored, &acked, "after a restart");
+}
+
+/// Runs `duplex serve` on `data` expecting it to refuse to start; returns its stderr.
+fn refused_start(data: &Path) -> String {
+    let mut command = common::duplex();
+    command
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+            "redb",
+            "--data-dir",
+        ])
+        .arg(data);
+    let (code, stdout, stderr) = common::run_with_input(command, "");
+    assert_ne!(code, Some(0), "the server must not start: {stdout}{stderr}");
+    assert!(code.is_some(), "the server exits by itself (not killed)");
+    assert!(!stdout.contains("listening on"), "{stdout}");
+    stderr
+}
+
+/// Issue 10 item 9. Before the fix, a database file truncated to 0 bytes started as an
+/// empty store: offsets restarted at 1 and resuming clients silently missed messages. Now
+/// the server refuses to start on it (and on a file it cannot open), naming the file and
+/// `--reset-store`; with that flag it starts over. A fresh data directory still starts
+/// without a word.
+#[tokio::test]
+async fn an_empty_or_damaged_store_file_is_refused_unless_reset() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("fresh");
+    {
+        let (_server, addr) = spawn_duplex_serve_durable(&data, &[]);
+        let mut client = hub_client(addr).await;
+        for i in 0..3 {
+            client.publish(publish_request(i, 16)).await.unwrap();
+        }
+    }
+    let file = data.join("duplex.redb");
+    std::fs::File::create(&file).unwrap(); // truncated to 0 bytes
+    let stderr = refused_start(&data);
+    assert!(
+        stderr.contains("empty") && stderr.contains("--reset-store"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(&file.display().to_string()), "{stderr}");
+
+    std::fs::write(&file, vec![0x5A; 64 * 1024]).unwrap(); // damaged
+    let stderr = refused_start(&data);
+    assert!(stderr.contains("--reset-store"), "{stderr}");
+
+    let (_server, addr) = spawn_duplex_serve_durable(&data, &["--reset-store"]);
+    let mut client = hub_client(addr).await;
+    let ack = client.publish(publish_request(0, 16)).await.unwrap();
+    assert_eq!(ack.into_inner().offset, 1, "started over");
+    let kept = std::fs::read_dir(&data)
+        .unwrap()
+        .filter(|entry| {
+            entry
+                .as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("duplex.redb.damaged-")
+        })
+        .count();
+    assert_eq!(kept, 1, "the damaged file is kept aside");
+    println!(
+        "| database file truncated to 0 bytes / damaged, then `duplex serve` | refused, naming \
+         --reset-store; with it, a new store | refused twice; --reset-store started over at \
+         offset 1 |"
+    );
+}
