@@ -29,6 +29,9 @@ pub fn client_url(addr: &str, tls: bool) -> anyhow::Result<String> {
         check_port(addr, addr)?;
         return Ok(format!("{scheme}://localhost:{addr}"));
     }
+    if addr.parse::<std::net::Ipv6Addr>().is_ok() {
+        return Ok(format!("{scheme}://[{addr}]:{DEFAULT_PORT}"));
+    }
     if let Some(port) = addr.strip_prefix(':') {
         check_port(addr, port)?;
         return Ok(format!("{scheme}://localhost:{port}"));
@@ -41,8 +44,12 @@ pub fn client_url(addr: &str, tls: bool) -> anyhow::Result<String> {
             check_port(addr, port)?;
             Ok(format!("{scheme}://{addr}"))
         }
-        // A host alone (or a bare IPv6 address): duplex's port.
-        None if addr.contains(':') => Ok(format!("{scheme}://[{addr}]:{DEFAULT_PORT}")),
+        // A host alone: duplex's port.
+        None if addr.contains(':') => {
+            bail!(
+                "`{addr}` is not HOST:PORT: expected e.g. localhost:{DEFAULT_PORT} or [::1]:{DEFAULT_PORT}"
+            )
+        }
         None => Ok(format!("{scheme}://{addr}:{DEFAULT_PORT}")),
     }
 }
