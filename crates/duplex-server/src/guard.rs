@@ -13,6 +13,10 @@
 //!   skipped, nothing is copied) to enforce a PING policy as grpc-go does: a client that
 //!   sends PINGs while the server sends no DATA or HEADERS collects strikes, and past
 //!   [`MAX_PING_STRIKES`] gets GOAWAY(ENHANCE_YOUR_CALM, "too_many_pings") and a close.
+//!   The guard sends that GOAWAY itself, whatever state HTTP/2 is left in (a PING cut in
+//!   half by TCP makes h2 drop the connection without writing anything), then half-closes
+//!   and drains the client for at most [`GOAWAY_LINGER`]: closing a socket with unread
+//!   input makes the kernel answer with RST, which can cost the client the GOAWAY.
 //!
 //! It also stamps each connection with when it was accepted, which the Hub service uses to
 //! send `shutdown` frames just before the connection's maximum age.
@@ -22,7 +26,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -44,6 +48,11 @@ const FRAME_DATA: u8 = 0x0;
 const FRAME_HEADERS: u8 = 0x1;
 const FRAME_PING: u8 = 0x6;
 const FLAG_ACK: u8 = 0x1;
+/// Longest a connection told to calm down is drained (its input read and dropped) after
+/// the GOAWAY and our FIN, waiting for the client's own close. Bounds what a flooding client
+/// costs after the verdict; a client that reads the GOAWAY closes well within it.
+pub const GOAWAY_LINGER: Duration = Duration::from_secs(1);
+
 /// GOAWAY(last stream 0... the server has processed, ENHANCE_YOUR_CALM) carrying
 /// "too_many_pings", the debug data grpc-go sends, so clients recognise it.
 const ENHANCE_YOUR_CALM: u32 = 0xb;
@@ -187,6 +196,7 @@ impl ConnectionGate {
             },
             last_client_stream: 0,
             goaway: None,
+            read_waiting_for_boundary: None,
             admission,
         })
     }
@@ -339,15 +349,26 @@ pub struct GuardedStream {
     pings: PingPolicy,
     /// Highest stream the client opened (HEADERS), for the GOAWAY.
     last_client_stream: u32,
-    /// A GOAWAY to write at the next frame boundary, then the connection ends.
+    /// Set once the client has pinged too much: the GOAWAY to write at the next outbound
+    /// frame boundary, then the connection ends.
     goaway: Option<GoAway>,
+    /// A read that found h2 in the middle of writing a frame, so the GOAWAY could not go
+    /// out yet; woken when the frame is complete.
+    read_waiting_for_boundary: Option<Waker>,
     admission: Admission,
 }
 
+/// The guard's own goodbye to a calmed-down connection: GOAWAY, FIN, a bounded drain.
 #[derive(Debug)]
 struct GoAway {
     frame: Vec<u8>,
     written: usize,
+    /// Our write side is shut (FIN sent, after the GOAWAY).
+    write_shut: bool,
+    /// Ends the drain of the client's input ([`GOAWAY_LINGER`] after the FIN).
+    linger: Option<Pin<Box<Sleep>>>,
+    /// All of the above is done: reads end, writes fail.
+    done: bool,
 }
 
 /// GOAWAY naming `last_stream`, the highest stream the client opened: later ones were not
@@ -374,11 +395,17 @@ impl GuardedStream {
         )
     }
 
-    /// Writes what is left of a pending GOAWAY; Ready(Ok) once it is all out.
-    fn poll_flush_goaway(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    /// Says goodbye to a calmed-down connection, once h2 is between frames: writes the
+    /// GOAWAY, shuts our write side (FIN) and reads and drops what the client still sends
+    /// until it closes or [`GOAWAY_LINGER`] passes. Ready(Ok) when all that is done (at
+    /// once without a pending GOAWAY). Errors are the socket's: the client is gone.
+    fn poll_goodbye(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let Some(goaway) = &mut self.goaway else {
             return Poll::Ready(Ok(()));
         };
+        if goaway.done {
+            return Poll::Ready(Ok(()));
+        }
         while goaway.written < goaway.frame.len() {
             let n =
                 ready!(Pin::new(&mut self.inner).poll_write(cx, &goaway.frame[goaway.written..]))?;
@@ -387,8 +414,41 @@ impl GuardedStream {
             }
             goaway.written += n;
         }
-        // TLS buffers what it is given: push the GOAWAY onto the wire before the close.
-        Pin::new(&mut self.inner).poll_flush(cx)
+        if !goaway.write_shut {
+            // TLS buffers what it is given and sends close_notify on shutdown; TCP sends
+            // the FIN after the GOAWAY.
+            ready!(Pin::new(&mut self.inner).poll_shutdown(cx))?;
+            goaway.write_shut = true;
+            goaway.linger = Some(Box::pin(tokio::time::sleep(GOAWAY_LINGER)));
+        }
+        let mut scratch = [0u8; 4096];
+        loop {
+            let mut drained = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut self.inner).poll_read(cx, &mut drained) {
+                // Nothing to read now (or tokio's budget says yield): give up only once
+                // the linger is over, so a flood cannot hold the task past it.
+                Poll::Pending => {
+                    let over = goaway
+                        .linger
+                        .as_mut()
+                        .is_none_or(|linger| linger.as_mut().poll(cx).is_ready());
+                    if over {
+                        break;
+                    }
+                    return Poll::Pending;
+                }
+                Poll::Ready(Ok(())) if !drained.filled().is_empty() => {}
+                // The client closed (or reset): nothing left to lose.
+                Poll::Ready(_) => break,
+            }
+        }
+        goaway.done = true;
+        goaway.linger = None;
+        Poll::Ready(Ok(()))
+    }
+
+    fn outbound_at_boundary(&self) -> bool {
+        self.outbound.as_ref().is_none_or(FrameCursor::at_boundary)
     }
 
     /// Follows the frames in bytes the server wrote: DATA or HEADERS clear ping strikes.
@@ -403,10 +463,8 @@ impl GuardedStream {
         }
     }
 
-    fn ended(&self) -> bool {
-        self.goaway
-            .as_ref()
-            .is_some_and(|g| g.written == g.frame.len())
+    fn calmed_down() -> io::Error {
+        io::Error::new(io::ErrorKind::ConnectionAborted, "too many pings")
     }
 }
 
@@ -418,7 +476,15 @@ impl AsyncRead for GuardedStream {
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         if this.goaway.is_some() {
-            // Calmed down: the connection reads as ended; the GOAWAY goes out on shutdown.
+            // Calmed down: nothing more goes up to h2. The GOAWAY goes out from here rather
+            // than from h2's next write or shutdown, which may never come (h2 drops the
+            // connection without either when it ends in the middle of a frame).
+            if !this.outbound_at_boundary() {
+                // h2 is half way through writing a frame: its next write finishes it.
+                this.read_waiting_for_boundary = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            ready!(this.poll_goodbye(cx))?;
             return Poll::Ready(Ok(()));
         }
         if let Some(deadline) = &mut this.hard_close
@@ -461,8 +527,11 @@ impl AsyncRead for GuardedStream {
                 this.goaway = Some(GoAway {
                     frame: goaway_frame(this.last_client_stream),
                     written: 0,
+                    write_shut: false,
+                    linger: None,
+                    done: false,
                 });
-                // What was read is still handed up; the next read ends the connection.
+                // What was read is still handed up; the next read says goodbye.
             }
         }
         Poll::Ready(Ok(()))
@@ -476,21 +545,19 @@ impl AsyncWrite for GuardedStream {
         bytes: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        if this.ended() {
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::ConnectionAborted,
-                "too many pings",
-            )));
-        }
-        if this.goaway.is_some() && this.outbound.as_ref().is_none_or(FrameCursor::at_boundary) {
-            ready!(this.poll_flush_goaway(cx))?;
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::ConnectionAborted,
-                "too many pings",
-            )));
+        if this.goaway.is_some() && this.outbound_at_boundary() {
+            // Nothing of h2's goes out after the verdict but the rest of a frame begun.
+            ready!(this.poll_goodbye(cx))?;
+            return Poll::Ready(Err(Self::calmed_down()));
         }
         let n = ready!(Pin::new(&mut this.inner).poll_write(cx, bytes))?;
         this.note_written(&bytes[..n]);
+        if this.goaway.is_some()
+            && this.outbound_at_boundary()
+            && let Some(read) = this.read_waiting_for_boundary.take()
+        {
+            read.wake();
+        }
         Poll::Ready(Ok(n))
     }
 
@@ -504,8 +571,10 @@ impl AsyncWrite for GuardedStream {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if this.outbound.as_ref().is_none_or(FrameCursor::at_boundary) {
-            ready!(this.poll_flush_goaway(cx))?;
+        // The goodbye shuts the write side itself. (If h2 closes with half a frame written,
+        // no GOAWAY can follow it: a plain shutdown.)
+        if this.goaway.is_some() && this.outbound_at_boundary() {
+            return this.poll_goodbye(cx);
         }
         Pin::new(&mut this.inner).poll_shutdown(cx)
     }
