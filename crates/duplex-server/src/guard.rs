@@ -17,6 +17,14 @@
 //!   half by TCP makes h2 drop the connection without writing anything), then half-closes
 //!   and drains the client for at most [`GOAWAY_LINGER`]: closing a socket with unread
 //!   input makes the kernel answer with RST, which can cost the client the GOAWAY.
+//! - merges adjacent DATA frames of one stream that arrive in the same read into one frame
+//!   (at most [`MERGED_DATA_MAX`] bytes). DATA frame boundaries carry no meaning in HTTP/2
+//!   and flow control counts the same bytes, but h2 charges every DATA frame under 256 bytes
+//!   that waits unread against a budget of half the connection window, and past it sends
+//!   GOAWAY(ENHANCE_YOUR_CALM, "too_many_data_frames"). A client sending small messages
+//!   faster than a call reads them (grpc-js writes a frame per message) used to hit that
+//!   while well inside its flow-control window; merged, the frames a backlog brings in
+//!   arrive as few large ones.
 //!
 //! It also stamps each connection with when it was accepted, which the Hub service uses to
 //! send `shutdown` frames just before the connection's maximum age.
@@ -48,6 +56,10 @@ const FRAME_DATA: u8 = 0x0;
 const FRAME_HEADERS: u8 = 0x1;
 const FRAME_PING: u8 = 0x6;
 const FLAG_ACK: u8 = 0x1;
+const FLAG_END_STREAM: u8 = 0x1;
+/// Largest DATA payload a merge makes: the smallest SETTINGS_MAX_FRAME_SIZE there is, so a
+/// merged frame is within what the server accepts whatever `--max-frame-size` says.
+pub const MERGED_DATA_MAX: usize = 16_384;
 /// Longest a connection told to calm down is drained (its input read and dropped) after
 /// the GOAWAY and our FIN, waiting for the client's own close. Bounds what a flooding client
 /// costs after the verdict; a client that reads the GOAWAY closes well within it.
@@ -268,12 +280,15 @@ struct FrameCursor {
 
 impl FrameCursor {
     /// Feeds `bytes`; calls `on_frame(type, flags, stream)` for each frame header completed.
+    /// Returns where in `bytes` the first frame that starts in them starts, if one does.
     fn feed(
         &mut self,
         mut bytes: &[u8],
         skip_preface: bool,
         mut on_frame: impl FnMut(u8, u8, u32),
-    ) {
+    ) -> Option<usize> {
+        let total = bytes.len();
+        let mut first_frame = None;
         let preface_left =
             self.preface_left
                 .get_or_insert(if skip_preface { PREFACE_LEN } else { 0 });
@@ -286,6 +301,9 @@ impl FrameCursor {
                 self.payload_left -= skip;
                 bytes = &bytes[skip..];
                 continue;
+            }
+            if self.header_len == 0 {
+                first_frame.get_or_insert(total - bytes.len());
             }
             let take = (FRAME_HEADER_LEN - self.header_len).min(bytes.len());
             self.header[self.header_len..self.header_len + take].copy_from_slice(&bytes[..take]);
@@ -300,12 +318,96 @@ impl FrameCursor {
                 on_frame(h[3], h[4], stream);
             }
         }
+        first_frame
     }
 
     /// True between frames: nothing of a frame written half.
     fn at_boundary(&self) -> bool {
         self.header_len == 0 && self.payload_left == 0
     }
+}
+
+/// A frame whose header and payload both lie in a buffer.
+#[derive(Debug, Clone, Copy)]
+struct WholeFrame {
+    length: usize,
+    kind: u8,
+    flags: u8,
+    stream: u32,
+}
+
+impl WholeFrame {
+    /// The frame starting at `at` in `bytes`, if all of it is there.
+    fn at(bytes: &[u8], at: usize) -> Option<Self> {
+        let h = bytes.get(at..at + FRAME_HEADER_LEN)?;
+        let length = usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
+        (bytes.len() - at - FRAME_HEADER_LEN >= length).then(|| Self {
+            length,
+            kind: h[3],
+            flags: h[4],
+            stream: u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff,
+        })
+    }
+
+    fn size(&self) -> usize {
+        FRAME_HEADER_LEN + self.length
+    }
+
+    /// DATA on a stream, unpadded, END_STREAM at most: a frame a merge may take in.
+    fn mergeable(&self) -> bool {
+        self.kind == FRAME_DATA
+            && self.stream != 0
+            && self.flags & !FLAG_END_STREAM == 0
+            && self.length <= MERGED_DATA_MAX
+    }
+}
+
+/// Merges each run of adjacent, whole DATA frames of one stream in `bytes` (which starts at
+/// a frame header) into one frame of at most [`MERGED_DATA_MAX`] payload bytes, in place;
+/// the run ends after a frame with END_STREAM, which the merged frame then carries. Other
+/// frames, and a frame cut off at the end, are kept as they are. Returns the length of the
+/// result, at the front of `bytes`.
+fn merge_data_frames(bytes: &mut [u8]) -> usize {
+    let (mut read, mut write) = (0, 0);
+    while let Some(first) = WholeFrame::at(bytes, read) {
+        if !first.mergeable() {
+            bytes.copy_within(read..read + first.size(), write);
+            read += first.size();
+            write += first.size();
+            continue;
+        }
+        let head = write;
+        let mut length = 0;
+        let mut flags = 0;
+        let mut next = Some(first);
+        while let Some(frame) = next.filter(|f| {
+            f.mergeable() && f.stream == first.stream && length + f.length <= MERGED_DATA_MAX
+        }) {
+            let payload = read + FRAME_HEADER_LEN;
+            bytes.copy_within(
+                payload..payload + frame.length,
+                head + FRAME_HEADER_LEN + length,
+            );
+            length += frame.length;
+            flags = frame.flags;
+            read += frame.size();
+            next = if flags & FLAG_END_STREAM == 0 {
+                WholeFrame::at(bytes, read)
+            } else {
+                None
+            };
+        }
+        // The payloads moved first: the header lands where nothing is still to be read.
+        let length_bytes = u32::try_from(length).unwrap_or(0).to_be_bytes();
+        bytes[head..head + 3].copy_from_slice(&length_bytes[1..]);
+        bytes[head + 3] = FRAME_DATA;
+        bytes[head + 4] = flags;
+        bytes[head + 5..head + FRAME_HEADER_LEN].copy_from_slice(&first.stream.to_be_bytes());
+        write = head + FRAME_HEADER_LEN + length;
+    }
+    let rest = bytes.len() - read;
+    bytes.copy_within(read.., write);
+    write + rest
 }
 
 #[derive(Debug)]
@@ -514,7 +616,7 @@ impl AsyncRead for GuardedStream {
             let pings = &mut this.pings;
             let last_stream = &mut this.last_client_stream;
             let mut calm_down = false;
-            cursor.feed(bytes, true, |kind, flags, stream| {
+            let first_frame = cursor.feed(bytes, true, |kind, flags, stream| {
                 if kind == FRAME_HEADERS {
                     *last_stream = (*last_stream).max(stream);
                 }
@@ -532,6 +634,16 @@ impl AsyncRead for GuardedStream {
                     done: false,
                 });
                 // What was read is still handed up; the next read says goodbye.
+            }
+            // The cursor is left as it was: merging moves no frame boundary it tracks (only
+            // whole frames merge, and what is cut off at the end stays as it is).
+            if let Some(first) = first_frame {
+                let frames = &mut buf.filled_mut()[before + first..];
+                let removed = frames.len() - merge_data_frames(frames);
+                if removed > 0 {
+                    let filled = buf.filled().len() - removed;
+                    buf.set_filled(filled);
+                }
             }
         }
         Poll::Ready(Ok(()))
@@ -627,6 +739,79 @@ mod tests {
         assert!(!policy.ping(now));
         assert!(!policy.ping(now));
         assert!(policy.ping(now), "the third strike");
+    }
+
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let mut out = u32::try_from(payload.len()).unwrap().to_be_bytes()[1..].to_vec();
+        out.extend_from_slice(&[kind, flags]);
+        out.extend_from_slice(&stream.to_be_bytes());
+        out.extend_from_slice(payload);
+        out
+    }
+
+    fn merged(frames: &[Vec<u8>]) -> Vec<u8> {
+        let mut bytes = frames.concat();
+        let kept = merge_data_frames(&mut bytes);
+        bytes.truncate(kept);
+        bytes
+    }
+
+    #[test]
+    fn adjacent_data_frames_of_a_stream_merge_into_one() {
+        let bytes = merged(&[
+            frame(FRAME_DATA, 0, 1, b"ab"),
+            frame(FRAME_DATA, 0, 1, b""),
+            frame(FRAME_DATA, 0, 1, b"cde"),
+            frame(FRAME_DATA, FLAG_END_STREAM, 1, b"f"),
+            frame(FRAME_DATA, 0, 1, b"after the end"),
+        ]);
+        assert_eq!(
+            bytes,
+            [
+                frame(FRAME_DATA, FLAG_END_STREAM, 1, b"abcdef"),
+                frame(FRAME_DATA, 0, 1, b"after the end"),
+            ]
+            .concat()
+        );
+    }
+
+    #[test]
+    fn merging_stops_at_other_frames_streams_padding_and_a_cut() {
+        let padded = 0x8;
+        let frames = [
+            frame(FRAME_DATA, 0, 1, b"a"),
+            frame(FRAME_DATA, 0, 3, b"b"),
+            frame(FRAME_PING, 0, 0, &[0; 8]),
+            frame(FRAME_DATA, 0, 3, b"c"),
+            frame(FRAME_DATA, padded, 3, b"\x01dx"),
+            frame(FRAME_DATA, 0, 0, b"stream 0 is h2's to refuse"),
+            frame(FRAME_DATA, 0, 0, b""),
+        ];
+        assert_eq!(merged(&frames), frames.concat(), "nothing to merge");
+        let mut cut = [
+            frame(FRAME_DATA, 0, 5, b"x"),
+            frame(FRAME_DATA, 0, 5, b"yz"),
+        ]
+        .concat();
+        cut.pop();
+        assert_eq!(merged(&[cut.clone()]), cut, "a frame cut off is left whole");
+    }
+
+    #[test]
+    fn a_merged_frame_stays_within_the_smallest_max_frame_size() {
+        let payload = vec![7u8; 6000];
+        let frames: Vec<Vec<u8>> = (0..4).map(|_| frame(FRAME_DATA, 0, 1, &payload)).collect();
+        let bytes = merged(&frames);
+        let mut cursor = FrameCursor::default();
+        let mut lengths = Vec::new();
+        let mut at = 0;
+        while let Some(whole) = WholeFrame::at(&bytes, at) {
+            lengths.push(whole.length);
+            at += whole.size();
+        }
+        cursor.feed(&bytes, false, |_, _, _| {});
+        assert!(cursor.at_boundary());
+        assert_eq!(lengths, [12_000, 12_000]);
     }
 
     #[test]

@@ -212,3 +212,66 @@ fn a_polite_client_that_pings_now_and_then_is_left_alone() {
     let (_, closed) = read_until_closed(&mut tcp, Duration::from_millis(500));
     assert!(!closed, "pings spaced past the minimum interval are fine");
 }
+
+/// Small messages in a burst, from a client that reads no reply until it has sent them all:
+/// its receive window stays at 64 KiB, so the echoes stop there and the requests wait in
+/// the server, each in its own small DATA frame as grpc-js sends them. HTTP/2 flow control
+/// is what holds such a client back; it is not told to calm down (h2 charges small unread
+/// DATA frames against a budget and used to send GOAWAY ENHANCE_YOUR_CALM
+/// "too_many_data_frames" here), and once it reads, every echo arrives, in order.
+#[tokio::test]
+async fn a_burst_of_small_messages_waits_on_flow_control_not_goaway() {
+    use common::raw::{self, RawConn};
+    // 20k requests of 12–14 bytes: 420 KB, inside the 1 MiB stream window, and about
+    // 14k of them still unread when the echoes stop, over three times what h2 allows.
+    const MESSAGES: usize = 20_000;
+    const PER_WRITE: usize = 200;
+    let (_server, addr) = spawn_duplex_serve(&[]);
+    let mut conn = RawConn::open(addr, &[]).await;
+    let request = raw::hpack::request("/chat.Chat/Chat", raw::hpack::GRPC);
+    conn.send(&raw::headers(1, raw::END_HEADERS, &request))
+        .await
+        .unwrap();
+    for batch in (0..MESSAGES).step_by(PER_WRITE) {
+        let mut bytes = Vec::new();
+        for i in batch..batch + PER_WRITE {
+            let text = format!("m{i}");
+            let mut msg = vec![0x0a, u8::try_from(text.len()).unwrap()];
+            msg.extend_from_slice(text.as_bytes());
+            let last = i + 1 == MESSAGES;
+            bytes.extend(raw::data(1, &raw::grpc_message(&msg), last));
+        }
+        conn.send(&bytes).await.unwrap();
+    }
+    // Now read: open our windows and take every echo. (A GOAWAY for the burst would come
+    // before these: the server meets them after all the requests.)
+    let wide = (1 << 30) - 1;
+    let mut updates = raw::window_update(0, wide);
+    updates.extend(raw::window_update(1, wide));
+    conn.send(&updates).await.unwrap();
+    let finished = conn
+        .wait_for(common::STEP, |seen| {
+            seen.header(1, "grpc-status").is_some() || seen.goaway.is_some() || seen.closed()
+        })
+        .await;
+    let seen = conn.seen();
+    assert!(finished, "the call ends: {}", seen.summary());
+    assert!(seen.goaway.is_none(), "{}", seen.summary());
+    assert_eq!(
+        seen.header(1, "grpc-status").as_deref(),
+        Some("0"),
+        "{}",
+        seen.summary()
+    );
+    let mut replies = seen.data.get(&1).map(Vec::as_slice).unwrap_or_default();
+    let mut count = 0;
+    while let Some(prefix) = replies.get(..5) {
+        let length = usize::try_from(u32::from_be_bytes(prefix[1..5].try_into().unwrap())).unwrap();
+        let message = &replies[5..5 + length];
+        let want = format!("<<m{count}>>");
+        assert_eq!(&message[2..], want.as_bytes(), "echo {count}");
+        count += 1;
+        replies = &replies[5 + length..];
+    }
+    assert_eq!(count, MESSAGES, "every echo, in order");
+}
