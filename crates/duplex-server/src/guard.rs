@@ -44,8 +44,10 @@ use tokio_rustls::TlsAcceptor;
 use tonic::transport::server::Connected;
 use tracing::{debug, warn};
 
+/// The HTTP/2 client connection preface.
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Length of the HTTP/2 client connection preface.
-const PREFACE_LEN: usize = 24;
+const PREFACE_LEN: usize = PREFACE.len();
 /// Length of an HTTP/2 frame header.
 const FRAME_HEADER_LEN: usize = 9;
 /// PINGs in a row without the server sending DATA or HEADERS, tolerated within
@@ -273,6 +275,9 @@ impl AsyncWrite for Transport {
 struct FrameCursor {
     /// Preface bytes still to skip (inbound only; set on first use).
     preface_left: Option<usize>,
+    /// The bytes skipped as the preface were not the HTTP/2 preface: h2 refuses the
+    /// connection, and nothing of it is to be taken for frames and rewritten.
+    not_h2: bool,
     header: [u8; FRAME_HEADER_LEN],
     header_len: usize,
     payload_left: usize,
@@ -293,6 +298,10 @@ impl FrameCursor {
             self.preface_left
                 .get_or_insert(if skip_preface { PREFACE_LEN } else { 0 });
         let skip = (*preface_left).min(bytes.len());
+        if skip > 0 {
+            let at = PREFACE_LEN - *preface_left;
+            self.not_h2 |= bytes[..skip] != PREFACE[at..at + skip];
+        }
         *preface_left -= skip;
         bytes = &bytes[skip..];
         while !bytes.is_empty() {
@@ -319,6 +328,12 @@ impl FrameCursor {
             }
         }
         first_frame
+    }
+
+    /// The whole HTTP/2 preface has gone by (or there was none to skip): what follows is
+    /// frames.
+    fn past_preface(&self) -> bool {
+        self.preface_left == Some(0) && !self.not_h2
     }
 
     /// True between frames: nothing of a frame written half.
@@ -637,7 +652,9 @@ impl AsyncRead for GuardedStream {
             }
             // The cursor is left as it was: merging moves no frame boundary it tracks (only
             // whole frames merge, and what is cut off at the end stays as it is).
-            if let Some(first) = first_frame {
+            if let Some(first) = first_frame
+                && cursor.past_preface()
+            {
                 let frames = &mut buf.filled_mut()[before + first..];
                 let removed = frames.len() - merge_data_frames(frames);
                 if removed > 0 {
@@ -722,6 +739,18 @@ mod tests {
             [(FRAME_PING, 0), (FRAME_DATA, 1), (FRAME_PING, FLAG_ACK)]
         );
         assert!(cursor.at_boundary());
+        assert!(cursor.past_preface());
+    }
+
+    #[test]
+    fn bytes_after_something_else_than_the_preface_are_not_frames_to_merge() {
+        let mut cursor = FrameCursor::default();
+        let mut stream = b"GET / HTTP/1.1\r\nHost: x\r\n".to_vec();
+        stream.extend_from_slice(&frame(FRAME_DATA, 0, 1, b"a"));
+        for chunk in stream.chunks(7) {
+            cursor.feed(chunk, true, |_, _, _| {});
+        }
+        assert!(!cursor.past_preface());
     }
 
     #[test]
