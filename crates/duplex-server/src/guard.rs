@@ -15,8 +15,9 @@
 //!   [`MAX_PING_STRIKES`] gets GOAWAY(ENHANCE_YOUR_CALM, "too_many_pings") and a close.
 //!   The guard sends that GOAWAY itself, whatever state HTTP/2 is left in (a PING cut in
 //!   half by TCP makes h2 drop the connection without writing anything), then half-closes
-//!   and drains the client for at most [`GOAWAY_LINGER`]: closing a socket with unread
-//!   input makes the kernel answer with RST, which can cost the client the GOAWAY.
+//!   and drains the client for at most [`GOAWAY_LINGER`] and [`GOAWAY_DRAIN_MAX`] bytes:
+//!   closing a socket with unread input makes the kernel answer with RST, which can cost
+//!   the client the GOAWAY.
 //! - merges adjacent DATA frames of one stream that arrive in the same read into one frame
 //!   (at most [`MERGED_DATA_MAX`] bytes). DATA frame boundaries carry no meaning in HTTP/2
 //!   and flow control counts the same bytes, but h2 charges every DATA frame under 256 bytes
@@ -66,6 +67,11 @@ pub const MERGED_DATA_MAX: usize = 16_384;
 /// the GOAWAY and our FIN, waiting for the client's own close. Bounds what a flooding client
 /// costs after the verdict; a client that reads the GOAWAY closes well within it.
 pub const GOAWAY_LINGER: Duration = Duration::from_secs(1);
+
+/// Most bytes drained after the GOAWAY: what a client has in flight when it reads the
+/// GOAWAY. A flooder that never reads is cut off past it, as promptly as without the drain
+/// (its GOAWAY is lost either way: it does not read).
+pub const GOAWAY_DRAIN_MAX: usize = 64 * 1024;
 
 /// GOAWAY(last stream 0... the server has processed, ENHANCE_YOUR_CALM) carrying
 /// "too_many_pings", the debug data grpc-go sends, so clients recognise it.
@@ -484,6 +490,8 @@ struct GoAway {
     write_shut: bool,
     /// Ends the drain of the client's input ([`GOAWAY_LINGER`] after the FIN).
     linger: Option<Pin<Box<Sleep>>>,
+    /// Bytes drained so far, up to [`GOAWAY_DRAIN_MAX`].
+    drained: usize,
     /// All of the above is done: reads end, writes fail.
     done: bool,
 }
@@ -554,7 +562,12 @@ impl GuardedStream {
                     }
                     return Poll::Pending;
                 }
-                Poll::Ready(Ok(())) if !drained.filled().is_empty() => {}
+                Poll::Ready(Ok(())) if !drained.filled().is_empty() => {
+                    goaway.drained += drained.filled().len();
+                    if goaway.drained > GOAWAY_DRAIN_MAX {
+                        break;
+                    }
+                }
                 // The client closed (or reset): nothing left to lose.
                 Poll::Ready(_) => break,
             }
@@ -646,6 +659,7 @@ impl AsyncRead for GuardedStream {
                     written: 0,
                     write_shut: false,
                     linger: None,
+                    drained: 0,
                     done: false,
                 });
                 // What was read is still handed up; the next read says goodbye.
