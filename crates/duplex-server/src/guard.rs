@@ -13,6 +13,19 @@
 //!   skipped, nothing is copied) to enforce a PING policy as grpc-go does: a client that
 //!   sends PINGs while the server sends no DATA or HEADERS collects strikes, and past
 //!   [`MAX_PING_STRIKES`] gets GOAWAY(ENHANCE_YOUR_CALM, "too_many_pings") and a close.
+//!   The guard sends that GOAWAY itself, whatever state HTTP/2 is left in (a PING cut in
+//!   half by TCP makes h2 drop the connection without writing anything), then half-closes
+//!   and drains the client for at most [`GOAWAY_LINGER`] and [`GOAWAY_DRAIN_MAX`] bytes:
+//!   closing a socket with unread input makes the kernel answer with RST, which can cost
+//!   the client the GOAWAY.
+//! - merges adjacent DATA frames of one stream that arrive in the same read into one frame
+//!   (at most [`MERGED_DATA_MAX`] bytes). DATA frame boundaries carry no meaning in HTTP/2
+//!   and flow control counts the same bytes, but h2 charges every DATA frame under 256 bytes
+//!   that waits unread against a budget of half the connection window, and past it sends
+//!   GOAWAY(ENHANCE_YOUR_CALM, "too_many_data_frames"). A client sending small messages
+//!   faster than a call reads them (grpc-js writes a frame per message) used to hit that
+//!   while well inside its flow-control window; merged, the frames a backlog brings in
+//!   arrive as few large ones.
 //!
 //! It also stamps each connection with when it was accepted, which the Hub service uses to
 //! send `shutdown` frames just before the connection's maximum age.
@@ -22,7 +35,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -32,8 +45,10 @@ use tokio_rustls::TlsAcceptor;
 use tonic::transport::server::Connected;
 use tracing::{debug, warn};
 
+/// The HTTP/2 client connection preface.
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Length of the HTTP/2 client connection preface.
-const PREFACE_LEN: usize = 24;
+const PREFACE_LEN: usize = PREFACE.len();
 /// Length of an HTTP/2 frame header.
 const FRAME_HEADER_LEN: usize = 9;
 /// PINGs in a row without the server sending DATA or HEADERS, tolerated within
@@ -44,6 +59,20 @@ const FRAME_DATA: u8 = 0x0;
 const FRAME_HEADERS: u8 = 0x1;
 const FRAME_PING: u8 = 0x6;
 const FLAG_ACK: u8 = 0x1;
+const FLAG_END_STREAM: u8 = 0x1;
+/// Largest DATA payload a merge makes: the smallest SETTINGS_MAX_FRAME_SIZE there is, so a
+/// merged frame is within what the server accepts whatever `--max-frame-size` says.
+pub const MERGED_DATA_MAX: usize = 16_384;
+/// Longest a connection told to calm down is drained (its input read and dropped) after
+/// the GOAWAY and our FIN, waiting for the client's own close. Bounds what a flooding client
+/// costs after the verdict; a client that reads the GOAWAY closes well within it.
+pub const GOAWAY_LINGER: Duration = Duration::from_secs(1);
+
+/// Most bytes drained after the GOAWAY: what a client has in flight when it reads the
+/// GOAWAY. A flooder that never reads is cut off past it, as promptly as without the drain
+/// (its GOAWAY is lost either way: it does not read).
+pub const GOAWAY_DRAIN_MAX: usize = 64 * 1024;
+
 /// GOAWAY(last stream 0... the server has processed, ENHANCE_YOUR_CALM) carrying
 /// "too_many_pings", the debug data grpc-go sends, so clients recognise it.
 const ENHANCE_YOUR_CALM: u32 = 0xb;
@@ -187,6 +216,7 @@ impl ConnectionGate {
             },
             last_client_stream: 0,
             goaway: None,
+            read_waiting_for_boundary: None,
             admission,
         })
     }
@@ -251,6 +281,9 @@ impl AsyncWrite for Transport {
 struct FrameCursor {
     /// Preface bytes still to skip (inbound only; set on first use).
     preface_left: Option<usize>,
+    /// The bytes skipped as the preface were not the HTTP/2 preface: h2 refuses the
+    /// connection, and nothing of it is to be taken for frames and rewritten.
+    not_h2: bool,
     header: [u8; FRAME_HEADER_LEN],
     header_len: usize,
     payload_left: usize,
@@ -258,16 +291,23 @@ struct FrameCursor {
 
 impl FrameCursor {
     /// Feeds `bytes`; calls `on_frame(type, flags, stream)` for each frame header completed.
+    /// Returns where in `bytes` the first frame that starts in them starts, if one does.
     fn feed(
         &mut self,
         mut bytes: &[u8],
         skip_preface: bool,
         mut on_frame: impl FnMut(u8, u8, u32),
-    ) {
+    ) -> Option<usize> {
+        let total = bytes.len();
+        let mut first_frame = None;
         let preface_left =
             self.preface_left
                 .get_or_insert(if skip_preface { PREFACE_LEN } else { 0 });
         let skip = (*preface_left).min(bytes.len());
+        if skip > 0 {
+            let at = PREFACE_LEN - *preface_left;
+            self.not_h2 |= bytes[..skip] != PREFACE[at..at + skip];
+        }
         *preface_left -= skip;
         bytes = &bytes[skip..];
         while !bytes.is_empty() {
@@ -276,6 +316,9 @@ impl FrameCursor {
                 self.payload_left -= skip;
                 bytes = &bytes[skip..];
                 continue;
+            }
+            if self.header_len == 0 {
+                first_frame.get_or_insert(total - bytes.len());
             }
             let take = (FRAME_HEADER_LEN - self.header_len).min(bytes.len());
             self.header[self.header_len..self.header_len + take].copy_from_slice(&bytes[..take]);
@@ -290,12 +333,102 @@ impl FrameCursor {
                 on_frame(h[3], h[4], stream);
             }
         }
+        first_frame
+    }
+
+    /// The whole HTTP/2 preface has gone by (or there was none to skip): what follows is
+    /// frames.
+    fn past_preface(&self) -> bool {
+        self.preface_left == Some(0) && !self.not_h2
     }
 
     /// True between frames: nothing of a frame written half.
     fn at_boundary(&self) -> bool {
         self.header_len == 0 && self.payload_left == 0
     }
+}
+
+/// A frame whose header and payload both lie in a buffer.
+#[derive(Debug, Clone, Copy)]
+struct WholeFrame {
+    length: usize,
+    kind: u8,
+    flags: u8,
+    stream: u32,
+}
+
+impl WholeFrame {
+    /// The frame starting at `at` in `bytes`, if all of it is there.
+    fn at(bytes: &[u8], at: usize) -> Option<Self> {
+        let h = bytes.get(at..at + FRAME_HEADER_LEN)?;
+        let length = usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
+        (bytes.len() - at - FRAME_HEADER_LEN >= length).then(|| Self {
+            length,
+            kind: h[3],
+            flags: h[4],
+            stream: u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff,
+        })
+    }
+
+    fn size(&self) -> usize {
+        FRAME_HEADER_LEN + self.length
+    }
+
+    /// DATA on a stream, unpadded, END_STREAM at most: a frame a merge may take in.
+    fn mergeable(&self) -> bool {
+        self.kind == FRAME_DATA
+            && self.stream != 0
+            && self.flags & !FLAG_END_STREAM == 0
+            && self.length <= MERGED_DATA_MAX
+    }
+}
+
+/// Merges each run of adjacent, whole DATA frames of one stream in `bytes` (which starts at
+/// a frame header) into one frame of at most [`MERGED_DATA_MAX`] payload bytes, in place;
+/// the run ends after a frame with END_STREAM, which the merged frame then carries. Other
+/// frames, and a frame cut off at the end, are kept as they are. Returns the length of the
+/// result, at the front of `bytes`.
+fn merge_data_frames(bytes: &mut [u8]) -> usize {
+    let (mut read, mut write) = (0, 0);
+    while let Some(first) = WholeFrame::at(bytes, read) {
+        if !first.mergeable() {
+            bytes.copy_within(read..read + first.size(), write);
+            read += first.size();
+            write += first.size();
+            continue;
+        }
+        let head = write;
+        let mut length = 0;
+        let mut flags = 0;
+        let mut next = Some(first);
+        while let Some(frame) = next.filter(|f| {
+            f.mergeable() && f.stream == first.stream && length + f.length <= MERGED_DATA_MAX
+        }) {
+            let payload = read + FRAME_HEADER_LEN;
+            bytes.copy_within(
+                payload..payload + frame.length,
+                head + FRAME_HEADER_LEN + length,
+            );
+            length += frame.length;
+            flags = frame.flags;
+            read += frame.size();
+            next = if flags & FLAG_END_STREAM == 0 {
+                WholeFrame::at(bytes, read)
+            } else {
+                None
+            };
+        }
+        // The payloads moved first: the header lands where nothing is still to be read.
+        let length_bytes = u32::try_from(length).unwrap_or(0).to_be_bytes();
+        bytes[head..head + 3].copy_from_slice(&length_bytes[1..]);
+        bytes[head + 3] = FRAME_DATA;
+        bytes[head + 4] = flags;
+        bytes[head + 5..head + FRAME_HEADER_LEN].copy_from_slice(&first.stream.to_be_bytes());
+        write = head + FRAME_HEADER_LEN + length;
+    }
+    let rest = bytes.len() - read;
+    bytes.copy_within(read.., write);
+    write + rest
 }
 
 #[derive(Debug)]
@@ -339,15 +472,28 @@ pub struct GuardedStream {
     pings: PingPolicy,
     /// Highest stream the client opened (HEADERS), for the GOAWAY.
     last_client_stream: u32,
-    /// A GOAWAY to write at the next frame boundary, then the connection ends.
+    /// Set once the client has pinged too much: the GOAWAY to write at the next outbound
+    /// frame boundary, then the connection ends.
     goaway: Option<GoAway>,
+    /// A read that found h2 in the middle of writing a frame, so the GOAWAY could not go
+    /// out yet; woken when the frame is complete.
+    read_waiting_for_boundary: Option<Waker>,
     admission: Admission,
 }
 
+/// The guard's own goodbye to a calmed-down connection: GOAWAY, FIN, a bounded drain.
 #[derive(Debug)]
 struct GoAway {
     frame: Vec<u8>,
     written: usize,
+    /// Our write side is shut (FIN sent, after the GOAWAY).
+    write_shut: bool,
+    /// Ends the drain of the client's input ([`GOAWAY_LINGER`] after the FIN).
+    linger: Option<Pin<Box<Sleep>>>,
+    /// Bytes drained so far, up to [`GOAWAY_DRAIN_MAX`].
+    drained: usize,
+    /// All of the above is done: reads end, writes fail.
+    done: bool,
 }
 
 /// GOAWAY naming `last_stream`, the highest stream the client opened: later ones were not
@@ -374,11 +520,17 @@ impl GuardedStream {
         )
     }
 
-    /// Writes what is left of a pending GOAWAY; Ready(Ok) once it is all out.
-    fn poll_flush_goaway(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    /// Says goodbye to a calmed-down connection, once h2 is between frames: writes the
+    /// GOAWAY, shuts our write side (FIN) and reads and drops what the client still sends
+    /// until it closes or [`GOAWAY_LINGER`] passes. Ready(Ok) when all that is done (at
+    /// once without a pending GOAWAY). Errors are the socket's: the client is gone.
+    fn poll_goodbye(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let Some(goaway) = &mut self.goaway else {
             return Poll::Ready(Ok(()));
         };
+        if goaway.done {
+            return Poll::Ready(Ok(()));
+        }
         while goaway.written < goaway.frame.len() {
             let n =
                 ready!(Pin::new(&mut self.inner).poll_write(cx, &goaway.frame[goaway.written..]))?;
@@ -387,8 +539,46 @@ impl GuardedStream {
             }
             goaway.written += n;
         }
-        // TLS buffers what it is given: push the GOAWAY onto the wire before the close.
-        Pin::new(&mut self.inner).poll_flush(cx)
+        if !goaway.write_shut {
+            // TLS buffers what it is given and sends close_notify on shutdown; TCP sends
+            // the FIN after the GOAWAY.
+            ready!(Pin::new(&mut self.inner).poll_shutdown(cx))?;
+            goaway.write_shut = true;
+            goaway.linger = Some(Box::pin(tokio::time::sleep(GOAWAY_LINGER)));
+        }
+        let mut scratch = [0u8; 4096];
+        loop {
+            let mut drained = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut self.inner).poll_read(cx, &mut drained) {
+                // Nothing to read now (or tokio's budget says yield): give up only once
+                // the linger is over, so a flood cannot hold the task past it.
+                Poll::Pending => {
+                    let over = goaway
+                        .linger
+                        .as_mut()
+                        .is_none_or(|linger| linger.as_mut().poll(cx).is_ready());
+                    if over {
+                        break;
+                    }
+                    return Poll::Pending;
+                }
+                Poll::Ready(Ok(())) if !drained.filled().is_empty() => {
+                    goaway.drained += drained.filled().len();
+                    if goaway.drained > GOAWAY_DRAIN_MAX {
+                        break;
+                    }
+                }
+                // The client closed (or reset): nothing left to lose.
+                Poll::Ready(_) => break,
+            }
+        }
+        goaway.done = true;
+        goaway.linger = None;
+        Poll::Ready(Ok(()))
+    }
+
+    fn outbound_at_boundary(&self) -> bool {
+        self.outbound.as_ref().is_none_or(FrameCursor::at_boundary)
     }
 
     /// Follows the frames in bytes the server wrote: DATA or HEADERS clear ping strikes.
@@ -403,10 +593,8 @@ impl GuardedStream {
         }
     }
 
-    fn ended(&self) -> bool {
-        self.goaway
-            .as_ref()
-            .is_some_and(|g| g.written == g.frame.len())
+    fn calmed_down() -> io::Error {
+        io::Error::new(io::ErrorKind::ConnectionAborted, "too many pings")
     }
 }
 
@@ -418,7 +606,15 @@ impl AsyncRead for GuardedStream {
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         if this.goaway.is_some() {
-            // Calmed down: the connection reads as ended; the GOAWAY goes out on shutdown.
+            // Calmed down: nothing more goes up to h2. The GOAWAY goes out from here rather
+            // than from h2's next write or shutdown, which may never come (h2 drops the
+            // connection without either when it ends in the middle of a frame).
+            if !this.outbound_at_boundary() {
+                // h2 is half way through writing a frame: its next write finishes it.
+                this.read_waiting_for_boundary = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            ready!(this.poll_goodbye(cx))?;
             return Poll::Ready(Ok(()));
         }
         if let Some(deadline) = &mut this.hard_close
@@ -448,7 +644,7 @@ impl AsyncRead for GuardedStream {
             let pings = &mut this.pings;
             let last_stream = &mut this.last_client_stream;
             let mut calm_down = false;
-            cursor.feed(bytes, true, |kind, flags, stream| {
+            let first_frame = cursor.feed(bytes, true, |kind, flags, stream| {
                 if kind == FRAME_HEADERS {
                     *last_stream = (*last_stream).max(stream);
                 }
@@ -461,8 +657,24 @@ impl AsyncRead for GuardedStream {
                 this.goaway = Some(GoAway {
                     frame: goaway_frame(this.last_client_stream),
                     written: 0,
+                    write_shut: false,
+                    linger: None,
+                    drained: 0,
+                    done: false,
                 });
-                // What was read is still handed up; the next read ends the connection.
+                // What was read is still handed up; the next read says goodbye.
+            }
+            // The cursor is left as it was: merging moves no frame boundary it tracks (only
+            // whole frames merge, and what is cut off at the end stays as it is).
+            if let Some(first) = first_frame
+                && cursor.past_preface()
+            {
+                let frames = &mut buf.filled_mut()[before + first..];
+                let removed = frames.len() - merge_data_frames(frames);
+                if removed > 0 {
+                    let filled = buf.filled().len() - removed;
+                    buf.set_filled(filled);
+                }
             }
         }
         Poll::Ready(Ok(()))
@@ -476,21 +688,19 @@ impl AsyncWrite for GuardedStream {
         bytes: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        if this.ended() {
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::ConnectionAborted,
-                "too many pings",
-            )));
-        }
-        if this.goaway.is_some() && this.outbound.as_ref().is_none_or(FrameCursor::at_boundary) {
-            ready!(this.poll_flush_goaway(cx))?;
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::ConnectionAborted,
-                "too many pings",
-            )));
+        if this.goaway.is_some() && this.outbound_at_boundary() {
+            // Nothing of h2's goes out after the verdict but the rest of a frame begun.
+            ready!(this.poll_goodbye(cx))?;
+            return Poll::Ready(Err(Self::calmed_down()));
         }
         let n = ready!(Pin::new(&mut this.inner).poll_write(cx, bytes))?;
         this.note_written(&bytes[..n]);
+        if this.goaway.is_some()
+            && this.outbound_at_boundary()
+            && let Some(read) = this.read_waiting_for_boundary.take()
+        {
+            read.wake();
+        }
         Poll::Ready(Ok(n))
     }
 
@@ -504,8 +714,10 @@ impl AsyncWrite for GuardedStream {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if this.outbound.as_ref().is_none_or(FrameCursor::at_boundary) {
-            ready!(this.poll_flush_goaway(cx))?;
+        // The goodbye shuts the write side itself. (If h2 closes with half a frame written,
+        // no GOAWAY can follow it: a plain shutdown.)
+        if this.goaway.is_some() && this.outbound_at_boundary() {
+            return this.poll_goodbye(cx);
         }
         Pin::new(&mut this.inner).poll_shutdown(cx)
     }
@@ -541,6 +753,18 @@ mod tests {
             [(FRAME_PING, 0), (FRAME_DATA, 1), (FRAME_PING, FLAG_ACK)]
         );
         assert!(cursor.at_boundary());
+        assert!(cursor.past_preface());
+    }
+
+    #[test]
+    fn bytes_after_something_else_than_the_preface_are_not_frames_to_merge() {
+        let mut cursor = FrameCursor::default();
+        let mut stream = b"GET / HTTP/1.1\r\nHost: x\r\n".to_vec();
+        stream.extend_from_slice(&frame(FRAME_DATA, 0, 1, b"a"));
+        for chunk in stream.chunks(7) {
+            cursor.feed(chunk, true, |_, _, _| {});
+        }
+        assert!(!cursor.past_preface());
     }
 
     #[test]
@@ -558,6 +782,79 @@ mod tests {
         assert!(!policy.ping(now));
         assert!(!policy.ping(now));
         assert!(policy.ping(now), "the third strike");
+    }
+
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let mut out = u32::try_from(payload.len()).unwrap().to_be_bytes()[1..].to_vec();
+        out.extend_from_slice(&[kind, flags]);
+        out.extend_from_slice(&stream.to_be_bytes());
+        out.extend_from_slice(payload);
+        out
+    }
+
+    fn merged(frames: &[Vec<u8>]) -> Vec<u8> {
+        let mut bytes = frames.concat();
+        let kept = merge_data_frames(&mut bytes);
+        bytes.truncate(kept);
+        bytes
+    }
+
+    #[test]
+    fn adjacent_data_frames_of_a_stream_merge_into_one() {
+        let bytes = merged(&[
+            frame(FRAME_DATA, 0, 1, b"ab"),
+            frame(FRAME_DATA, 0, 1, b""),
+            frame(FRAME_DATA, 0, 1, b"cde"),
+            frame(FRAME_DATA, FLAG_END_STREAM, 1, b"f"),
+            frame(FRAME_DATA, 0, 1, b"after the end"),
+        ]);
+        assert_eq!(
+            bytes,
+            [
+                frame(FRAME_DATA, FLAG_END_STREAM, 1, b"abcdef"),
+                frame(FRAME_DATA, 0, 1, b"after the end"),
+            ]
+            .concat()
+        );
+    }
+
+    #[test]
+    fn merging_stops_at_other_frames_streams_padding_and_a_cut() {
+        let padded = 0x8;
+        let frames = [
+            frame(FRAME_DATA, 0, 1, b"a"),
+            frame(FRAME_DATA, 0, 3, b"b"),
+            frame(FRAME_PING, 0, 0, &[0; 8]),
+            frame(FRAME_DATA, 0, 3, b"c"),
+            frame(FRAME_DATA, padded, 3, b"\x01dx"),
+            frame(FRAME_DATA, 0, 0, b"stream 0 is h2's to refuse"),
+            frame(FRAME_DATA, 0, 0, b""),
+        ];
+        assert_eq!(merged(&frames), frames.concat(), "nothing to merge");
+        let mut cut = [
+            frame(FRAME_DATA, 0, 5, b"x"),
+            frame(FRAME_DATA, 0, 5, b"yz"),
+        ]
+        .concat();
+        cut.pop();
+        assert_eq!(merged(&[cut.clone()]), cut, "a frame cut off is left whole");
+    }
+
+    #[test]
+    fn a_merged_frame_stays_within_the_smallest_max_frame_size() {
+        let payload = vec![7u8; 6000];
+        let frames: Vec<Vec<u8>> = (0..4).map(|_| frame(FRAME_DATA, 0, 1, &payload)).collect();
+        let bytes = merged(&frames);
+        let mut cursor = FrameCursor::default();
+        let mut lengths = Vec::new();
+        let mut at = 0;
+        while let Some(whole) = WholeFrame::at(&bytes, at) {
+            lengths.push(whole.length);
+            at += whole.size();
+        }
+        cursor.feed(&bytes, false, |_, _, _| {});
+        assert!(cursor.at_boundary());
+        assert_eq!(lengths, [12_000, 12_000]);
     }
 
     #[test]

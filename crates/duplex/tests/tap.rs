@@ -257,9 +257,15 @@ fn a_tiny_stream_window_shows_the_client_blocked_until_window_update() {
             .spawn()
             .unwrap(),
     );
-    // Once the response headers are back, the client has taken the server's SETTINGS.
-    tap.wait_for("the response headers", |v| {
-        v["dir"] == "server" && v["type"] == "HEADERS"
+    // The client applies the server's SETTINGS (the 1 KiB window) as it acknowledges
+    // them, not when later frames such as the response headers arrive: under load it has
+    // sent its DATA on the old window with the response headers already in.
+    tap.wait_for("the client's SETTINGS ACK", |v| {
+        v["dir"] == "client"
+            && v["type"] == "SETTINGS"
+            && v["flags"]
+                .as_array()
+                .is_some_and(|flags| flags.iter().any(|f| f == "ACK"))
     });
     let long = "w".repeat(3000);
     let mut stdin = echo.0.stdin.take().unwrap();
