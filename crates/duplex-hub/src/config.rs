@@ -54,6 +54,10 @@ pub struct HubConfig {
     pub max_batch: usize,
     /// Messages read from the store per page while replaying history.
     pub replay_page: usize,
+    /// Bytes read from the store per page while replaying history (a first message over it
+    /// comes alone). A replay holds one page while the client drains its queue, so a reader
+    /// that stops pins at most this plus `queue_bytes` of replayed frames.
+    pub replay_page_bytes: usize,
     /// Recent client message ids remembered per room for dedupe.
     pub dedupe_window: usize,
     /// Most messages one `History` call returns.
@@ -66,6 +70,9 @@ pub struct HubConfig {
     pub publish_burst: u32,
     /// A `Connect` session that sends nothing (not even a ping) for this long is ended.
     pub idle_timeout: Option<Duration>,
+    /// A stream (session or `Subscribe`) whose oldest queued frame waits this long for the
+    /// client to read is ended: `lagged` per room, then RESOURCE_EXHAUSTED. `None` = never.
+    pub send_stall_timeout: Option<Duration>,
 }
 
 impl Default for HubConfig {
@@ -82,12 +89,14 @@ impl Default for HubConfig {
             // like a lagging subscriber.
             max_batch: 1024,
             replay_page: 1024,
+            replay_page_bytes: 2 << 20,
             dedupe_window: 4096,
             max_history_page: 1000,
             retention_sweep: Duration::from_secs(60),
             publish_rate: None,
             publish_burst: 0,
             idle_timeout: None,
+            send_stall_timeout: Some(Duration::from_secs(30)),
         }
     }
 }

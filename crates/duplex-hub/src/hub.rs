@@ -118,6 +118,9 @@ impl Hub {
             shutting_down: AtomicBool::new(false),
         });
         tokio::spawn(sweep_rooms(Arc::downgrade(&shared)));
+        if let Some(timeout) = shared.config.send_stall_timeout {
+            tokio::spawn(sweep_stalled(Arc::downgrade(&shared), timeout));
+        }
         Self { shared }
     }
 
@@ -478,6 +481,30 @@ async fn sweep_rooms(shared: Weak<Shared>) {
         match shared.upgrade() {
             Some(shared) => shared.release_unused_rooms(),
             None => return,
+        }
+    }
+}
+
+/// Ends every stream whose client stopped reading for `timeout` (see
+/// [`SubscriberQueue::end_if_stalled`]). Checks four times per timeout (at most once a
+/// second, at least every 10 ms), so a stall ends within 1¼ timeouts.
+async fn sweep_stalled(shared: Weak<Shared>, timeout: std::time::Duration) {
+    let every = (timeout / 4).clamp(
+        std::time::Duration::from_millis(10),
+        std::time::Duration::from_secs(1),
+    );
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let now = std::time::Instant::now();
+        for queue in shared.live_sessions() {
+            if queue.end_if_stalled(now, timeout) {
+                debug!(?timeout, "stream ended: the client read nothing");
+            }
         }
     }
 }

@@ -351,7 +351,10 @@ impl Session {
         // A live join goes through the same switch as a resume, from the `last_offset` it
         // announced: whatever was fanned out while `joined` waited for room in the queue
         // is replayed from the store instead of missed.
-        let page = self.shared.config.replay_page.max(1);
+        let page = Page {
+            messages: self.shared.config.replay_page.max(1),
+            bytes: self.shared.config.replay_page_bytes.max(1),
+        };
         Ok(Some(Box::pin(replay_then_live(
             store,
             room,
@@ -563,6 +566,13 @@ fn check_resume(
     Ok(())
 }
 
+/// How much of a room's history a replay reads and holds at once.
+#[derive(Debug, Clone, Copy)]
+struct Page {
+    messages: usize,
+    bytes: usize,
+}
+
 /// Replays `(after, delivered]` from the store, page by page at the client's pace, then
 /// registers the subscriber for live delivery under the room lock. Only offsets up to the
 /// room's delivered mark are replayed: anything later is fanned out live after registration.
@@ -572,7 +582,7 @@ async fn replay_then_live(
     subscriber: Subscriber,
     cancelled: Arc<AtomicBool>,
     after: Offset,
-    page: usize,
+    page: Page,
 ) {
     let queue = subscriber.queue.clone();
     if let Err(error) = replay(&*store, &room, subscriber, &cancelled, after, page).await {
@@ -589,7 +599,7 @@ async fn replay(
     subscriber: Subscriber,
     cancelled: &AtomicBool,
     after: Offset,
-    page: usize,
+    page: Page,
 ) -> Result<(), HubError> {
     let mut cursor = after;
     loop {
@@ -604,7 +614,11 @@ async fn replay(
             }
             state.delivered
         };
-        let messages = store.read_after(&room.name, cursor, page).await?;
+        // Paged by bytes as well as count: the page is held while the client drains the
+        // queue, and a page of big messages must not pin more than the queue does.
+        let messages = store
+            .read_page(&room.name, cursor, page.messages, page.bytes)
+            .await?;
         if let Some(first) = messages.first()
             && first.offset > cursor + 1
         {

@@ -115,6 +115,13 @@ pub struct ServeConfig {
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
 
+    /// End a stream (a `Hub.Connect` session or a `Subscribe`) whose oldest queued frame has
+    /// waited this long for the client to read (a zero flow-control window never opened, a
+    /// socket never read): a `lagged` frame per room, then RESOURCE_EXHAUSTED, and its queue
+    /// and replay are freed. 0s = never.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub send_stall_timeout: Duration,
+
     /// Rooms one session may have joined at once.
     #[arg(long, default_value_t = 100)]
     pub max_rooms_per_session: usize,
@@ -257,6 +264,10 @@ impl ServeConfig {
             publish_rate: Some(self.publish_rate).filter(|&rate| rate > 0),
             publish_burst: self.publish_burst,
             idle_timeout: Some(self.idle_timeout).filter(|t| !t.is_zero()),
+            send_stall_timeout: Some(self.send_stall_timeout).filter(|t| !t.is_zero()),
+            // A replay holds one page while the client drains its queue: a quarter of the
+            // queue bound keeps a stalled replay within 1¼ queues.
+            replay_page_bytes: (self.queue_bytes / 4).max(1),
             ..duplex_hub::HubConfig::default()
         }
     }

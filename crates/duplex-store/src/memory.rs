@@ -113,14 +113,26 @@ impl MemoryStore {
         Ok(())
     }
 
-    fn read_after_now(&self, room: &str, after: Offset, limit: usize) -> Vec<StoredMessage> {
+    fn read_after_now(
+        &self,
+        room: &str,
+        after: Offset,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Vec<StoredMessage> {
         let rooms = self.rooms();
         let Some(log) = rooms.get(room) else {
             return Vec::new();
         };
         // Offsets increase along the queue, so binary search for the first one after.
         let start = log.messages.partition_point(|m| m.offset <= after);
-        log.messages.range(start..).take(limit).cloned().collect()
+        let mut page = crate::PageBudget::new(max_bytes);
+        log.messages
+            .range(start..)
+            .take(limit)
+            .take_while(|m| page.admit(m.size()))
+            .cloned()
+            .collect()
     }
 
     fn bounds_now(&self, room: &str) -> Option<RoomBounds> {
@@ -158,8 +170,23 @@ impl Store for MemoryStore {
         after: Offset,
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<StoredMessage>, StoreError>> {
+        Box::pin(std::future::ready(Ok(self.read_after_now(
+            room,
+            after,
+            limit,
+            usize::MAX,
+        ))))
+    }
+
+    fn read_page(
+        &self,
+        room: &str,
+        after: Offset,
+        limit: usize,
+        max_bytes: usize,
+    ) -> BoxFuture<'_, Result<Vec<StoredMessage>, StoreError>> {
         Box::pin(std::future::ready(Ok(
-            self.read_after_now(room, after, limit)
+            self.read_after_now(room, after, limit, max_bytes)
         )))
     }
 
@@ -253,6 +280,27 @@ mod tests {
         ));
         block_on(store.append(vec![message("r", 6, 0)])).unwrap();
         assert_eq!(store.commits(), 2);
+    }
+
+    #[test]
+    fn pages_stop_at_their_byte_bound() {
+        let store = MemoryStore::new(Retention::default());
+        let big = |offset| StoredMessage {
+            payload: Bytes::from(vec![0u8; 1000]),
+            ..message("r", offset, 0)
+        };
+        block_on(store.append((1..=10).map(big).collect())).unwrap();
+        let size = big(1).size();
+        let page = block_on(store.read_page("r", 0, 100, 3 * size + 10)).unwrap();
+        assert_eq!(page.iter().map(|m| m.offset).collect::<Vec<_>>(), [1, 2, 3]);
+        // A first message over the bound comes alone; the count still applies.
+        assert_eq!(block_on(store.read_page("r", 3, 100, 10)).unwrap().len(), 1);
+        assert_eq!(
+            block_on(store.read_page("r", 0, 2, usize::MAX))
+                .unwrap()
+                .len(),
+            2
+        );
     }
 
     #[test]

@@ -1,0 +1,222 @@
+//! Memory an attacker can pin through the Hub service (issue 10), each case against a real
+//! `duplex serve` process: what one cheap request or one client that stops reading makes
+//! the server hold, with a bound asserted on its RSS and a probe served meanwhile.
+
+use duplex_proto::hub::hub_client::HubClient;
+use duplex_proto::hub::{PresenceRequest, PublishRequest, SubscribeRequest};
+use futures::StreamExt as _;
+use tonic::transport::Channel;
+
+use super::*;
+
+async fn hub_client(addr: SocketAddr) -> HubClient<Channel> {
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect to the server");
+    HubClient::new(channel)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20)
+}
+
+/// Publishes `count` messages of `size` bytes to `room`, eight at a time (the store
+/// group-commits them), and returns the last offset.
+async fn fill_room(addr: SocketAddr, room: &str, count: usize, size: usize) -> u64 {
+    let client = hub_client(addr).await;
+    let payload = bytes::Bytes::from(vec![b'm'; size]);
+    let publishes = (0..count).map(|n| {
+        let mut client = client.clone();
+        let request = PublishRequest {
+            room: room.into(),
+            payload: payload.clone(),
+            client_message_id: format!("fill-{n}"),
+            ..Default::default()
+        };
+        async move { client.publish(request).await.expect("publish").into_inner() }
+    });
+    let acks: Vec<_> = timeout(
+        STEP * 3,
+        futures::stream::iter(publishes)
+            .buffer_unordered(8)
+            .collect::<Vec<_>>(),
+    )
+    .await
+    .expect("the room fills in time");
+    acks.iter().map(|ack| ack.offset).max().unwrap_or(0)
+}
+
+/// Names present in `room`, as a probe client on its own connection sees them.
+async fn present(addr: SocketAddr, room: &str) -> Vec<String> {
+    let mut client = hub_client(addr).await;
+    let members = timeout(STEP, client.presence(PresenceRequest { room: room.into() }))
+        .await
+        .expect("Presence answers in time")
+        .expect("Presence succeeds")
+        .into_inner()
+        .members;
+    members.into_iter().map(|m| m.name).collect()
+}
+
+/// Waits until the server's RSS has not grown for a second (what the attack made it take
+/// has been taken), at most `STEP`, and returns its memory then.
+async fn settled(target: &Target) -> Mem {
+    let deadline = Instant::now() + STEP;
+    let mut highest = target.mem().rss_kib;
+    let mut since = Instant::now();
+    while Instant::now() < deadline && since.elapsed() < Duration::from_secs(1) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = target.mem().rss_kib;
+        if now > highest + 256 {
+            highest = now;
+            since = Instant::now();
+        }
+    }
+    target.mem()
+}
+
+/// A `Subscribe` from the start of `room` on a raw connection: HEADERS, then the request
+/// as one DATA frame ending the stream.
+async fn subscribe_raw(conn: &mut RawConn, stream: u32, room: &str, name: &str) {
+    let request = SubscribeRequest {
+        room: room.into(),
+        after_offset: Some(0),
+        name: name.into(),
+    };
+    let block = hpack::request("/duplex.v1.Hub/Subscribe", hpack::GRPC);
+    let mut bytes = raw::headers(stream, raw::END_HEADERS, &block);
+    bytes.extend(raw::data(
+        stream,
+        &raw::grpc_message(&request.encode_to_vec()),
+        true,
+    ));
+    conn.send(&bytes).await.expect("send a Subscribe");
+}
+
+// ---------------------------------------------------------------------------------------
+// Replay a client does not read
+// ---------------------------------------------------------------------------------------
+
+/// Subscribers that ask for a room's whole history with SETTINGS_INITIAL_WINDOW_SIZE = 0
+/// and never open their window: each replay holds one page (bytes, not 1024 messages) and
+/// its queue, the server keeps serving others, and after the send-stall timeout each
+/// stalled stream is ended — its presence goes, and a client that opens its window late
+/// reads `lagged` and RESOURCE_EXHAUSTED.
+///
+/// Scale: 12 streams × a 32 MiB room of 512 KiB messages in redb. Before the fix each
+/// replay decoded a whole page of 1024 messages (the room: 32 MiB) and held it for as long
+/// as the client did not read: +398 MiB here (release build), for ever. Now each holds at
+/// most its queue (2 MiB here) plus a page of a quarter of it, and only for the stall
+/// timeout.
+#[tokio::test]
+async fn stalled_replays_hold_one_page_each_and_end_after_the_stall_timeout() {
+    const MESSAGES: usize = 64;
+    const PAYLOAD: usize = 512 * 1024;
+    const STREAMS: usize = 12;
+    const STALL: Duration = Duration::from_secs(3);
+    // Measured after the fix: +70–96 MiB (redb's 64 MiB page cache fills as the replays
+    // read; ~2–3 MiB per stream). Before it: +398 MiB.
+    const GROWTH_BOUND_MIB: f64 = 150.0;
+    let data = tempfile::tempdir().unwrap();
+    let data_dir = data.path().to_str().unwrap();
+    let mut target = Target::start_with(&[
+        "--store",
+        "redb",
+        "--data-dir",
+        data_dir,
+        "--queue-bytes",
+        "2MiB",
+        "--send-stall-timeout",
+        "3s",
+    ]);
+    let last = fill_room(target.addr, "big", MESSAGES, PAYLOAD).await;
+    assert_eq!(last, MESSAGES as u64);
+    let before = settled(&target).await;
+
+    let mut conn = RawConn::open(target.addr, &[(raw::SETTINGS_INITIAL_WINDOW_SIZE, 0)]).await;
+    let attack_started = Instant::now();
+    for n in 0..STREAMS {
+        subscribe_raw(&mut conn, stream_id(n), "big", &format!("stalled-{n}")).await;
+    }
+    // Every stalled subscriber joined (and so started its replay) …
+    let joined = async {
+        loop {
+            let names = present(target.addr, "big").await;
+            if names.iter().filter(|n| n.starts_with("stalled-")).count() == STREAMS {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    timeout(STEP, joined).await.expect("the subscribers join");
+    // … and took what it takes while nobody reads.
+    let during = settled(&target).await;
+    let probe_started = Instant::now();
+    target.check_alive_and_serving().await;
+    let probe = probe_started.elapsed();
+    let growth = during.hwm_mib() - before.rss_mib();
+    println!("memory | stalled replays | before {before} | during {during} (+{growth:.1} MiB)");
+
+    // The stall timeout ends every stalled stream: its session leaves the room.
+    let ended = async {
+        loop {
+            let names = present(target.addr, "big").await;
+            if !names.iter().any(|n| n.starts_with("stalled-")) {
+                return attack_started.elapsed();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let ended_after = timeout(STEP, ended)
+        .await
+        .expect("the stalled streams end after the send-stall timeout");
+
+    // A stalled client that opens its window now reads what was in flight, then where to
+    // resume (`lagged`) and RESOURCE_EXHAUSTED.
+    let first = stream_id(0);
+    conn.send(&raw::window_update(first, 1 << 30))
+        .await
+        .expect("send WINDOW_UPDATE");
+    conn.send(&raw::window_update(0, 1 << 30))
+        .await
+        .expect("send WINDOW_UPDATE");
+    let finished = conn
+        .wait_for(STEP, |seen| seen.header(first, "grpc-status").is_some())
+        .await;
+    let seen = conn.seen();
+    let outcome = seen.stream_outcome(first);
+    let delivered = seen.data.get(&first).map_or(0, Vec::len);
+    report(
+        "stalled replay: 12 Subscribe(after_offset=0) streams with window 0, never \
+         WINDOW_UPDATE, on a 64 × 512 KiB redb room (--queue-bytes 2MiB, \
+         --send-stall-timeout 3s)",
+        "each replay holds ≤ its queue + a page; streams end after the stall timeout; \
+         others served",
+        &format!(
+            "before {before}; during {during} (+{growth:.1} MiB); probe in {probe:.0?}; \
+             stalled streams gone after {ended_after:.1?}; stream 1 then got \
+             {delivered} bytes and {outcome}"
+        ),
+    );
+    assert!(
+        growth < GROWTH_BOUND_MIB,
+        "stalled replays grew the server by {growth:.1} MiB (bound {GROWTH_BOUND_MIB} MiB)"
+    );
+    assert!(
+        ended_after >= STALL,
+        "streams ended before the stall timeout: {ended_after:?}"
+    );
+    assert!(
+        finished,
+        "the stalled stream ends once its window opens: {outcome}"
+    );
+    assert!(
+        outcome.contains("grpc-status 8") && outcome.contains("read nothing"),
+        "a stalled stream ends with RESOURCE_EXHAUSTED saying why: {outcome}"
+    );
+    assert!(
+        delivered < MESSAGES * PAYLOAD / 2,
+        "the stalled stream was not replayed in full: {delivered} bytes"
+    );
+    target.check_alive_and_serving().await;
+}
