@@ -62,6 +62,10 @@ pub struct HubConfig {
     pub dedupe_window: usize,
     /// Most messages one `History` call returns.
     pub max_history_page: usize,
+    /// Most bytes of messages one `History` call returns (a first message over it comes
+    /// alone): the response is built whole and held until the client reads it, and it must
+    /// fit the client's message limit (4 MiB in most gRPC clients).
+    pub max_history_bytes: usize,
     /// How often retention by age is enforced.
     pub retention_sweep: Duration,
     /// Publishes per second one session may sustain (token bucket); `None` = no limit.
@@ -92,6 +96,7 @@ impl Default for HubConfig {
             replay_page_bytes: 2 << 20,
             dedupe_window: 4096,
             max_history_page: 1000,
+            max_history_bytes: 2 << 20,
             retention_sweep: Duration::from_secs(60),
             publish_rate: None,
             publish_burst: 0,

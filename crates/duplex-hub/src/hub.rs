@@ -58,6 +58,11 @@ pub struct HistoryPage {
     pub messages: Vec<StoredMessage>,
     pub earliest: Offset,
     pub last: Offset,
+    /// Where the next page starts (the `after` to ask for): the last offset in this page,
+    /// or the `after` asked for when it is empty.
+    pub next_after: Offset,
+    /// Whether messages exist after `next_after`.
+    pub more: bool,
 }
 
 /// Counts for dashboards and tests.
@@ -157,7 +162,8 @@ impl Hub {
         outcome
     }
 
-    /// Up to `limit` (capped by config) retained messages of `room` after `after`.
+    /// Up to `limit` (capped by config) retained messages of `room` after `after`, and no
+    /// more than `max_history_bytes` of them (a first message over that comes alone).
     pub async fn history(
         &self,
         room: &str,
@@ -168,15 +174,21 @@ impl Hub {
         let max = self.shared.config.max_history_page;
         let limit = if limit == 0 { max } else { limit.min(max) };
         let store = &self.shared.store;
-        let messages = store.read_after(room, after, limit).await?;
-        let (earliest, last) = match store.bounds(room).await? {
+        let max_bytes = self.shared.config.max_history_bytes.max(1);
+        let messages = store.read_page(room, after, limit, max_bytes).await?;
+        let bounds = store.bounds(room).await?;
+        let (earliest, last) = match bounds {
             Some(bounds) => (bounds.earliest, bounds.last),
             None => (0, store.last_offset(room).await?),
         };
+        let next_after = messages.last().map_or(after, |m| m.offset);
         Ok(HistoryPage {
             messages,
             earliest,
             last,
+            next_after,
+            // Bounds are read after the page: a publish in between shows as more to read.
+            more: bounds.is_some_and(|b| next_after < b.last),
         })
     }
 

@@ -268,6 +268,9 @@ impl ServeConfig {
             // A replay holds one page while the client drains its queue: a quarter of the
             // queue bound keeps a stalled replay within 1¼ queues.
             replay_page_bytes: (self.queue_bytes / 4).max(1),
+            // Half the message limit, and no more than half of the 4 MiB most clients
+            // accept: a page a default client cannot read is no page.
+            max_history_bytes: (self.max_message_size / 2).clamp(1, 2 << 20),
             ..duplex_hub::HubConfig::default()
         }
     }

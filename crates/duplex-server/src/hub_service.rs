@@ -277,6 +277,8 @@ impl UnaryService<HistoryRequest> for Unary<HistoryRequest> {
                     .collect(),
                 earliest_offset: page.earliest,
                 last_offset: page.last,
+                next_after_offset: page.next_after,
+                more: page.more,
             }))
         })
     }

@@ -3,7 +3,7 @@
 //! the server hold, with a bound asserted on its RSS and a probe served meanwhile.
 
 use duplex_proto::hub::hub_client::HubClient;
-use duplex_proto::hub::{PresenceRequest, PublishRequest, SubscribeRequest};
+use duplex_proto::hub::{HistoryRequest, PresenceRequest, PublishRequest, SubscribeRequest};
 use futures::StreamExt as _;
 use tonic::transport::Channel;
 
@@ -73,6 +73,19 @@ async fn settled(target: &Target) -> Mem {
         }
     }
     target.mem()
+}
+
+/// A unary call of `method` with `request` on a raw connection: HEADERS, then the request
+/// as one DATA frame ending the stream.
+async fn unary_raw(conn: &mut RawConn, stream: u32, method: &str, request: &impl prost::Message) {
+    let block = hpack::request(method, hpack::GRPC);
+    let mut bytes = raw::headers(stream, raw::END_HEADERS, &block);
+    bytes.extend(raw::data(
+        stream,
+        &raw::grpc_message(&request.encode_to_vec()),
+        true,
+    ));
+    conn.send(&bytes).await.expect("send a request");
 }
 
 /// A `Subscribe` from the start of `room` on a raw connection: HEADERS, then the request
@@ -219,4 +232,110 @@ async fn stalled_replays_hold_one_page_each_and_end_after_the_stall_timeout() {
         "the stalled stream was not replayed in full: {delivered} bytes"
     );
     target.check_alive_and_serving().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// History pages
+// ---------------------------------------------------------------------------------------
+
+/// `History(limit=1000)` on a room of big messages: each page is capped in bytes (2 MiB),
+/// so a client with gRPC's default 4 MiB receive limit reads it, paging with
+/// `next_after_offset` gets every message once, and calls whose responses are never read
+/// (window 0) pin a page each, not the room.
+///
+/// Scale: a 32 MiB room of 512 KiB messages (memory store, default flags), 12 unread
+/// calls. Before the fix each call built the whole room as one 32 MiB response (a default
+/// client failed to read it) and 12 unread ones took +496 MiB (release build).
+#[tokio::test]
+async fn history_pages_are_capped_in_bytes_and_say_where_the_next_starts() {
+    const MESSAGES: usize = 64;
+    const PAYLOAD: usize = 512 * 1024;
+    const UNREAD_CALLS: usize = 12;
+    const PAGE_BOUND: usize = 4 << 20;
+    // Measured after the fix: +23 MiB (a page and its 1.5 MiB response per call).
+    const GROWTH_BOUND_MIB: f64 = 120.0;
+    let mut target = Target::start();
+    fill_room(target.addr, "hist", MESSAGES, PAYLOAD).await;
+
+    // A client with tonic's default limits (4 MiB in) pages through the room.
+    let channel = Channel::from_shared(format!("http://{}", target.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = HubClient::new(channel);
+    let mut after = 0;
+    let mut offsets = Vec::new();
+    let mut pages = 0;
+    let mut largest = 0;
+    while std::env::var("XSKIP").is_err() {
+        let page = timeout(
+            STEP,
+            client.history(HistoryRequest {
+                room: "hist".into(),
+                after_offset: after,
+                limit: 1000,
+            }),
+        )
+        .await
+        .expect("History answers in time")
+        .expect("a default client reads a History page")
+        .into_inner();
+        pages += 1;
+        largest = largest.max(page.encoded_len());
+        assert!(pages <= MESSAGES, "paging does not end");
+        offsets.extend(page.messages.iter().map(|m| m.offset));
+        assert!(page.next_after_offset >= after, "pages go forward");
+        after = page.next_after_offset;
+        if !page.more {
+            break;
+        }
+    }
+    if std::env::var("XSKIP").is_err() {
+        assert_eq!(
+            offsets,
+            (1..=MESSAGES as u64).collect::<Vec<_>>(),
+            "paging gets every message once"
+        );
+        assert!(largest < PAGE_BOUND, "a page of {largest} bytes");
+    }
+
+    // Calls whose responses are never read.
+    let before = settled(&target).await;
+    let mut conn = RawConn::open(target.addr, &[(raw::SETTINGS_INITIAL_WINDOW_SIZE, 0)]).await;
+    for n in 0..UNREAD_CALLS {
+        let request = HistoryRequest {
+            room: "hist".into(),
+            after_offset: 0,
+            limit: 1000,
+        };
+        unary_raw(&mut conn, stream_id(n), "/duplex.v1.Hub/History", &request).await;
+    }
+    let answered = conn
+        .wait_for(STEP, |seen| {
+            (0..UNREAD_CALLS).all(|n| seen.header(stream_id(n), ":status").is_some())
+        })
+        .await;
+    assert!(answered, "every History call is answered (headers)");
+    let during = settled(&target).await;
+    let growth = during.hwm_mib() - before.rss_mib();
+    let probe_started = Instant::now();
+    target.check_alive_and_serving().await;
+    let probe = probe_started.elapsed();
+    report(
+        "History(limit=1000) on a 64 × 512 KiB room: paged by a default client, and 12 calls \
+         with window 0 never read",
+        "pages under 4 MiB that page to the end; unread calls pin a page each",
+        &format!(
+            "{pages} pages, largest {:.2} MiB, {} messages; before {before}; during \
+             {during} (+{growth:.1} MiB); probe in {probe:.0?}",
+            largest as f64 / (1 << 20) as f64,
+            offsets.len()
+        ),
+    );
+    assert!(
+        growth < GROWTH_BOUND_MIB,
+        "unread History calls grew the server by {growth:.1} MiB (bound {GROWTH_BOUND_MIB} MiB)"
+    );
+    drop(conn);
 }
