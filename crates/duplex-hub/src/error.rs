@@ -90,6 +90,9 @@ impl HubError {
 
 impl From<StoreError> for HubError {
     fn from(error: StoreError) -> Self {
-        HubError::Store(error.to_string())
+        match error {
+            StoreError::Full { .. } => HubError::ResourceExhausted(error.to_string()),
+            error => HubError::Store(error.to_string()),
+        }
     }
 }

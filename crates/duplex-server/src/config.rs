@@ -73,6 +73,13 @@ pub struct ServeConfig {
     #[arg(long, default_value = "./duplex-data", env = "DUPLEX_DATA_DIR")]
     pub data_dir: std::path::PathBuf,
 
+    /// With `--store memory`: bytes the store may hold in all (messages with their strings,
+    /// plus ~64 bytes each; room names plus ~128 bytes each). Past it the oldest messages of
+    /// any room are evicted, as retention would; a publish is refused (RESOURCE_EXHAUSTED)
+    /// only when room names alone fill it.
+    #[arg(long, default_value = "512MiB", value_parser = parse_size)]
+    pub memory_store_bytes: usize,
+
     /// Keep at most this many messages per room (older ones are removed). 0 = no count limit
     /// (the memory store still caps each room).
     #[arg(long, default_value_t = 1_000_000)]

@@ -190,7 +190,10 @@ impl Server {
                     }
                 })?,
             ),
-            StoreKind::Memory => Arc::new(MemoryStore::new(config.retention())),
+            StoreKind::Memory => Arc::new(MemoryStore::with_max_bytes(
+                config.retention(),
+                config.memory_store_bytes,
+            )),
         };
         let auth = Arc::new(Authenticator::from_settings(&config.auth_settings())?);
         let hub = Hub::new(store, config.hub_config());

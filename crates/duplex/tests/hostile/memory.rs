@@ -46,6 +46,29 @@ async fn fill_room(addr: SocketAddr, room: &str, count: usize, size: usize) -> u
     acks.iter().map(|ack| ack.offset).max().unwrap_or(0)
 }
 
+/// Publishes one message of `size` bytes to each of `rooms` (unary, 32 at a time).
+async fn publish_each(addr: SocketAddr, rooms: impl Iterator<Item = String>, size: usize) {
+    let client = hub_client(addr).await;
+    let payload = bytes::Bytes::from(vec![b'p'; size]);
+    let publishes = rooms.map(|room| {
+        let mut client = client.clone();
+        let request = PublishRequest {
+            room,
+            payload: payload.clone(),
+            ..Default::default()
+        };
+        async move { client.publish(request).await.expect("publish").into_inner() }
+    });
+    timeout(
+        STEP * 3,
+        futures::stream::iter(publishes)
+            .buffer_unordered(32)
+            .for_each(|_| async {}),
+    )
+    .await
+    .expect("the publishes are acked in time");
+}
+
 /// Names present in `room`, as a probe client on its own connection sees them.
 async fn present(addr: SocketAddr, room: &str) -> Vec<String> {
     let mut client = hub_client(addr).await;
@@ -338,4 +361,102 @@ async fn history_pages_are_capped_in_bytes_and_say_where_the_next_starts() {
         "unread History calls grew the server by {growth:.1} MiB (bound {GROWTH_BOUND_MIB} MiB)"
     );
     drop(conn);
+}
+
+// ---------------------------------------------------------------------------------------
+// What the memory store keeps
+// ---------------------------------------------------------------------------------------
+
+/// Unary publishes into the memory store: a stored message costs its payload and a little
+/// (not the receive buffer it arrived in), and the store as a whole stays under
+/// `--memory-store-bytes`, evicting its oldest messages across rooms.
+///
+/// Scale: 4,000 one-byte publishes to distinct rooms, then 256 MiB of 256 KiB messages
+/// under a 48 MiB bound. Before the fix (release build) a 1-byte publish kept 10.4 KB of
+/// RSS (its receive buffer) and nothing bounded the store's total: the 256 MiB took
+/// +354 MiB. After: 1.6–2.6 KB and +101–115 MiB.
+#[tokio::test]
+async fn stored_messages_cost_their_payload_and_the_memory_store_is_bounded() {
+    const TINY_ROOMS: usize = 4_000;
+    const BIG_MESSAGES: usize = 1024;
+    const BIG_PAYLOAD: usize = 256 * 1024;
+    // The store counts ~300 bytes for each tiny room and its message; RSS shows 1.6–2.6 KB,
+    // the rest being the allocator's pages the kept bytes sit in among what the calls
+    // freed. Before the fix: 10.4 KB.
+    const PER_TINY_BOUND_BYTES: f64 = 4096.0;
+    // The store's 48 MiB, plus what 32 publishes in flight hold and the allocator keeps.
+    const BIG_GROWTH_BOUND_MIB: f64 = 160.0;
+    let mut target = Target::start_with(&[
+        "--store",
+        "memory",
+        "--memory-store-bytes",
+        "48MiB",
+        "--publish-rate",
+        "0",
+        "--retention-messages",
+        "300",
+    ]);
+    // The same churn of calls first, into one room that keeps 300 messages: what follows
+    // then measures what is kept, not what the allocator holds after so many calls.
+    publish_each(target.addr, (0..TINY_ROOMS).map(|_| "warm".to_owned()), 1).await;
+    let before = settled(&target).await;
+    publish_each(target.addr, (0..TINY_ROOMS).map(|n| format!("tiny-{n}")), 1).await;
+    let tiny = settled(&target).await;
+    let per_tiny = (tiny.rss_kib as f64 - before.rss_kib as f64) * 1024.0 / TINY_ROOMS as f64;
+
+    publish_each(
+        target.addr,
+        (0..BIG_MESSAGES).map(|n| format!("big-{}", n % 4)),
+        BIG_PAYLOAD,
+    )
+    .await;
+    let big = settled(&target).await;
+    let big_growth = big.hwm_mib() - tiny.rss_mib();
+
+    // The oldest went first, whatever their room; offsets did not go back.
+    let mut client = hub_client(target.addr).await;
+    let history = |room: &str| HistoryRequest {
+        room: room.into(),
+        after_offset: 0,
+        limit: 1,
+    };
+    let tiny_0 = client
+        .history(history("tiny-0"))
+        .await
+        .unwrap()
+        .into_inner();
+    let big_0 = client.history(history("big-0")).await.unwrap().into_inner();
+    let probe_started = Instant::now();
+    target.check_alive_and_serving().await;
+    let probe = probe_started.elapsed();
+    report(
+        "memory store: 4,000 one-byte unary publishes to distinct rooms, then 1024 × 256 KiB \
+         (--memory-store-bytes 48MiB)",
+        "≤ payload + ~200 B kept per message; the store stays under its bound, oldest evicted",
+        &format!(
+            "{per_tiny:.0} B of RSS per tiny room+message; 256 MiB published: +{big_growth:.1} \
+             MiB ({big}); tiny-0 keeps {} messages (last offset {}), big-0 earliest {} of {}; \
+             probe in {probe:.0?}",
+            tiny_0.messages.len(),
+            tiny_0.last_offset,
+            big_0.earliest_offset,
+            big_0.last_offset
+        ),
+    );
+    assert!(
+        per_tiny < PER_TINY_BOUND_BYTES,
+        "a one-byte message in its own room costs {per_tiny:.0} bytes of RSS"
+    );
+    assert!(
+        big_growth < BIG_GROWTH_BOUND_MIB,
+        "256 MiB published into a 48 MiB store grew the server by {big_growth:.1} MiB"
+    );
+    assert!(
+        tiny_0.messages.is_empty() && tiny_0.last_offset == 1,
+        "the oldest message (tiny-0's) was evicted, its offset kept"
+    );
+    assert!(
+        big_0.earliest_offset > 1 && big_0.last_offset == (BIG_MESSAGES / 4) as u64,
+        "big-0 lost its oldest messages only"
+    );
 }
