@@ -60,6 +60,11 @@ pub struct HubConfig {
     pub replay_page_bytes: usize,
     /// Recent client message ids remembered per room for dedupe.
     pub dedupe_window: usize,
+    /// Members a room lists (in `joined`, `Presence` and presence events). Past it, members
+    /// are counted, not listed, and their joins and leaves send no event: what one join
+    /// costs (its `joined` reply, the events it fans out) stays bounded however big the
+    /// crowd.
+    pub max_presence_listed: usize,
     /// Most messages one `History` call returns.
     pub max_history_page: usize,
     /// Most bytes of messages one `History` call returns (a first message over it comes
@@ -95,6 +100,7 @@ impl Default for HubConfig {
             replay_page: 1024,
             replay_page_bytes: 2 << 20,
             dedupe_window: 4096,
+            max_presence_listed: 1000,
             max_history_page: 1000,
             max_history_bytes: 2 << 20,
             retention_sweep: Duration::from_secs(60),

@@ -65,6 +65,13 @@ pub struct HistoryPage {
     pub more: bool,
 }
 
+/// Who is present in a room: the listed members, and how many more are counted.
+#[derive(Debug, Clone, Default)]
+pub struct RoomPresence {
+    pub members: Vec<Member>,
+    pub unlisted: u64,
+}
+
 /// Counts for dashboards and tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct HubStats {
@@ -192,13 +199,20 @@ impl Hub {
         })
     }
 
-    /// Who is present in `room` now.
-    pub fn presence(&self, room: &str) -> Result<Vec<Member>, HubError> {
+    /// Who is present in `room` now: its listed members (at most `max_presence_listed`)
+    /// and the count of the others.
+    pub fn presence(&self, room: &str) -> Result<RoomPresence, HubError> {
         validate_room_name(room)?;
         let rooms = self.shared.rooms.lock().unwrap_or_else(|p| p.into_inner());
         Ok(rooms
             .get(room)
-            .map(|room| room.lock().members.clone())
+            .map(|room| {
+                let state = room.lock();
+                RoomPresence {
+                    members: state.members.clone(),
+                    unlisted: state.unlisted_members,
+                }
+            })
             .unwrap_or_default())
     }
 

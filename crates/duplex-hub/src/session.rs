@@ -31,6 +31,19 @@ struct JoinedRoom {
     room: Arc<Room>,
     /// Set on leave, so a replay still running stops and never registers.
     cancelled: Arc<AtomicBool>,
+    /// How the session shows in the room's presence, so leaving undoes just that.
+    presence: Shown,
+}
+
+/// How a session shows in a room's presence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shown {
+    /// Joined hidden: not at all.
+    Hidden,
+    /// In the room's member list; its join and leave are presence events.
+    Listed,
+    /// Past the list's bound: counted in `unlisted_members`, no events.
+    Counted,
 }
 
 /// One client session. Dropping it leaves every room it joined.
@@ -321,15 +334,23 @@ impl Session {
             ),
         };
 
-        let members = {
+        let max_listed = self.shared.config.max_presence_listed;
+        let (members, unlisted, presence) = {
             let mut state = room.lock();
             let members = state.members.clone();
-            if !join.hidden {
+            let unlisted = state.unlisted_members;
+            let presence = if join.hidden {
+                Shown::Hidden
+            } else if state.members.len() < max_listed {
                 state.members.push(self.member.clone());
                 let event = Frame::own(frames::presence(&room.name, self.member.clone(), true));
                 Room::broadcast(&mut state, &event, Some(self.id));
-            }
-            members
+                Shown::Listed
+            } else {
+                state.unlisted_members += 1;
+                Shown::Counted
+            };
+            (members, unlisted, presence)
         };
         let cancelled = Arc::new(AtomicBool::new(false));
         self.joined.insert(
@@ -337,10 +358,11 @@ impl Session {
             JoinedRoom {
                 room: room.clone(),
                 cancelled: cancelled.clone(),
+                presence,
             },
         );
         self.reply(frames::joined(
-            command_id, &room.name, earliest, last, members,
+            command_id, &room.name, earliest, last, members, unlisted,
         ))
         .await;
 
@@ -382,6 +404,14 @@ impl Session {
         joined.cancelled.store(true, Ordering::Relaxed);
         let mut state = joined.room.lock();
         state.subscribers.retain(|s| s.session_id != self.id);
+        match joined.presence {
+            Shown::Hidden => return,
+            Shown::Counted => {
+                state.unlisted_members = state.unlisted_members.saturating_sub(1);
+                return;
+            }
+            Shown::Listed => {}
+        }
         let before = state.members.len();
         state
             .members

@@ -129,6 +129,12 @@ pub struct ServeConfig {
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub send_stall_timeout: Duration,
 
+    /// Members a room lists in `joined`, `Presence` and presence events. Past it members
+    /// are counted (`unlisted_members`), not listed, and their joins and leaves send no
+    /// event, so a crowd cannot make each join cost the whole crowd.
+    #[arg(long, default_value_t = 1000)]
+    pub max_presence_listed: usize,
+
     /// Rooms one session may have joined at once.
     #[arg(long, default_value_t = 100)]
     pub max_rooms_per_session: usize,
@@ -267,6 +273,7 @@ impl ServeConfig {
             lag_policy: self.lag_policy,
             max_payload: self.max_payload,
             max_rooms_per_session: self.max_rooms_per_session,
+            max_presence_listed: self.max_presence_listed,
             publish_window: self.publish_window,
             publish_rate: Some(self.publish_rate).filter(|&rate| rate > 0),
             publish_burst: self.publish_burst,

@@ -296,8 +296,11 @@ impl UnaryService<PresenceRequest> for Unary<PresenceRequest> {
             let room = request.into_inner().room;
             duplex_hub::validate_room_name(&room).map_err(status)?;
             identity.rights.check_read(&room).map_err(status)?;
-            let members = hub.presence(&room).map_err(status)?;
-            Ok(Response::new(PresenceResponse { members }))
+            let presence = hub.presence(&room).map_err(status)?;
+            Ok(Response::new(PresenceResponse {
+                members: presence.members,
+                unlisted_members: presence.unlisted,
+            }))
         })
     }
 }

@@ -460,3 +460,131 @@ async fn stored_messages_cost_their_payload_and_the_memory_store_is_bounded() {
         "big-0 lost its oldest messages only"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Presence of a crowd
+// ---------------------------------------------------------------------------------------
+
+/// A `Hub.Connect` session on a raw connection that joins `room` visibly as `name` and
+/// then sends nothing more (its stream stays open).
+async fn join_raw(conn: &mut RawConn, stream: u32, room: &str, name: &str) {
+    use duplex_proto::hub::{ClientFrame, Join, client_frame::Command};
+    let join = ClientFrame {
+        command_id: 1,
+        command: Some(Command::Join(Join {
+            room: room.into(),
+            after_offset: None,
+            hidden: false,
+            replay_last: 0,
+        })),
+    };
+    let mut fields = hpack::GRPC.to_vec();
+    fields.push(("duplex-name", name));
+    let block = hpack::request("/duplex.v1.Hub/Connect", &fields);
+    let mut bytes = raw::headers(stream, raw::END_HEADERS, &block);
+    bytes.extend(raw::data(
+        stream,
+        &raw::grpc_message(&join.encode_to_vec()),
+        false,
+    ));
+    conn.send(&bytes).await.expect("send a join");
+}
+
+/// A crowd of visible members joins one room over connections that never read (window
+/// 0). Past `--max-presence-listed` members are counted, not listed, and send no presence
+/// events: each `joined` reply and `Presence` answer lists at most the bound, what every
+/// member's queue holds stays bounded, and a newcomer is served.
+///
+/// Scale: 3,000 members, a list of 50. Before the fix the i-th joiner's `joined` listed
+/// i − 1 members and every join queued an event for every member (O(N²): 4.5 M events):
+/// +403 MiB and 2.5 s to join (release build). After: +45 MiB (~15 KB a session, what
+/// any open session costs) and 0.3 s.
+#[tokio::test]
+async fn a_crowd_is_counted_past_the_presence_list_bound() {
+    const CONNECTIONS: usize = 3;
+    const PER_CONNECTION: usize = 1000;
+    const CROWD: usize = CONNECTIONS * PER_CONNECTION;
+    const LISTED: usize = 50;
+    // Measured after the fix: +45–52 MiB.
+    const GROWTH_BOUND_MIB: f64 = 150.0;
+    let mut target = Target::start_with(&["--store", "memory", "--max-presence-listed", "50"]);
+    let before = settled(&target).await;
+    let started = Instant::now();
+    let mut connections = Vec::new();
+    for c in 0..CONNECTIONS {
+        let mut conn = RawConn::open(target.addr, &[(raw::SETTINGS_INITIAL_WINDOW_SIZE, 0)]).await;
+        for n in 0..PER_CONNECTION {
+            join_raw(&mut conn, stream_id(n), "crowd", &format!("m{c}-{n}")).await;
+        }
+        connections.push(conn);
+    }
+    let everyone_in = async {
+        loop {
+            let mut client = hub_client(target.addr).await;
+            let presence = client
+                .presence(PresenceRequest {
+                    room: "crowd".into(),
+                })
+                .await
+                .expect("Presence")
+                .into_inner();
+            if presence.members.len() as u64 + presence.unlisted_members == CROWD as u64 {
+                return presence;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let presence = timeout(STEP * 2, everyone_in)
+        .await
+        .expect("the whole crowd joins");
+    let joined_in = started.elapsed();
+    let during = settled(&target).await;
+    let growth = during.hwm_mib() - before.rss_mib();
+
+    // A newcomer on a normal connection is served, and its `joined` is bounded.
+    let channel = Channel::from_shared(format!("http://{}", target.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut newcomer = common::session::Session::open(&channel, "newcomer").await;
+    newcomer
+        .send(duplex_proto::hub::client_frame::Command::Join(
+            duplex_proto::hub::Join {
+                room: "crowd".into(),
+                after_offset: None,
+                hidden: false,
+                replay_last: 0,
+            },
+        ))
+        .await;
+    let joined = match newcomer.next().await {
+        duplex_proto::hub::server_frame::Frame::Joined(joined) => joined,
+        other => panic!("expected joined, got {other:?}"),
+    };
+    target.check_alive_and_serving().await;
+    report(
+        "presence crowd: 3,000 visible members join one room over 3 window-0 connections \
+         (--max-presence-listed 50)",
+        "lists bounded, the rest counted, no event storm; memory bounded; newcomer served",
+        &format!(
+            "all in after {joined_in:.1?}; Presence lists {} and counts {}; newcomer's \
+             joined lists {} and counts {} ({} bytes); before {before}; during {during} \
+             (+{growth:.1} MiB)",
+            presence.members.len(),
+            presence.unlisted_members,
+            joined.members.len(),
+            joined.unlisted_members,
+            joined.encoded_len()
+        ),
+    );
+    assert_eq!(presence.members.len(), LISTED);
+    assert_eq!(presence.unlisted_members, (CROWD - LISTED) as u64);
+    assert_eq!(joined.members.len(), LISTED);
+    assert_eq!(joined.unlisted_members, (CROWD - LISTED) as u64);
+    assert!(
+        growth < GROWTH_BOUND_MIB,
+        "a crowd of {CROWD} grew the server by {growth:.1} MiB"
+    );
+    drop(connections);
+}
