@@ -21,6 +21,13 @@ pub struct ServeConfig {
     #[arg(long, default_value = "1MiB", value_parser = parse_window)]
     pub initial_stream_window: u32,
 
+    /// Bytes h2 may buffer for sending on one stream beyond what the socket takes. With a
+    /// peer that grants huge windows but stops reading, this (not our queues) is what each
+    /// stream holds in HTTP/2; past it the stream's queue backs up and its lag policy and
+    /// the send-stall timeout apply. hyper's default is 400KiB.
+    #[arg(long, default_value = "64KiB", value_parser = parse_size)]
+    pub max_send_buffer: usize,
+
     /// HTTP/2 initial flow-control window of the whole connection, in bytes: the budget
     /// all streams of one connection share before a connection-level WINDOW_UPDATE.
     #[arg(long, default_value = "2MiB", value_parser = parse_window)]

@@ -588,3 +588,111 @@ async fn a_crowd_is_counted_past_the_presence_list_bound() {
     );
     drop(connections);
 }
+
+// ---------------------------------------------------------------------------------------
+// Huge windows, unread socket
+// ---------------------------------------------------------------------------------------
+
+/// Subscribers that grant the largest HTTP/2 windows (stream and connection) and then stop
+/// reading their socket: the server may not move what the subscriber queues bound into
+/// h2's send buffers. Each stream holds at most `--max-send-buffer` (64 KiB) there, its
+/// queue backs up, and its lag policy ends it; a probe is served meanwhile.
+///
+/// Scale: 1000 live `Subscribe` streams on one connection, 10 MiB published one message
+/// at a time in 16 KiB messages (so the streams drain into h2 as fast as they can rather
+/// than lag out at once). Before the fix h2 buffered up to 400 KiB per stream (hyper's
+/// default): +549–687 MiB (release build). After: +244–262 MiB, ~250 KB a stream, most
+/// of it the encoder's and hyper's chunks around h2's 64 KiB.
+#[tokio::test]
+async fn huge_windows_do_not_move_the_backlog_into_http2_buffers() {
+    const STREAMS: usize = 1000;
+    const MESSAGES: usize = 640;
+    const PAYLOAD: usize = 16 * 1024;
+    const GROWTH_BOUND_MIB: f64 = 400.0;
+    const MAX_WINDOW: u32 = (1 << 31) - 1;
+    let mut target = Target::start();
+    let before = settled(&target).await;
+    let mut conn = RawConn::open_unread(
+        target.addr,
+        &[(raw::SETTINGS_INITIAL_WINDOW_SIZE, MAX_WINDOW)],
+    )
+    .await;
+    conn.send(&raw::window_update(0, MAX_WINDOW - 65_535))
+        .await
+        .expect("send WINDOW_UPDATE");
+    for n in 0..STREAMS {
+        let request = SubscribeRequest {
+            room: "firehose".into(),
+            after_offset: None,
+            name: format!("wide-{n}"),
+        };
+        unary_raw(
+            &mut conn,
+            stream_id(n),
+            "/duplex.v1.Hub/Subscribe",
+            &request,
+        )
+        .await;
+    }
+    let subscribed = async {
+        loop {
+            let present = present(target.addr, "firehose").await.len();
+            if present == STREAMS {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    timeout(STEP, subscribed)
+        .await
+        .expect("every stream subscribes");
+    let started = Instant::now();
+    let mut publisher = hub_client(target.addr).await;
+    let payload = bytes::Bytes::from(vec![b'f'; PAYLOAD]);
+    for _ in 0..MESSAGES {
+        let publish = publisher.publish(PublishRequest {
+            room: "firehose".into(),
+            payload: payload.clone(),
+            ..Default::default()
+        });
+        timeout(STEP, publish)
+            .await
+            .expect("a publish is acked in time")
+            .expect("publish");
+    }
+    let published_in = started.elapsed();
+    let during = settled(&target).await;
+    let growth = during.hwm_mib() - before.rss_mib();
+    // The lag policy ended the streams whose queues backed up.
+    let lagged_out = async {
+        loop {
+            if present(target.addr, "firehose").await.is_empty() {
+                return started.elapsed();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let lagged_out = timeout(STEP, lagged_out).await;
+    let probe_started = Instant::now();
+    target.check_alive_and_serving().await;
+    let probe = probe_started.elapsed();
+    report(
+        "huge windows: 1000 Subscribe streams granting 2^31-1 (stream and connection), \
+         socket never read, 10 MiB published one 16 KiB message at a time",
+        "h2 holds ≤ --max-send-buffer per stream; queues back up and lag out; others served",
+        &format!(
+            "published in {published_in:.1?}; before {before}; during {during} \
+             (+{growth:.1} MiB); subscribers lagged out after {lagged_out:.1?}; probe in \
+             {probe:.0?}"
+        ),
+    );
+    assert!(
+        growth < GROWTH_BOUND_MIB,
+        "unread wide streams grew the server by {growth:.1} MiB (bound {GROWTH_BOUND_MIB} MiB)"
+    );
+    assert!(
+        lagged_out.is_ok(),
+        "the backed-up subscribers are ended by the lag policy"
+    );
+    drop(conn);
+}
