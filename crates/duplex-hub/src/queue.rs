@@ -9,7 +9,9 @@
 //!
 //! The consumer is the session's [`Outbound`] stream, polled by the transport only when it
 //! can send, so a stalled reader holds at most the bound: memory stays bounded whatever
-//! the reader does. The queue never holds a lock across an await.
+//! the reader does. A reader that takes nothing for the send-stall timeout is ended
+//! ([`SubscriberQueue::end_if_stalled`], run by the hub's sweeper), so it does not hold
+//! even that for long. The queue never holds a lock across an await.
 
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
