@@ -54,10 +54,23 @@ pub struct HubConfig {
     pub max_batch: usize,
     /// Messages read from the store per page while replaying history.
     pub replay_page: usize,
+    /// Bytes read from the store per page while replaying history (a first message over it
+    /// comes alone). A replay holds one page while the client drains its queue, so a reader
+    /// that stops pins at most this plus `queue_bytes` of replayed frames.
+    pub replay_page_bytes: usize,
     /// Recent client message ids remembered per room for dedupe.
     pub dedupe_window: usize,
+    /// Members a room lists (in `joined`, `Presence` and presence events). Past it, members
+    /// are counted, not listed, and their joins and leaves send no event: what one join
+    /// costs (its `joined` reply, the events it fans out) stays bounded however big the
+    /// crowd.
+    pub max_presence_listed: usize,
     /// Most messages one `History` call returns.
     pub max_history_page: usize,
+    /// Most bytes of messages one `History` call returns (a first message over it comes
+    /// alone): the response is built whole and held until the client reads it, and it must
+    /// fit the client's message limit (4 MiB in most gRPC clients).
+    pub max_history_bytes: usize,
     /// How often retention by age is enforced.
     pub retention_sweep: Duration,
     /// Publishes per second one identity ([`crate::Identity::quota_key`]) may sustain
@@ -70,6 +83,9 @@ pub struct HubConfig {
     pub rate_limited_identities: usize,
     /// A `Connect` session that sends nothing (not even a ping) for this long is ended.
     pub idle_timeout: Option<Duration>,
+    /// A stream (session or `Subscribe`) whose oldest queued frame waits this long for the
+    /// client to read is ended: `lagged` per room, then RESOURCE_EXHAUSTED. `None` = never.
+    pub send_stall_timeout: Option<Duration>,
 }
 
 impl Default for HubConfig {
@@ -86,13 +102,17 @@ impl Default for HubConfig {
             // like a lagging subscriber.
             max_batch: 1024,
             replay_page: 1024,
+            replay_page_bytes: 2 << 20,
             dedupe_window: 4096,
+            max_presence_listed: 1000,
             max_history_page: 1000,
+            max_history_bytes: 2 << 20,
             retention_sweep: Duration::from_secs(60),
             publish_rate: None,
             publish_burst: 0,
             rate_limited_identities: 100_000,
             idle_timeout: None,
+            send_stall_timeout: Some(Duration::from_secs(30)),
         }
     }
 }

@@ -37,6 +37,11 @@ pub enum HubError {
         "subscriber fell behind by more than its queue bound; resume from the offsets in the lagged frames"
     )]
     Lagged,
+    /// The client read nothing while frames waited for the send-stall timeout.
+    #[error(
+        "the client read nothing for {0:?} while frames waited to be sent; resume from the offsets in the lagged frames"
+    )]
+    SendStalled(std::time::Duration),
     /// The store failed; the command may be retried.
     #[error("store unavailable: {0}")]
     Store(String),
@@ -65,7 +70,7 @@ impl HubError {
             HubError::ResumeTooOld { .. } | HubError::FailedPrecondition(_) => 9,
             HubError::AlreadyJoined(_) => 6,
             HubError::NotJoined(_) => 5,
-            HubError::ResourceExhausted(_) | HubError::Lagged => 8,
+            HubError::ResourceExhausted(_) | HubError::Lagged | HubError::SendStalled(_) => 8,
             HubError::Store(_) | HubError::ShuttingDown => 14,
             HubError::Transport { code, .. } => *code,
             HubError::PermissionDenied(_) => 7,
@@ -85,6 +90,9 @@ impl HubError {
 
 impl From<StoreError> for HubError {
     fn from(error: StoreError) -> Self {
-        HubError::Store(error.to_string())
+        match error {
+            StoreError::Full { .. } => HubError::ResourceExhausted(error.to_string()),
+            error => HubError::Store(error.to_string()),
+        }
     }
 }

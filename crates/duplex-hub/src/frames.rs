@@ -122,6 +122,7 @@ pub(crate) fn joined(
     earliest: Offset,
     last: Offset,
     members: Vec<Member>,
+    unlisted_members: u64,
 ) -> Bytes {
     encode(Frame::Joined(Joined {
         command_id,
@@ -129,6 +130,7 @@ pub(crate) fn joined(
         earliest_offset: earliest,
         last_offset: last,
         members,
+        unlisted_members,
     }))
 }
 

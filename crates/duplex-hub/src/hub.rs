@@ -60,6 +60,18 @@ pub struct HistoryPage {
     pub messages: Vec<StoredMessage>,
     pub earliest: Offset,
     pub last: Offset,
+    /// Where the next page starts (the `after` to ask for): the last offset in this page,
+    /// or the `after` asked for when it is empty.
+    pub next_after: Offset,
+    /// Whether messages exist after `next_after`.
+    pub more: bool,
+}
+
+/// Who is present in a room: the listed members, and how many more are counted.
+#[derive(Debug, Clone, Default)]
+pub struct RoomPresence {
+    pub members: Vec<Member>,
+    pub unlisted: u64,
 }
 
 /// Counts for dashboards and tests.
@@ -126,6 +138,9 @@ impl Hub {
             shutting_down: AtomicBool::new(false),
         });
         tokio::spawn(sweep_rooms(Arc::downgrade(&shared)));
+        if let Some(timeout) = shared.config.send_stall_timeout {
+            tokio::spawn(sweep_stalled(Arc::downgrade(&shared), timeout));
+        }
         Self { shared }
     }
 
@@ -174,7 +189,8 @@ impl Hub {
         outcome
     }
 
-    /// Up to `limit` (capped by config) retained messages of `room` after `after`.
+    /// Up to `limit` (capped by config) retained messages of `room` after `after`, and no
+    /// more than `max_history_bytes` of them (a first message over that comes alone).
     pub async fn history(
         &self,
         room: &str,
@@ -185,25 +201,38 @@ impl Hub {
         let max = self.shared.config.max_history_page;
         let limit = if limit == 0 { max } else { limit.min(max) };
         let store = &self.shared.store;
-        let messages = store.read_after(room, after, limit).await?;
-        let (earliest, last) = match store.bounds(room).await? {
+        let max_bytes = self.shared.config.max_history_bytes.max(1);
+        let messages = store.read_page(room, after, limit, max_bytes).await?;
+        let bounds = store.bounds(room).await?;
+        let (earliest, last) = match bounds {
             Some(bounds) => (bounds.earliest, bounds.last),
             None => (0, store.last_offset(room).await?),
         };
+        let next_after = messages.last().map_or(after, |m| m.offset);
         Ok(HistoryPage {
             messages,
             earliest,
             last,
+            next_after,
+            // Bounds are read after the page: a publish in between shows as more to read.
+            more: bounds.is_some_and(|b| next_after < b.last),
         })
     }
 
-    /// Who is present in `room` now.
-    pub fn presence(&self, room: &str) -> Result<Vec<Member>, HubError> {
+    /// Who is present in `room` now: its listed members (at most `max_presence_listed`)
+    /// and the count of the others.
+    pub fn presence(&self, room: &str) -> Result<RoomPresence, HubError> {
         validate_room_name(room)?;
         let rooms = self.shared.rooms.lock().unwrap_or_else(|p| p.into_inner());
         Ok(rooms
             .get(room)
-            .map(|room| room.lock().members.clone())
+            .map(|room| {
+                let state = room.lock();
+                RoomPresence {
+                    members: state.members.clone(),
+                    unlisted: state.unlisted_members,
+                }
+            })
             .unwrap_or_default())
     }
 
@@ -513,6 +542,30 @@ async fn sweep_rooms(shared: Weak<Shared>) {
         match shared.upgrade() {
             Some(shared) => shared.release_unused_rooms(),
             None => return,
+        }
+    }
+}
+
+/// Ends every stream whose client stopped reading for `timeout` (see
+/// [`SubscriberQueue::end_if_stalled`]). Checks four times per timeout (at most once a
+/// second, at least every 10 ms), so a stall ends within 1¼ timeouts.
+async fn sweep_stalled(shared: Weak<Shared>, timeout: std::time::Duration) {
+    let every = (timeout / 4).clamp(
+        std::time::Duration::from_millis(10),
+        std::time::Duration::from_secs(1),
+    );
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let now = std::time::Instant::now();
+        for queue in shared.live_sessions() {
+            if queue.end_if_stalled(now, timeout) {
+                debug!(?timeout, "stream ended: the client read nothing");
+            }
         }
     }
 }

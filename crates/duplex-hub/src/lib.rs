@@ -21,7 +21,7 @@ mod session;
 
 pub use config::{HubConfig, LagPolicy};
 pub use error::HubError;
-pub use hub::{HistoryPage, Hub, HubStats, PublishInput, PublishOutcome};
+pub use hub::{HistoryPage, Hub, HubStats, PublishInput, PublishOutcome, RoomPresence};
 pub use queue::{Frame, Outbound};
 pub use rights::{Identity, Rights};
 pub use room::validate_room_name;

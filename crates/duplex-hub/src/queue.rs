@@ -9,12 +9,15 @@
 //!
 //! The consumer is the session's [`Outbound`] stream, polled by the transport only when it
 //! can send, so a stalled reader holds at most the bound: memory stays bounded whatever
-//! the reader does. The queue never holds a lock across an await.
+//! the reader does. A reader that takes nothing for the send-stall timeout is ended
+//! ([`SubscriberQueue::end_if_stalled`], run by the hub's sweeper), so it does not hold
+//! even that for long. The queue never holds a lock across an await.
 
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use duplex_store::Offset;
@@ -97,8 +100,9 @@ enum Ending {
     Finish,
     /// Send what is queued, then fail with this error.
     Fail(HubError),
-    /// Lagged under `disconnect`: the queue was cleared; send `lagged` per room, then fail.
-    Lagged,
+    /// Lagged under `disconnect`, or stalled: the queue was cleared; send `lagged` per
+    /// room, then fail with this error.
+    Lagged(HubError),
 }
 
 #[derive(Debug, Default)]
@@ -122,6 +126,19 @@ struct State {
     consumer: Option<Waker>,
     /// A reliable push is waiting for room: the next reliable frame sent wakes it.
     reliable_waiting: bool,
+    /// Since when the frame at the head of the queue has waited for the transport: set
+    /// when a frame lands in an empty queue and on every frame sent while more wait; `None`
+    /// while nothing waits. A stream whose head waits longer than the send-stall timeout
+    /// is ended ([`SubscriberQueue::end_if_stalled`]), so a reader that stopped cannot pin
+    /// its queue (and its replay) for ever.
+    waiting_since: Option<Instant>,
+}
+
+/// Notes that a frame is about to be queued: if nothing waited, the wait starts now.
+fn start_waiting(state: &mut State) {
+    if state.frames.is_empty() {
+        state.waiting_since = Some(Instant::now());
+    }
 }
 
 #[derive(Debug)]
@@ -192,7 +209,7 @@ impl SubscriberQueue {
         if full(&state) {
             match self.policy {
                 LagPolicy::Disconnect => {
-                    self.lag_out(&mut state);
+                    self.lag_out(&mut state, HubError::Lagged);
                     return LivePush::Detach;
                 }
                 LagPolicy::DropOldest | LagPolicy::LatestPerKey => {
@@ -205,6 +222,7 @@ impl SubscriberQueue {
                 }
             }
         }
+        start_waiting(&mut state);
         state.live_frames += 1;
         state.live_bytes += size;
         state.frames.push_back(Entry { frame, live: true });
@@ -268,6 +286,7 @@ impl SubscriberQueue {
             state.reliable_waiting = true;
             return TryPush::Full(frame);
         }
+        start_waiting(&mut state);
         state.reliable_frames += 1;
         state.reliable_bytes += size;
         state.frames.push_back(Entry { frame, live: false });
@@ -279,6 +298,7 @@ impl SubscriberQueue {
     pub fn push_control(&self, bytes: Bytes) {
         let mut state = self.lock();
         if state.ending.is_none() && !state.consumer_gone {
+            start_waiting(&mut state);
             state.reliable_frames += 1;
             state.reliable_bytes += bytes.len();
             state.frames.push_back(Entry {
@@ -335,7 +355,24 @@ impl SubscriberQueue {
         (state.frames.len(), bytes)
     }
 
-    fn lag_out(&self, state: &mut State) {
+    /// Ends the stream if its oldest frame has waited `timeout` or longer for the transport
+    /// (the client stopped reading): like a lag under `disconnect`, whatever the policy —
+    /// the queue is cleared, a `lagged` frame per room says where to resume, then the call
+    /// fails with RESOURCE_EXHAUSTED. Returns whether it did.
+    pub fn end_if_stalled(&self, now: Instant, timeout: Duration) -> bool {
+        let mut state = self.lock();
+        let stalled = state.ending.is_none()
+            && !state.consumer_gone
+            && state
+                .waiting_since
+                .is_some_and(|since| now.saturating_duration_since(since) >= timeout);
+        if stalled {
+            self.lag_out(&mut state, HubError::SendStalled(timeout));
+        }
+        stalled
+    }
+
+    fn lag_out(&self, state: &mut State, error: HubError) {
         state.frames.clear();
         state.live_frames = 0;
         state.live_bytes = 0;
@@ -347,7 +384,8 @@ impl SubscriberQueue {
             .into_iter()
             .map(|(room, marks)| frames::lagged(&room, marks.delivered, marks.dropped))
             .collect();
-        state.ending = Some(Ending::Lagged);
+        state.ending = Some(Ending::Lagged(error));
+        state.waiting_since = None;
         state.lagged = true;
         wake(state);
         self.room_freed.notify_waiters();
@@ -428,6 +466,8 @@ impl Stream for Outbound {
             return Poll::Ready(Some(Ok(Frame::own(report))));
         }
         if let Some(entry) = state.frames.pop_front() {
+            // The transport took a frame: whatever still waits, waits from now.
+            state.waiting_since = (!state.frames.is_empty()).then(Instant::now);
             if let Some(meta) = entry.frame.meta() {
                 let marks = match state.rooms.get_mut(&*meta.room) {
                     Some(marks) => marks,
@@ -438,6 +478,7 @@ impl Stream for Outbound {
                     let dropped = std::mem::take(&mut marks.dropped);
                     let report = frames::lagged(&meta.room, marks.delivered, dropped);
                     state.frames.push_front(entry);
+                    state.waiting_since = Some(Instant::now());
                     return Poll::Ready(Some(Ok(Frame::own(report))));
                 }
                 marks.delivered = marks.delivered.max(meta.offset);
@@ -465,9 +506,10 @@ impl Stream for Outbound {
                 state.ending = Some(Ending::Finish);
                 Poll::Ready(Some(Err(error)))
             }
-            Some(Ending::Lagged) => {
+            Some(Ending::Lagged(error)) => {
+                let error = error.clone();
                 state.ending = Some(Ending::Finish);
-                Poll::Ready(Some(Err(HubError::Lagged)))
+                Poll::Ready(Some(Err(error)))
             }
             None => {
                 state.consumer = Some(cx.waker().clone());
@@ -538,6 +580,35 @@ mod tests {
             pushed.is_ok(),
             "the ack does not wait for the live frames to drain"
         );
+    }
+
+    #[tokio::test]
+    async fn a_stream_whose_reader_stopped_ends_after_the_stall_timeout() {
+        use futures::StreamExt as _;
+        let timeout = Duration::from_secs(30);
+        let queue = SubscriberQueue::new(LagPolicy::DropOldest, 16, 1 << 20);
+        let mut outbound = Outbound::new(queue.clone());
+        let start = Instant::now();
+        // Nothing waits: never stalled, however long.
+        assert!(!queue.end_if_stalled(start + timeout * 10, timeout));
+        queue.push_live(live("r", 1, 10, ""));
+        queue.push_live(live("r", 2, 10, ""));
+        let waited_from = Instant::now();
+        assert!(!queue.end_if_stalled(waited_from + timeout / 2, timeout));
+        // The reader takes one: the rest waits from then.
+        assert!(outbound.next().await.unwrap().is_ok());
+        let taken = Instant::now();
+        assert!(!queue.end_if_stalled(taken + timeout / 2, timeout));
+        assert!(queue.end_if_stalled(taken + timeout, timeout));
+        assert!(queue.is_closed());
+        // Where to resume, then the error; the queued frame is gone.
+        let lagged = outbound.next().await.unwrap().unwrap();
+        assert!(!lagged.is_empty());
+        match outbound.next().await {
+            Some(Err(HubError::SendStalled(after))) => assert_eq!(after, timeout),
+            other => panic!("expected SendStalled, got {other:?}"),
+        }
+        assert!(outbound.next().await.is_none());
     }
 
     #[tokio::test]

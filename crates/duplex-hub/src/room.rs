@@ -50,7 +50,10 @@ pub(crate) struct RoomState {
     /// Last offset fanned out: everything up to it is durable and was delivered live.
     pub delivered: Offset,
     pub subscribers: Vec<Subscriber>,
+    /// Listed members, at most `max_presence_listed`.
     pub members: Vec<Member>,
+    /// Visible members present beyond the list: counted, not listed.
+    pub unlisted_members: u64,
     /// Recent client message ids → offset, oldest first, for dedupe (sequencer-only).
     pub recent_ids: std::collections::HashMap<String, Offset>,
     pub recent_order: std::collections::VecDeque<String>,

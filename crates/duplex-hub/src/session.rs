@@ -31,6 +31,19 @@ struct JoinedRoom {
     room: Arc<Room>,
     /// Set on leave, so a replay still running stops and never registers.
     cancelled: Arc<AtomicBool>,
+    /// How the session shows in the room's presence, so leaving undoes just that.
+    presence: Shown,
+}
+
+/// How a session shows in a room's presence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shown {
+    /// Joined hidden: not at all.
+    Hidden,
+    /// In the room's member list; its join and leave are presence events.
+    Listed,
+    /// Past the list's bound: counted in `unlisted_members`, no events.
+    Counted,
 }
 
 /// One client session. Dropping it leaves every room it joined.
@@ -285,15 +298,23 @@ impl Session {
             ),
         };
 
-        let members = {
+        let max_listed = self.shared.config.max_presence_listed;
+        let (members, unlisted, presence) = {
             let mut state = room.lock();
             let members = state.members.clone();
-            if !join.hidden {
+            let unlisted = state.unlisted_members;
+            let presence = if join.hidden {
+                Shown::Hidden
+            } else if state.members.len() < max_listed {
                 state.members.push(self.member.clone());
                 let event = Frame::own(frames::presence(&room.name, self.member.clone(), true));
                 Room::broadcast(&mut state, &event, Some(self.id));
-            }
-            members
+                Shown::Listed
+            } else {
+                state.unlisted_members += 1;
+                Shown::Counted
+            };
+            (members, unlisted, presence)
         };
         let cancelled = Arc::new(AtomicBool::new(false));
         self.joined.insert(
@@ -301,10 +322,11 @@ impl Session {
             JoinedRoom {
                 room: room.clone(),
                 cancelled: cancelled.clone(),
+                presence,
             },
         );
         self.reply(frames::joined(
-            command_id, &room.name, earliest, last, members,
+            command_id, &room.name, earliest, last, members, unlisted,
         ))
         .await;
 
@@ -315,7 +337,10 @@ impl Session {
         // A live join goes through the same switch as a resume, from the `last_offset` it
         // announced: whatever was fanned out while `joined` waited for room in the queue
         // is replayed from the store instead of missed.
-        let page = self.shared.config.replay_page.max(1);
+        let page = Page {
+            messages: self.shared.config.replay_page.max(1),
+            bytes: self.shared.config.replay_page_bytes.max(1),
+        };
         Ok(Some(Box::pin(replay_then_live(
             store,
             room,
@@ -343,6 +368,14 @@ impl Session {
         joined.cancelled.store(true, Ordering::Relaxed);
         let mut state = joined.room.lock();
         state.subscribers.retain(|s| s.session_id != self.id);
+        match joined.presence {
+            Shown::Hidden => return,
+            Shown::Counted => {
+                state.unlisted_members = state.unlisted_members.saturating_sub(1);
+                return;
+            }
+            Shown::Listed => {}
+        }
         let before = state.members.len();
         state
             .members
@@ -521,6 +554,13 @@ fn check_resume(
     Ok(())
 }
 
+/// How much of a room's history a replay reads and holds at once.
+#[derive(Debug, Clone, Copy)]
+struct Page {
+    messages: usize,
+    bytes: usize,
+}
+
 /// Replays `(after, delivered]` from the store, page by page at the client's pace, then
 /// registers the subscriber for live delivery under the room lock. Only offsets up to the
 /// room's delivered mark are replayed: anything later is fanned out live after registration.
@@ -530,7 +570,7 @@ async fn replay_then_live(
     subscriber: Subscriber,
     cancelled: Arc<AtomicBool>,
     after: Offset,
-    page: usize,
+    page: Page,
 ) {
     let queue = subscriber.queue.clone();
     if let Err(error) = replay(&*store, &room, subscriber, &cancelled, after, page).await {
@@ -547,7 +587,7 @@ async fn replay(
     subscriber: Subscriber,
     cancelled: &AtomicBool,
     after: Offset,
-    page: usize,
+    page: Page,
 ) -> Result<(), HubError> {
     let mut cursor = after;
     loop {
@@ -562,7 +602,11 @@ async fn replay(
             }
             state.delivered
         };
-        let messages = store.read_after(&room.name, cursor, page).await?;
+        // Paged by bytes as well as count: the page is held while the client drains the
+        // queue, and a page of big messages must not pin more than the queue does.
+        let messages = store
+            .read_page(&room.name, cursor, page.messages, page.bytes)
+            .await?;
         if let Some(first) = messages.first()
             && first.offset > cursor + 1
         {

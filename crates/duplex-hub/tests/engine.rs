@@ -280,3 +280,43 @@ async fn unary_publishes_leave_no_rooms_behind_on_a_multi_thread_runtime() {
     while tasks.join_next().await.is_some() {}
     assert_eq!(hub.stats().rooms, 0);
 }
+
+#[tokio::test]
+async fn members_past_the_presence_bound_are_counted_not_listed() {
+    let config = HubConfig {
+        max_presence_listed: 2,
+        ..HubConfig::default()
+    };
+    let hub = Hub::new(Arc::new(MemoryStore::new(Default::default())), config);
+    let join = || Join {
+        room: "crowd".into(),
+        after_offset: None,
+        hidden: false,
+        replay_last: 0,
+    };
+    let mut sessions = Vec::new();
+    for name in ["a", "b", "c", "d"] {
+        let (mut session, mut outbound) = hub.open_session(duplex_hub::Identity::anonymous(name));
+        session.join(1, join()).await.unwrap();
+        let joined = ServerFrame::decode(&outbound.next().await.unwrap().unwrap()[..]).unwrap();
+        let Some(Frame::Joined(joined)) = joined.frame else {
+            panic!("expected joined");
+        };
+        // Who was there before: at most two listed, the rest counted.
+        let before = sessions.len() as u64;
+        assert_eq!(joined.members.len() as u64, before.min(2), "{name}");
+        assert_eq!(joined.unlisted_members, before.saturating_sub(2), "{name}");
+        sessions.push((session, outbound));
+    }
+    let presence = hub.presence("crowd").unwrap();
+    assert_eq!((presence.members.len(), presence.unlisted), (2, 2));
+    // A counted member leaves: the count drops; a listed one: the list does (no promotion).
+    let (mut d, _) = sessions.pop().unwrap();
+    d.leave("crowd").unwrap();
+    assert_eq!(hub.presence("crowd").unwrap().unlisted, 1);
+    let (mut a, _) = sessions.remove(0);
+    a.leave("crowd").unwrap();
+    let presence = hub.presence("crowd").unwrap();
+    assert_eq!((presence.members.len(), presence.unlisted), (1, 1));
+    assert_eq!(presence.members[0].name, "b");
+}

@@ -22,6 +22,13 @@ pub struct ServeConfig {
     #[arg(long, default_value = "1MiB", value_parser = parse_window)]
     pub initial_stream_window: u32,
 
+    /// Bytes h2 may buffer for sending on one stream beyond what the socket takes. With a
+    /// peer that grants huge windows but stops reading, this (not our queues) is what each
+    /// stream holds in HTTP/2; past it the stream's queue backs up and its lag policy and
+    /// the send-stall timeout apply. hyper's default is 400KiB.
+    #[arg(long, default_value = "64KiB", value_parser = parse_size)]
+    pub max_send_buffer: usize,
+
     /// HTTP/2 initial flow-control window of the whole connection, in bytes: the budget
     /// all streams of one connection share before a connection-level WINDOW_UPDATE.
     /// 64KiB-1 (HTTP/2's own starting value, which can only grow) to 2GiB-1.
@@ -74,6 +81,13 @@ pub struct ServeConfig {
     /// Directory of the embedded store.
     #[arg(long, default_value = "./duplex-data", env = "DUPLEX_DATA_DIR")]
     pub data_dir: std::path::PathBuf,
+
+    /// With `--store memory`: bytes the store may hold in all (messages with their strings,
+    /// plus ~64 bytes each; room names plus ~128 bytes each). Past it the oldest messages of
+    /// any room are evicted, as retention would; a publish is refused (RESOURCE_EXHAUSTED)
+    /// only when room names alone fill it.
+    #[arg(long, default_value = "512MiB", value_parser = parse_size)]
+    pub memory_store_bytes: usize,
 
     /// Keep at most this many messages per room (older ones are removed). 0 = no count limit
     /// (the memory store still caps each room).
@@ -131,6 +145,19 @@ pub struct ServeConfig {
     /// with DEADLINE_EXCEEDED. `duplex-client` pings every 30s. 0s = never.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
+
+    /// End a stream (a `Hub.Connect` session or a `Subscribe`) whose oldest queued frame has
+    /// waited this long for the client to read (a zero flow-control window never opened, a
+    /// socket never read): a `lagged` frame per room, then RESOURCE_EXHAUSTED, and its queue
+    /// and replay are freed. 0s = never.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub send_stall_timeout: Duration,
+
+    /// Members a room lists in `joined`, `Presence` and presence events. Past it members
+    /// are counted (`unlisted_members`), not listed, and their joins and leaves send no
+    /// event, so a crowd cannot make each join cost the whole crowd.
+    #[arg(long, default_value_t = 1000)]
+    pub max_presence_listed: usize,
 
     /// Rooms one session may have joined at once.
     #[arg(long, default_value_t = 100, value_parser = at_least_one)]
@@ -282,11 +309,19 @@ impl ServeConfig {
             lag_policy: self.lag_policy,
             max_payload: self.max_payload,
             max_rooms_per_session: self.max_rooms_per_session,
+            max_presence_listed: self.max_presence_listed,
             publish_window: self.publish_window,
             publish_rate: Some(self.publish_rate).filter(|&rate| rate > 0),
             publish_burst: self.publish_burst,
             rate_limited_identities: self.publish_rate_identities,
             idle_timeout: Some(self.idle_timeout).filter(|t| !t.is_zero()),
+            send_stall_timeout: Some(self.send_stall_timeout).filter(|t| !t.is_zero()),
+            // A replay holds one page while the client drains its queue: a quarter of the
+            // queue bound keeps a stalled replay within 1¼ queues.
+            replay_page_bytes: (self.queue_bytes / 4).max(1),
+            // Half the message limit, and no more than half of the 4 MiB most clients
+            // accept: a page a default client cannot read is no page.
+            max_history_bytes: (self.max_message_size / 2).clamp(1, 2 << 20),
             ..duplex_hub::HubConfig::default()
         }
     }

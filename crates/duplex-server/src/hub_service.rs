@@ -328,6 +328,8 @@ impl UnaryService<HistoryRequest> for Unary<HistoryRequest> {
                     .collect(),
                 earliest_offset: page.earliest,
                 last_offset: page.last,
+                next_after_offset: page.next_after,
+                more: page.more,
             }))
         })
     }
@@ -345,8 +347,11 @@ impl UnaryService<PresenceRequest> for Unary<PresenceRequest> {
             let room = request.into_inner().room;
             duplex_hub::validate_room_name(&room).map_err(status)?;
             identity.rights.check_read(&room).map_err(status)?;
-            let members = hub.presence(&room).map_err(status)?;
-            Ok(Response::new(PresenceResponse { members }))
+            let presence = hub.presence(&room).map_err(status)?;
+            Ok(Response::new(PresenceResponse {
+                members: presence.members,
+                unlisted_members: presence.unlisted,
+            }))
         })
     }
 }

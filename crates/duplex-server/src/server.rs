@@ -23,9 +23,13 @@ use duplex_store::{MemoryStore, RedbStore, Store};
 use crate::auth::Authenticator;
 use crate::chat::ChatService;
 use crate::config::{ServeConfig, StoreKind};
-use crate::edge::{CallDeadlineLayer, GrpcRequestLayer, PathAliasLayer};
+use crate::edge::{
+    CallDeadline, CallDeadlineLayer, GrpcRequest, GrpcRequestLayer, PathAlias, PathAliasLayer,
+};
 use crate::guard::{Admission, CONCURRENT_HANDSHAKES, ConnectionGate, GuardedStream};
 use crate::hub_service::HubService;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 
 /// The TLS acceptor from the flags: a certificate and key, and a client CA for mTLS.
 /// TLS is terminated by the connection guard, so the PING policy and the preface timeout
@@ -193,7 +197,10 @@ impl Server {
                     source,
                 })?)
             }
-            StoreKind::Memory => Arc::new(MemoryStore::new(config.retention())),
+            StoreKind::Memory => Arc::new(MemoryStore::with_max_bytes(
+                config.retention(),
+                config.memory_store_bytes,
+            )),
         };
         let auth = Arc::new(Authenticator::from_settings(&config.auth_settings())?);
         let hub = Hub::new(store, config.hub_config());
@@ -232,36 +239,29 @@ impl Server {
         let keepalive_interval = Some(config.keepalive_interval).filter(|d| !d.is_zero());
 
         let max_connection_age = Some(config.max_connection_age).filter(|age| !age.is_zero());
-        let mut builder = tonic::transport::Server::builder();
-        if let Some(age) = max_connection_age {
-            // tonic sends GOAWAY at the age only when it is given no grace (with one, it
-            // just cuts the connection at age + grace); the guard does the cut.
-            builder = builder.max_connection_age(age);
-        }
-        let router = builder
-            .layer(GrpcRequestLayer)
-            .layer(PathAliasLayer)
-            .layer(CallDeadlineLayer)
-            .initial_stream_window_size(config.initial_stream_window)
-            .initial_connection_window_size(config.initial_connection_window)
-            .http2_adaptive_window(Some(config.adaptive_window))
-            .max_frame_size(config.max_frame_size)
-            .max_concurrent_streams(config.max_concurrent_streams)
-            .http2_keepalive_interval(keepalive_interval)
-            .http2_keepalive_timeout(Some(config.keepalive_timeout))
-            .http2_max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESET_STREAMS))
-            .http2_max_header_list_size(
-                u32::try_from(config.max_header_list_size).unwrap_or(u32::MAX),
-            )
-            .add_service(ChatService::new(config.max_message_size))
+        let routes = tonic::service::Routes::new(ChatService::new(config.max_message_size))
             .add_service(
                 HubService::new(hub.clone(), auth, config.max_message_size)
                     .with_max_connection_age(max_connection_age),
-            );
+            )
+            .prepare();
+        let service = tower::ServiceBuilder::new()
+            .layer(GrpcRequestLayer)
+            .layer(PathAliasLayer)
+            .layer(CallDeadlineLayer)
+            .service(routes);
+        let http2 = Http2 {
+            builder: http2_builder(&config, keepalive_interval),
+            // GOAWAY at the age; the guard cuts the connection at age + grace.
+            max_connection_age,
+        };
 
         let workers = config.worker_count();
         if workers > 1 {
-            return serve_on_workers(router, listeners, hub, &config, tls, workers, shutdown).await;
+            return serve_on_workers(
+                service, http2, listeners, hub, &config, tls, workers, shutdown,
+            )
+            .await;
         }
 
         let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
@@ -292,7 +292,7 @@ impl Server {
             }
         });
         let incoming = guarded(admitted, gate, tls);
-        let serve = router.serve_with_incoming_shutdown(incoming, signal);
+        let serve = serve_http2(service, http2, incoming, signal);
         let grace_over = async move {
             match draining_rx.await {
                 Ok(()) => tokio::time::sleep(config.shutdown_grace).await,
@@ -300,10 +300,131 @@ impl Server {
             }
         };
         tokio::select! {
-            served = serve => served?,
+            () = serve => {}
             () = grace_over => warn!("grace period over: closing the calls still open"),
         }
         Ok(())
+    }
+}
+
+/// The services every connection serves, behind the gRPC edge layers.
+type EdgeService = GrpcRequest<PathAlias<CallDeadline<tonic::service::Routes>>>;
+
+/// How every connection speaks HTTP/2.
+#[derive(Clone)]
+struct Http2 {
+    builder: hyper::server::conn::http2::Builder<TokioExecutor>,
+    /// GOAWAY after this long (the guard closes the connection a grace period later).
+    max_connection_age: Option<std::time::Duration>,
+}
+
+/// hyper's HTTP/2 settings from the flags. Served by hyper directly rather than through
+/// tonic's server, which does not expose h2's per-stream send buffer: with a peer that
+/// grants huge windows but stops reading its socket, h2 buffers up to that much per
+/// stream, out of reach of the subscriber queues' bounds.
+fn http2_builder(
+    config: &ServeConfig,
+    keepalive_interval: Option<std::time::Duration>,
+) -> hyper::server::conn::http2::Builder<TokioExecutor> {
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .initial_stream_window_size(config.initial_stream_window)
+        .initial_connection_window_size(config.initial_connection_window)
+        .adaptive_window(config.adaptive_window)
+        .max_frame_size(config.max_frame_size)
+        .max_concurrent_streams(config.max_concurrent_streams)
+        .keep_alive_interval(keepalive_interval)
+        .keep_alive_timeout(config.keepalive_timeout)
+        .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESET_STREAMS))
+        .max_header_list_size(u32::try_from(config.max_header_list_size).unwrap_or(u32::MAX))
+        .max_send_buf_size(config.max_send_buffer);
+    builder
+}
+
+/// Serves each connection of `incoming` with `service` until `signal` resolves; then
+/// GOAWAY on every connection, and returns once they have all closed.
+async fn serve_http2(
+    service: EdgeService,
+    http2: Http2,
+    incoming: impl futures::Stream<Item = Result<GuardedStream, std::io::Error>>,
+    signal: impl Future<Output = ()>,
+) {
+    let (draining, drain) = watch::channel(false);
+    // Boxed, so dropping it closes the listening sockets before the drain.
+    let mut incoming = Box::pin(incoming);
+    let mut signal = std::pin::pin!(signal);
+    loop {
+        tokio::select! {
+            () = &mut signal => break,
+            accepted = incoming.next() => match accepted {
+                Some(Ok(io)) => {
+                    tokio::spawn(serve_connection(
+                        io,
+                        service.clone(),
+                        http2.clone(),
+                        drain.clone(),
+                    ));
+                }
+                Some(Err(error)) => debug!(%error, "connection dropped before HTTP/2"),
+                None => break,
+            },
+        }
+    }
+    // Stop accepting before draining, so the listening socket closes now.
+    drop(incoming);
+    let _ = draining.send(true);
+    drop(drain);
+    draining.closed().await;
+}
+
+/// One connection: HTTP/2 until the peer goes, the server drains, or its maximum age
+/// (then GOAWAY, and the calls in flight may finish).
+async fn serve_connection(
+    io: GuardedStream,
+    service: EdgeService,
+    http2: Http2,
+    mut drain: watch::Receiver<bool>,
+) {
+    use tonic::transport::server::Connected as _;
+    let info = io.connect_info();
+    let service = tower::ServiceExt::map_request(
+        service,
+        move |mut request: http::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(info);
+            request.map(tonic::body::Body::new)
+        },
+    );
+    let connection = http2
+        .builder
+        .serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
+    let mut connection = std::pin::pin!(connection);
+    let age = async {
+        match http2.max_connection_age {
+            Some(age) => tokio::time::sleep(age).await,
+            None => std::future::pending().await,
+        }
+    };
+    let mut age = std::pin::pin!(age);
+    let mut going_away = false;
+    loop {
+        tokio::select! {
+            served = connection.as_mut() => {
+                if let Err(error) = served {
+                    debug!(%error, "connection ended with an error");
+                }
+                return;
+            }
+            () = &mut age, if !going_away => {
+                going_away = true;
+                connection.as_mut().graceful_shutdown();
+            }
+            changed = drain.wait_for(|&draining| draining), if !going_away => {
+                going_away = true;
+                let _ = changed;
+                connection.as_mut().graceful_shutdown();
+            }
+        }
     }
 }
 
@@ -343,27 +464,17 @@ fn guarded(
 /// Shutdown: stop accepting, tell the hub's sessions, let every worker drain gracefully
 /// (GOAWAY) for the grace period; whatever is still open then is dropped with its worker.
 /// Dropping this future (an aborted server) also ends every worker at once.
-async fn serve_on_workers<L>(
-    router: tonic::transport::server::Router<L>,
+#[allow(clippy::too_many_arguments)]
+async fn serve_on_workers(
+    service: EdgeService,
+    http2: Http2,
     listeners: Vec<TcpIncoming>,
     hub: Hub,
     config: &ServeConfig,
     tls: Option<TlsAcceptor>,
     workers: usize,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), ServeError>
-where
-    L: tower::Layer<tonic::service::Routes> + Clone + Send + 'static,
-    L::Service: tower::Service<
-            http::Request<tonic::body::Body>,
-            Response = http::Response<tonic::body::Body>,
-        > + Clone
-        + Send
-        + 'static,
-    <L::Service as tower::Service<http::Request<tonic::body::Body>>>::Future: Send + 'static,
-    <L::Service as tower::Service<http::Request<tonic::body::Body>>>::Error:
-        Into<Box<dyn std::error::Error + Send + Sync>> + Send,
-{
+) -> Result<(), ServeError> {
     let (graceful_tx, graceful_rx) = watch::channel(false);
     let gate = ConnectionGate::new(config.connection_limits());
     let mut inboxes = Vec::with_capacity(workers);
@@ -372,9 +483,10 @@ where
     let mut hard_stops = Vec::with_capacity(workers);
     for index in 0..workers {
         let (inbox, connections) = mpsc::channel::<(std::net::TcpStream, Admission)>(WORKER_INBOX);
-        let (done_tx, done_rx) = oneshot::channel();
+        let (done_tx, done_rx) = oneshot::channel::<()>();
         let (hard_stop, hard_stopped) = oneshot::channel::<()>();
-        let router = router.clone();
+        let service = service.clone();
+        let http2 = http2.clone();
         let gate = gate.clone();
         let tls = tls.clone();
         let mut graceful = graceful_rx.clone();
@@ -397,8 +509,8 @@ where
                         let _ = graceful.wait_for(|&draining| draining).await;
                     };
                     tokio::select! {
-                        served = router.serve_with_incoming_shutdown(incoming, signal) => {
-                            let _ = done_tx.send(served);
+                        () = serve_http2(service, http2, incoming, signal) => {
+                            let _ = done_tx.send(());
                         }
                         _ = hard_stopped => {}
                     }
@@ -444,14 +556,11 @@ where
     let _ = graceful_tx.send(true);
     let drained = async {
         for done in finished {
-            if let Ok(Err(error)) = done.await {
-                return Err(ServeError::Transport(error));
-            }
+            let _ = done.await;
         }
-        Ok(())
     };
     tokio::select! {
-        drained = drained => drained?,
+        () = drained => {}
         () = tokio::time::sleep(config.shutdown_grace) => {
             warn!("grace period over: closing the calls still open");
         }

@@ -104,6 +104,17 @@ pub enum StoreError {
         last: Offset,
     },
 
+    /// The memory store's byte bound is taken by rooms alone (every message is already
+    /// evicted): no new room fits. Nothing of the batch was stored.
+    #[error(
+        "the memory store is full: its {max_bytes}-byte bound holds only room names and offsets; \
+         raise --memory-store-bytes or use fewer rooms"
+    )]
+    Full {
+        /// The store's bound.
+        max_bytes: usize,
+    },
+
     /// The store's writer has stopped (the store is shutting down, or its writer thread
     /// died); nothing more can be written.
     #[error("store is closed")]

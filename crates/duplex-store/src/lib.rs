@@ -90,6 +90,54 @@ pub struct StoredMessage {
     pub payload: bytes::Bytes,
 }
 
+impl StoredMessage {
+    /// Bytes this message takes in a page: its payload and strings, plus a fixed allowance
+    /// for the rest. What [`Store::read_page`] counts against its byte bound.
+    pub fn size(&self) -> usize {
+        MESSAGE_OVERHEAD
+            + self.room.len()
+            + self.sender.len()
+            + self.content_type.len()
+            + self.client_id.len()
+            + self.key.len()
+            + self.payload.len()
+    }
+}
+
+/// Counts a page's bytes against [`Store::read_page`]'s bound: the first message always
+/// goes in, each next one only while the page stays within the bound.
+#[derive(Debug)]
+pub(crate) struct PageBudget {
+    left: usize,
+    first: bool,
+}
+
+impl PageBudget {
+    pub(crate) fn new(max_bytes: usize) -> Self {
+        Self {
+            left: max_bytes,
+            first: true,
+        }
+    }
+
+    /// Whether a message of `size` bytes goes in the page (and counts it if so).
+    pub(crate) fn admit(&mut self, size: usize) -> bool {
+        let first = std::mem::take(&mut self.first);
+        if size <= self.left {
+            self.left -= size;
+            true
+        } else if first {
+            self.left = 0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// What [`StoredMessage::size`] adds for a message's fixed fields and bookkeeping.
+pub const MESSAGE_OVERHEAD: usize = 64;
+
 /// The offsets a room still retains, both inclusive.
 ///
 /// Only exists for a room with at least one retained message (see [`Store::bounds`]).
@@ -149,6 +197,30 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<StoredMessage>, StoreError>>;
 
+    /// Like [`read_after`](Store::read_after), but the page also stops before the message
+    /// that would take it over `max_bytes` of [`StoredMessage::size`] (a first message bigger
+    /// than that comes alone), so a page of big messages is bounded in memory, not just in
+    /// count. What readers that hold a page while a client is slow (replay, `History`) use.
+    ///
+    /// The provided version reads `limit` messages and drops what does not fit; both
+    /// backends read no more than they return.
+    fn read_page(
+        &self,
+        room: &str,
+        after: Offset,
+        limit: usize,
+        max_bytes: usize,
+    ) -> BoxFuture<'_, Result<Vec<StoredMessage>, StoreError>> {
+        let read = self.read_after(room, after, limit);
+        Box::pin(async move {
+            let mut page = PageBudget::new(max_bytes);
+            let mut messages = read.await?;
+            let fits = messages.iter().take_while(|m| page.admit(m.size())).count();
+            messages.truncate(fits);
+            Ok(messages)
+        })
+    }
+
     /// Earliest and last retained offsets of `room`; `None` when it retains none.
     fn bounds(&self, room: &str) -> BoxFuture<'_, Result<Option<RoomBounds>, StoreError>>;
 
@@ -207,6 +279,16 @@ impl<S: Store + ?Sized> Store for Arc<S> {
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<StoredMessage>, StoreError>> {
         (**self).read_after(room, after, limit)
+    }
+
+    fn read_page(
+        &self,
+        room: &str,
+        after: Offset,
+        limit: usize,
+        max_bytes: usize,
+    ) -> BoxFuture<'_, Result<Vec<StoredMessage>, StoreError>> {
+        (**self).read_page(room, after, limit, max_bytes)
     }
 
     fn bounds(&self, room: &str) -> BoxFuture<'_, Result<Option<RoomBounds>, StoreError>> {

@@ -5,74 +5,171 @@
 //! (never across an await). "Durable" here means "in the map": [`Store::append`] returns
 //! once the batch is in, and [`Store::commits`] counts appends that stored something.
 //!
-//! Memory stays bounded: a room keeps at most [`Retention::max_messages`] messages, or
-//! [`DEFAULT_MAX_MESSAGES_PER_ROOM`] when retention sets no count. A room whose messages
-//! have all gone keeps only its last offset.
+//! Each message is kept as one exact-size record (the redb record layout, see the `record`
+//! module) and its offset: the payload is copied out of whatever buffer it arrived in (a
+//! slice of a receive buffer would pin the whole buffer), and a stored message costs its
+//! payload and strings plus about [`MESSAGE_COST`] bytes. Reads decode copies.
+//!
+//! Memory stays bounded twice over:
+//! - per room: at most [`Retention::max_messages`] messages, or
+//!   [`DEFAULT_MAX_MESSAGES_PER_ROOM`] when retention sets no count;
+//! - in total: at most `max_bytes` (see [`MemoryStore::with_max_bytes`]), counting every
+//!   message's record and [`MESSAGE_COST`], and every room's name and [`ROOM_COST`]. An
+//!   append that would go over it first **evicts the oldest messages of the whole store**
+//!   (in append order, whatever their room), as retention would: a resume from before them
+//!   gets the usual "older than retention" error with the earliest offset left. A room
+//!   whose messages have all gone keeps only its name and last offset (so its offsets
+//!   never go back); only when rooms alone fill the bound is an append refused, with
+//!   [`StoreError::Full`].
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::{
-    BoxFuture, MAX_RETENTION_DELETES_PER_RUN, Offset, Retention, RoomBounds, Store, StoreError,
-    StoredMessage,
+    BoxFuture, MAX_RETENTION_DELETES_PER_RUN, MESSAGE_OVERHEAD, Offset, PageBudget, Retention,
+    RoomBounds, Store, StoreError, StoredMessage, record,
 };
 
 /// Messages a room keeps when [`Retention::max_messages`] is `None`, so that memory stays
 /// bounded whatever the configuration.
 pub const DEFAULT_MAX_MESSAGES_PER_ROOM: u64 = 100_000;
 
+/// Total bytes a store made with [`MemoryStore::new`] keeps (see the [module docs](self)).
+pub const DEFAULT_MAX_BYTES: usize = 512 << 20;
+
+/// What one stored message costs beyond its record: its slot in its room's queue and in
+/// the store's eviction order, and the allocator's header on the record.
+pub const MESSAGE_COST: usize = 64;
+
+/// What one room costs beyond its name: its map entry, queue and shared name.
+pub const ROOM_COST: usize = 128;
+
+/// One stored message: its offset and its record, allocated to the byte.
+#[derive(Debug)]
+struct Kept {
+    offset: Offset,
+    record: Box<[u8]>,
+}
+
+impl Kept {
+    fn cost(&self) -> usize {
+        self.record.len() + MESSAGE_COST
+    }
+}
+
 /// One room's log: retained messages, oldest first, and the last offset ever appended.
 #[derive(Debug, Default)]
 struct RoomLog {
-    messages: VecDeque<StoredMessage>,
+    messages: VecDeque<Kept>,
     last: Offset,
 }
 
 impl RoomLog {
     /// Drops the oldest messages beyond `max` and, when `cutoff` is given, those older
-    /// than it (stopping at the first it keeps), `limit` at most. Returns how many went.
-    fn trim(&mut self, max: u64, cutoff: Option<i64>, limit: u64) -> u64 {
+    /// than it (stopping at the first it keeps), `limit` at most. Returns how many went
+    /// and the bytes of their records.
+    fn trim(
+        &mut self,
+        room: &str,
+        max: u64,
+        cutoff: Option<i64>,
+        limit: u64,
+    ) -> Result<(u64, usize), StoreError> {
         let mut removed = 0;
+        let mut bytes = 0;
         while let Some(oldest) = self.messages.front()
             && removed < limit
         {
             let over_count = self.messages.len() as u64 > max;
-            let expired = cutoff.is_some_and(|cutoff| oldest.time_unix_micros < cutoff);
+            let expired = match cutoff {
+                Some(cutoff) => record::decode_time(room, oldest.offset, &oldest.record)? < cutoff,
+                None => false,
+            };
             if !over_count && !expired {
                 break;
             }
-            self.messages.pop_front();
+            if let Some(gone) = self.messages.pop_front() {
+                bytes += gone.record.len();
+            }
             removed += 1;
         }
-        removed
+        Ok((removed, bytes))
+    }
+}
+
+/// Everything behind the store's lock.
+#[derive(Debug, Default)]
+struct Rooms {
+    logs: HashMap<Arc<str>, RoomLog>,
+    /// Every stored message's room and offset, in append order: what total-bound eviction
+    /// takes from first. Entries of messages retention already removed are skipped then
+    /// (their slot stays counted in `bytes` until they are).
+    order: VecDeque<(Arc<str>, Offset)>,
+    /// What the rooms, their records and `order` cost, by [`MESSAGE_COST`] and
+    /// [`ROOM_COST`]; never over the store's bound after an append.
+    bytes: usize,
+}
+
+impl Rooms {
+    /// Evicts the oldest message of the store (or a stale `order` entry); false when there
+    /// is nothing left to evict.
+    fn evict_oldest(&mut self) -> bool {
+        let Some((room, offset)) = self.order.pop_front() else {
+            return false;
+        };
+        // The entry's slot: whether or not its message is still there.
+        self.bytes -= MESSAGE_COST;
+        if let Some(log) = self.logs.get_mut(&room)
+            && log.messages.front().is_some_and(|m| m.offset == offset)
+            && let Some(gone) = log.messages.pop_front()
+        {
+            self.bytes -= gone.record.len();
+        }
+        true
     }
 }
 
 /// A bounded in-memory store. See the [module docs](self).
 #[derive(Debug)]
 pub struct MemoryStore {
-    rooms: Mutex<HashMap<String, RoomLog>>,
+    rooms: Mutex<Rooms>,
     retention: Retention,
     max_messages: u64,
+    /// Bound on [`Rooms::bytes`].
+    max_bytes: usize,
     commits: AtomicU64,
 }
 
 impl MemoryStore {
-    /// An empty store keeping what `retention` says, and never more than
-    /// [`DEFAULT_MAX_MESSAGES_PER_ROOM`] per room unless `retention.max_messages` says so.
+    /// An empty store keeping what `retention` says, never more than
+    /// [`DEFAULT_MAX_MESSAGES_PER_ROOM`] per room unless `retention.max_messages` says so,
+    /// and at most [`DEFAULT_MAX_BYTES`] in all.
     pub fn new(retention: Retention) -> Self {
+        Self::with_max_bytes(retention, DEFAULT_MAX_BYTES)
+    }
+
+    /// An empty store like [`MemoryStore::new`] that keeps at most `max_bytes` in all,
+    /// evicting the oldest messages of any room past it (see the [module docs](self)).
+    pub fn with_max_bytes(retention: Retention, max_bytes: usize) -> Self {
         MemoryStore {
-            rooms: Mutex::new(HashMap::new()),
+            rooms: Mutex::new(Rooms::default()),
             retention,
             max_messages: retention
                 .max_messages
                 .unwrap_or(DEFAULT_MAX_MESSAGES_PER_ROOM),
+            max_bytes,
             commits: AtomicU64::new(0),
         }
     }
 
-    fn rooms(&self) -> std::sync::MutexGuard<'_, HashMap<String, RoomLog>> {
+    /// Bytes the store holds now, as it counts them against its bound.
+    pub fn bytes(&self) -> usize {
+        self.rooms().bytes
+    }
+
+    fn rooms(&self) -> std::sync::MutexGuard<'_, Rooms> {
         // A panic while holding the lock cannot leave a room half-updated in a way that
         // breaks its invariants (appends are checked before any change), so keep serving.
         self.rooms
@@ -87,11 +184,18 @@ impl MemoryStore {
         let mut rooms = self.rooms();
         // Check the whole batch first: it is stored whole or not at all.
         let mut within_batch: HashMap<&str, Offset> = HashMap::new();
+        let mut needed = 0;
         for message in &batch {
             let room = message.room.as_str();
             let last = match within_batch.get(room) {
                 Some(&last) => last,
-                None => rooms.get(room).map_or(0, |log| log.last),
+                None => {
+                    let log = rooms.logs.get(room);
+                    if log.is_none() {
+                        needed += room.len() + ROOM_COST;
+                    }
+                    log.map_or(0, |log| log.last)
+                }
             };
             if message.offset <= last {
                 return Err(StoreError::OffsetNotIncreasing {
@@ -101,49 +205,92 @@ impl MemoryStore {
                 });
             }
             within_batch.insert(room, message.offset);
+            needed += record::encoded_len(message) + MESSAGE_COST;
         }
         drop(within_batch);
+        while rooms.bytes + needed > self.max_bytes {
+            if !rooms.evict_oldest() {
+                return Err(StoreError::Full {
+                    max_bytes: self.max_bytes,
+                });
+            }
+        }
         for message in batch {
-            let log = rooms.entry(message.room.clone()).or_default();
+            let kept = Kept {
+                offset: message.offset,
+                // Exactly the record's bytes: nothing of the buffer the payload came in.
+                record: record::encode(&message).into_boxed_slice(),
+            };
+            let rooms = &mut *rooms;
+            let name: Arc<str> = match rooms.logs.get_key_value(message.room.as_str()) {
+                Some((name, _)) => name.clone(),
+                None => {
+                    rooms.bytes += message.room.len() + ROOM_COST;
+                    let name: Arc<str> = message.room.as_str().into();
+                    rooms.logs.insert(name.clone(), RoomLog::default());
+                    name
+                }
+            };
+            rooms.bytes += kept.cost();
+            rooms.order.push_back((name.clone(), kept.offset));
+            let Some(log) = rooms.logs.get_mut(&name) else {
+                continue;
+            };
             log.last = message.offset;
-            log.messages.push_back(message);
-            log.trim(self.max_messages, None, u64::MAX);
+            log.messages.push_back(kept);
+            let (_, trimmed) = log.trim(&name, self.max_messages, None, u64::MAX)?;
+            rooms.bytes -= trimmed;
         }
         self.commits.fetch_add(1, Ordering::AcqRel);
         Ok(())
     }
 
-    fn read_after_now(&self, room: &str, after: Offset, limit: usize) -> Vec<StoredMessage> {
+    fn read_after_now(
+        &self,
+        room: &str,
+        after: Offset,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
         let rooms = self.rooms();
-        let Some(log) = rooms.get(room) else {
-            return Vec::new();
+        let Some(log) = rooms.logs.get(room) else {
+            return Ok(Vec::new());
         };
         // Offsets increase along the queue, so binary search for the first one after.
         let start = log.messages.partition_point(|m| m.offset <= after);
-        log.messages.range(start..).take(limit).cloned().collect()
+        let mut page = PageBudget::new(max_bytes);
+        log.messages
+            .range(start..)
+            .take(limit)
+            .take_while(|m| page.admit(m.record.len() + room.len() + MESSAGE_OVERHEAD))
+            .map(|m| record::decode(room, m.offset, &m.record))
+            .collect()
     }
 
     fn bounds_now(&self, room: &str) -> Option<RoomBounds> {
         let rooms = self.rooms();
-        let log = rooms.get(room)?;
+        let log = rooms.logs.get(room)?;
         Some(RoomBounds {
             earliest: log.messages.front()?.offset,
             last: log.messages.back()?.offset,
         })
     }
 
-    fn enforce_retention_now(&self, now_unix_micros: i64) -> u64 {
+    fn enforce_retention_now(&self, now_unix_micros: i64) -> Result<u64, StoreError> {
         let cutoff = self.retention.age_cutoff(now_unix_micros);
         let mut rooms = self.rooms();
+        let rooms = &mut *rooms;
         let mut removed = 0;
-        for log in rooms.values_mut() {
+        for (name, log) in rooms.logs.iter_mut() {
             let budget = MAX_RETENTION_DELETES_PER_RUN - removed;
             if budget == 0 {
                 break;
             }
-            removed += log.trim(self.max_messages, cutoff, budget);
+            let (count, bytes) = log.trim(name, self.max_messages, cutoff, budget)?;
+            removed += count;
+            rooms.bytes -= bytes;
         }
-        removed
+        Ok(removed)
     }
 }
 
@@ -158,9 +305,24 @@ impl Store for MemoryStore {
         after: Offset,
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<StoredMessage>, StoreError>> {
-        Box::pin(std::future::ready(Ok(
-            self.read_after_now(room, after, limit)
+        Box::pin(std::future::ready(self.read_after_now(
+            room,
+            after,
+            limit,
+            usize::MAX,
         )))
+    }
+
+    fn read_page(
+        &self,
+        room: &str,
+        after: Offset,
+        limit: usize,
+        max_bytes: usize,
+    ) -> BoxFuture<'_, Result<Vec<StoredMessage>, StoreError>> {
+        Box::pin(std::future::ready(
+            self.read_after_now(room, after, limit, max_bytes),
+        ))
     }
 
     fn bounds(&self, room: &str) -> BoxFuture<'_, Result<Option<RoomBounds>, StoreError>> {
@@ -168,14 +330,14 @@ impl Store for MemoryStore {
     }
 
     fn last_offset(&self, room: &str) -> BoxFuture<'_, Result<Offset, StoreError>> {
-        let last = self.rooms().get(room).map_or(0, |log| log.last);
+        let last = self.rooms().logs.get(room).map_or(0, |log| log.last);
         Box::pin(std::future::ready(Ok(last)))
     }
 
     fn enforce_retention(&self, now_unix_micros: i64) -> BoxFuture<'_, Result<u64, StoreError>> {
-        Box::pin(std::future::ready(Ok(
-            self.enforce_retention_now(now_unix_micros)
-        )))
+        Box::pin(std::future::ready(
+            self.enforce_retention_now(now_unix_micros),
+        ))
     }
 
     fn commits(&self) -> u64 {
@@ -253,6 +415,83 @@ mod tests {
         ));
         block_on(store.append(vec![message("r", 6, 0)])).unwrap();
         assert_eq!(store.commits(), 2);
+    }
+
+    #[test]
+    fn a_stored_message_costs_its_bytes_and_a_little() {
+        let store = MemoryStore::new(Retention::default());
+        // The payload is a slice of a much bigger buffer, as a received one is.
+        let buffer = Bytes::from(vec![9u8; 64 * 1024]);
+        let messages: Vec<_> = (1..=100)
+            .map(|o| StoredMessage {
+                sender: "ada".into(),
+                payload: buffer.slice(0..100),
+                ..message("r", o, 0)
+            })
+            .collect();
+        block_on(store.append(messages)).unwrap();
+        drop(buffer);
+        let per_message = (store.bytes() - ("r".len() + ROOM_COST)) / 100;
+        assert!(per_message <= 100 + 200, "{per_message} bytes per message");
+        let back = block_on(store.read_after("r", 99, 10)).unwrap();
+        assert_eq!(back[0].payload, Bytes::from(vec![9u8; 100]));
+        assert_eq!(back[0].sender, "ada");
+    }
+
+    #[test]
+    fn the_total_bound_evicts_the_oldest_messages_of_any_room() {
+        let big = |room: &str, offset| StoredMessage {
+            payload: Bytes::from(vec![0u8; 1000]),
+            ..message(room, offset, 0)
+        };
+        let store = MemoryStore::with_max_bytes(Retention::default(), 10_000);
+        for offset in 1..=5 {
+            block_on(store.append(vec![big("a", offset), big("b", offset)])).unwrap();
+            assert!(store.bytes() <= 10_000);
+        }
+        // Ten messages of ~1.1 KB do not fit in 10 kB: the oldest went, "a" first.
+        let a = block_on(store.bounds("a")).unwrap().unwrap();
+        let b = block_on(store.bounds("b")).unwrap().unwrap();
+        assert!(a.earliest > 1 && a.earliest >= b.earliest, "{a:?} {b:?}");
+        assert_eq!((a.last, b.last), (5, 5));
+        assert_eq!(block_on(store.last_offset("a")).unwrap(), 5);
+        // Retention's trims and the eviction order agree.
+        block_on(store.append(vec![big("a", 6)])).unwrap();
+        assert!(store.bytes() <= 10_000);
+
+        // Rooms alone over the bound: refused, nothing stored.
+        let tiny = MemoryStore::with_max_bytes(
+            Retention::default(),
+            2 * (ROOM_COST + 1) + MESSAGE_COST + 20,
+        );
+        block_on(tiny.append(vec![message("x", 1, 0)])).unwrap();
+        block_on(tiny.append(vec![message("y", 1, 0)])).unwrap();
+        assert!(matches!(
+            block_on(tiny.append(vec![message("z", 1, 0)])),
+            Err(StoreError::Full { .. })
+        ));
+        assert_eq!(block_on(tiny.last_offset("z")).unwrap(), 0);
+    }
+
+    #[test]
+    fn pages_stop_at_their_byte_bound() {
+        let store = MemoryStore::new(Retention::default());
+        let big = |offset| StoredMessage {
+            payload: Bytes::from(vec![0u8; 1000]),
+            ..message("r", offset, 0)
+        };
+        block_on(store.append((1..=10).map(big).collect())).unwrap();
+        let size = big(1).size();
+        let page = block_on(store.read_page("r", 0, 100, 3 * size + 100)).unwrap();
+        assert_eq!(page.iter().map(|m| m.offset).collect::<Vec<_>>(), [1, 2, 3]);
+        // A first message over the bound comes alone; the count still applies.
+        assert_eq!(block_on(store.read_page("r", 3, 100, 10)).unwrap().len(), 1);
+        assert_eq!(
+            block_on(store.read_page("r", 0, 2, usize::MAX))
+                .unwrap()
+                .len(),
+            2
+        );
     }
 
     #[test]

@@ -20,19 +20,31 @@ use crate::{Offset, StoreError, StoredMessage};
 /// Version byte of the record layout written by this code.
 const RECORD_VERSION: u8 = 1;
 
-/// Bytes a record takes beyond its variable parts' contents, at most.
-const MAX_FIXED_OVERHEAD: usize = 1 + 8 + 5 * 10;
+/// The length of `encode(message)`, without encoding it.
+pub(crate) fn encoded_len(message: &StoredMessage) -> usize {
+    let fields = [
+        message.sender.len(),
+        message.content_type.len(),
+        message.client_id.len(),
+        message.key.len(),
+        message.payload.len(),
+    ];
+    1 + 8
+        + fields
+            .iter()
+            .map(|&len| varint_len(len as u64) + len)
+            .sum::<usize>()
+}
 
-/// Encodes everything of `message` but its room and offset.
+fn varint_len(value: u64) -> usize {
+    // 7 bits a byte; 0 still takes one.
+    (64 - (value | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+/// Encodes everything of `message` but its room and offset, into a buffer of exactly its
+/// length (the memory store keeps it as is).
 pub(crate) fn encode(message: &StoredMessage) -> Vec<u8> {
-    let mut out = Vec::with_capacity(
-        MAX_FIXED_OVERHEAD
-            + message.sender.len()
-            + message.content_type.len()
-            + message.client_id.len()
-            + message.key.len()
-            + message.payload.len(),
-    );
+    let mut out = Vec::with_capacity(encoded_len(message));
     out.push(RECORD_VERSION);
     out.extend_from_slice(&message.time_unix_micros.to_le_bytes());
     for field in [

@@ -272,6 +272,16 @@ impl Store for RedbStore {
         after: Offset,
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<StoredMessage>, StoreError>> {
+        self.read_page(room, after, limit, usize::MAX)
+    }
+
+    fn read_page(
+        &self,
+        room: &str,
+        after: Offset,
+        limit: usize,
+        max_bytes: usize,
+    ) -> BoxFuture<'_, Result<Vec<StoredMessage>, StoreError>> {
         let room = room.to_owned();
         self.read(move |db| {
             let Some(first) = after.checked_add(1) else {
@@ -280,13 +290,20 @@ impl Store for RedbStore {
             let txn = db.begin_read()?;
             let messages = txn.open_table(MESSAGES)?;
             let mut out = Vec::with_capacity(limit.min(1024));
+            let mut page = crate::PageBudget::new(max_bytes);
             for entry in messages
                 .range((room.as_str(), first)..=(room.as_str(), u64::MAX))?
                 .take(limit)
             {
                 let (key, value) = entry?;
                 let (_, offset) = key.value();
-                out.push(record::decode(&room, offset, value.value())?);
+                // The record's length stands for the message's size before decoding it: a
+                // message that does not fit is never copied out.
+                let record = value.value();
+                if !page.admit(record.len() + room.len() + crate::MESSAGE_OVERHEAD) {
+                    break;
+                }
+                out.push(record::decode(&room, offset, record)?);
             }
             Ok(out)
         })
@@ -525,6 +542,23 @@ mod tests {
         assert_eq!(tail, vec![message("r", 3)]);
         let head = store.read_after("r", 0, 1).await.unwrap();
         assert_eq!(head, vec![message("r", 1)]);
+    }
+
+    #[tokio::test]
+    async fn pages_stop_at_their_byte_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(dir.path(), Retention::default()).unwrap();
+        let big = |offset| StoredMessage {
+            payload: Bytes::from(vec![7u8; 100_000]),
+            ..message("r", offset)
+        };
+        store.append((1..=20).map(big).collect()).await.unwrap();
+        let page = store.read_page("r", 0, 1000, 350_000).await.unwrap();
+        assert_eq!(page.iter().map(|m| m.offset).collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(page[2], big(3));
+        let alone = store.read_page("r", 5, 1000, 1).await.unwrap();
+        assert_eq!(alone.iter().map(|m| m.offset).collect::<Vec<_>>(), [6]);
+        assert_eq!(store.read_after("r", 0, 1000).await.unwrap().len(), 20);
     }
 
     #[tokio::test]

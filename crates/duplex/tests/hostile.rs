@@ -18,6 +18,10 @@
 //! updated to the fixed behaviour.
 
 mod common;
+/// Memory an attacker can pin through the Hub: stalled replays, History pages, stored
+/// payloads, presence (issue 10).
+#[path = "hostile/memory.rs"]
+mod memory;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead as _, BufReader};
@@ -104,10 +108,16 @@ struct Target {
 
 impl Target {
     fn start() -> Self {
+        Self::start_with(&["--store", "memory"])
+    }
+
+    /// A server with `args` after `serve --listen 127.0.0.1:0` (they must name a store).
+    fn start_with(args: &[&str]) -> Self {
         let log = tempfile::NamedTempFile::new().unwrap();
         let mut command = common::duplex();
         command
-            .args(["serve", "--listen", "127.0.0.1:0", "--store", "memory"])
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(log.reopen().unwrap());

@@ -95,8 +95,14 @@ impl Drop for InProcessServer {
 }
 
 /// The `duplex` binary built by cargo for these tests.
+///
+/// `DUPLEX_TEST_BIN` runs another build instead (the release binary, to measure an attack
+/// the way it is reported).
 pub fn duplex() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_duplex"))
+    match std::env::var_os("DUPLEX_TEST_BIN") {
+        Some(bin) => Command::new(bin),
+        None => Command::new(env!("CARGO_BIN_EXE_duplex")),
+    }
 }
 
 /// A child process killed on drop, so a failing test leaves no server behind.
