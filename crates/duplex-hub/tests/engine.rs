@@ -320,3 +320,102 @@ async fn members_past_the_presence_bound_are_counted_not_listed() {
     assert_eq!((presence.members.len(), presence.unlisted), (1, 1));
     assert_eq!(presence.members[0].name, "b");
 }
+
+/// A memory store whose reads of one room wait for the test to allow them: a room that is
+/// slow to load, deterministically.
+struct SlowRoomStore {
+    inner: MemoryStore,
+    slow_room: String,
+    reads: Semaphore,
+}
+
+impl SlowRoomStore {
+    async fn wait_if_slow(&self, room: &str) {
+        if room == self.slow_room {
+            self.reads.acquire().await.unwrap().forget();
+        }
+    }
+}
+
+impl Store for SlowRoomStore {
+    fn append(&self, batch: Vec<StoredMessage>) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.inner.append(batch)
+    }
+    fn read_after(
+        &self,
+        room: &str,
+        after: Offset,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<StoredMessage>, StoreError>> {
+        let room = room.to_owned();
+        Box::pin(async move {
+            self.wait_if_slow(&room).await;
+            self.inner.read_after(&room, after, limit).await
+        })
+    }
+    fn bounds(&self, room: &str) -> BoxFuture<'_, Result<Option<RoomBounds>, StoreError>> {
+        let room = room.to_owned();
+        Box::pin(async move {
+            self.wait_if_slow(&room).await;
+            self.inner.bounds(&room).await
+        })
+    }
+    fn last_offset(&self, room: &str) -> BoxFuture<'_, Result<Offset, StoreError>> {
+        let room = room.to_owned();
+        Box::pin(async move {
+            self.wait_if_slow(&room).await;
+            self.inner.last_offset(&room).await
+        })
+    }
+    fn enforce_retention(&self, now: i64) -> BoxFuture<'_, Result<u64, StoreError>> {
+        self.inner.enforce_retention(now)
+    }
+    fn commits(&self) -> u64 {
+        self.inner.commits()
+    }
+}
+
+/// Issue 10 item 6, without timing: while loading one room's state from the store hangs,
+/// publishes to other rooms are still sequenced and acked, because no store read runs in
+/// the sequencer that orders every room.
+#[tokio::test]
+async fn a_room_slow_to_load_does_not_hold_up_other_rooms() {
+    let store = Arc::new(SlowRoomStore {
+        inner: MemoryStore::new(Default::default()),
+        slow_room: "cold".into(),
+        reads: Semaphore::new(0),
+    });
+    let hub = Hub::new(store.clone(), HubConfig::default());
+    let publish = |room: &'static str| {
+        let hub = hub.clone();
+        tokio::spawn(async move {
+            hub.publish(PublishInput {
+                room: room.into(),
+                payload: "x".into(),
+                client_id: format!("{room}-1"),
+                ..Default::default()
+            })
+            .await
+        })
+    };
+
+    let cold = publish("cold");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!cold.is_finished(), "the cold room is still loading");
+    for _ in 0..3 {
+        let warm = tokio::time::timeout(Duration::from_secs(20), publish("warm"))
+            .await
+            .expect("a publish to another room is acked while the cold room loads")
+            .unwrap()
+            .unwrap();
+        assert!(warm.offset >= 1);
+    }
+
+    store.reads.add_permits(1_000);
+    let cold = tokio::time::timeout(Duration::from_secs(20), cold)
+        .await
+        .expect("the cold room's publish goes on once its load does")
+        .unwrap()
+        .unwrap();
+    assert_eq!(cold.offset, 1);
+}

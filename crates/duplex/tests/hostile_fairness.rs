@@ -59,15 +59,18 @@ async fn fill_cold_rooms(dir: &std::path::Path, rooms: &[String], count: u64, si
 /// Issue 10 item 6. Before the fix, a unary publish into a room nobody held made the
 /// sequencer reload the room's last 4096 messages, payloads and all, while every other
 /// room's publishes waited: with 3 cold rooms of 1024 × 16 KiB, a probe's publish took
-/// seconds. Now the load runs in the publisher's own call and reads only the client ids,
-/// so the probe is served within a bound far above its normal few milliseconds.
+/// seconds (3.4 s in a debug build). Now the load runs in the publisher's own call and
+/// reads only the client ids, so the probe is served in milliseconds. The bound is loose
+/// (a loaded 2-core machine once took 1.1 s with the fix): the exact property, no store
+/// read in the sequencer, is held without timing by `duplex-hub`'s engine test
+/// `a_room_slow_to_load_does_not_hold_up_other_rooms`.
 #[tokio::test]
 async fn publishes_into_cold_rooms_do_not_stall_other_rooms() {
     const COLD_ROOMS: usize = 3;
     const STORED_PER_ROOM: u64 = 1024;
     const STORED_SIZE: usize = 16 * 1024;
     const ATTACK: Duration = Duration::from_secs(4);
-    const PROBE_BOUND: Duration = Duration::from_secs(1);
+    const PROBE_BOUND: Duration = Duration::from_millis(2500);
 
     let dir = tempfile::tempdir().unwrap();
     let rooms: Vec<String> = (0..COLD_ROOMS).map(|i| format!("cold-{i}")).collect();
