@@ -155,8 +155,10 @@ pub struct ServeConfig {
 
     /// Members a room lists in `joined`, `Presence` and presence events. Past it members
     /// are counted (`unlisted_members`), not listed, and their joins and leaves send no
-    /// event, so a crowd cannot make each join cost the whole crowd.
-    #[arg(long, default_value_t = 1000)]
+    /// event, so a crowd cannot make each join cost the whole crowd. At most 10000, so a
+    /// list (names are at most 133 bytes) always fits one message well under a client's
+    /// default 4 MiB receive limit: no list needs paging.
+    #[arg(long, default_value_t = 1000, value_parser = parse_presence_listed)]
     pub max_presence_listed: usize,
 
     /// Rooms one session may have joined at once.
@@ -427,6 +429,16 @@ fn parse_message_size(text: &str) -> Result<usize, String> {
         Ok(size)
     } else {
         Err(format!("{size} is out of range: 1KiB (1024) to 1GiB"))
+    }
+}
+
+/// Members a room may list: 0 to 10000 (see `max_presence_listed`).
+fn parse_presence_listed(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(count) if count <= 10_000 => Ok(count),
+        _ => Err(format!(
+            "`{text}` is out of range: 0 to 10000 (a longer list would not fit one message)"
+        )),
     }
 }
 

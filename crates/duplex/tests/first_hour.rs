@@ -357,6 +357,10 @@ fn addresses_take_short_forms_and_bad_ones_say_what_is_expected() {
             "65535 to",
         ),
         (vec!["serve", "--queue-frames", "0"], "at least 1"),
+        (
+            vec!["serve", "--max-presence-listed", "20000"],
+            "0 to 10000",
+        ),
     ] {
         let (code, _, err) = run(&args);
         assert_ne!(code, Some(0), "{args:?} was accepted");
