@@ -682,6 +682,42 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_full_connection_budget_fires_the_lag_policy_and_sends_give_bytes_back() {
+        use crate::budget::{ByteBudget, QueueBudgets};
+        use futures::StreamExt as _;
+        let connection = ByteBudget::new(1000);
+        let budgets = QueueBudgets::new(Some(connection.clone()), None);
+        let queue = |policy| SubscriberQueue::with_budgets(policy, 64, 1 << 20, budgets.clone());
+        // A stalled stream holds most of the budget.
+        let stalled = queue(LagPolicy::Disconnect);
+        let stalled_out = Outbound::new(stalled.clone());
+        assert_eq!(stalled.push_live(live("r", 1, 900, "")), LivePush::Queued);
+        // A lossy stream beside it: the frame that does not fit is dropped, its own
+        // older frames first.
+        let lossy = queue(LagPolicy::DropOldest);
+        let mut lossy_out = Outbound::new(lossy.clone());
+        assert_eq!(lossy.push_live(live("r", 1, 60, "")), LivePush::Queued);
+        assert_eq!(lossy.push_live(live("r", 2, 60, "")), LivePush::Queued);
+        assert_eq!(lossy.depth(), (1, 60), "the older frame made room");
+        assert!(connection.used() <= 1000);
+        // A `disconnect` stream whose push does not fit lags out, as with a full queue.
+        let strict = queue(LagPolicy::Disconnect);
+        let strict_out = Outbound::new(strict.clone());
+        assert_eq!(strict.push_live(live("r", 1, 200, "")), LivePush::Detach);
+        assert!(strict.is_closed());
+        // Sending gives the bytes back (after the report of the frame dropped); a dropped
+        // stream gives back what it held.
+        assert!(lossy_out.next().await.unwrap().is_ok());
+        assert_eq!(connection.used(), 960);
+        assert!(lossy_out.next().await.unwrap().is_ok());
+        assert_eq!(connection.used(), 900);
+        drop(stalled_out);
+        assert_eq!(connection.used(), 0);
+        assert_eq!(strict.push_live(live("r", 2, 200, "")), LivePush::Detach);
+        drop(strict_out);
+    }
+
+    #[tokio::test]
     async fn a_cancelled_replay_pushes_nothing() {
         let queue = SubscriberQueue::new(LagPolicy::Disconnect, 4, 1 << 20);
         let cancelled = std::sync::atomic::AtomicBool::new(true);
