@@ -128,9 +128,8 @@ impl QueueBudgets {
     /// the returned hold gives them back when dropped. A page larger than a budget's whole
     /// limit is charged once that budget is empty, so it cannot wait for ever.
     pub(crate) async fn hold(&self, bytes: usize) -> BudgetHold {
-        for budget in self.each() {
-            budget.waiters.fetch_add(1, Ordering::SeqCst);
-        }
+        // Counted as a waiter until this returns or is dropped (the client went away).
+        let _waiting = Waiting::new(self);
         loop {
             let mut freed: Vec<_> = self.each().map(|b| Box::pin(b.freed.notified())).collect();
             for notified in &mut freed {
@@ -152,12 +151,29 @@ impl QueueBudgets {
             )
             .await;
         }
-        for budget in self.each() {
-            budget.waiters.fetch_sub(1, Ordering::SeqCst);
-        }
         BudgetHold {
             budgets: self.clone(),
             bytes,
+        }
+    }
+}
+
+/// A replay waiting for bytes, counted in its budgets' `waiters` for as long as it lives.
+struct Waiting<'a>(&'a QueueBudgets);
+
+impl<'a> Waiting<'a> {
+    fn new(budgets: &'a QueueBudgets) -> Self {
+        for budget in budgets.each() {
+            budget.waiters.fetch_add(1, Ordering::SeqCst);
+        }
+        Self(budgets)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        for budget in self.0.each() {
+            budget.waiters.fetch_sub(1, Ordering::SeqCst);
         }
     }
 }
