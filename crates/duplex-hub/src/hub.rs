@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
 use crate::HubError;
+use crate::budget::QueueBudgets;
 use crate::config::HubConfig;
 use crate::frames;
 use crate::limiter::PublishLimiter;
@@ -152,9 +153,23 @@ impl Hub {
     /// rights are checked on every command; it ends when the identity expires). The
     /// session takes commands; the [`Outbound`] stream carries everything it must send.
     pub fn open_session(&self, identity: Identity) -> (Session, Outbound) {
+        self.open_session_within(identity, QueueBudgets::default())
+    }
+
+    /// Opens a session whose queue and replay pages are charged to `budgets` (its
+    /// connection's and client address's), besides its own queue bound.
+    pub fn open_session_within(
+        &self,
+        identity: Identity,
+        budgets: QueueBudgets,
+    ) -> (Session, Outbound) {
         let config = &self.shared.config;
-        let queue =
-            SubscriberQueue::new(config.lag_policy, config.queue_frames, config.queue_bytes);
+        let queue = SubscriberQueue::with_budgets(
+            config.lag_policy,
+            config.queue_frames,
+            config.queue_bytes,
+            budgets,
+        );
         let id = self.shared.next_session.fetch_add(1, Ordering::Relaxed);
         self.shared
             .sessions

@@ -8,6 +8,7 @@
 //! session's [`Outbound`] stream is polled by the transport. Every queue is bounded by
 //! [`HubConfig`].
 
+mod budget;
 mod config;
 mod error;
 pub mod frames;
@@ -19,6 +20,7 @@ mod rights;
 mod room;
 mod session;
 
+pub use budget::{ByteBudget, QueueBudgets};
 pub use config::{HubConfig, LagPolicy};
 pub use error::HubError;
 pub use hub::{HistoryPage, Hub, HubStats, PublishInput, PublishOutcome, RoomPresence};

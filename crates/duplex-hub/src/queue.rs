@@ -25,6 +25,7 @@ use futures::Stream;
 use tokio::sync::Notify;
 
 use crate::HubError;
+use crate::budget::QueueBudgets;
 use crate::config::LagPolicy;
 use crate::frames;
 
@@ -175,10 +176,25 @@ pub(crate) struct SubscriberQueue {
     policy: LagPolicy,
     max_frames: usize,
     max_bytes: usize,
+    /// The byte budgets of the stream's connection and client address, shared with their
+    /// other streams: every byte counted in `live_bytes` and `reliable_bytes` is charged
+    /// to them, and given back when it leaves the queue, so the sum over many streams is
+    /// bounded, not only each stream.
+    budgets: QueueBudgets,
 }
 
 impl SubscriberQueue {
+    #[cfg(test)]
     pub fn new(policy: LagPolicy, max_frames: usize, max_bytes: usize) -> Arc<Self> {
+        Self::with_budgets(policy, max_frames, max_bytes, QueueBudgets::default())
+    }
+
+    pub fn with_budgets(
+        policy: LagPolicy,
+        max_frames: usize,
+        max_bytes: usize,
+        budgets: QueueBudgets,
+    ) -> Arc<Self> {
         Arc::new(Self {
             state: Mutex::new(State::default()),
             room_freed: Notify::new(),
@@ -186,7 +202,12 @@ impl SubscriberQueue {
             policy,
             max_frames: max_frames.max(1),
             max_bytes: max_bytes.max(1),
+            budgets,
         })
+    }
+
+    pub(crate) fn budgets(&self) -> &QueueBudgets {
+        &self.budgets
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -206,7 +227,10 @@ impl SubscriberQueue {
             state.live_frames >= self.max_frames
                 || (state.live_frames > 0 && state.live_bytes + size > self.max_bytes)
         };
-        if full(&state) {
+        // The stream's own bound first, then the budgets its connection and address share:
+        // either way full, the policy decides, as one.
+        let mut charged = !full(&state) && self.budgets.try_charge(size);
+        if !charged {
             match self.policy {
                 LagPolicy::Disconnect => {
                     self.lag_out(&mut state, HubError::Lagged);
@@ -214,13 +238,29 @@ impl SubscriberQueue {
                 }
                 LagPolicy::DropOldest | LagPolicy::LatestPerKey => {
                     // A newer frame replaces one of the same key first; then the oldest go
-                    // until the new frame fits both bounds (a big frame may evict several).
+                    // until the new frame fits both bounds (a big frame may evict several)
+                    // and the shared budgets.
                     if self.policy == LagPolicy::LatestPerKey {
-                        Self::drop_same_key(&mut state, &frame);
+                        self.drop_same_key(&mut state, &frame);
                     }
-                    while full(&state) && Self::drop_oldest_live(&mut state) {}
+                    loop {
+                        if !full(&state) && self.budgets.try_charge(size) {
+                            charged = true;
+                            break;
+                        }
+                        if !self.drop_oldest_live(&mut state) {
+                            break;
+                        }
+                    }
                 }
             }
+        }
+        if !charged {
+            // The budgets are held by other streams: this frame is the one dropped.
+            if let Some(meta) = frame.meta() {
+                state.rooms.entry(meta.room.clone()).or_default().dropped += 1;
+            }
+            return LivePush::Queued;
         }
         start_waiting(&mut state);
         state.live_frames += 1;
@@ -279,9 +319,17 @@ impl SubscriberQueue {
             return TryPush::Done(Err(HubError::ShuttingDown));
         }
         let size = frame.len();
-        let fits = state.reliable_frames == 0
-            || (state.reliable_frames < self.max_frames
-                && state.reliable_bytes + size <= self.max_bytes);
+        // One reliable frame always gets in, so every stream makes progress; past it the
+        // frame waits for room in the queue and in the shared budgets. The stream's own
+        // sends wake it (it holds a reliable frame), so no other stream need.
+        let fits = if state.reliable_frames == 0 {
+            self.budgets.force_charge(size);
+            true
+        } else {
+            state.reliable_frames < self.max_frames
+                && state.reliable_bytes + size <= self.max_bytes
+                && self.budgets.try_charge(size)
+        };
         if !fits {
             state.reliable_waiting = true;
             return TryPush::Full(frame);
@@ -299,6 +347,7 @@ impl SubscriberQueue {
         let mut state = self.lock();
         if state.ending.is_none() && !state.consumer_gone {
             start_waiting(&mut state);
+            self.budgets.force_charge(bytes.len());
             state.reliable_frames += 1;
             state.reliable_bytes += bytes.len();
             state.frames.push_back(Entry {
@@ -372,12 +421,19 @@ impl SubscriberQueue {
         stalled
     }
 
-    fn lag_out(&self, state: &mut State, error: HubError) {
+    /// Empties the queue and gives its bytes back to the budgets.
+    fn clear(&self, state: &mut State) {
         state.frames.clear();
+        self.budgets
+            .release(state.live_bytes + state.reliable_bytes);
         state.live_frames = 0;
         state.live_bytes = 0;
         state.reliable_frames = 0;
         state.reliable_bytes = 0;
+    }
+
+    fn lag_out(&self, state: &mut State, error: HubError) {
+        self.clear(state);
         let mut rooms: Vec<_> = state.rooms.drain().collect();
         rooms.sort_by(|a, b| a.0.cmp(&b.0));
         state.lag_reports = rooms
@@ -393,17 +449,17 @@ impl SubscriberQueue {
     }
 
     /// Drops the oldest live frame; false when there is none.
-    fn drop_oldest_live(state: &mut State) -> bool {
+    fn drop_oldest_live(&self, state: &mut State) -> bool {
         match state.frames.iter().position(|e| e.live) {
             Some(index) => {
-                Self::remove_live(state, index);
+                self.remove_live(state, index);
                 true
             }
             None => false,
         }
     }
 
-    fn drop_same_key(state: &mut State, incoming: &Frame) -> bool {
+    fn drop_same_key(&self, state: &mut State, incoming: &Frame) -> bool {
         let Some(meta) = incoming.meta() else {
             return false;
         };
@@ -418,21 +474,34 @@ impl SubscriberQueue {
         });
         match same {
             Some(index) => {
-                Self::remove_live(state, index);
+                self.remove_live(state, index);
                 true
             }
             None => false,
         }
     }
 
-    fn remove_live(state: &mut State, index: usize) {
+    fn remove_live(&self, state: &mut State, index: usize) {
         if let Some(entry) = state.frames.remove(index) {
             state.live_frames -= 1;
             state.live_bytes -= entry.frame.len();
+            self.budgets.release(entry.frame.len());
             if let Some(meta) = entry.frame.meta() {
                 state.rooms.entry(meta.room.clone()).or_default().dropped += 1;
             }
         }
+    }
+}
+
+impl Drop for SubscriberQueue {
+    /// Whatever is still counted goes back to the budgets, however the stream ended.
+    fn drop(&mut self) {
+        let state = self
+            .state
+            .get_mut()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.budgets
+            .release(state.live_bytes + state.reliable_bytes);
     }
 }
 
@@ -484,6 +553,7 @@ impl Stream for Outbound {
                 marks.delivered = marks.delivered.max(meta.offset);
             }
             let size = entry.frame.len();
+            queue.budgets.release(size);
             if entry.live {
                 state.live_frames -= 1;
                 state.live_bytes -= size;
@@ -523,7 +593,7 @@ impl Drop for Outbound {
     fn drop(&mut self) {
         let mut state = self.queue.lock();
         state.consumer_gone = true;
-        state.frames.clear();
+        self.queue.clear(&mut state);
         drop(state);
         self.queue.room_freed.notify_waiters();
         self.queue.closed.notify_waiters();
@@ -609,6 +679,42 @@ mod tests {
             other => panic!("expected SendStalled, got {other:?}"),
         }
         assert!(outbound.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_full_connection_budget_fires_the_lag_policy_and_sends_give_bytes_back() {
+        use crate::budget::{ByteBudget, QueueBudgets};
+        use futures::StreamExt as _;
+        let connection = ByteBudget::new(1000);
+        let budgets = QueueBudgets::new(Some(connection.clone()), None);
+        let queue = |policy| SubscriberQueue::with_budgets(policy, 64, 1 << 20, budgets.clone());
+        // A stalled stream holds most of the budget.
+        let stalled = queue(LagPolicy::Disconnect);
+        let stalled_out = Outbound::new(stalled.clone());
+        assert_eq!(stalled.push_live(live("r", 1, 900, "")), LivePush::Queued);
+        // A lossy stream beside it: the frame that does not fit is dropped, its own
+        // older frames first.
+        let lossy = queue(LagPolicy::DropOldest);
+        let mut lossy_out = Outbound::new(lossy.clone());
+        assert_eq!(lossy.push_live(live("r", 1, 60, "")), LivePush::Queued);
+        assert_eq!(lossy.push_live(live("r", 2, 60, "")), LivePush::Queued);
+        assert_eq!(lossy.depth(), (1, 60), "the older frame made room");
+        assert!(connection.used() <= 1000);
+        // A `disconnect` stream whose push does not fit lags out, as with a full queue.
+        let strict = queue(LagPolicy::Disconnect);
+        let strict_out = Outbound::new(strict.clone());
+        assert_eq!(strict.push_live(live("r", 1, 200, "")), LivePush::Detach);
+        assert!(strict.is_closed());
+        // Sending gives the bytes back (after the report of the frame dropped); a dropped
+        // stream gives back what it held.
+        assert!(lossy_out.next().await.unwrap().is_ok());
+        assert_eq!(connection.used(), 960);
+        assert!(lossy_out.next().await.unwrap().is_ok());
+        assert_eq!(connection.used(), 900);
+        drop(stalled_out);
+        assert_eq!(connection.used(), 0);
+        assert_eq!(strict.push_live(live("r", 2, 200, "")), LivePush::Detach);
+        drop(strict_out);
     }
 
     #[tokio::test]

@@ -602,6 +602,14 @@ async fn replay(
             }
             state.delivered
         };
+        // The page is charged to the connection's and address's budgets before it is
+        // read, and given back once it is queued: many streams replaying at once wait
+        // for each other instead of each pinning a page. A client gone meanwhile stops it.
+        let queue = subscriber.queue.clone();
+        let mut page_hold = tokio::select! {
+            hold = queue.budgets().hold(page.bytes) => hold,
+            () = queue.closed() => return Ok(()),
+        };
         // Paged by bytes as well as count: the page is held while the client drains the
         // queue, and a page of big messages must not pin more than the queue does.
         let messages = store
@@ -633,6 +641,7 @@ async fn replay(
                 key: coalescing_key(&message.key),
             });
             // An error here means the client left, lagged out or the join was cancelled.
+            let size = frame.len();
             if subscriber
                 .queue
                 .push_reliable_unless(frame, Some(cancelled))
@@ -641,6 +650,8 @@ async fn replay(
             {
                 return Ok(());
             }
+            // Queued, and charged there: the page holds that much less.
+            page_hold.give_back(size);
             cursor = message.offset;
         }
         if cursor == before {

@@ -111,6 +111,18 @@ pub struct ServeConfig {
     #[arg(long, default_value = "disconnect")]
     pub lag_policy: duplex_hub::LagPolicy,
 
+    /// Bytes all subscriber queues (and replay pages) of one connection may hold together.
+    /// One connection may open --max-concurrent-streams streams, each bounded by
+    /// --queue-bytes; this bounds their sum. Past it a stream's lag policy fires as when
+    /// its own queue is full (a replay waits instead).
+    #[arg(long, default_value = "32MiB", value_parser = parse_nonzero_size)]
+    pub connection_queue_bytes: usize,
+
+    /// Bytes all subscriber queues (and replay pages) of all connections from one client
+    /// IP may hold together (--max-connections-per-ip connections share it).
+    #[arg(long, default_value = "256MiB", value_parser = parse_nonzero_size)]
+    pub ip_queue_bytes: usize,
+
     /// Live frames one subscriber may have queued before its lag policy fires.
     #[arg(long, default_value_t = 4096, value_parser = at_least_one)]
     pub queue_frames: usize,
@@ -338,6 +350,8 @@ impl ServeConfig {
                 .filter(|age| !age.is_zero())
                 .map(|age| age + self.max_connection_age_grace),
             min_ping_interval: self.min_ping_interval,
+            connection_queue_bytes: self.connection_queue_bytes,
+            ip_queue_bytes: self.ip_queue_bytes,
         }
     }
 

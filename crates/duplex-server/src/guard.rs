@@ -29,6 +29,10 @@
 //!
 //! It also stamps each connection with when it was accepted, which the Hub service uses to
 //! send `shutdown` frames just before the connection's maximum age.
+//!
+//! And it hands each connection the byte budgets its subscriber queues share: one of its
+//! own (`--connection-queue-bytes`) and one per client IP, shared by that IP's connections
+//! (`--ip-queue-bytes`) and forgotten with the last of them.
 
 use std::collections::HashMap;
 use std::io;
@@ -38,6 +42,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker, ready};
 use std::time::{Duration, Instant};
 
+use duplex_hub::{ByteBudget, QueueBudgets};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
@@ -92,6 +97,12 @@ pub struct ConnectionLimits {
     /// PINGs closer together than this, while the server sends nothing, are strikes
     /// (enforced on TLS connections too: the guard terminates TLS).
     pub min_ping_interval: Duration,
+    /// Bytes all subscriber queues and replay pages of one connection may hold together
+    /// (a byte budget the connection's streams share; past it their lag policies fire).
+    pub connection_queue_bytes: usize,
+    /// Bytes all subscriber queues and replay pages of one client IP's connections may
+    /// hold together.
+    pub ip_queue_bytes: usize,
 }
 
 /// What a connection is, for the services behind it.
@@ -104,7 +115,15 @@ pub struct ConnectionInfo {
 #[derive(Debug, Default)]
 struct Counts {
     total: usize,
-    per_ip: HashMap<IpAddr, usize>,
+    per_ip: HashMap<IpAddr, FromIp>,
+}
+
+/// One client IP's open connections and the byte budget they share; forgotten with its
+/// last connection.
+#[derive(Debug)]
+struct FromIp {
+    connections: usize,
+    budget: Arc<ByteBudget>,
 }
 
 /// Admits connections within [`ConnectionLimits`].
@@ -120,15 +139,17 @@ pub struct Admission {
     gate: Arc<ConnectionGate>,
     ip: IpAddr,
     info: ConnectionInfo,
+    /// The connection's own byte budget and its IP's, which its streams' queues charge.
+    budgets: QueueBudgets,
 }
 
 impl Drop for Admission {
     fn drop(&mut self) {
         let mut counts = self.gate.lock();
         counts.total -= 1;
-        if let Some(count) = counts.per_ip.get_mut(&self.ip) {
-            *count -= 1;
-            if *count == 0 {
+        if let Some(from_ip) = counts.per_ip.get_mut(&self.ip) {
+            from_ip.connections -= 1;
+            if from_ip.connections == 0 {
                 counts.per_ip.remove(&self.ip);
             }
         }
@@ -160,14 +181,22 @@ impl ConnectionGate {
         if counts.total >= self.limits.max_connections {
             return Err(format!("{} connections open, the limit", counts.total));
         }
-        let from_ip = counts.per_ip.get(&ip).copied().unwrap_or(0);
+        let from_ip = counts.per_ip.get(&ip).map_or(0, |f| f.connections);
         if from_ip >= self.limits.max_connections_per_ip {
             return Err(format!(
                 "{from_ip} connections open from {ip}, the limit per IP"
             ));
         }
         counts.total += 1;
-        *counts.per_ip.entry(ip).or_default() += 1;
+        let from_ip = counts.per_ip.entry(ip).or_insert_with(|| FromIp {
+            connections: 0,
+            budget: ByteBudget::new(self.limits.ip_queue_bytes),
+        });
+        from_ip.connections += 1;
+        let budgets = QueueBudgets::new(
+            Some(ByteBudget::new(self.limits.connection_queue_bytes)),
+            Some(from_ip.budget.clone()),
+        );
         Ok(Admission {
             gate: self.clone(),
             ip,
@@ -175,6 +204,7 @@ impl ConnectionGate {
                 remote,
                 accepted_at: Instant::now(),
             },
+            budgets,
         })
     }
 
@@ -720,6 +750,13 @@ impl AsyncWrite for GuardedStream {
             return this.poll_goodbye(cx);
         }
         Pin::new(&mut this.inner).poll_shutdown(cx)
+    }
+}
+
+impl GuardedStream {
+    /// The byte budgets this connection's subscriber queues charge (its own and its IP's).
+    pub fn queue_budgets(&self) -> QueueBudgets {
+        self.admission.budgets.clone()
     }
 }
 

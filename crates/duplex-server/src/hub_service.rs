@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 use bytes::{Buf as _, BufMut as _, Bytes};
 use std::sync::Arc;
 
-use duplex_hub::{Frame, Hub, HubError, Identity, Outbound, PublishInput};
+use duplex_hub::{Frame, Hub, HubError, Identity, Outbound, PublishInput, QueueBudgets};
 use duplex_proto::hub::{
     ClientFrame, HistoryRequest, HistoryResponse, Join, PresenceRequest, PresenceResponse,
     PublishAck, PublishRequest, SubscribeRequest,
@@ -91,6 +91,16 @@ impl HubService {
 
 impl NamedService for HubService {
     const NAME: &'static str = "duplex.v1.Hub";
+}
+
+/// The byte budgets of `request`'s connection and client IP, which its stream's queue
+/// charges (none when served without the connection guard).
+fn queue_budgets<T>(request: &Request<T>) -> QueueBudgets {
+    request
+        .extensions()
+        .get::<QueueBudgets>()
+        .cloned()
+        .unwrap_or_default()
 }
 
 /// Maps an engine error to the status the client sees.
@@ -197,8 +207,9 @@ impl StreamingService<ClientFrame> for Connect {
         let hub = self.0.hub.clone();
         let identity = self.0.identify(&request);
         let rotate_at = self.0.rotation_time(&request);
+        let budgets = queue_budgets(&request);
         Box::pin(async move {
-            let (mut session, outbound) = hub.open_session(identity?);
+            let (mut session, outbound) = hub.open_session_within(identity?, budgets);
             if let Some(at) = rotate_at {
                 session.rotate_at(at);
             }
@@ -229,6 +240,7 @@ impl ServerStreamingService<SubscribeRequest> for Subscribe {
         let hub = self.0.hub.clone();
         let auth = self.0.auth.clone();
         let identity = self.0.identify(&request);
+        let budgets = queue_budgets(&request);
         Box::pin(async move {
             let mut identity = identity?;
             let subscribe = request.into_inner();
@@ -241,7 +253,7 @@ impl ServerStreamingService<SubscribeRequest> for Subscribe {
             if !hidden && !self_named(&identity) {
                 identity.name = auth.anonymous_name(&checked_name(subscribe.name)?);
             }
-            let (mut session, outbound) = hub.open_session(identity);
+            let (mut session, outbound) = hub.open_session_within(identity, budgets);
             let join = Join {
                 room: subscribe.room,
                 after_offset: subscribe.after_offset,

@@ -388,10 +388,12 @@ async fn serve_connection(
 ) {
     use tonic::transport::server::Connected as _;
     let info = io.connect_info();
+    let budgets = io.queue_budgets();
     let service = tower::ServiceExt::map_request(
         service,
         move |mut request: http::Request<hyper::body::Incoming>| {
             request.extensions_mut().insert(info);
+            request.extensions_mut().insert(budgets.clone());
             request.map(tonic::body::Body::new)
         },
     );

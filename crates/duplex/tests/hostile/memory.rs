@@ -610,7 +610,11 @@ async fn huge_windows_do_not_move_the_backlog_into_http2_buffers() {
     const PAYLOAD: usize = 16 * 1024;
     const GROWTH_BOUND_MIB: f64 = 400.0;
     const MAX_WINDOW: u32 = (1 << 31) - 1;
-    let mut target = Target::start();
+    // A stream whose live registration raced the first publishes replays what it missed
+    // instead, and a replay waits for room rather than lagging out (with the connection's
+    // byte budget full, that is most of them): the send-stall timeout ends it, so it is
+    // short here to fit the wait below.
+    let mut target = Target::start_with(&["--send-stall-timeout", "5s"]);
     let before = settled(&target).await;
     let mut conn = RawConn::open_unread(
         target.addr,
@@ -663,16 +667,21 @@ async fn huge_windows_do_not_move_the_backlog_into_http2_buffers() {
     let published_in = started.elapsed();
     let during = settled(&target).await;
     let growth = during.hwm_mib() - before.rss_mib();
-    // The lag policy ended the streams whose queues backed up.
+    // The lag policy (or, for a replaying stream, the stall timeout) ended the streams
+    // whose queues backed up.
+    let still_present = std::sync::atomic::AtomicUsize::new(STREAMS);
     let lagged_out = async {
         loop {
-            if present(target.addr, "firehose").await.is_empty() {
+            let present = present(target.addr, "firehose").await.len();
+            still_present.store(present, std::sync::atomic::Ordering::Relaxed);
+            if present == 0 {
                 return started.elapsed();
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     };
     let lagged_out = timeout(STEP, lagged_out).await;
+    let still_present = still_present.into_inner();
     let probe_started = Instant::now();
     target.check_alive_and_serving().await;
     let probe = probe_started.elapsed();
@@ -692,7 +701,127 @@ async fn huge_windows_do_not_move_the_backlog_into_http2_buffers() {
     );
     assert!(
         lagged_out.is_ok(),
-        "the backed-up subscribers are ended by the lag policy"
+        "the backed-up subscribers are ended by the lag policy or the stall timeout: \
+         {still_present} of {STREAMS} still present"
     );
     drop(conn);
+}
+
+// ---------------------------------------------------------------------------------------
+// Byte budgets per connection and per client IP
+// ---------------------------------------------------------------------------------------
+
+/// Opens `streams` hidden `Subscribe(after_offset=0)` streams on `conn`, with stream ids
+/// from `first`. Hidden: a visible member's presence event is a live frame to every other
+/// one, and past the budget it lags them out, which would end the attack early.
+async fn subscribe_many(conn: &mut RawConn, first: usize, streams: usize, room: &str) {
+    for n in first..first + streams {
+        subscribe_raw(conn, stream_id(n), room, "").await;
+    }
+}
+
+/// Many `Subscribe` streams that ask for a room's history and never open their window,
+/// first on one connection, then on several from the same IP: each stream's queue is
+/// bounded (`--queue-bytes`), and now so is their sum, by the connection's byte budget
+/// (`--connection-queue-bytes`, 32 MiB by default) and the IP's (`--ip-queue-bytes`, 48
+/// MiB here). A reader on the same connection, while the stalled streams hold less than
+/// the budget, gets the whole replay; a probe client is served throughout.
+///
+/// Scale: a 2 MiB room (128 × 16 KiB, memory store); 8 stalled streams and a reader, then
+/// 150 stalled streams on one connection, then 600 on four. Without the budgets each
+/// stalled stream queues the whole room (2 MiB, under its 8 MiB queue bound): +392 MiB
+/// for one connection, +1558 MiB for four (release build). With them a connection holds
+/// ≤ 32 MiB and the IP ≤ 48 MiB of queued frames, plus one frame per stream (each stream
+/// may always queue one, so it can make progress): +113 MiB and +169 MiB, most of it
+/// what each stream costs with nothing queued.
+#[tokio::test]
+async fn unread_streams_share_their_connection_and_ip_byte_budgets() {
+    const MESSAGES: usize = 128;
+    const PAYLOAD: usize = 16 * 1024;
+    const ROOM_BYTES: usize = MESSAGES * PAYLOAD;
+    const FIRST_STREAMS: usize = 8;
+    const STREAMS: usize = 150;
+    const CONNECTIONS: usize = 4;
+    // The budget (32 MiB for the one connection, 48 MiB for the IP), one 16 KiB frame per
+    // stream, and what a stream costs whatever it queues (its task, h2 state, allocator
+    // slack: ~0.5 MiB each here for the first 150). Measured after: +113 MiB and +169
+    // MiB; before: +392 MiB and +1558 MiB.
+    const ONE_CONNECTION_BOUND_MIB: f64 = 180.0;
+    const ONE_IP_BOUND_MIB: f64 = 300.0;
+    let mut target = Target::start_with(&["--ip-queue-bytes", "48MiB"]);
+    fill_room(target.addr, "backlog", MESSAGES, PAYLOAD).await;
+    let before = settled(&target).await;
+
+    // Under budget: a few stalled streams and a reader on one connection.
+    let mut conns =
+        vec![RawConn::open(target.addr, &[(raw::SETTINGS_INITIAL_WINDOW_SIZE, 0)]).await];
+    subscribe_many(&mut conns[0], 0, FIRST_STREAMS, "backlog").await;
+    settled(&target).await;
+    let reader = stream_id(FIRST_STREAMS);
+    subscribe_raw(&mut conns[0], reader, "backlog", "").await;
+    conns[0]
+        .send(&raw::window_update(reader, 1 << 30))
+        .await
+        .expect("send WINDOW_UPDATE");
+    conns[0]
+        .send(&raw::window_update(0, 1 << 30))
+        .await
+        .expect("send WINDOW_UPDATE");
+    let read_all = conns[0]
+        .wait_for(STEP, |seen| {
+            seen.data.get(&reader).map_or(0, Vec::len) >= ROOM_BYTES
+        })
+        .await;
+    let reader_got = conns[0].seen().data.get(&reader).map_or(0, Vec::len);
+    assert!(
+        read_all,
+        "a reader beside stalled streams under the budget reads the whole replay: \
+         {reader_got} of {ROOM_BYTES} bytes"
+    );
+
+    // Over the connection's budget: many more stalled streams on it.
+    subscribe_many(
+        &mut conns[0],
+        FIRST_STREAMS + 1,
+        STREAMS - FIRST_STREAMS - 1,
+        "backlog",
+    )
+    .await;
+    let one_connection = settled(&target).await;
+    target.check_alive_and_serving().await;
+    let one_growth = one_connection.hwm_mib() - before.rss_mib();
+
+    // Over the IP's budget: more connections from the same address.
+    for _ in 1..CONNECTIONS {
+        let mut conn = RawConn::open(target.addr, &[(raw::SETTINGS_INITIAL_WINDOW_SIZE, 0)]).await;
+        subscribe_many(&mut conn, 0, STREAMS, "backlog").await;
+        conns.push(conn);
+    }
+    let one_ip = settled(&target).await;
+    let probe_started = Instant::now();
+    target.check_alive_and_serving().await;
+    let probe = probe_started.elapsed();
+    let ip_growth = one_ip.hwm_mib() - before.rss_mib();
+    report(
+        "byte budgets: Subscribe(after_offset=0) streams with window 0 on a 128 × 16 KiB \
+         room, 150 on one connection, then 600 on four from one IP (--ip-queue-bytes 48MiB)",
+        "a connection's queues hold ≤ 32 MiB, an IP's ≤ 48 MiB (+ a frame per stream); a \
+         reader under budget is served; others served",
+        &format!(
+            "before {before}; one connection {one_connection} (+{one_growth:.1} MiB); four \
+             connections {one_ip} (+{ip_growth:.1} MiB); reader got {reader_got} bytes; \
+             probe in {probe:.0?}"
+        ),
+    );
+    assert!(
+        one_growth < ONE_CONNECTION_BOUND_MIB,
+        "150 stalled streams on one connection grew the server by {one_growth:.1} MiB \
+         (bound {ONE_CONNECTION_BOUND_MIB} MiB)"
+    );
+    assert!(
+        ip_growth < ONE_IP_BOUND_MIB,
+        "600 stalled streams from one IP grew the server by {ip_growth:.1} MiB (bound \
+         {ONE_IP_BOUND_MIB} MiB)"
+    );
+    drop(conns);
 }
