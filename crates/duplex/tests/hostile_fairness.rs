@@ -22,12 +22,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
 async fn hub_client(addr: std::net::SocketAddr) -> HubClient<Channel> {
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .expect("connect to the server");
-    HubClient::new(channel).max_decoding_message_size(8 << 20)
+    common::hub_client(addr, 8 << 20).await
 }
 
 /// Fills `rooms` of a store in `dir` with `count` messages of `size` bytes each, every one

@@ -19,12 +19,7 @@ use duplex_proto::hub::{HistoryRequest, PublishRequest};
 use tonic::transport::Channel;
 
 async fn hub_client(addr: std::net::SocketAddr) -> HubClient<Channel> {
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .expect("connect to the server");
-    HubClient::new(channel).max_decoding_message_size(64 << 20)
+    common::hub_client(addr, 64 << 20).await
 }
 
 /// A tmpfs of a given size mounted on a fresh directory; unmounted on drop.

@@ -329,3 +329,16 @@ impl ChatTerminal {
         panic!("no line with {needle:?} on screen; saw {seen:#?}");
     }
 }
+
+/// A Hub client on a fresh connection to `addr`, accepting replies up to `max_message` bytes.
+pub async fn hub_client(
+    addr: SocketAddr,
+    max_message: usize,
+) -> duplex_proto::hub::hub_client::HubClient<Channel> {
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect to the server");
+    duplex_proto::hub::hub_client::HubClient::new(channel).max_decoding_message_size(max_message)
+}
