@@ -113,6 +113,9 @@ impl Target {
 
     /// A server with `args` after `serve --listen 127.0.0.1:0` (they must name a store).
     fn start_with(args: &[&str]) -> Self {
+        // Without one, two tests would share `./duplex-data`, and redb's lock lets only one
+        // of them start.
+        assert!(args.contains(&"--store"), "name a store: {args:?}");
         let log = tempfile::NamedTempFile::new().unwrap();
         let mut command = common::duplex();
         command

@@ -614,7 +614,7 @@ async fn huge_windows_do_not_move_the_backlog_into_http2_buffers() {
     // instead, and a replay waits for room rather than lagging out (with the connection's
     // byte budget full, that is most of them): the send-stall timeout ends it, so it is
     // short here to fit the wait below.
-    let mut target = Target::start_with(&["--send-stall-timeout", "5s"]);
+    let mut target = Target::start_with(&["--store", "memory", "--send-stall-timeout", "5s"]);
     let before = settled(&target).await;
     let mut conn = RawConn::open_unread(
         target.addr,
@@ -748,7 +748,7 @@ async fn unread_streams_share_their_connection_and_ip_byte_budgets() {
     // MiB; before: +392 MiB and +1558 MiB.
     const ONE_CONNECTION_BOUND_MIB: f64 = 180.0;
     const ONE_IP_BOUND_MIB: f64 = 300.0;
-    let mut target = Target::start_with(&["--ip-queue-bytes", "48MiB"]);
+    let mut target = Target::start_with(&["--store", "memory", "--ip-queue-bytes", "48MiB"]);
     fill_room(target.addr, "backlog", MESSAGES, PAYLOAD).await;
     let before = settled(&target).await;
 
