@@ -138,13 +138,6 @@ pub enum ClientError {
     Closed,
 }
 
-impl ClientError {
-    /// Whether retrying cannot help: a refusal of the session, or the client is closed.
-    pub fn is_permanent(&self) -> bool {
-        matches!(self, ClientError::Refused { .. } | ClientError::Closed)
-    }
-}
-
 /// Whether a status ending (or refusing) a session will come back the same on every retry.
 pub fn is_permanent(code: tonic::Code) -> bool {
     use tonic::Code;

@@ -46,7 +46,6 @@ pub struct ChatArgs {
 }
 
 pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
-    let address = crate::address::client_url(&args.addr, false)?;
     let mut options = ClientOptions::new(&args.addr, &args.name);
     options.max_backoff = args.max_backoff;
     options.tls = args.tls.config()?;
@@ -59,6 +58,7 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
         .and_then(crate::token::subject)
         .unwrap_or_else(|| args.name.clone());
     options.addr = crate::address::client_url(&args.addr, options.tls.is_some())?;
+    let address = options.addr.clone();
     let (client, mut events) = Client::connect(options)
         .await
         .map_err(|error| match error {

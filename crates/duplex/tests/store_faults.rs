@@ -232,17 +232,7 @@ async fn a_full_disk_fails_publishes_until_space_is_freed_and_loses_nothing_acke
 
 /// Runs `duplex serve` on `data` expecting it to refuse to start; returns its stderr.
 fn refused_start(data: &Path) -> String {
-    let mut command = common::duplex();
-    command
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--store",
-            "redb",
-            "--data-dir",
-        ])
-        .arg(data);
+    let command = common::durable_serve_command(data, &[]);
     let (code, stdout, stderr) = common::run_with_input(command, "");
     assert_ne!(code, Some(0), "the server must not start: {stdout}{stderr}");
     assert!(code.is_some(), "the server exits by itself (not killed)");

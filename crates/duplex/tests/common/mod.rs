@@ -196,6 +196,13 @@ pub fn spawn_duplex_serve_durable(
     data_dir: &std::path::Path,
     args: &[&str],
 ) -> (ChildGuard, SocketAddr) {
+    let (child, addr, _stdout) = spawn_listening(durable_serve_command(data_dir, args));
+    (child, addr)
+}
+
+/// `duplex serve` on 127.0.0.1 with a picked port and the redb store in `data_dir`, plus
+/// extra arguments, not yet started.
+pub fn durable_serve_command(data_dir: &std::path::Path, args: &[&str]) -> Command {
     let mut command = duplex();
     command
         .args([
@@ -208,8 +215,7 @@ pub fn spawn_duplex_serve_durable(
         ])
         .arg(data_dir)
         .args(args);
-    let (child, addr, _stdout) = spawn_listening(command);
-    (child, addr)
+    command
 }
 
 /// The venv Python with grpcio that `scripts/test` makes (or `DUPLEX_PYTHON`). A missing one
