@@ -9,21 +9,21 @@ use std::time::{Duration, Instant};
 static BASE: OnceLock<Instant> = OnceLock::new();
 
 /// Fixes the clock's origin (idempotent).
-pub fn start() {
+pub(crate) fn start() {
     BASE.get_or_init(Instant::now);
 }
 
 /// Nanoseconds since the origin.
-pub fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     BASE.get_or_init(Instant::now).elapsed().as_nanos() as u64
 }
 
 /// The tokio [`tokio::time::Instant`] of a clock reading, for timers.
-pub fn instant(nanos: u64) -> tokio::time::Instant {
+pub(crate) fn instant(nanos: u64) -> tokio::time::Instant {
     tokio::time::Instant::from_std(*BASE.get_or_init(Instant::now) + Duration::from_nanos(nanos))
 }
 
 /// A duration in clock units.
-pub fn nanos(duration: Duration) -> u64 {
+pub(crate) fn nanos(duration: Duration) -> u64 {
     duration.as_nanos().min(u64::MAX as u128) as u64
 }

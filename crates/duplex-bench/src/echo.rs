@@ -71,7 +71,7 @@ struct EchoStream {
 }
 
 /// Runs an echo scenario.
-pub fn run(args: &BenchArgs) -> Result<Report, BenchError> {
+pub(crate) fn run(args: &BenchArgs) -> Result<Report, BenchError> {
     let in_flight = args.in_flight();
     let total_streams = args.streams;
     let connections = args.connections.min(total_streams);

@@ -22,12 +22,12 @@ const STREAM_WINDOW: u32 = 1 << 20;
 /// Client HTTP/2 window per connection.
 const CONNECTION_WINDOW: u32 = 16 << 20;
 /// gRPC message header: compressed flag and a 4-byte big-endian length.
-pub const HEADER: usize = 5;
+pub(crate) const HEADER: usize = 5;
 
 /// How to reach the server: the connect timeout and, for a TLS server, the connector and
 /// the name its certificate must carry. Built once from the arguments; cheap to clone.
 #[derive(Clone)]
-pub struct Dialer {
+pub(crate) struct Dialer {
     timeout: Duration,
     tls: Option<(TlsConnector, ServerName<'static>)>,
     /// `authorization: Bearer …` for every call, from [`crate::BenchArgs::token`].
@@ -35,7 +35,7 @@ pub struct Dialer {
 }
 
 impl Dialer {
-    pub fn new(args: &crate::BenchArgs) -> Result<Self, crate::BenchError> {
+    pub(crate) fn new(args: &crate::BenchArgs) -> Result<Self, crate::BenchError> {
         let tls = match &args.ca {
             None => None,
             Some(ca) => {
@@ -80,7 +80,7 @@ impl Dialer {
 }
 
 /// One HTTP/2 connection to the server.
-pub struct Connection {
+pub(crate) struct Connection {
     send: SendRequest<Bytes>,
     authority: String,
     scheme: &'static str,
@@ -88,10 +88,10 @@ pub struct Connection {
 }
 
 /// How a stream ended: OK, or the key it is counted under in the report's errors.
-pub type Outcome = Result<(), String>;
+pub(crate) type Outcome = Result<(), String>;
 
 /// What arrives on one stream.
-pub enum Event {
+pub(crate) enum Event {
     Data(Bytes),
     End(Outcome),
 }
@@ -99,7 +99,7 @@ pub enum Event {
 impl Connection {
     /// Connects over TCP (no delay), TLS if the dialer says so, and does the HTTP/2
     /// handshake; the connection is driven by a task on the current runtime.
-    pub async fn open(addr: &str, dialer: &Dialer) -> Result<Self, String> {
+    pub(crate) async fn open(addr: &str, dialer: &Dialer) -> Result<Self, String> {
         let timeout = dialer.timeout;
         let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
             .await
@@ -125,7 +125,7 @@ impl Connection {
     }
 
     /// Opens a gRPC call on `path` (headers only; the body follows on the [`SendStream`]).
-    pub async fn call(
+    pub(crate) async fn call(
         &self,
         path: &str,
         metadata: &[(&str, String)],
@@ -168,7 +168,7 @@ where
 }
 
 /// The report key of an HTTP/2-level failure.
-pub fn error_key(error: &h2::Error) -> String {
+pub(crate) fn error_key(error: &h2::Error) -> String {
     match error.reason() {
         Some(reason) if error.is_go_away() => format!("GOAWAY_{reason:?}"),
         Some(reason) => format!("RST_{reason:?}"),
@@ -178,7 +178,7 @@ pub fn error_key(error: &h2::Error) -> String {
 }
 
 /// The gRPC status code name for `code`.
-pub fn code_name(code: i32) -> &'static str {
+pub(crate) fn code_name(code: i32) -> &'static str {
     match code {
         0 => "OK",
         1 => "CANCELLED",
@@ -218,7 +218,7 @@ enum Phase {
 
 /// The events of one call: each DATA chunk (its flow-control capacity released at once),
 /// then how the call ended (from the trailers, a trailers-only response, or a reset).
-pub fn events(response: ResponseFuture) -> LocalBoxStream<'static, Event> {
+pub(crate) fn events(response: ResponseFuture) -> LocalBoxStream<'static, Event> {
     stream::unfold(Phase::Headers(response), |phase| async move {
         match phase {
             Phase::Done => None,
@@ -245,10 +245,10 @@ pub fn events(response: ResponseFuture) -> LocalBoxStream<'static, Event> {
 }
 
 /// The events of many calls, each tagged with the caller's index for it.
-pub type TaggedEvents = futures::stream::SelectAll<LocalBoxStream<'static, (usize, Event)>>;
+pub(crate) type TaggedEvents = futures::stream::SelectAll<LocalBoxStream<'static, (usize, Event)>>;
 
 /// [`events`] of one call, tagged with `index`.
-pub fn tagged_events(
+pub(crate) fn tagged_events(
     index: usize,
     response: ResponseFuture,
 ) -> LocalBoxStream<'static, (usize, Event)> {
@@ -280,14 +280,18 @@ async fn next_body_event(mut body: RecvStream) -> Option<(Event, Phase)> {
 /// Splits DATA chunks into gRPC messages. Messages inside one chunk are handed out as
 /// slices of it (no copy); only a message split across chunks is copied together.
 #[derive(Debug, Default)]
-pub struct MessageSplitter {
+pub(crate) struct MessageSplitter {
     partial: BytesMut,
 }
 
 impl MessageSplitter {
     /// Feeds one chunk; calls `each` with every message it completes. Returns how many, or
     /// an error for a compressed message (the bench never asks for compression).
-    pub fn push(&mut self, chunk: &[u8], mut each: impl FnMut(&[u8])) -> Result<usize, String> {
+    pub(crate) fn push(
+        &mut self,
+        chunk: &[u8],
+        mut each: impl FnMut(&[u8]),
+    ) -> Result<usize, String> {
         let mut data = chunk;
         let mut count = 0;
         if !self.partial.is_empty() {
@@ -332,7 +336,7 @@ fn message_len(header: &[u8]) -> Result<usize, String> {
 }
 
 /// Prefixes an encoded protobuf message with the gRPC message header.
-pub fn frame(message: &[u8]) -> Bytes {
+pub(crate) fn frame(message: &[u8]) -> Bytes {
     let mut out = BytesMut::with_capacity(HEADER + message.len());
     out.put_u8(0);
     out.put_u32(message.len() as u32);
@@ -341,7 +345,7 @@ pub fn frame(message: &[u8]) -> Bytes {
 }
 
 /// A `chat.Msg` with `size` bytes of text, framed, and the `chat.Echo` frame that answers it.
-pub fn chat_pair(size: usize) -> (Bytes, Bytes) {
+pub(crate) fn chat_pair(size: usize) -> (Bytes, Bytes) {
     let text: String = "x".repeat(size);
     let msg = duplex_proto::chat::Msg { text: text.clone() };
     let echo = duplex_proto::chat::Echo {
@@ -351,7 +355,7 @@ pub fn chat_pair(size: usize) -> (Bytes, Bytes) {
 }
 
 /// A framed `ClientFrame` joining `room`: live only, or replaying after `after`.
-pub fn join_frame(command_id: u64, room: &str, after: Option<u64>, hidden: bool) -> Bytes {
+pub(crate) fn join_frame(command_id: u64, room: &str, after: Option<u64>, hidden: bool) -> Bytes {
     use duplex_proto::hub::{ClientFrame, Join, client_frame::Command};
     let join = ClientFrame {
         command_id,
@@ -385,7 +389,13 @@ fn put_varint(out: &mut BytesMut, mut value: u64) {
 /// Appends a framed `ClientFrame { command_id, publish { room, payload } }` where the payload
 /// is `template` with its first 8 bytes replaced by `stamp` (little-endian). Encoded by hand:
 /// no intermediate message, no allocation beyond `out`.
-pub fn put_publish(out: &mut BytesMut, command_id: u64, room: &str, template: &[u8], stamp: u64) {
+pub(crate) fn put_publish(
+    out: &mut BytesMut,
+    command_id: u64,
+    room: &str,
+    template: &[u8],
+    stamp: u64,
+) {
     let payload_len = template.len();
     let publish_len = 1
         + varint_len(room.len() as u64)
@@ -474,7 +484,7 @@ fn varint_field(message: &[u8], number: u64) -> u64 {
 
 /// The hub `ServerFrame`s the bench cares about, read in place.
 #[derive(Debug, PartialEq, Eq)]
-pub enum ServerFrame<'a> {
+pub(crate) enum ServerFrame<'a> {
     Message { offset: u64, payload: &'a [u8] },
     Joined { command_id: u64, last_offset: u64 },
     PublishAck { command_id: u64 },
@@ -485,7 +495,7 @@ pub enum ServerFrame<'a> {
 }
 
 /// Reads one encoded `duplex.v1.ServerFrame`.
-pub fn server_frame(message: &[u8]) -> ServerFrame<'_> {
+pub(crate) fn server_frame(message: &[u8]) -> ServerFrame<'_> {
     let Some((number, Value::Bytes(inner))) = fields(message).next() else {
         return ServerFrame::Other;
     };

@@ -268,7 +268,7 @@ struct FanoutPlan {
 }
 
 /// Runs the fan-out scenario.
-pub fn fanout(args: &BenchArgs) -> Result<Report, BenchError> {
+pub(crate) fn fanout(args: &BenchArgs) -> Result<Report, BenchError> {
     if args.publishers == 0 || args.rooms == 0 {
         return Err(BenchError::Arguments(
             "--publishers and --rooms must be at least 1".into(),
@@ -820,7 +820,7 @@ async fn publish(plan: &FanoutPlan, timing: Timing, publisher: &mut Publisher) -
 
 /// Runs the resume scenario: stores `--history` messages, then measures one subscriber
 /// replaying them all from offset 0.
-pub fn resume(args: &BenchArgs) -> Result<Report, BenchError> {
+pub(crate) fn resume(args: &BenchArgs) -> Result<Report, BenchError> {
     let history = args.history.max(1);
     let room = format!("bench.{}.resume", run_tag());
     let counters = Arc::new(Counters::default());
@@ -1090,7 +1090,7 @@ async fn store_history(
 
 /// Runs the idle scenario: opens `--sessions` sessions, each joined to a room, holds them for
 /// `--duration`, and reports the server's RSS growth per session.
-pub fn idle(args: &BenchArgs) -> Result<Report, BenchError> {
+pub(crate) fn idle(args: &BenchArgs) -> Result<Report, BenchError> {
     let sessions = args.sessions.max(1);
     let connections = args
         .connections

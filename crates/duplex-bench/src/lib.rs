@@ -218,10 +218,18 @@ impl BenchArgs {
 /// Errors that stop a run before it measures anything.
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
+    /// The server could not be reached.
     #[error("cannot connect to {addr}: {reason}")]
-    Connect { addr: String, reason: String },
+    Connect {
+        /// The address tried.
+        addr: String,
+        /// Why it failed.
+        reason: String,
+    },
+    /// The arguments do not describe a run (a zero count, a size too small, …).
     #[error("invalid arguments: {0}")]
     Arguments(String),
+    /// Preparing the run failed (joining rooms, storing history, …).
     #[error("setup failed: {0}")]
     Setup(String),
 }

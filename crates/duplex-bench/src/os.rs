@@ -8,7 +8,7 @@ use std::time::Duration;
 
 /// One reading of a process.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct ProcSample {
+pub(crate) struct ProcSample {
     /// User + system CPU time so far.
     pub cpu: Duration,
     /// Resident set now, bytes.
@@ -24,7 +24,7 @@ fn ticks_per_second() -> u64 {
 }
 
 /// Reads `pid` (`None` = this process). `None` when the process is gone or /proc is missing.
-pub fn sample(pid: Option<u32>) -> Option<ProcSample> {
+pub(crate) fn sample(pid: Option<u32>) -> Option<ProcSample> {
     let dir = match pid {
         Some(pid) => format!("/proc/{pid}"),
         None => "/proc/self".to_owned(),
@@ -56,6 +56,6 @@ pub fn sample(pid: Option<u32>) -> Option<ProcSample> {
 }
 
 /// Resets the peak resident set of `pid` to its current one. Best effort.
-pub fn reset_peak(pid: u32) {
+pub(crate) fn reset_peak(pid: u32) {
     let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
 }

@@ -12,30 +12,30 @@ use std::time::{Duration, Instant};
 
 /// Counters the load tasks add to.
 #[derive(Debug, Default)]
-pub struct Counters {
+pub(crate) struct Counters {
     pub done: AtomicU64,
     pub errors: AtomicU64,
 }
 
 impl Counters {
-    pub fn add(&self, messages: u64) {
+    pub(crate) fn add(&self, messages: u64) {
         self.done.fetch_add(messages, Ordering::Relaxed);
     }
 
-    pub fn error(&self) {
+    pub(crate) fn error(&self) {
         self.errors.fetch_add(1, Ordering::Relaxed);
     }
 }
 
 /// The display thread; stops when dropped.
-pub struct Progress {
+pub(crate) struct Progress {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Progress {
     /// Shows `counters` (labelled `what`, e.g. "round trips") for a run of about `expected`.
-    pub fn start(
+    pub(crate) fn start(
         scenario: &'static str,
         what: &'static str,
         counters: Arc<Counters>,

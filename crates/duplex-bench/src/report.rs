@@ -10,24 +10,31 @@ use serde_json::{Value, json};
 use crate::os::ProcSample;
 
 /// A new latency histogram in nanoseconds: 1 µs to 100 s, 3 significant digits.
-pub fn histogram() -> Histogram<u64> {
+pub(crate) fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1_000, 100_000_000_000, 3).expect("valid histogram bounds")
 }
 
 /// Records `nanos`, clamped into the histogram's range.
-pub fn record(histogram: &mut Histogram<u64>, nanos: u64) {
+pub(crate) fn record(histogram: &mut Histogram<u64>, nanos: u64) {
     histogram.saturating_record(nanos.max(1_000));
 }
 
 /// Latency percentiles, in microseconds.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LatencySummary {
+    /// Samples recorded.
     pub count: u64,
+    /// Their mean.
     pub mean: f64,
+    /// The median.
     pub p50: f64,
+    /// The 90th percentile.
     pub p90: f64,
+    /// The 99th percentile.
     pub p99: f64,
+    /// The 99.9th percentile.
     pub p999: f64,
+    /// The largest sample.
     pub max: f64,
 }
 
@@ -112,7 +119,9 @@ impl ServerUsage {
 /// The outcome of one run.
 #[derive(Debug, Clone)]
 pub struct Report {
+    /// The scenario's name, as given on the command line.
     pub scenario: &'static str,
+    /// The server measured.
     pub addr: String,
     /// What counts as one message here: "round trips", "messages", "deliveries", …
     pub unit: &'static str,
@@ -128,6 +137,7 @@ pub struct Report {
     pub ack_latency: Option<LatencySummary>,
     /// Failed calls, sessions or commands, by gRPC status code name (or HTTP/2 error).
     pub errors: BTreeMap<String, u64>,
+    /// The server's CPU time and peak memory, when its pid was given.
     pub server: Option<ServerUsage>,
     /// CPU time of this process during the measurement.
     pub client_cpu: Duration,
@@ -264,7 +274,7 @@ impl Report {
 }
 
 /// Adds `from` into `into`.
-pub fn merge_errors(into: &mut BTreeMap<String, u64>, from: &BTreeMap<String, u64>) {
+pub(crate) fn merge_errors(into: &mut BTreeMap<String, u64>, from: &BTreeMap<String, u64>) {
     for (key, count) in from {
         *into.entry(key.clone()).or_default() += count;
     }

@@ -15,7 +15,7 @@ use crate::BenchError;
 
 /// When the run started and which part of it is measured, on [`crate::clock`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Timing {
+pub(crate) struct Timing {
     /// Load starts here (warmup begins).
     pub start: u64,
     /// Measurement starts here (warmup ends).
@@ -34,19 +34,19 @@ enum Signal {
 
 /// A thread's side of the coordination.
 #[derive(Debug, Clone)]
-pub struct Gate {
+pub(crate) struct Gate {
     ready: std_mpsc::Sender<Result<(), String>>,
     signal: watch::Receiver<Signal>,
 }
 
 impl Gate {
     /// Reports this thread's setup result.
-    pub fn ready(&self, setup: Result<(), String>) {
+    pub(crate) fn ready(&self, setup: Result<(), String>) {
         let _ = self.ready.send(setup);
     }
 
     /// Waits for the start; `None` when the run was aborted instead.
-    pub async fn started(&mut self) -> Option<Timing> {
+    pub(crate) async fn started(&mut self) -> Option<Timing> {
         loop {
             match *self.signal.borrow_and_update() {
                 Signal::Start(timing) => return Some(timing),
@@ -60,7 +60,7 @@ impl Gate {
     }
 
     /// Resolves once the coordinator says stop (or aborts, or is gone).
-    pub async fn stopped(&mut self) {
+    pub(crate) async fn stopped(&mut self) {
         loop {
             if matches!(
                 *self.signal.borrow_and_update(),
@@ -76,14 +76,14 @@ impl Gate {
 }
 
 /// The coordinator's handle on the client threads.
-pub struct Threads<R> {
+pub(crate) struct Threads<R> {
     handles: Vec<JoinHandle<R>>,
     ready: std_mpsc::Receiver<Result<(), String>>,
     signal: watch::Sender<Signal>,
 }
 
 /// Starts `count` threads, each running `make(thread_index, gate)` on its own runtime.
-pub fn spawn<R, F, Fut>(count: usize, make: F) -> Result<Threads<R>, BenchError>
+pub(crate) fn spawn<R, F, Fut>(count: usize, make: F) -> Result<Threads<R>, BenchError>
 where
     R: Send + 'static,
     F: Fn(usize, Gate) -> Fut + Send + Sync + Clone + 'static,
@@ -118,7 +118,7 @@ where
 impl<R> Threads<R> {
     /// Waits until every thread is set up. On a failure or a timeout, aborts the others and
     /// returns the error.
-    pub fn wait_ready(&self, timeout: Duration) -> Result<(), BenchError> {
+    pub(crate) fn wait_ready(&self, timeout: Duration) -> Result<(), BenchError> {
         let deadline = std::time::Instant::now() + timeout;
         for _ in 0..self.handles.len() {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
@@ -140,22 +140,22 @@ impl<R> Threads<R> {
     }
 
     /// Starts the load with `timing`.
-    pub fn start(&self, timing: Timing) {
+    pub(crate) fn start(&self, timing: Timing) {
         let _ = self.signal.send(Signal::Start(timing));
     }
 
     /// Tells every thread to wind down.
-    pub fn stop(&self) {
+    pub(crate) fn stop(&self) {
         let _ = self.signal.send(Signal::Stop);
     }
 
     /// True once every thread has returned.
-    pub fn finished(&self) -> bool {
+    pub(crate) fn finished(&self) -> bool {
         self.handles.iter().all(JoinHandle::is_finished)
     }
 
     /// Waits for every thread and returns their results (a panicked thread is skipped).
-    pub fn join(self) -> Vec<R> {
+    pub(crate) fn join(self) -> Vec<R> {
         self.handles
             .into_iter()
             .filter_map(|handle| handle.join().ok())
@@ -164,7 +164,7 @@ impl<R> Threads<R> {
 }
 
 /// Splits `items` round-robin into `groups` lists of indices.
-pub fn round_robin(items: usize, groups: usize) -> Vec<Vec<usize>> {
+pub(crate) fn round_robin(items: usize, groups: usize) -> Vec<Vec<usize>> {
     let groups = groups.max(1);
     let mut out = vec![Vec::new(); groups];
     for item in 0..items {

@@ -35,7 +35,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// Client options for `addr`, with `DUPLEX_TOKEN` and `DUPLEX_CA` from the environment.
-pub fn options_from_env(
+pub(crate) fn options_from_env(
     addr: &str,
     name: &str,
 ) -> Result<ClientOptions, Box<dyn std::error::Error>> {
@@ -52,7 +52,7 @@ pub fn options_from_env(
 }
 
 /// Publishes every line of `input` to `room` in order; returns their offsets.
-pub async fn publish_lines(
+pub(crate) async fn publish_lines(
     options: ClientOptions,
     room: &str,
     input: impl tokio::io::AsyncBufRead + Unpin,

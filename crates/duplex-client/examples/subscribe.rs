@@ -10,7 +10,7 @@
 
 #[path = "publish.rs"]
 #[allow(dead_code)] // its `main` is its own
-pub mod publish;
+pub(crate) mod publish;
 
 use std::path::Path;
 
@@ -33,7 +33,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// Joins `room` after the offset saved in `offset_file` (from the start when there is
 /// none), hands each message to `show` as `OFFSET TEXT`, saves its offset, and returns
 /// after `limit` messages or when the client ends for good.
-pub async fn follow(
+pub(crate) async fn follow(
     options: ClientOptions,
     room: &str,
     offset_file: &Path,

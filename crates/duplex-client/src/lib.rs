@@ -62,6 +62,8 @@ pub struct ClientOptions {
 }
 
 impl ClientOptions {
+    /// Options for a client of the server at `addr` (`host:port` or a URL) that presents
+    /// itself as `name`, with the defaults for everything else.
     pub fn new(addr: impl Into<String>, name: impl Into<String>) -> Self {
         Self {
             addr: addr.into(),
@@ -88,19 +90,28 @@ pub enum Event {
     /// The connection broke (or an attempt to restore it failed); attempt number `attempt`
     /// comes after `delay`.
     Disconnected {
+        /// Why the connection broke or the attempt failed.
         reason: String,
+        /// The number of the next attempt, from 1.
         attempt: u32,
+        /// How long the client waits before it.
         delay: Duration,
     },
     /// Connected again, and `room` re-joined: what follows resumes after `after_offset`
     /// (the last offset delivered). `members` are the others in the room now.
     Resumed {
+        /// The room re-joined.
         room: String,
+        /// The last offset delivered before the break; messages after it follow.
         after_offset: u64,
+        /// The others present in the room now.
         members: Vec<Member>,
     },
     /// The server announced it is going away; the client will reconnect by itself.
-    ServerShutdown { reason: String },
+    ServerShutdown {
+        /// The reason the server gave.
+        reason: String,
+    },
     /// A command error not tied to a call still waiting (rare: a replay failed).
     Error(CommandError),
     /// The server refused the session for a reason retrying will not change (see
@@ -111,29 +122,48 @@ pub enum Event {
 /// The result of a join.
 #[derive(Debug, Clone)]
 pub struct Joined {
+    /// The room joined.
     pub room: String,
+    /// The oldest offset the room still retains (0 when it retains none).
     pub earliest_offset: u64,
+    /// The room's newest offset when the join was answered.
     pub last_offset: u64,
+    /// The others present in the room.
     pub members: Vec<Member>,
 }
 
 /// Why a call failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ClientError {
+    /// The server could not be reached (or the first session could not be opened).
     #[error("cannot connect to {addr}: {reason}")]
-    Connect { addr: String, reason: String },
+    Connect {
+        /// The address tried.
+        addr: String,
+        /// Why it failed.
+        reason: String,
+    },
     /// The server refused the session with a status that retrying will not change:
     /// UNIMPLEMENTED, UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT or
     /// FAILED_PRECONDITION.
     #[error("the server refused the session: {code:?}: {message}")]
-    Refused { code: tonic::Code, message: String },
+    Refused {
+        /// The status code of the refusal.
+        code: tonic::Code,
+        /// The server's message.
+        message: String,
+    },
     /// The server refused the command; `code` is a gRPC status code number.
     #[error("{message} ({:?})", tonic::Code::from(*code))]
     Command {
+        /// The gRPC status code number.
         code: i32,
+        /// The server's message.
         message: String,
+        /// For a resume from an offset retention removed: the earliest one still kept.
         earliest_offset: u64,
     },
+    /// The client was closed (or failed) before the call was answered.
     #[error("the client was closed")]
     Closed,
 }

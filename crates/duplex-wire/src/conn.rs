@@ -64,13 +64,18 @@ impl Default for Limits {
 #[derive(Clone, Debug)]
 pub enum Event {
     /// The client connection preface.
-    Preface { direction: Direction },
+    Preface {
+        /// The side that sent it (always the client).
+        direction: Direction,
+    },
     /// A frame and what it meant.
     Frame(Box<FrameEvent>),
     /// Bytes that could not be decoded (a malformed frame, which was skipped, or a
     /// missing preface, after which the direction is no longer decoded).
     Error {
+        /// Which side sent the undecodable bytes.
         direction: Direction,
+        /// What was wrong with them.
         error: DecodeError,
     },
 }
@@ -78,7 +83,9 @@ pub enum Event {
 /// A decoded frame with everything derived from it.
 #[derive(Clone, Debug)]
 pub struct FrameEvent {
+    /// Which side sent the frame.
     pub direction: Direction,
+    /// The frame as parsed.
     pub frame: Frame,
     /// The decoded header list, on the frame that completed a header block.
     pub headers: Option<HeaderBlock>,
@@ -99,7 +106,9 @@ pub struct FrameEvent {
 /// What a header block is, from its place in the stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HeaderRole {
+    /// The client's headers that open a stream.
     Request,
+    /// The server's response headers, before any message.
     Response,
     /// Headers after the body (gRPC status).
     Trailers,
@@ -112,9 +121,11 @@ pub enum HeaderRole {
 /// A decoded header list. Names and values are shown as text (invalid UTF-8 replaced).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HeaderBlock {
+    /// Which kind of header block this is.
     pub role: HeaderRole,
     /// The stream the headers belong to (the promised stream for a push).
     pub stream_id: u32,
+    /// The header fields in order, as (name, value).
     pub fields: Vec<(String, String)>,
 }
 
@@ -131,12 +142,15 @@ impl HeaderBlock {
 /// Totals for one stream.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StreamSummary {
+    /// The stream id.
     pub id: u32,
+    /// The stream's `:path`, once its request headers were decoded.
     pub path: Option<String>,
     /// Indexed by [`Direction::index`]: gRPC messages each side sent.
     pub messages: [u64; 2],
     /// DATA payload bytes (flow-controlled length) each side sent.
     pub data_bytes: [u64; 2],
+    /// Indexed by [`Direction::index`]: frames each side sent on the stream.
     pub frames: [u64; 2],
     /// Time each side's stream send window was at or below zero.
     pub blocked: [Duration; 2],
@@ -144,7 +158,9 @@ pub struct StreamSummary {
     pub ended: [bool; 2],
     /// Who reset the stream, and why.
     pub reset: Option<(Direction, ErrorCode)>,
+    /// The `grpc-status` of the trailers, when they arrived.
     pub grpc_status: Option<String>,
+    /// The `grpc-message` of the trailers, when present.
     pub grpc_message: Option<String>,
 }
 

@@ -25,11 +25,16 @@ pub enum DecodeError {
     /// The client did not open with the HTTP/2 preface (HTTP/1.1, TLS, or garbage):
     /// nothing more is decoded in this direction.
     #[error("not HTTP/2: expected the connection preface, got {}", show_bytes(.got))]
-    BadPreface { got: Vec<u8> },
+    BadPreface {
+        /// The first bytes that arrived instead.
+        got: Vec<u8>,
+    },
     /// A frame with a readable header but a malformed payload; it was skipped.
     #[error("malformed frame: {error}")]
     Frame {
+        /// The header of the skipped frame.
         header: FrameHeader,
+        /// What was wrong with its payload.
         error: FrameError,
     },
 }

@@ -20,7 +20,9 @@ pub const DEFAULT_WINDOW: i64 = 65_535;
 /// Which window.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Scope {
+    /// The connection-level window (stream 0).
     Connection,
+    /// The window of one stream.
     Stream(u32),
 }
 
@@ -29,21 +31,31 @@ pub enum Scope {
 pub enum FlowNote {
     /// `side`'s send window in `scope` is now `window` bytes.
     Window {
+        /// The side whose send window moved.
         side: Direction,
+        /// The window that moved.
         scope: Scope,
+        /// Its size now, in bytes (negative after a SETTINGS shrink).
         window: i64,
     },
     /// `side` can send no more DATA in `scope` until its peer sends WINDOW_UPDATE.
     Blocked {
+        /// The side that is blocked.
         side: Direction,
+        /// The window that ran out.
         scope: Scope,
+        /// Its size now, in bytes (zero or below).
         window: i64,
     },
     /// `side`'s window in `scope` opened again after being blocked for `after`.
     Unblocked {
+        /// The side that may send again.
         side: Direction,
+        /// The window that opened.
         scope: Scope,
+        /// Its size now, in bytes.
         window: i64,
+        /// How long it was blocked.
         after: Duration,
     },
 }

@@ -74,15 +74,25 @@ impl FrameHeader {
 /// The ten frame types of RFC 9113, and any other type kept by number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum FrameType {
+    /// DATA (0x0): message bytes of a stream.
     Data,
+    /// HEADERS (0x1): opens a stream or carries trailers.
     Headers,
+    /// PRIORITY (0x2): deprecated stream priority.
     Priority,
+    /// RST_STREAM (0x3): ends one stream with an error code.
     RstStream,
+    /// SETTINGS (0x4): connection parameters, or their acknowledgement.
     Settings,
+    /// PUSH_PROMISE (0x5): a server push (never sent by gRPC servers).
     PushPromise,
+    /// PING (0x6): liveness probe, echoed with ACK.
     Ping,
+    /// GOAWAY (0x7): the sender stops taking new streams.
     GoAway,
+    /// WINDOW_UPDATE (0x8): flow-control credit for a stream or the connection.
     WindowUpdate,
+    /// CONTINUATION (0x9): the rest of a header block.
     Continuation,
     /// A type this decoder does not know (extensions such as ALTSVC or ORIGIN).
     Unknown(u8),
@@ -222,12 +232,19 @@ impl Priority {
 /// A SETTINGS parameter identifier (RFC 9113 §6.5.2, RFC 8441).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum SettingId {
+    /// SETTINGS_HEADER_TABLE_SIZE (0x1).
     HeaderTableSize,
+    /// SETTINGS_ENABLE_PUSH (0x2).
     EnablePush,
+    /// SETTINGS_MAX_CONCURRENT_STREAMS (0x3).
     MaxConcurrentStreams,
+    /// SETTINGS_INITIAL_WINDOW_SIZE (0x4): each new stream's starting send window.
     InitialWindowSize,
+    /// SETTINGS_MAX_FRAME_SIZE (0x5).
     MaxFrameSize,
+    /// SETTINGS_MAX_HEADER_LIST_SIZE (0x6).
     MaxHeaderListSize,
+    /// SETTINGS_ENABLE_CONNECT_PROTOCOL (0x8, RFC 8441): extended CONNECT, e.g. WebSocket over HTTP/2.
     EnableConnectProtocol,
     /// An identifier this decoder does not know; receivers ignore these.
     Unknown(u16),
@@ -267,7 +284,9 @@ impl fmt::Display for SettingId {
 /// One SETTINGS parameter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Setting {
+    /// Which parameter.
     pub id: SettingId,
+    /// Its new value.
     pub value: u32,
 }
 
@@ -310,36 +329,56 @@ impl fmt::Display for ErrorCode {
 /// The type-specific content of a frame, with padding removed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Payload {
+    /// A DATA frame's content.
     Data {
         /// Pad length when PADDED was set.
         pad_len: Option<u8>,
+        /// The stream's message bytes (for gRPC, length-prefixed messages).
         data: Bytes,
     },
+    /// A HEADERS frame's content.
     Headers {
+        /// Pad length when PADDED was set.
         pad_len: Option<u8>,
+        /// Priority fields when PRIORITY was set.
         priority: Option<Priority>,
         /// A fragment of an HPACK header block (whole when END_HEADERS is set).
         fragment: Bytes,
     },
+    /// PRIORITY: the deprecated priority fields.
     Priority(Priority),
+    /// RST_STREAM: the error code that ended the stream.
     RstStream(ErrorCode),
+    /// SETTINGS: the parameters, empty for an ACK.
     Settings(Vec<Setting>),
+    /// PUSH_PROMISE's content.
     PushPromise {
+        /// Pad length when PADDED was set.
         pad_len: Option<u8>,
+        /// The stream the server reserves for the push.
         promised_stream_id: u32,
+        /// A fragment of the pushed request's HPACK header block.
         fragment: Bytes,
     },
+    /// PING: the 8 opaque bytes the receiver echoes.
     Ping([u8; 8]),
+    /// GOAWAY's content.
     GoAway {
+        /// Highest stream id the sender processed or may still process.
         last_stream_id: u32,
+        /// Why the connection goes away.
         error_code: ErrorCode,
+        /// Opaque diagnostic bytes (often a UTF-8 reason).
         debug_data: Bytes,
     },
+    /// WINDOW_UPDATE's content.
     WindowUpdate {
         /// The 31-bit increment (0 is a protocol error, kept so it can be shown).
         increment: u32,
     },
+    /// CONTINUATION's content.
     Continuation {
+        /// The next fragment of the header block.
         fragment: Bytes,
     },
     /// The payload of an unknown frame type, untouched.
@@ -349,7 +388,9 @@ pub enum Payload {
 /// One complete, structurally valid frame.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Frame {
+    /// The 9-byte header.
     pub header: FrameHeader,
+    /// The content, per frame type.
     pub payload: Payload,
 }
 
@@ -357,20 +398,35 @@ pub struct Frame {
 /// header said how long it is), so a decoder can skip it and go on.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum FrameError {
+    /// A frame type that belongs to a stream arrived on stream 0.
     #[error("{0} frame on stream 0 (it must belong to a stream)")]
     NeedsStream(FrameType),
+    /// A connection-level frame type arrived on a stream.
     #[error("{kind} frame on stream {stream} (it must be on stream 0)")]
-    NeedsStreamZero { kind: FrameType, stream: u32 },
+    NeedsStreamZero {
+        /// The frame's type.
+        kind: FrameType,
+        /// The stream it arrived on.
+        stream: u32,
+    },
+    /// The payload length does not fit the frame type.
     #[error("{kind} frame has length {length}, expected {expected}")]
     BadLength {
+        /// The frame's type.
         kind: FrameType,
+        /// The length its header declared.
         length: u32,
+        /// What the type requires, in words.
         expected: &'static str,
     },
+    /// The pad length leaves no room for the padding in the payload.
     #[error("{kind} frame: pad length {pad_len} leaves no room in a {length}-byte payload")]
     PaddingTooLong {
+        /// The frame's type.
         kind: FrameType,
+        /// The pad length the frame declared.
         pad_len: u8,
+        /// The payload length its header declared.
         length: u32,
     },
 }

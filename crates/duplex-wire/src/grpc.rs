@@ -39,9 +39,11 @@ impl GrpcMessage {
 /// A message whose prefix has been read but whose body is still arriving.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Partial {
+    /// The message's 0-based position in its stream and direction.
     pub index: u64,
     /// Body bytes received so far.
     pub received: u64,
+    /// The length its prefix declared.
     pub length: u32,
 }
 

@@ -26,6 +26,7 @@ pub mod conn;
 pub mod decoder;
 pub mod flow;
 pub mod frame;
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod grpc;

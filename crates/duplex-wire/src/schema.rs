@@ -27,6 +27,7 @@ pub struct SchemaError(#[from] prost_reflect::DescriptorError);
 /// A message decoded with its method's descriptor.
 #[derive(Clone, Debug)]
 pub struct Decoded {
+    /// The message, readable field by field.
     pub message: DynamicMessage,
 }
 
@@ -111,7 +112,9 @@ fn unescape_utf8(text: &str) -> String {
 #[derive(Debug, thiserror::Error)]
 #[error("not a valid {type_name}: {error}")]
 pub struct MessageError {
+    /// The fully qualified message type it should have been.
     pub type_name: String,
+    /// Why protobuf decoding failed.
     pub error: prost::DecodeError,
 }
 

@@ -5,11 +5,11 @@ use anyhow::bail;
 use duplex_server::config::{port_number, split_host_port};
 
 /// The port `duplex serve` listens on by default.
-pub const DEFAULT_PORT: u16 = 50051;
+pub(crate) const DEFAULT_PORT: u16 = 50051;
 
 /// `addr` as the URL to connect to: `https://` with TLS, `http://` without, unless `addr`
 /// already names a scheme.
-pub fn client_url(addr: &str, tls: bool) -> anyhow::Result<String> {
+pub(crate) fn client_url(addr: &str, tls: bool) -> anyhow::Result<String> {
     let addr = addr.trim();
     if let Some((scheme, rest)) = addr.split_once("://") {
         if scheme != "http" && scheme != "https" {

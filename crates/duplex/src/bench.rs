@@ -10,7 +10,7 @@ use duplex_bench::BenchArgs;
 /// Arguments of `duplex bench`: the load generator's, and a token for servers that
 /// require one.
 #[derive(Debug, clap::Args)]
-pub struct BenchCommand {
+pub(crate) struct BenchCommand {
     #[command(flatten)]
     bench: BenchArgs,
 
@@ -26,7 +26,7 @@ const REFUSALS: [&str; 4] = [
     "UNIMPLEMENTED",
 ];
 
-pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
+pub(crate) async fn run(command: BenchCommand) -> anyhow::Result<()> {
     let mut args = command.bench;
     args.token = command.token.token()?;
     let url = crate::address::client_url(&args.addr, false)?;

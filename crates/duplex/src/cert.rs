@@ -12,7 +12,7 @@ use rcgen::{
 
 /// Arguments of `duplex cert`.
 #[derive(Debug, clap::Args)]
-pub struct CertArgs {
+pub(crate) struct CertArgs {
     /// Directory to write into (created if missing): ca.pem, server.pem, server.key,
     /// client.pem, client.key.
     #[arg(long, default_value = "./duplex-tls")]
@@ -42,7 +42,7 @@ const FILES: [&str; 5] = [
 ];
 
 /// Writes the CA and the two certificates, then says how to use them.
-pub fn run(args: CertArgs) -> anyhow::Result<()> {
+pub(crate) fn run(args: CertArgs) -> anyhow::Result<()> {
     if !args.force
         && let Some(existing) = FILES.iter().map(|f| args.out.join(f)).find(|p| p.exists())
     {

@@ -17,7 +17,7 @@ use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 
 /// Arguments of `duplex chat`.
 #[derive(Debug, clap::Args)]
-pub struct ChatArgs {
+pub(crate) struct ChatArgs {
     /// Room to join (letters, digits and . _ : -).
     #[arg(long)]
     room: String,
@@ -45,7 +45,7 @@ pub struct ChatArgs {
     max_backoff: Duration,
 }
 
-pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: ChatArgs) -> anyhow::Result<()> {
     let mut options = ClientOptions::new(&args.addr, &args.name);
     options.max_backoff = args.max_backoff;
     options.tls = args.tls.config()?;

@@ -23,7 +23,7 @@ const STDIN_READ_AHEAD: usize = 256;
 
 /// Arguments of `duplex echo`.
 #[derive(Debug, clap::Args)]
-pub struct EchoArgs {
+pub(crate) struct EchoArgs {
     /// Server address: HOST:PORT or a full URL (http://HOST:PORT).
     #[arg(long, default_value = "localhost:50051", env = "DUPLEX_ADDR")]
     addr: String,
@@ -54,7 +54,7 @@ pub struct EchoArgs {
     max_message_size: usize,
 }
 
-pub async fn run(args: EchoArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: EchoArgs) -> anyhow::Result<()> {
     let tls = args.tls.config()?;
     let authorization = args.token.authorization()?;
     let url = crate::address::client_url(&args.addr, tls.is_some())?;

@@ -47,7 +47,7 @@ const MAX_SUMMARIES: usize = 1000;
 
 /// Arguments of `duplex tap`.
 #[derive(Debug, clap::Args)]
-pub struct TapArgs {
+pub(crate) struct TapArgs {
     /// Where clients connect: HOST:PORT. Port 0 picks one (printed as `listening on ADDR`).
     #[arg(long, default_value = "localhost:50052")]
     listen: String,
@@ -119,7 +119,7 @@ struct Shared {
     tls: tls::Tls,
 }
 
-pub async fn run(args: TapArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: TapArgs) -> anyhow::Result<()> {
     let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
 

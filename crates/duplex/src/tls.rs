@@ -7,7 +7,7 @@ use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 /// How a client command reaches a TLS server.
 #[derive(Debug, Clone, clap::Args)]
-pub struct ClientTlsArgs {
+pub(crate) struct ClientTlsArgs {
     /// Connect with TLS, verifying the server against the system's trusted roots (or --ca).
     #[arg(long)]
     pub tls: bool,
@@ -31,7 +31,7 @@ pub struct ClientTlsArgs {
 
 impl ClientTlsArgs {
     /// The TLS settings, or `None` for plaintext.
-    pub fn config(&self) -> anyhow::Result<Option<ClientTlsConfig>> {
+    pub(crate) fn config(&self) -> anyhow::Result<Option<ClientTlsConfig>> {
         if !self.tls && self.ca.is_none() && self.tls_cert.is_none() {
             return Ok(None);
         }

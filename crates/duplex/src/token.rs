@@ -10,7 +10,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 
 /// How a client command proves who it is to a server that requires tokens.
 #[derive(Debug, Clone, clap::Args)]
-pub struct ClientTokenArgs {
+pub(crate) struct ClientTokenArgs {
     /// JWT to send as `authorization: Bearer …` (mint one with `duplex token`). Prefer
     /// --token-file or DUPLEX_TOKEN: a command line is visible to other local users.
     #[arg(
@@ -28,7 +28,7 @@ pub struct ClientTokenArgs {
 
 impl ClientTokenArgs {
     /// The token to send, if one was given.
-    pub fn token(&self) -> anyhow::Result<Option<String>> {
+    pub(crate) fn token(&self) -> anyhow::Result<Option<String>> {
         let token = match (&self.token, &self.token_file) {
             (Some(token), _) => token.trim().to_owned(),
             (None, Some(path)) => std::fs::read_to_string(path)
@@ -47,7 +47,9 @@ impl ClientTokenArgs {
     }
 
     /// `authorization` metadata for a call, if a token was given.
-    pub fn authorization(&self) -> anyhow::Result<Option<tonic::metadata::AsciiMetadataValue>> {
+    pub(crate) fn authorization(
+        &self,
+    ) -> anyhow::Result<Option<tonic::metadata::AsciiMetadataValue>> {
         self.token()?
             .map(|token| {
                 format!("Bearer {token}")
@@ -60,7 +62,7 @@ impl ClientTokenArgs {
 
 /// The `sub` a token names, read without verifying it (the server verifies): a client
 /// shows it as its own name, since the server names token sessions after it.
-pub fn subject(token: &str) -> Option<String> {
+pub(crate) fn subject(token: &str) -> Option<String> {
     #[derive(serde::Deserialize)]
     struct Subject {
         sub: String,
@@ -72,7 +74,7 @@ pub fn subject(token: &str) -> Option<String> {
 
 /// Arguments of `duplex token`.
 #[derive(Debug, clap::Args)]
-pub struct TokenArgs {
+pub(crate) struct TokenArgs {
     /// Sign with this HS256 secret (the file given to `duplex serve --jwt-secret-file`;
     /// at least 32 bytes, a trailing newline ignored).
     #[arg(
@@ -132,7 +134,7 @@ struct Rooms<'a> {
 }
 
 /// Prints a signed token on stdout.
-pub fn run(args: TokenArgs) -> anyhow::Result<()> {
+pub(crate) fn run(args: TokenArgs) -> anyhow::Result<()> {
     println!("{}", mint(&args)?);
     Ok(())
 }

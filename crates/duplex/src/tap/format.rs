@@ -16,14 +16,14 @@ use serde_json::{Value, json};
 
 /// When to color the output.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
-pub enum ColorChoice {
+pub(super) enum ColorChoice {
     Auto,
     Always,
     Never,
 }
 
 impl ColorChoice {
-    pub fn enabled(self) -> bool {
+    pub(super) fn enabled(self) -> bool {
         match self {
             Self::Auto => std::io::stdout().is_terminal(),
             Self::Always => true,
@@ -70,7 +70,7 @@ impl Style {
 }
 
 /// Turns decoder events into output lines.
-pub struct Formatter {
+pub(super) struct Formatter {
     schema: Schema,
     color: bool,
     json: bool,
@@ -80,7 +80,7 @@ pub struct Formatter {
 }
 
 /// What the output looks like (from the command line).
-pub struct Options {
+pub(super) struct Options {
     pub color: bool,
     pub json: bool,
     /// Bytes of an undecoded message shown as hex.
@@ -91,7 +91,7 @@ pub struct Options {
 }
 
 impl Formatter {
-    pub fn new(schema: Schema, options: Options) -> Self {
+    pub(super) fn new(schema: Schema, options: Options) -> Self {
         Self {
             schema,
             color: options.color,
@@ -121,7 +121,7 @@ impl Formatter {
     }
 
     /// A new proxied connection.
-    pub fn connected(
+    pub(super) fn connected(
         &self,
         conn: u64,
         at: Duration,
@@ -143,7 +143,13 @@ impl Formatter {
     }
 
     /// The connection ended; `sent` is the bytes each side sent.
-    pub fn closed(&self, conn: u64, at: Duration, sent: [u64; 2], why: Option<&str>) -> String {
+    pub(super) fn closed(
+        &self,
+        conn: u64,
+        at: Duration,
+        sent: [u64; 2],
+        why: Option<&str>,
+    ) -> String {
         if self.json {
             return json!({"t": at.as_secs_f64(), "conn": conn, "event": "closed",
                 "client_bytes": sent[0], "server_bytes": sent[1], "reason": why})
@@ -159,7 +165,7 @@ impl Formatter {
     }
 
     /// Something went wrong with a connection before it was proxied.
-    pub fn problem(&self, conn: u64, at: Duration, why: &str) -> String {
+    pub(super) fn problem(&self, conn: u64, at: Duration, why: &str) -> String {
         if self.json {
             return json!({"t": at.as_secs_f64(), "conn": conn, "event": "error", "error": why})
                 .to_string();
@@ -172,7 +178,7 @@ impl Formatter {
     }
 
     /// The lines for one decoder event.
-    pub fn event(&self, conn: u64, at: Duration, event: &Event) -> Vec<String> {
+    pub(super) fn event(&self, conn: u64, at: Duration, event: &Event) -> Vec<String> {
         match event {
             Event::Preface { direction } => {
                 if self.json {
@@ -585,7 +591,11 @@ impl Formatter {
     }
 
     /// The `--summary` lines: per stream, then per connection.
-    pub fn summary(&self, connections: &[(u64, ConnectionSummary)], dropped: u64) -> Vec<String> {
+    pub(super) fn summary(
+        &self,
+        connections: &[(u64, ConnectionSummary)],
+        dropped: u64,
+    ) -> Vec<String> {
         let mut lines = Vec::new();
         if self.json {
             for (conn, summary) in connections {

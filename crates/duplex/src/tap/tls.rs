@@ -19,7 +19,7 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 /// TLS options of `duplex tap`.
 #[derive(Debug, clap::Args)]
-pub struct TlsArgs {
+pub(super) struct TlsArgs {
     /// Terminate TLS from clients with this certificate chain (PEM). Needs `--tls-key`.
     #[arg(long, value_name = "PEM", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -42,17 +42,17 @@ pub struct TlsArgs {
 }
 
 /// A byte stream the tap can proxy: plain TCP or TLS over it.
-pub trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+pub(super) trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 
 /// The TLS configuration of both sides, built once at start.
-pub struct Tls {
+pub(super) struct Tls {
     acceptor: Option<TlsAcceptor>,
     connector: Option<(TlsConnector, ServerName<'static>)>,
 }
 
 impl Tls {
-    pub fn from_args(args: &TlsArgs, upstream: &str) -> anyhow::Result<Self> {
+    pub(super) fn from_args(args: &TlsArgs, upstream: &str) -> anyhow::Result<Self> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let acceptor = match (&args.tls_cert, &args.tls_key) {
             (Some(cert), Some(key)) => {
@@ -103,7 +103,7 @@ impl Tls {
     }
 
     /// A short description for the connection line, when TLS is used.
-    pub fn describe(&self) -> Option<&'static str> {
+    pub(super) fn describe(&self) -> Option<&'static str> {
         match (&self.acceptor, &self.connector) {
             (None, None) => None,
             (Some(_), None) => Some("TLS from the client"),
@@ -113,7 +113,7 @@ impl Tls {
     }
 
     /// Performs the handshakes that are configured.
-    pub async fn wrap(
+    pub(super) async fn wrap(
         &self,
         client: TcpStream,
         upstream: TcpStream,

@@ -2,8 +2,8 @@
 
 #![allow(dead_code)] // each test file uses a different part of the harness
 
-pub mod raw;
-pub mod session;
+pub(crate) mod raw;
+pub(crate) mod session;
 
 use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
@@ -17,10 +17,10 @@ use tokio::sync::oneshot;
 use tonic::transport::Channel;
 
 /// Every test's patience for one step: long enough for a loaded 2-core CI machine.
-pub const STEP: Duration = Duration::from_secs(20);
+pub(crate) const STEP: Duration = Duration::from_secs(20);
 
 /// The repository root (where `proto/` and `interop/` live).
-pub fn repo_root() -> PathBuf {
+pub(crate) fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../..")
         .canonicalize()
@@ -28,7 +28,7 @@ pub fn repo_root() -> PathBuf {
 }
 
 /// A server running in this process on 127.0.0.1 with a port it picked; stops on drop.
-pub struct InProcessServer {
+pub(crate) struct InProcessServer {
     pub addr: SocketAddr,
     /// The engine behind the Hub service, for stats.
     pub hub: duplex_hub::Hub,
@@ -37,11 +37,11 @@ pub struct InProcessServer {
 }
 
 impl InProcessServer {
-    pub async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         Self::start_with(|_| {}).await
     }
 
-    pub async fn start_with(configure: impl FnOnce(&mut ServeConfig)) -> Self {
+    pub(crate) async fn start_with(configure: impl FnOnce(&mut ServeConfig)) -> Self {
         let mut config = ServeConfig {
             listen: "127.0.0.1:0".into(),
             store: duplex_server::StoreKind::Memory,
@@ -68,15 +68,15 @@ impl InProcessServer {
         }
     }
 
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
-    pub async fn chat_client(&self) -> ChatClient<Channel> {
+    pub(crate) async fn chat_client(&self) -> ChatClient<Channel> {
         ChatClient::new(self.channel().await)
     }
 
-    pub async fn channel(&self) -> Channel {
+    pub(crate) async fn channel(&self) -> Channel {
         Channel::from_shared(self.url())
             .unwrap()
             .connect()
@@ -98,7 +98,7 @@ impl Drop for InProcessServer {
 ///
 /// `DUPLEX_TEST_BIN` runs another build instead (the release binary, to measure an attack
 /// the way it is reported).
-pub fn duplex() -> Command {
+pub(crate) fn duplex() -> Command {
     match std::env::var_os("DUPLEX_TEST_BIN") {
         Some(bin) => Command::new(bin),
         None => Command::new(env!("CARGO_BIN_EXE_duplex")),
@@ -106,15 +106,15 @@ pub fn duplex() -> Command {
 }
 
 /// A child process killed on drop, so a failing test leaves no server behind.
-pub struct ChildGuard(pub Child);
+pub(crate) struct ChildGuard(pub Child);
 
 impl ChildGuard {
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.0.id()
     }
 
     /// Sends a signal by name (`TERM`, `INT`, `KILL`).
-    pub fn signal(&self, name: &str) {
+    pub(crate) fn signal(&self, name: &str) {
         let status = Command::new("kill")
             .arg(format!("-{name}"))
             .arg(self.pid().to_string())
@@ -124,7 +124,7 @@ impl ChildGuard {
     }
 
     /// Waits up to `limit` for the process to exit and returns its status.
-    pub fn wait_for_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+    pub(crate) fn wait_for_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
         let start = std::time::Instant::now();
         while start.elapsed() < limit {
             if let Some(status) = self.0.try_wait().unwrap() {
@@ -146,7 +146,9 @@ impl Drop for ChildGuard {
 /// Starts a server process (`duplex serve` or a foreign peer) that prints
 /// `listening on ADDR` (or, `duplex tap --json`, `{"event":"listening","address":ADDR}`),
 /// and returns it with the first address it printed.
-pub fn spawn_listening(mut command: Command) -> (ChildGuard, SocketAddr, BufReader<ChildStdout>) {
+pub(crate) fn spawn_listening(
+    mut command: Command,
+) -> (ChildGuard, SocketAddr, BufReader<ChildStdout>) {
     command.stdout(Stdio::piped()).stderr(Stdio::inherit());
     let mut child = ChildGuard(
         command
@@ -182,7 +184,7 @@ pub fn spawn_listening(mut command: Command) -> (ChildGuard, SocketAddr, BufRead
 
 /// Starts `duplex serve` on 127.0.0.1 with a picked port, the in-memory store, and extra
 /// arguments.
-pub fn spawn_duplex_serve(args: &[&str]) -> (ChildGuard, SocketAddr) {
+pub(crate) fn spawn_duplex_serve(args: &[&str]) -> (ChildGuard, SocketAddr) {
     let mut command = duplex();
     command
         .args(["serve", "--listen", "127.0.0.1:0", "--store", "memory"])
@@ -192,7 +194,7 @@ pub fn spawn_duplex_serve(args: &[&str]) -> (ChildGuard, SocketAddr) {
 }
 
 /// Starts `duplex serve` with the embedded redb store in `data_dir`.
-pub fn spawn_duplex_serve_durable(
+pub(crate) fn spawn_duplex_serve_durable(
     data_dir: &std::path::Path,
     args: &[&str],
 ) -> (ChildGuard, SocketAddr) {
@@ -202,7 +204,7 @@ pub fn spawn_duplex_serve_durable(
 
 /// `duplex serve` on 127.0.0.1 with a picked port and the redb store in `data_dir`, plus
 /// extra arguments, not yet started.
-pub fn durable_serve_command(data_dir: &std::path::Path, args: &[&str]) -> Command {
+pub(crate) fn durable_serve_command(data_dir: &std::path::Path, args: &[&str]) -> Command {
     let mut command = duplex();
     command
         .args([
@@ -220,7 +222,7 @@ pub fn durable_serve_command(data_dir: &std::path::Path, args: &[&str]) -> Comma
 
 /// The venv Python with grpcio that `scripts/test` makes (or `DUPLEX_PYTHON`). A missing one
 /// fails the test with what to run: interop tests never skip.
-pub fn python() -> Command {
+pub(crate) fn python() -> Command {
     let python = std::env::var_os("DUPLEX_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join(".venv/bin/python"));
@@ -235,7 +237,7 @@ pub fn python() -> Command {
 
 /// Runs `command` with `input` on stdin, written and read concurrently as a pipe would be;
 /// returns (exit code, stdout, stderr). Kills it if it runs past `2 × STEP`.
-pub fn run_with_input(mut command: Command, input: &str) -> (Option<i32>, String, String) {
+pub(crate) fn run_with_input(mut command: Command, input: &str) -> (Option<i32>, String, String) {
     use std::io::Write as _;
 
     let mut child = command
@@ -271,14 +273,14 @@ pub fn run_with_input(mut command: Command, input: &str) -> (Option<i32>, String
 }
 
 /// A `duplex chat` process with its stdin and a line reader on its stdout.
-pub struct ChatTerminal {
+pub(crate) struct ChatTerminal {
     pub child: ChildGuard,
     screen: std::sync::mpsc::Receiver<String>,
 }
 
 impl ChatTerminal {
     /// `duplex chat --room lobby --name NAME --addr ADDR --max-backoff 300ms` plus `extra`.
-    pub fn open(addr: SocketAddr, name: &str, extra: &[&str]) -> Self {
+    pub(crate) fn open(addr: SocketAddr, name: &str, extra: &[&str]) -> Self {
         let mut command = duplex();
         command
             .args(["chat", "--room", "lobby", "--name", name, "--addr"])
@@ -289,7 +291,7 @@ impl ChatTerminal {
     }
 
     /// Runs `command` (a `duplex chat …`) with piped stdin and stdout.
-    pub fn spawn(mut command: Command) -> Self {
+    pub(crate) fn spawn(mut command: Command) -> Self {
         let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -312,7 +314,7 @@ impl ChatTerminal {
         }
     }
 
-    pub fn type_line(&mut self, text: &str) {
+    pub(crate) fn type_line(&mut self, text: &str) {
         use std::io::Write as _;
         let stdin = self.child.0.stdin.as_mut().unwrap();
         writeln!(stdin, "{text}").unwrap();
@@ -320,7 +322,7 @@ impl ChatTerminal {
     }
 
     /// Waits for a screen line containing `needle`; returns the lines seen up to it.
-    pub fn expect(&self, needle: &str) -> Vec<String> {
+    pub(crate) fn expect(&self, needle: &str) -> Vec<String> {
         let mut seen = Vec::new();
         let deadline = std::time::Instant::now() + STEP;
         while std::time::Instant::now() < deadline {
@@ -337,7 +339,7 @@ impl ChatTerminal {
 }
 
 /// A Hub client on a fresh connection to `addr`, accepting replies up to `max_message` bytes.
-pub async fn hub_client(
+pub(crate) async fn hub_client(
     addr: SocketAddr,
     max_message: usize,
 ) -> duplex_proto::hub::hub_client::HubClient<Channel> {

@@ -14,44 +14,44 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
 
-pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+pub(crate) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 // Frame types (RFC 9113 §6).
-pub const DATA: u8 = 0x0;
-pub const HEADERS: u8 = 0x1;
-pub const RST_STREAM: u8 = 0x3;
-pub const SETTINGS: u8 = 0x4;
-pub const PING: u8 = 0x6;
-pub const GOAWAY: u8 = 0x7;
-pub const WINDOW_UPDATE: u8 = 0x8;
-pub const CONTINUATION: u8 = 0x9;
+pub(crate) const DATA: u8 = 0x0;
+pub(crate) const HEADERS: u8 = 0x1;
+pub(crate) const RST_STREAM: u8 = 0x3;
+pub(crate) const SETTINGS: u8 = 0x4;
+pub(crate) const PING: u8 = 0x6;
+pub(crate) const GOAWAY: u8 = 0x7;
+pub(crate) const WINDOW_UPDATE: u8 = 0x8;
+pub(crate) const CONTINUATION: u8 = 0x9;
 
 // Flags.
-pub const END_STREAM: u8 = 0x1;
-pub const ACK: u8 = 0x1;
-pub const END_HEADERS: u8 = 0x4;
+pub(crate) const END_STREAM: u8 = 0x1;
+pub(crate) const ACK: u8 = 0x1;
+pub(crate) const END_HEADERS: u8 = 0x4;
 
 // SETTINGS identifiers (RFC 9113 §6.5.2).
-pub const SETTINGS_HEADER_TABLE_SIZE: u16 = 0x1;
-pub const SETTINGS_ENABLE_PUSH: u16 = 0x2;
-pub const SETTINGS_INITIAL_WINDOW_SIZE: u16 = 0x4;
+pub(crate) const SETTINGS_HEADER_TABLE_SIZE: u16 = 0x1;
+pub(crate) const SETTINGS_ENABLE_PUSH: u16 = 0x2;
+pub(crate) const SETTINGS_INITIAL_WINDOW_SIZE: u16 = 0x4;
 
 // Error codes (RFC 9113 §7).
-pub const NO_ERROR: u32 = 0x0;
-pub const PROTOCOL_ERROR: u32 = 0x1;
-pub const STREAM_CLOSED: u32 = 0x5;
-pub const REFUSED_STREAM: u32 = 0x7;
-pub const CANCEL: u32 = 0x8;
-pub const COMPRESSION_ERROR: u32 = 0x9;
-pub const ENHANCE_YOUR_CALM: u32 = 0xb;
+pub(crate) const NO_ERROR: u32 = 0x0;
+pub(crate) const PROTOCOL_ERROR: u32 = 0x1;
+pub(crate) const STREAM_CLOSED: u32 = 0x5;
+pub(crate) const REFUSED_STREAM: u32 = 0x7;
+pub(crate) const CANCEL: u32 = 0x8;
+pub(crate) const COMPRESSION_ERROR: u32 = 0x9;
+pub(crate) const ENHANCE_YOUR_CALM: u32 = 0xb;
 
 /// The RFC name of an error code, for test output.
-pub fn error_name(code: u32) -> String {
+pub(crate) fn error_name(code: u32) -> String {
     duplex_wire::frame::ErrorCode(code).to_string()
 }
 
 /// One frame: 24-bit length, type, flags, 31-bit stream id, payload.
-pub fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     let len = u32::try_from(payload.len()).expect("a frame payload under 16 MiB");
     assert!(len < 1 << 24, "a frame payload under 16 MiB");
     let mut out = Vec::with_capacity(9 + payload.len());
@@ -63,7 +63,7 @@ pub fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     out
 }
 
-pub fn settings(pairs: &[(u16, u32)]) -> Vec<u8> {
+pub(crate) fn settings(pairs: &[(u16, u32)]) -> Vec<u8> {
     let mut payload = Vec::with_capacity(pairs.len() * 6);
     for (id, value) in pairs {
         payload.extend_from_slice(&id.to_be_bytes());
@@ -72,23 +72,23 @@ pub fn settings(pairs: &[(u16, u32)]) -> Vec<u8> {
     frame(SETTINGS, 0, 0, &payload)
 }
 
-pub fn settings_ack() -> Vec<u8> {
+pub(crate) fn settings_ack() -> Vec<u8> {
     frame(SETTINGS, ACK, 0, &[])
 }
 
-pub fn ping(opaque: u64) -> Vec<u8> {
+pub(crate) fn ping(opaque: u64) -> Vec<u8> {
     frame(PING, 0, 0, &opaque.to_be_bytes())
 }
 
-pub fn rst_stream(stream: u32, code: u32) -> Vec<u8> {
+pub(crate) fn rst_stream(stream: u32, code: u32) -> Vec<u8> {
     frame(RST_STREAM, 0, stream, &code.to_be_bytes())
 }
 
-pub fn window_update(stream: u32, increment: u32) -> Vec<u8> {
+pub(crate) fn window_update(stream: u32, increment: u32) -> Vec<u8> {
     frame(WINDOW_UPDATE, 0, stream, &increment.to_be_bytes())
 }
 
-pub fn data(stream: u32, payload: &[u8], end_stream: bool) -> Vec<u8> {
+pub(crate) fn data(stream: u32, payload: &[u8], end_stream: bool) -> Vec<u8> {
     frame(
         DATA,
         if end_stream { END_STREAM } else { 0 },
@@ -98,11 +98,11 @@ pub fn data(stream: u32, payload: &[u8], end_stream: bool) -> Vec<u8> {
 }
 
 /// A HEADERS frame carrying `block`; `flags` as given (END_HEADERS is not implied).
-pub fn headers(stream: u32, flags: u8, block: &[u8]) -> Vec<u8> {
+pub(crate) fn headers(stream: u32, flags: u8, block: &[u8]) -> Vec<u8> {
     frame(HEADERS, flags, stream, block)
 }
 
-pub fn continuation(stream: u32, end_headers: bool, block: &[u8]) -> Vec<u8> {
+pub(crate) fn continuation(stream: u32, end_headers: bool, block: &[u8]) -> Vec<u8> {
     frame(
         CONTINUATION,
         if end_headers { END_HEADERS } else { 0 },
@@ -112,7 +112,7 @@ pub fn continuation(stream: u32, end_headers: bool, block: &[u8]) -> Vec<u8> {
 }
 
 /// One gRPC length-prefixed message, uncompressed.
-pub fn grpc_message(payload: &[u8]) -> Vec<u8> {
+pub(crate) fn grpc_message(payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(5 + payload.len());
     out.push(0);
     out.extend_from_slice(&u32::try_from(payload.len()).unwrap().to_be_bytes());
@@ -121,9 +121,9 @@ pub fn grpc_message(payload: &[u8]) -> Vec<u8> {
 }
 
 /// Hand-written HPACK (RFC 7541) encodings: no Huffman coding, no compression unless asked.
-pub mod hpack {
+pub(crate) mod hpack {
     /// An integer with an N-bit prefix (§5.1); `pattern` holds the bits above the prefix.
-    pub fn integer(out: &mut Vec<u8>, pattern: u8, prefix_bits: u32, mut value: usize) {
+    pub(crate) fn integer(out: &mut Vec<u8>, pattern: u8, prefix_bits: u32, mut value: usize) {
         let max = (1usize << prefix_bits) - 1;
         if value < max {
             out.push(pattern | value as u8);
@@ -139,13 +139,13 @@ pub mod hpack {
     }
 
     /// A string literal, not Huffman-coded (§5.2).
-    pub fn string(out: &mut Vec<u8>, bytes: &[u8]) {
+    pub(crate) fn string(out: &mut Vec<u8>, bytes: &[u8]) {
         integer(out, 0, 7, bytes.len());
         out.extend_from_slice(bytes);
     }
 
     /// Literal header field without indexing, new name (§6.2.2).
-    pub fn literal(name: &str, value: &[u8]) -> Vec<u8> {
+    pub(crate) fn literal(name: &str, value: &[u8]) -> Vec<u8> {
         let mut out = vec![0x00];
         string(&mut out, name.as_bytes());
         string(&mut out, value);
@@ -154,7 +154,7 @@ pub mod hpack {
 
     /// Literal header field with incremental indexing, new name (§6.2.1): the decoder
     /// adds it to its dynamic table (as index 62, pushing older entries up).
-    pub fn literal_indexed(name: &str, value: &[u8]) -> Vec<u8> {
+    pub(crate) fn literal_indexed(name: &str, value: &[u8]) -> Vec<u8> {
         let mut out = vec![0x40];
         string(&mut out, name.as_bytes());
         string(&mut out, value);
@@ -162,24 +162,25 @@ pub mod hpack {
     }
 
     /// Indexed header field (§6.1): 1..=61 static table, 62.. dynamic table.
-    pub fn indexed(index: usize) -> Vec<u8> {
+    pub(crate) fn indexed(index: usize) -> Vec<u8> {
         let mut out = Vec::new();
         integer(&mut out, 0x80, 7, index);
         out
     }
 
     /// Dynamic table size update (§6.3).
-    pub fn table_size_update(size: usize) -> Vec<u8> {
+    pub(crate) fn table_size_update(size: usize) -> Vec<u8> {
         let mut out = Vec::new();
         integer(&mut out, 0x20, 5, size);
         out
     }
 
     /// The standard gRPC request fields besides the pseudo-headers.
-    pub const GRPC: &[(&str, &str)] = &[("content-type", "application/grpc"), ("te", "trailers")];
+    pub(crate) const GRPC: &[(&str, &str)] =
+        &[("content-type", "application/grpc"), ("te", "trailers")];
 
     /// The pseudo-headers of a POST to `path`, then `fields`, all as plain literals.
-    pub fn request(path: &str, fields: &[(&str, &str)]) -> Vec<u8> {
+    pub(crate) fn request(path: &str, fields: &[(&str, &str)]) -> Vec<u8> {
         let mut out = Vec::new();
         for (name, value) in [
             (":method", "POST"),
@@ -198,7 +199,7 @@ pub mod hpack {
 
 /// A GOAWAY the server sent.
 #[derive(Debug, Clone)]
-pub struct GoAway {
+pub(crate) struct GoAway {
     pub last_stream: u32,
     pub code: u32,
     pub debug: String,
@@ -220,7 +221,7 @@ impl std::fmt::Display for GoAway {
 
 /// What the server has sent on one connection so far.
 #[derive(Debug, Clone, Default)]
-pub struct Seen {
+pub(crate) struct Seen {
     pub frames: usize,
     pub bytes: usize,
     /// Frames by type.
@@ -245,16 +246,16 @@ pub struct Seen {
 }
 
 impl Seen {
-    pub fn count(&self, kind: u8) -> usize {
+    pub(crate) fn count(&self, kind: u8) -> usize {
         self.kinds.get(&kind).copied().unwrap_or(0)
     }
 
-    pub fn reset_count(&self, code: u32) -> usize {
+    pub(crate) fn reset_count(&self, code: u32) -> usize {
         self.resets.get(&code).copied().unwrap_or(0)
     }
 
     /// The header blocks the server sent on `stream`, in order.
-    pub fn headers_of(&self, stream: u32) -> Vec<&HeaderBlock> {
+    pub(crate) fn headers_of(&self, stream: u32) -> Vec<&HeaderBlock> {
         self.headers
             .iter()
             .filter(|block| block.stream_id == stream)
@@ -262,7 +263,7 @@ impl Seen {
     }
 
     /// The first value of `name` in any header block on `stream`.
-    pub fn header(&self, stream: u32, name: &str) -> Option<String> {
+    pub(crate) fn header(&self, stream: u32, name: &str) -> Option<String> {
         self.headers_of(stream)
             .iter()
             .find_map(|block| block.get(name).map(str::to_owned))
@@ -273,7 +274,7 @@ impl Seen {
     ///
     /// RST_STREAM(NO_ERROR) is left out: h2 sends it when a response ends before the
     /// request did ("stop sending"), a race, not an outcome.
-    pub fn stream_outcome(&self, stream: u32) -> String {
+    pub(crate) fn stream_outcome(&self, stream: u32) -> String {
         if let Some((_, code)) = self
             .reset_streams
             .iter()
@@ -301,7 +302,7 @@ impl Seen {
     }
 
     /// A one-line account for the report: GOAWAY or not, resets, closure.
-    pub fn summary(&self) -> String {
+    pub(crate) fn summary(&self) -> String {
         let mut parts = Vec::new();
         if let Some(goaway) = &self.goaway {
             parts.push(goaway.to_string());
@@ -321,7 +322,7 @@ impl Seen {
 
 /// A raw client connection: bytes go out as given; a background task reads and records
 /// everything the server sends (once [`RawConn::start_reading`] is called).
-pub struct RawConn {
+pub(crate) struct RawConn {
     pub write: OwnedWriteHalf,
     read: Option<OwnedReadHalf>,
     pub seen: Arc<Mutex<Seen>>,
@@ -333,7 +334,7 @@ pub struct RawConn {
 
 /// How a bounded write ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Wrote {
+pub(crate) enum Wrote {
     /// Everything was written.
     All,
     /// The socket stopped taking bytes for the whole time limit: the server stopped
@@ -346,7 +347,7 @@ pub enum Wrote {
 impl RawConn {
     /// A TCP connection with nothing sent yet. `recv_buffer` shrinks our socket's receive
     /// buffer, so a server writing to a client that does not read is pushed back soon.
-    pub async fn tcp(addr: SocketAddr, recv_buffer: Option<u32>) -> Self {
+    pub(crate) async fn tcp(addr: SocketAddr, recv_buffer: Option<u32>) -> Self {
         let socket = TcpSocket::new_v4().unwrap();
         if let Some(size) = recv_buffer {
             socket.set_recv_buffer_size(size).unwrap();
@@ -369,7 +370,7 @@ impl RawConn {
 
     /// Connects, sends the preface with `settings`, acknowledges the server's SETTINGS
     /// (so its limits are in force) and starts recording what the server sends.
-    pub async fn open(addr: SocketAddr, settings_pairs: &[(u16, u32)]) -> Self {
+    pub(crate) async fn open(addr: SocketAddr, settings_pairs: &[(u16, u32)]) -> Self {
         let mut conn = Self::tcp(addr, None).await;
         let mut hello = PREFACE.to_vec();
         hello.extend(settings(settings_pairs));
@@ -386,7 +387,7 @@ impl RawConn {
     }
 
     /// [`RawConn::open`] with the largest windows, so the server never waits on us.
-    pub async fn open_wide(addr: SocketAddr) -> Self {
+    pub(crate) async fn open_wide(addr: SocketAddr) -> Self {
         const MAX_WINDOW: u32 = (1 << 31) - 1;
         let mut conn = Self::open(addr, &[(SETTINGS_INITIAL_WINDOW_SIZE, MAX_WINDOW)]).await;
         conn.send(&window_update(0, MAX_WINDOW - 65_535))
@@ -396,7 +397,7 @@ impl RawConn {
     }
 
     /// Connects and sends the preface and `settings`, and never reads.
-    pub async fn open_unread(addr: SocketAddr, settings_pairs: &[(u16, u32)]) -> Self {
+    pub(crate) async fn open_unread(addr: SocketAddr, settings_pairs: &[(u16, u32)]) -> Self {
         let mut conn = Self::tcp(addr, Some(4096)).await;
         let mut hello = PREFACE.to_vec();
         hello.extend(settings(settings_pairs));
@@ -406,7 +407,7 @@ impl RawConn {
     }
 
     /// Starts the background reader.
-    pub fn start_reading(&mut self) {
+    pub(crate) fn start_reading(&mut self) {
         let Some(mut read) = self.read.take() else {
             return;
         };
@@ -483,14 +484,14 @@ impl RawConn {
         }));
     }
 
-    pub async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+    pub(crate) async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.write.write_all(bytes).await?;
         self.written += bytes.len();
         Ok(())
     }
 
     /// Writes `bytes` unless the socket takes nothing for `limit` or fails.
-    pub async fn send_within(&mut self, bytes: &[u8], limit: Duration) -> Wrote {
+    pub(crate) async fn send_within(&mut self, bytes: &[u8], limit: Duration) -> Wrote {
         let mut offset = 0;
         while offset < bytes.len() {
             match tokio::time::timeout(limit, self.write.write(&bytes[offset..])).await {
@@ -510,7 +511,7 @@ impl RawConn {
     /// (16 KiB frames), waiting up to `limit` for each WINDOW_UPDATE it needs. `sent` holds
     /// what was already sent: per stream, and under key 0 for the connection. Returns
     /// whether everything went out.
-    pub async fn send_data_windowed(
+    pub(crate) async fn send_data_windowed(
         &mut self,
         stream: u32,
         payload: &[u8],
@@ -566,12 +567,12 @@ impl RawConn {
     }
 
     /// A copy of what the server sent so far.
-    pub fn seen(&self) -> Seen {
+    pub(crate) fn seen(&self) -> Seen {
         self.seen.lock().unwrap().clone()
     }
 
     /// Waits up to `limit` for `done` to hold on what was seen; returns whether it did.
-    pub async fn wait_for(&self, limit: Duration, done: impl Fn(&Seen) -> bool) -> bool {
+    pub(crate) async fn wait_for(&self, limit: Duration, done: impl Fn(&Seen) -> bool) -> bool {
         let deadline = Instant::now() + limit;
         loop {
             if done(&self.seen.lock().unwrap()) {
@@ -585,14 +586,14 @@ impl RawConn {
     }
 
     /// Waits up to `limit` for a GOAWAY or the end of the connection.
-    pub async fn wait_for_goaway_or_close(&self, limit: Duration) -> Seen {
+    pub(crate) async fn wait_for_goaway_or_close(&self, limit: Duration) -> Seen {
         self.wait_for(limit, |seen| seen.goaway.is_some() || seen.closed())
             .await;
         self.seen()
     }
 
     /// Whether the connection still works: a PING is acknowledged within `limit`.
-    pub async fn ping_pong(&mut self, limit: Duration) -> bool {
+    pub(crate) async fn ping_pong(&mut self, limit: Duration) -> bool {
         let before = self.seen().pings_acked;
         if self.send(&ping(0x6475_706c_6578)).await.is_err() {
             return false;
@@ -600,13 +601,13 @@ impl RawConn {
         self.wait_for(limit, |seen| seen.pings_acked > before).await
     }
 
-    pub fn elapsed(&self) -> Duration {
+    pub(crate) fn elapsed(&self) -> Duration {
         self.opened.elapsed()
     }
 }
 
 /// Percent-decodes a `grpc-message` value (the gRPC spec's encoding).
-pub fn percent_decode(value: &str) -> String {
+pub(crate) fn percent_decode(value: &str) -> String {
     let raw = value.as_bytes();
     let mut out = Vec::with_capacity(raw.len());
     let mut i = 0;
@@ -630,7 +631,7 @@ pub fn percent_decode(value: &str) -> String {
 }
 
 impl Seen {
-    pub fn closed(&self) -> bool {
+    pub(crate) fn closed(&self) -> bool {
         self.closed_after.is_some()
     }
 }

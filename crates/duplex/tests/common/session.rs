@@ -13,14 +13,14 @@ use tonic::transport::Channel;
 use super::STEP;
 
 /// One `Hub.Connect` session driven by the test.
-pub struct Session {
+pub(crate) struct Session {
     pub commands: mpsc::Sender<ClientFrame>,
     pub frames: Streaming<ServerFrame>,
     pub next_command: u64,
 }
 
 impl Session {
-    pub async fn open(channel: &Channel, name: &str) -> Self {
+    pub(crate) async fn open(channel: &Channel, name: &str) -> Self {
         let (commands, rx) = mpsc::channel(1024);
         let mut request = tonic::Request::new(ReceiverStream::new(rx));
         request
@@ -38,7 +38,7 @@ impl Session {
         }
     }
 
-    pub async fn send(&mut self, command: Command) -> u64 {
+    pub(crate) async fn send(&mut self, command: Command) -> u64 {
         let command_id = self.next_command;
         self.next_command += 1;
         self.commands
@@ -51,7 +51,7 @@ impl Session {
         command_id
     }
 
-    pub async fn next(&mut self) -> Frame {
+    pub(crate) async fn next(&mut self) -> Frame {
         timeout(STEP, self.frames.message())
             .await
             .expect("a frame in time")
@@ -62,7 +62,7 @@ impl Session {
     }
 
     /// The next frame that is not a presence event.
-    pub async fn next_non_presence(&mut self) -> Frame {
+    pub(crate) async fn next_non_presence(&mut self) -> Frame {
         loop {
             match self.next().await {
                 Frame::Presence(_) => continue,
@@ -71,7 +71,11 @@ impl Session {
         }
     }
 
-    pub async fn join(&mut self, room: &str, after: Option<u64>) -> duplex_proto::hub::Joined {
+    pub(crate) async fn join(
+        &mut self,
+        room: &str,
+        after: Option<u64>,
+    ) -> duplex_proto::hub::Joined {
         self.send(Command::Join(Join {
             room: room.into(),
             after_offset: after,
@@ -85,7 +89,7 @@ impl Session {
         }
     }
 
-    pub async fn publish(&mut self, room: &str, payload: impl Into<Bytes>) -> u64 {
+    pub(crate) async fn publish(&mut self, room: &str, payload: impl Into<Bytes>) -> u64 {
         self.send(Command::Publish(Publish {
             room: room.into(),
             payload: payload.into(),
@@ -95,7 +99,7 @@ impl Session {
     }
 
     /// Collects `count` messages (skipping acks and presence).
-    pub async fn messages(&mut self, count: usize) -> Vec<duplex_proto::hub::Message> {
+    pub(crate) async fn messages(&mut self, count: usize) -> Vec<duplex_proto::hub::Message> {
         let mut messages = Vec::with_capacity(count);
         while messages.len() < count {
             if let Frame::Message(message) = self.next().await {
@@ -106,7 +110,7 @@ impl Session {
     }
 }
 
-pub fn texts(messages: &[duplex_proto::hub::Message]) -> Vec<String> {
+pub(crate) fn texts(messages: &[duplex_proto::hub::Message]) -> Vec<String> {
     messages
         .iter()
         .map(|m| String::from_utf8(m.payload.to_vec()).unwrap())
