@@ -3,8 +3,8 @@
 //! lossless resume. It knows nothing of gRPC or sockets: the server feeds it decoded
 //! `ClientFrame`s and sends the encoded `ServerFrame` bytes it yields.
 //!
-//! Who runs what: the sequencer task (one per hub, `hub.rs`) assigns offsets, commits to
-//! the store and fans out; one task per session (`session.rs`) reads commands; each
+//! Who runs what: the sequencer task (one per hub, `sequencer.rs`) appends batches to the
+//! log (which assigns offsets and dedupes), then delivers each new message to its room; one task per session (`session.rs`) reads commands; each
 //! session's [`Outbound`] stream is polled by the transport. Every queue is bounded by
 //! [`HubConfig`].
 
@@ -18,6 +18,7 @@ mod limiter;
 mod queue;
 mod rights;
 mod room;
+mod sequencer;
 mod session;
 
 pub use budget::{ByteBudget, QueueBudgets};

@@ -7,9 +7,12 @@
 //! commit runs wait in the channel and make up the next group, so the number of fsyncs
 //! follows the disk's speed, not the number of publishers.
 //!
-//! A batch whose offsets do not follow its room's last offset is refused on its own; the
-//! rest of its group still commits. A failed transaction or commit fails every append of
-//! the group with the same error, and none of them is acknowledged; the writer then closes
+//! The writer assigns offsets: each message gets its room's last offset plus one, from the
+//! room's row of the rooms table (loaded once per group, written back once per group). A
+//! message whose (room, client id) the dedupe index holds within the window gets the
+//! original's offset instead and stores nothing; the index is updated, pruned and kept
+//! within its bounds in the same transaction (see `redb_store` for its tables and costs).
+//! A failed transaction or commit fails every append of the group with the same error, and none of them is acknowledged; the writer then closes
 //! and reopens the database (see `redb_store`), since redb refuses every write after one
 //! failed.
 //!
@@ -23,20 +26,25 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
+use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, Table, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::dedupe::{id_key, room_key};
 use crate::redb_store::{
-    CLIENT_IDS, MAX_REQUESTS_PER_COMMIT, MESSAGES, OpenDatabase, REOPEN_INTERVAL, ROOMS,
+    DEDUPE_BY_AGE, DEDUPE_BY_ROOM, DEDUPE_IDS, DEDUPE_ROOMS, MAX_REQUESTS_PER_COMMIT, MESSAGES,
+    OpenDatabase, PRUNE_PER_COMMIT, REOPEN_INTERVAL, ROOMS,
 };
-use crate::{MAX_RETENTION_DELETES_PER_RUN, Offset, Retention, StoreError, StoredMessage, record};
+use crate::{
+    Appended, Dedupe, MAX_RETENTION_DELETES_PER_RUN, NewMessage, Offset, Retention, StoreError,
+    record,
+};
 
 /// What the store asks of its writer thread.
 pub(crate) enum WriteRequest {
     /// Persist a batch; answer once it is durable.
     Append {
-        batch: Vec<StoredMessage>,
-        done: oneshot::Sender<Result<(), StoreError>>,
+        batch: Vec<NewMessage>,
+        done: oneshot::Sender<Result<Vec<Appended>, StoreError>>,
     },
     /// Delete what retention no longer keeps; answer how many messages went.
     EnforceRetention {
@@ -45,12 +53,17 @@ pub(crate) enum WriteRequest {
     },
 }
 
-type PendingAppend = (Vec<StoredMessage>, oneshot::Sender<Result<(), StoreError>>);
+type PendingAppend = (
+    Vec<NewMessage>,
+    oneshot::Sender<Result<Vec<Appended>, StoreError>>,
+);
 
 /// A room's row of the rooms table, as the writer updates it within a transaction.
 #[derive(Debug, Clone, Copy, Default)]
 struct RoomState {
+    /// The last offset assigned: the next message gets one more.
     last: Offset,
+    /// Messages the room retains, for count retention.
     retained: u64,
 }
 
@@ -178,10 +191,10 @@ impl Writer {
             .database()
             .and_then(|db| self.write_group(&db, &appends));
         match written {
-            Ok(verdicts) => {
+            Ok(outcomes) => {
                 tracing::trace!(requests, "store group committed");
-                for ((_, done), verdict) in appends.into_iter().zip(verdicts) {
-                    let _ = done.send(verdict);
+                for ((_, done), outcome) in appends.into_iter().zip(outcomes) {
+                    let _ = done.send(Ok(outcome));
                 }
             }
             Err(error) => {
@@ -194,53 +207,86 @@ impl Writer {
         }
     }
 
-    /// One transaction for the whole group. `Ok` holds each request's verdict (refused or
-    /// stored) and means the stored ones are durable; `Err` means none is.
+    /// One transaction for the whole group. `Ok` holds each request's outcome per message
+    /// and means everything stored is durable; `Err` means nothing is.
     fn write_group(
         &self,
         db: &Database,
         appends: &[PendingAppend],
-    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+    ) -> Result<Vec<Vec<Appended>>, StoreError> {
         let txn = begin_durable(db)?;
-        let mut verdicts = Vec::with_capacity(appends.len());
-        let mut stored = 0usize;
+        let mut outcomes = Vec::with_capacity(appends.len());
+        let dedupe = self.retention.dedupe;
         {
             let mut messages = txn.open_table(MESSAGES)?;
-            let mut ids = txn.open_table(CLIENT_IDS)?;
             let mut rooms = txn.open_table(ROOMS)?;
-            // Maps over the rooms of one group, looked up per message: a fast hash (a
-            // group names at most a few thousand rooms, so flooding one buys nothing).
+            let mut index = DedupeIndex::open(&txn)?;
+            // Rooms of one group, looked up per message: a fast hash (a group names at
+            // most a few thousand rooms, so flooding one buys nothing).
             let mut touched: HashMap<String, RoomState, FastHash> = HashMap::default();
+            let mut newest = i64::MIN;
+            let mut remembered = 0u64;
             for (batch, _) in appends {
-                if let Some(refusal) = check_offsets(batch, &mut touched, &rooms)? {
-                    verdicts.push(Err(refusal));
-                    continue;
-                }
+                let mut outcome = Vec::with_capacity(batch.len());
                 for message in batch {
-                    let encoded = record::encode(message);
-                    let key = (message.room.as_str(), message.offset);
-                    messages.insert(key, encoded.as_slice())?;
-                    if !message.client_id.is_empty() {
-                        ids.insert(key, message.client_id.as_str())?;
+                    newest = newest.max(message.time_unix_micros);
+                    let remember = dedupe.is_on() && !message.client_id.is_empty();
+                    let keys = remember.then(|| {
+                        (
+                            id_key(&message.room, &message.client_id),
+                            room_key(&message.room),
+                        )
+                    });
+                    if let Some((id, _)) = keys
+                        && let Some(original) =
+                            index.lookup(id, message.time_unix_micros, &dedupe)?
+                    {
+                        outcome.push(original);
+                        continue;
                     }
-                    let state = touched
-                        .get_mut(&message.room)
-                        .expect("check_offsets loaded every room of the batch");
-                    state.last = message.offset;
+                    let state = match touched.get_mut(message.room.as_str()) {
+                        Some(state) => state,
+                        None => {
+                            let (last, retained) = rooms
+                                .get(message.room.as_str())?
+                                .map_or((0, 0), |row| row.value());
+                            touched
+                                .entry(message.room.clone())
+                                .or_insert(RoomState { last, retained })
+                        }
+                    };
+                    state.last += 1;
                     state.retained += 1;
+                    let offset = state.last;
+                    let encoded = record::encode(message);
+                    messages.insert((message.room.as_str(), offset), encoded.as_slice())?;
+                    if let Some((id, room)) = keys {
+                        index.insert(id, room, offset, message.time_unix_micros)?;
+                        index.bound_room(room, dedupe.max_ids_per_room)?;
+                        remembered += 1;
+                    }
+                    outcome.push(Appended {
+                        offset,
+                        time_unix_micros: message.time_unix_micros,
+                        duplicate: false,
+                    });
                 }
-                stored += 1;
-                verdicts.push(Ok(()));
+                outcomes.push(outcome);
             }
-            if stored == 0 {
-                return Ok(verdicts); // dropping `txn` aborts it: nothing to commit
+            if touched.is_empty() && remembered == 0 {
+                return Ok(outcomes); // only duplicates: dropping `txn` aborts it
+            }
+            if dedupe.is_on() {
+                let budget = PRUNE_PER_COMMIT.max(2 * remembered);
+                index.prune(newest.saturating_sub(dedupe.window_micros()), budget)?;
+                index.bound_total(dedupe.max_ids)?;
             }
             for (room, state) in &mut touched {
                 if let Some(max) = self.retention.max_messages
                     && state.retained > max
                 {
                     let over = state.retained - max;
-                    let removed = trim_oldest(&mut messages, &mut ids, room, over, None, over)?;
+                    let removed = trim_oldest(&mut messages, room, over, None, over)?;
                     state.retained -= removed;
                 }
                 rooms.insert(room.as_str(), (state.last, state.retained))?;
@@ -248,22 +294,32 @@ impl Writer {
         }
         txn.commit()?;
         self.commits.fetch_add(1, Ordering::AcqRel);
-        Ok(verdicts)
+        Ok(outcomes)
     }
 
     /// Deletes, in every room, the oldest messages beyond `max_messages` and those older
     /// than `max_age`, at most [`MAX_RETENTION_DELETES_PER_RUN`] in all. One transaction;
     /// commits only when something was removed.
+    ///
+    /// Also prunes dedupe ids older than the window (at most
+    /// [`MAX_RETENTION_DELETES_PER_RUN`]), so an idle store lets go of them too; those do
+    /// not count in the result.
     fn enforce_retention(&self, db: &Database, now_unix_micros: i64) -> Result<u64, StoreError> {
         let cutoff = self.retention.age_cutoff(now_unix_micros);
-        if cutoff.is_none() && self.retention.max_messages.is_none() {
+        let dedupe = self.retention.dedupe;
+        if cutoff.is_none() && self.retention.max_messages.is_none() && !dedupe.is_on() {
             return Ok(0);
         }
         let txn = begin_durable(db)?;
         let mut removed_total = 0;
-        {
+        let mut pruned = 0;
+        if dedupe.is_on() {
+            let mut index = DedupeIndex::open(&txn)?;
+            let id_cutoff = now_unix_micros.saturating_sub(dedupe.window_micros());
+            pruned = index.prune(id_cutoff, MAX_RETENTION_DELETES_PER_RUN)?;
+        }
+        if cutoff.is_some() || self.retention.max_messages.is_some() {
             let mut messages = txn.open_table(MESSAGES)?;
-            let mut ids = txn.open_table(CLIENT_IDS)?;
             let mut rooms = txn.open_table(ROOMS)?;
             let states = rooms
                 .iter()?
@@ -282,8 +338,7 @@ impl Writer {
                     .retention
                     .max_messages
                     .map_or(0, |max| state.retained.saturating_sub(max));
-                let removed =
-                    trim_oldest(&mut messages, &mut ids, &room, over_count, cutoff, budget)?;
+                let removed = trim_oldest(&mut messages, &room, over_count, cutoff, budget)?;
                 if removed > 0 {
                     let retained = state.retained.saturating_sub(removed);
                     rooms.insert(room.as_str(), (state.last, retained))?;
@@ -291,12 +346,16 @@ impl Writer {
                 }
             }
         }
-        if removed_total == 0 {
+        if removed_total == 0 && pruned == 0 {
             return Ok(0); // dropping `txn` aborts it
         }
         txn.commit()?;
         self.commits.fetch_add(1, Ordering::AcqRel);
-        tracing::debug!(removed = removed_total, "store retention removed messages");
+        tracing::debug!(
+            removed = removed_total,
+            pruned_ids = pruned,
+            "store retention removed messages"
+        );
         Ok(removed_total)
     }
 }
@@ -307,53 +366,12 @@ fn begin_durable(db: &Database) -> Result<WriteTransaction, StoreError> {
     Ok(txn)
 }
 
-/// Checks that `batch`'s offsets follow each room's last offset (as stored, or as left by
-/// earlier batches of this group), loading into `touched` every room it names.
-///
-/// `Ok(Some(_))` refuses the batch; `Err(_)` fails the whole group.
-fn check_offsets(
-    batch: &[StoredMessage],
-    touched: &mut HashMap<String, RoomState, FastHash>,
-    rooms: &Table<&str, (u64, u64)>,
-) -> Result<Option<StoreError>, StoreError> {
-    let mut within_batch: HashMap<&str, Offset, FastHash> = HashMap::default();
-    for message in batch {
-        let room = message.room.as_str();
-        let last = match within_batch.get(room) {
-            Some(&last) => last,
-            None => {
-                if !touched.contains_key(room) {
-                    let stored = rooms.get(room)?.map(|row| row.value()).unwrap_or((0, 0));
-                    touched.insert(
-                        room.to_owned(),
-                        RoomState {
-                            last: stored.0,
-                            retained: stored.1,
-                        },
-                    );
-                }
-                touched[room].last
-            }
-        };
-        if message.offset <= last {
-            return Ok(Some(StoreError::OffsetNotIncreasing {
-                room: room.to_owned(),
-                offset: message.offset,
-                last,
-            }));
-        }
-        within_batch.insert(room, message.offset);
-    }
-    Ok(None)
-}
-
 /// Deletes the oldest messages of `room`: the first `count`, then more as long as they are
 /// older than `cutoff` (when given), `limit` at most. Stops at the first message retention
-/// keeps, so a room always retains a contiguous tail of its log. Their client ids go too.
-/// Returns how many went.
+/// keeps, so a room always retains a contiguous tail of its log. Their client ids stay in
+/// the dedupe index until it forgets them. Returns how many went.
 fn trim_oldest(
     messages: &mut Table<(&str, u64), &[u8]>,
-    ids: &mut Table<(&str, u64), &str>,
     room: &str,
     count: u64,
     cutoff: Option<i64>,
@@ -381,7 +399,131 @@ fn trim_oldest(
     }
     for &offset in &doomed {
         messages.remove((room, offset))?;
-        ids.remove((room, offset))?;
     }
     Ok(doomed.len() as u64)
+}
+
+/// The dedupe index's tables, open in one write transaction (see `redb_store`).
+struct DedupeIndex<'txn> {
+    ids: Table<'txn, u128, (u64, i64)>,
+    by_age: Table<'txn, (i64, u128), u64>,
+    by_room: Table<'txn, (u64, i64, u128), ()>,
+    counts: Table<'txn, u64, u64>,
+}
+
+impl<'txn> DedupeIndex<'txn> {
+    fn open(txn: &'txn WriteTransaction) -> Result<Self, StoreError> {
+        Ok(DedupeIndex {
+            ids: txn.open_table(DEDUPE_IDS)?,
+            by_age: txn.open_table(DEDUPE_BY_AGE)?,
+            by_room: txn.open_table(DEDUPE_BY_ROOM)?,
+            counts: txn.open_table(DEDUPE_ROOMS)?,
+        })
+    }
+
+    /// The original of `id` if it is still within the window at `now`. An expired entry
+    /// that pruning has not reached yet is removed, so the id can be stored anew.
+    fn lookup(
+        &mut self,
+        id: u128,
+        now: i64,
+        dedupe: &Dedupe,
+    ) -> Result<Option<Appended>, StoreError> {
+        let Some((offset, time)) = self.ids.get(id)?.map(|row| row.value()) else {
+            return Ok(None);
+        };
+        if dedupe.still_holds(time, now) {
+            return Ok(Some(Appended {
+                offset,
+                time_unix_micros: time,
+                duplicate: true,
+            }));
+        }
+        let room = self.by_age.get((time, id))?.map(|row| row.value());
+        match room {
+            Some(room) => self.forget(time, id, room)?,
+            None => {
+                self.ids.remove(id)?;
+            }
+        }
+        Ok(None)
+    }
+
+    fn insert(&mut self, id: u128, room: u64, offset: Offset, time: i64) -> Result<(), StoreError> {
+        self.ids.insert(id, (offset, time))?;
+        self.by_age.insert((time, id), room)?;
+        self.by_room.insert((room, time, id), ())?;
+        let count = self.counts.get(room)?.map_or(0, |row| row.value());
+        self.counts.insert(room, count + 1)?;
+        Ok(())
+    }
+
+    /// Removes one id from every table.
+    fn forget(&mut self, time: i64, id: u128, room: u64) -> Result<(), StoreError> {
+        if self.ids.get(id)?.is_some_and(|row| row.value().1 == time) {
+            self.ids.remove(id)?;
+        }
+        self.by_age.remove((time, id))?;
+        if self.by_room.remove((room, time, id))?.is_some() {
+            let count = self.counts.get(room)?.map_or(0, |row| row.value());
+            if count <= 1 {
+                self.counts.remove(room)?;
+            } else {
+                self.counts.insert(room, count - 1)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets `room`'s oldest ids while it holds more than `max`.
+    fn bound_room(&mut self, room: u64, max: u64) -> Result<(), StoreError> {
+        let count = self.counts.get(room)?.map_or(0, |row| row.value());
+        for _ in max..count {
+            let oldest = self
+                .by_room
+                .range((room, i64::MIN, 0)..=(room, i64::MAX, u128::MAX))?
+                .next()
+                .transpose()?
+                .map(|(key, _)| key.value());
+            let Some((_, time, id)) = oldest else { break };
+            self.forget(time, id, room)?;
+        }
+        Ok(())
+    }
+
+    /// Forgets the store's oldest ids while it holds more than `max`.
+    fn bound_total(&mut self, max: u64) -> Result<(), StoreError> {
+        let held = self.ids.len()?;
+        for _ in max..held {
+            if !self.forget_oldest(None)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets ids older than `cutoff`, oldest first, at most `budget`.
+    fn prune(&mut self, cutoff: i64, budget: u64) -> Result<u64, StoreError> {
+        let mut pruned = 0;
+        while pruned < budget && self.forget_oldest(Some(cutoff))? {
+            pruned += 1;
+        }
+        Ok(pruned)
+    }
+
+    /// Forgets the store's oldest id (only if older than `cutoff`, when given); false when
+    /// there is none.
+    fn forget_oldest(&mut self, cutoff: Option<i64>) -> Result<bool, StoreError> {
+        let oldest = self
+            .by_age
+            .first()?
+            .map(|(key, room)| (key.value(), room.value()));
+        match oldest {
+            Some(((time, id), room)) if cutoff.is_none_or(|cutoff| time < cutoff) => {
+                self.forget(time, id, room)?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
 }

@@ -16,7 +16,7 @@ use common::{STEP, spawn_duplex_serve, spawn_duplex_serve_durable};
 use duplex_proto::hub::PublishRequest;
 use duplex_proto::hub::hub_client::HubClient;
 use duplex_proto::hub::server_frame::Frame;
-use duplex_store::{RedbStore, Retention, Store, StoredMessage};
+use duplex_store::{NewMessage, RedbStore, Retention, Store};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
@@ -26,7 +26,7 @@ async fn hub_client(addr: std::net::SocketAddr) -> HubClient<Channel> {
 }
 
 /// Fills `rooms` of a store in `dir` with `count` messages of `size` bytes each, every one
-/// with a client message id (the dedupe window the hub reloads), then closes the store.
+/// with a client message id (what the hub used to reload for dedupe), then closes the store.
 async fn fill_cold_rooms(dir: &std::path::Path, rooms: &[String], count: u64, size: usize) {
     let store = RedbStore::open(dir, Retention::default()).expect("open the store");
     let payload = Bytes::from(vec![b'x'; size]);
@@ -34,9 +34,8 @@ async fn fill_cold_rooms(dir: &std::path::Path, rooms: &[String], count: u64, si
         let mut offset = 0;
         while offset < count {
             let batch = (offset + 1..=(offset + 256).min(count))
-                .map(|offset| StoredMessage {
+                .map(|offset| NewMessage {
                     room: room.clone(),
-                    offset,
                     time_unix_micros: 1,
                     sender: "filler".into(),
                     content_type: String::new(),
