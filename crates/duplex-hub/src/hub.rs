@@ -22,6 +22,7 @@ use crate::sequencer::{PublishCommand, run_sequencer};
 use crate::HubError;
 use crate::budget::QueueBudgets;
 use crate::config::HubConfig;
+use crate::feed::{LiveFeed, LocalFeed};
 use crate::frames;
 use crate::limiter::PublishLimiter;
 use crate::queue::{Outbound, SubscriberQueue};
@@ -85,6 +86,8 @@ pub struct HubStats {
 
 pub(crate) struct Shared {
     pub store: Arc<dyn Store>,
+    /// Live messages appended elsewhere; every room follows it once loaded.
+    feed: Arc<dyn LiveFeed>,
     pub config: HubConfig,
     rooms: Mutex<HashMap<Arc<str>, Arc<Room>>>,
     sequencer: mpsc::Sender<PublishCommand>,
@@ -111,6 +114,12 @@ impl Hub {
     /// Starts a hub over `store`. Spawns the sequencer and the retention sweeper on the
     /// current tokio runtime.
     pub fn new(store: Arc<dyn Store>, config: HubConfig) -> Self {
+        Self::with_feed(store, Arc::new(LocalFeed), config)
+    }
+
+    /// Starts a hub over `store` whose rooms also deliver what `feed` reports: messages
+    /// other processes appended to a shared log (see [`LiveFeed`]).
+    pub fn with_feed(store: Arc<dyn Store>, feed: Arc<dyn LiveFeed>, config: HubConfig) -> Self {
         let (sequencer, commands) = mpsc::channel(config.sequencer_queue.max(1));
         tokio::spawn(run_sequencer(commands, store.clone(), config.clone()));
         tokio::spawn(sweep_retention(
@@ -122,6 +131,7 @@ impl Hub {
         });
         let shared = Arc::new(Shared {
             store,
+            feed,
             limiter,
             config,
             rooms: Mutex::new(HashMap::new()),
@@ -281,7 +291,7 @@ impl Shared {
         if let Some(room) = rooms.get(name) {
             return Ok(room.clone());
         }
-        let room = Arc::new(Room::new(name));
+        let room = Arc::new(Room::new(name, self.feed.clone()));
         rooms.insert(room.name.clone(), room.clone());
         Ok(room)
     }

@@ -33,13 +33,14 @@
 //!   `delivered`, so each offset reaches it once: by replay if `≤ delivered` at
 //!   registration, live otherwise.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use duplex_proto::hub::Member;
 use duplex_store::{Offset, Store, StoredMessage};
 use tokio::sync::OnceCell;
 
 use crate::HubError;
+use crate::feed::{FeedHandle, LiveFeed, RoomDelivery};
 use crate::frames;
 use crate::queue::{Frame, LivePush, MessageFrame, SubscriberQueue, coalescing_key};
 
@@ -92,14 +93,27 @@ pub(crate) struct Room {
     state: Mutex<RoomState>,
     /// Set once the log's last offset was loaded into `delivered`.
     loaded: OnceCell<()>,
+    /// Where live messages appended elsewhere come from; followed from the load on.
+    feed: Arc<dyn LiveFeed>,
+    /// Keeps the room followed while the room lives; set by the load.
+    following: OnceLock<FeedHandle>,
+}
+
+impl std::fmt::Debug for dyn LiveFeed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LiveFeed")
+    }
 }
 
 impl Room {
-    pub fn new(name: &str) -> Self {
+    /// A room whose messages from elsewhere come from `feed` (the local feed has none).
+    pub fn new(name: &str, feed: Arc<dyn LiveFeed>) -> Self {
         Self {
             name: name.into(),
             state: Mutex::new(RoomState::default()),
             loaded: OnceCell::new(),
+            feed,
+            following: OnceLock::new(),
         }
     }
 
@@ -112,13 +126,21 @@ impl Room {
     /// Loads where live delivery starts (the log's last offset) into `delivered`, once.
     /// Runs in the task of whoever first joins the room, never in the sequencer: a room
     /// coming back into use must not stall every other room's publishes. One cheap read
-    /// (no payloads, no ids). See the module docs for why racing deliveries are safe.
-    pub async fn ensure_loaded(&self, store: &dyn Store) -> Result<(), HubError> {
+    /// (no payloads, no ids), then the room's feed follows it from there (see `feed.rs`).
+    /// See the module docs for why racing deliveries are safe.
+    pub async fn ensure_loaded(self: &Arc<Self>, store: &dyn Store) -> Result<(), HubError> {
         self.loaded
             .get_or_try_init(|| async {
                 let last = store.last_offset(&self.name).await?;
-                let mut state = self.lock();
-                state.delivered = state.delivered.max(last);
+                {
+                    let mut state = self.lock();
+                    state.delivered = state.delivered.max(last);
+                }
+                let handle = self
+                    .feed
+                    .follow(&self.name, last, RoomDelivery::new(self))
+                    .await?;
+                let _ = self.following.set(handle);
                 Ok::<(), HubError>(())
             })
             .await
@@ -192,13 +214,13 @@ mod tests {
             .collect();
         store.append(stored).await.unwrap();
 
-        let room = Room::new("r");
+        let room = Arc::new(Room::new("r", Arc::new(crate::feed::LocalFeed)));
         // A delivery before the load (offset 11 was appended after the load's read).
         assert!(room.deliver(&message(11)));
         room.ensure_loaded(&store).await.unwrap();
         assert_eq!(room.lock().delivered, 11, "the load never moves it back");
 
-        let fresh = Room::new("r");
+        let fresh = Arc::new(Room::new("r", Arc::new(crate::feed::LocalFeed)));
         fresh.ensure_loaded(&store).await.unwrap();
         assert_eq!(fresh.lock().delivered, 10);
         let queue = SubscriberQueue::with_budgets(

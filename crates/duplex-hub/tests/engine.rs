@@ -428,3 +428,94 @@ async fn a_room_slow_to_load_does_not_hold_up_other_rooms() {
         .unwrap();
     assert_eq!((repeat.offset, repeat.duplicate), (1, true));
 }
+
+/// A feed standing in for a cluster's: it keeps the delivery of every room it is asked
+/// to follow, so the test can deliver messages "appended by another node".
+#[derive(Default)]
+struct RecordingFeed {
+    followed: std::sync::Mutex<Vec<(String, Offset, duplex_hub::RoomDelivery)>>,
+}
+
+impl duplex_hub::LiveFeed for RecordingFeed {
+    fn follow(
+        &self,
+        room: &str,
+        after: Offset,
+        delivery: duplex_hub::RoomDelivery,
+    ) -> BoxFuture<'_, Result<duplex_hub::FeedHandle, duplex_hub::HubError>> {
+        self.followed
+            .lock()
+            .unwrap()
+            .push((room.to_owned(), after, delivery));
+        Box::pin(async { Ok(duplex_hub::FeedHandle::none()) })
+    }
+}
+
+/// The delivery seam: a room joined on this node follows the feed from the log's last
+/// offset, and what the feed delivers reaches the room's subscribers once, in order,
+/// ignoring what the room already has.
+#[tokio::test]
+async fn messages_from_the_live_feed_reach_subscribers_once() {
+    let store = Arc::new(MemoryStore::new(Default::default()));
+    let feed = Arc::new(RecordingFeed::default());
+    let hub = Hub::with_feed(store.clone(), feed.clone(), HubConfig::default());
+    hub.publish(PublishInput {
+        room: "r".into(),
+        payload: "local".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+
+    let (session, mut outbound) = hub.open_session(duplex_hub::Identity::anonymous("watcher"));
+    let join = ClientFrame {
+        command_id: 1,
+        command: Some(Command::Join(Join {
+            room: "r".into(),
+            after_offset: None,
+            hidden: true,
+            replay_last: 0,
+        })),
+    };
+    tokio::spawn(
+        session.drive(futures::stream::iter([Ok(join)]).chain(futures::stream::pending())),
+    );
+    let joined = ServerFrame::decode(&outbound.next().await.unwrap().unwrap()[..]).unwrap();
+    assert!(matches!(joined.frame, Some(Frame::Joined(_))));
+    let delivery = {
+        let followed = feed.followed.lock().unwrap();
+        assert_eq!(followed.len(), 1, "followed once, on the room's load");
+        assert_eq!((followed[0].0.as_str(), followed[0].1), ("r", 1));
+        followed[0].2.clone()
+    };
+
+    let remote = |offset| StoredMessage {
+        room: "r".into(),
+        offset,
+        time_unix_micros: 0,
+        sender: "elsewhere".into(),
+        content_type: String::new(),
+        client_id: String::new(),
+        key: String::new(),
+        payload: bytes::Bytes::from(format!("remote {offset}")),
+    };
+    // Offset 1 is the room's own, already there: ignored. 5 and 9 go out; 5 again does not.
+    for offset in [1, 5, 5, 9] {
+        assert!(delivery.deliver(&remote(offset)));
+    }
+    let mut offsets = Vec::new();
+    while offsets.len() < 2 {
+        let frame = tokio::time::timeout(Duration::from_secs(20), outbound.next())
+            .await
+            .expect("delivered within the step")
+            .unwrap()
+            .unwrap();
+        if let Some(Frame::Message(message)) = ServerFrame::decode(&frame[..]).unwrap().frame {
+            assert_eq!(message.sender, "elsewhere");
+            offsets.push(message.offset);
+        }
+    }
+    assert_eq!(offsets, [5, 9]);
+    let nothing_more = tokio::time::timeout(Duration::from_millis(100), outbound.next()).await;
+    assert!(nothing_more.is_err(), "no duplicate: {nothing_more:?}");
+}
