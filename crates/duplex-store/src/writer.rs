@@ -26,13 +26,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, Table, WriteTransaction};
+use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::dedupe::{id_key, room_key};
 use crate::redb_store::{
-    DEDUPE_BY_AGE, DEDUPE_BY_ROOM, DEDUPE_IDS, DEDUPE_ROOMS, MAX_REQUESTS_PER_COMMIT, MESSAGES,
-    OpenDatabase, PRUNE_PER_COMMIT, REOPEN_INTERVAL, ROOMS,
+    DEDUPE_BY_AGE, DEDUPE_BY_ROOM, MAX_REQUESTS_PER_COMMIT, MESSAGES, OpenDatabase,
+    PRUNE_PER_COMMIT, REOPEN_INTERVAL, ROOMS,
 };
 use crate::{
     Appended, Dedupe, MAX_RETENTION_DELETES_PER_RUN, NewMessage, Offset, Retention, StoreError,
@@ -76,6 +76,8 @@ pub(crate) struct Writer {
     /// When the database was last closed to be reopened and the last attempt failed:
     /// attempts are spaced by [`REOPEN_INTERVAL`].
     failed_reopen_at: Option<Instant>,
+    /// The dedupe lookup; `None` until read from the open database (again after a reopen).
+    ids: Option<IdMemory>,
 }
 
 impl Writer {
@@ -91,6 +93,7 @@ impl Writer {
             commits,
             requests,
             failed_reopen_at: None,
+            ids: None,
         }
     }
 
@@ -144,6 +147,8 @@ impl Writer {
         if matches!(error, StoreError::Reopening) {
             return;
         }
+        // The failed transaction may have changed the lookup: read it again on reopen.
+        self.ids = None;
         tracing::error!(%error, "store write failed; closing the database to reopen it");
         self.db.close();
         self.failed_reopen_at = None;
@@ -172,9 +177,12 @@ impl Writer {
                 self.commit_appends(appends);
             }
             for (now_unix_micros, done) in retention_runs {
-                let result = self
-                    .database()
-                    .and_then(|db| self.enforce_retention(&db, now_unix_micros));
+                let result = self.database().and_then(|db| {
+                    let mut ids = self.take_ids(&db)?;
+                    let result = self.enforce_retention(&db, now_unix_micros, &mut ids);
+                    self.ids = Some(ids);
+                    result
+                });
                 if let Err(error) = &result {
                     tracing::error!(%error, "store retention run failed");
                     self.recover(error);
@@ -184,12 +192,23 @@ impl Writer {
         }
     }
 
+    /// The dedupe lookup, read from `db` first if needed; put it back when done.
+    fn take_ids(&mut self, db: &Database) -> Result<IdMemory, StoreError> {
+        match self.ids.take() {
+            Some(ids) => Ok(ids),
+            None => IdMemory::load(db),
+        }
+    }
+
     /// Writes a group of appends in one transaction and answers each once it is durable.
     fn commit_appends(&mut self, appends: Vec<PendingAppend>) {
         let requests = appends.len();
-        let written = self
-            .database()
-            .and_then(|db| self.write_group(&db, &appends));
+        let written = self.database().and_then(|db| {
+            let mut ids = self.take_ids(&db)?;
+            let written = self.write_group(&db, &appends, &mut ids);
+            self.ids = Some(ids);
+            written
+        });
         match written {
             Ok(outcomes) => {
                 tracing::trace!(requests, "store group committed");
@@ -213,6 +232,7 @@ impl Writer {
         &self,
         db: &Database,
         appends: &[PendingAppend],
+        ids: &mut IdMemory,
     ) -> Result<Vec<Vec<Appended>>, StoreError> {
         let txn = begin_durable(db)?;
         let mut outcomes = Vec::with_capacity(appends.len());
@@ -220,7 +240,7 @@ impl Writer {
         {
             let mut messages = txn.open_table(MESSAGES)?;
             let mut rooms = txn.open_table(ROOMS)?;
-            let mut index = DedupeIndex::open(&txn)?;
+            let mut index = DedupeIndex::open(&txn, ids)?;
             // Rooms of one group, looked up per message: a fast hash (a group names at
             // most a few thousand rooms, so flooding one buys nothing).
             let mut touched: HashMap<String, RoomState, FastHash> = HashMap::default();
@@ -238,8 +258,7 @@ impl Writer {
                         )
                     });
                     if let Some((id, _)) = keys
-                        && let Some(original) =
-                            index.lookup(id, message.time_unix_micros, &dedupe)?
+                        && let Some(original) = index.lookup(id, message.time_unix_micros, &dedupe)
                     {
                         outcome.push(original);
                         continue;
@@ -304,7 +323,12 @@ impl Writer {
     /// Also prunes dedupe ids older than the window (at most
     /// [`MAX_RETENTION_DELETES_PER_RUN`]), so an idle store lets go of them too; those do
     /// not count in the result.
-    fn enforce_retention(&self, db: &Database, now_unix_micros: i64) -> Result<u64, StoreError> {
+    fn enforce_retention(
+        &self,
+        db: &Database,
+        now_unix_micros: i64,
+        ids: &mut IdMemory,
+    ) -> Result<u64, StoreError> {
         let cutoff = self.retention.age_cutoff(now_unix_micros);
         let dedupe = self.retention.dedupe;
         if cutoff.is_none() && self.retention.max_messages.is_none() && !dedupe.is_on() {
@@ -314,7 +338,7 @@ impl Writer {
         let mut removed_total = 0;
         let mut pruned = 0;
         if dedupe.is_on() {
-            let mut index = DedupeIndex::open(&txn)?;
+            let mut index = DedupeIndex::open(&txn, ids)?;
             let id_cutoff = now_unix_micros.saturating_sub(dedupe.window_micros());
             pruned = index.prune(id_cutoff, MAX_RETENTION_DELETES_PER_RUN)?;
         }
@@ -403,73 +427,92 @@ fn trim_oldest(
     Ok(doomed.len() as u64)
 }
 
-/// The dedupe index's tables, open in one write transaction (see `redb_store`).
-struct DedupeIndex<'txn> {
-    ids: Table<'txn, u128, (u64, i64)>,
-    by_age: Table<'txn, (i64, u128), u64>,
-    by_room: Table<'txn, (u64, i64, u128), ()>,
-    counts: Table<'txn, u64, u64>,
+/// The dedupe index's lookup, in the writer's memory: id key → (offset, time, room key)
+/// of every id the durable tables hold, and how many each room holds. Built from
+/// `duplex.dedupe_by_age.v1` when the database is opened (or reopened after a failed
+/// write, which may have left it ahead of the file). Keeping the lookup here spares the
+/// file a table keyed by random hashes, whose inserts would each rewrite a page of their
+/// own on every commit (measured: 11× slower appends with ids than without; see
+/// `redb_store` for what the map costs).
+#[derive(Debug, Default)]
+pub(crate) struct IdMemory {
+    /// Keys are SHA-256 prefixes, already uniform: a fast hash is enough.
+    ids: HashMap<u128, (Offset, i64, u64), FastHash>,
+    counts: HashMap<u64, u64, FastHash>,
 }
 
-impl<'txn> DedupeIndex<'txn> {
-    fn open(txn: &'txn WriteTransaction) -> Result<Self, StoreError> {
+impl IdMemory {
+    /// Reads every remembered id from the file.
+    pub(crate) fn load(db: &Database) -> Result<Self, StoreError> {
+        use redb::ReadableDatabase as _;
+        let txn = db.begin_read()?;
+        let by_age = txn.open_table(DEDUPE_BY_AGE)?;
+        let mut memory = IdMemory::default();
+        for entry in by_age.iter()? {
+            let (key, value) = entry?;
+            let ((time, id), (room, offset)) = (key.value(), value.value());
+            memory.ids.insert(id, (offset, time, room));
+            *memory.counts.entry(room).or_default() += 1;
+        }
+        Ok(memory)
+    }
+}
+
+/// The dedupe index within one write transaction: its two durable tables (both ordered
+/// by time, so inserts land at their ends) and the lookup in memory.
+struct DedupeIndex<'txn, 'mem> {
+    by_age: Table<'txn, (i64, u128), (u64, u64)>,
+    by_room: Table<'txn, (u64, i64, u128), ()>,
+    memory: &'mem mut IdMemory,
+}
+
+impl<'txn, 'mem> DedupeIndex<'txn, 'mem> {
+    fn open(txn: &'txn WriteTransaction, memory: &'mem mut IdMemory) -> Result<Self, StoreError> {
         Ok(DedupeIndex {
-            ids: txn.open_table(DEDUPE_IDS)?,
             by_age: txn.open_table(DEDUPE_BY_AGE)?,
             by_room: txn.open_table(DEDUPE_BY_ROOM)?,
-            counts: txn.open_table(DEDUPE_ROOMS)?,
+            memory,
         })
     }
 
-    /// The original of `id` if it is still within the window at `now`. An expired entry
-    /// that pruning has not reached yet is removed, so the id can be stored anew.
-    fn lookup(
-        &mut self,
-        id: u128,
-        now: i64,
-        dedupe: &Dedupe,
-    ) -> Result<Option<Appended>, StoreError> {
-        let Some((offset, time)) = self.ids.get(id)?.map(|row| row.value()) else {
-            return Ok(None);
-        };
-        if dedupe.still_holds(time, now) {
-            return Ok(Some(Appended {
-                offset,
-                time_unix_micros: time,
-                duplicate: true,
-            }));
-        }
-        let room = self.by_age.get((time, id))?.map(|row| row.value());
-        match room {
-            Some(room) => self.forget(time, id, room)?,
-            None => {
-                self.ids.remove(id)?;
-            }
-        }
-        Ok(None)
+    /// The original of `id` if it is still within the window at `now`. Changes nothing.
+    fn lookup(&self, id: u128, now: i64, dedupe: &Dedupe) -> Option<Appended> {
+        let &(offset, time, _) = self.memory.ids.get(&id)?;
+        dedupe.still_holds(time, now).then_some(Appended {
+            offset,
+            time_unix_micros: time,
+            duplicate: true,
+        })
     }
 
+    /// Remembers `id`, replacing an expired entry of it that pruning has not reached.
     fn insert(&mut self, id: u128, room: u64, offset: Offset, time: i64) -> Result<(), StoreError> {
-        self.ids.insert(id, (offset, time))?;
-        self.by_age.insert((time, id), room)?;
+        if let Some(&(_, old_time, old_room)) = self.memory.ids.get(&id) {
+            self.forget(old_time, id, old_room)?;
+        }
+        self.by_age.insert((time, id), (room, offset))?;
         self.by_room.insert((room, time, id), ())?;
-        let count = self.counts.get(room)?.map_or(0, |row| row.value());
-        self.counts.insert(room, count + 1)?;
+        self.memory.ids.insert(id, (offset, time, room));
+        *self.memory.counts.entry(room).or_default() += 1;
         Ok(())
     }
 
-    /// Removes one id from every table.
+    /// Removes one id from the tables and the lookup.
     fn forget(&mut self, time: i64, id: u128, room: u64) -> Result<(), StoreError> {
-        if self.ids.get(id)?.is_some_and(|row| row.value().1 == time) {
-            self.ids.remove(id)?;
-        }
         self.by_age.remove((time, id))?;
-        if self.by_room.remove((room, time, id))?.is_some() {
-            let count = self.counts.get(room)?.map_or(0, |row| row.value());
-            if count <= 1 {
-                self.counts.remove(room)?;
-            } else {
-                self.counts.insert(room, count - 1)?;
+        self.by_room.remove((room, time, id))?;
+        if self
+            .memory
+            .ids
+            .get(&id)
+            .is_some_and(|&(_, held, _)| held == time)
+        {
+            self.memory.ids.remove(&id);
+            if let Some(count) = self.memory.counts.get_mut(&room) {
+                *count -= 1;
+                if *count == 0 {
+                    self.memory.counts.remove(&room);
+                }
             }
         }
         Ok(())
@@ -477,7 +520,7 @@ impl<'txn> DedupeIndex<'txn> {
 
     /// Forgets `room`'s oldest ids while it holds more than `max`.
     fn bound_room(&mut self, room: u64, max: u64) -> Result<(), StoreError> {
-        let count = self.counts.get(room)?.map_or(0, |row| row.value());
+        let count = self.memory.counts.get(&room).copied().unwrap_or(0);
         for _ in max..count {
             let oldest = self
                 .by_room
@@ -493,7 +536,7 @@ impl<'txn> DedupeIndex<'txn> {
 
     /// Forgets the store's oldest ids while it holds more than `max`.
     fn bound_total(&mut self, max: u64) -> Result<(), StoreError> {
-        let held = self.ids.len()?;
+        let held = self.memory.ids.len() as u64;
         for _ in max..held {
             if !self.forget_oldest(None)? {
                 break;
@@ -517,9 +560,9 @@ impl<'txn> DedupeIndex<'txn> {
         let oldest = self
             .by_age
             .first()?
-            .map(|(key, room)| (key.value(), room.value()));
+            .map(|(key, value)| (key.value(), value.value()));
         match oldest {
-            Some(((time, id), room)) if cutoff.is_none_or(|cutoff| time < cutoff) => {
+            Some(((time, id), (room, _))) if cutoff.is_none_or(|cutoff| time < cutoff) => {
                 self.forget(time, id, room)?;
                 Ok(true)
             }
