@@ -87,6 +87,12 @@ pub trait LiveFeed: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<FeedHandle, HubError>>;
 }
 
+impl std::fmt::Debug for dyn LiveFeed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LiveFeed")
+    }
+}
+
 /// The single-node feed: follows nothing, because the local sequencer delivers every
 /// message it appends.
 #[derive(Debug, Default, Clone, Copy)]

@@ -4,9 +4,10 @@
 //! `ClientFrame`s and sends the encoded `ServerFrame` bytes it yields.
 //!
 //! Who runs what: the sequencer task (one per hub, `sequencer.rs`) appends batches to the
-//! log (which assigns offsets and dedupes), then delivers each new message to its room; one task per session (`session.rs`) reads commands; each
-//! session's [`Outbound`] stream is polled by the transport. Every queue is bounded by
-//! [`HubConfig`].
+//! log (which assigns offsets and dedupes), then delivers each new message to its room;
+//! a [`LiveFeed`] delivers what other processes appended (none on a single node); one
+//! task per session (`session.rs`) reads commands; each session's [`Outbound`] stream is
+//! polled by the transport. Every queue is bounded by [`HubConfig`].
 
 mod budget;
 mod config;

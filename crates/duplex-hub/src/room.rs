@@ -99,12 +99,6 @@ pub(crate) struct Room {
     following: OnceLock<FeedHandle>,
 }
 
-impl std::fmt::Debug for dyn LiveFeed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("LiveFeed")
-    }
-}
-
 impl Room {
     /// A room whose messages from elsewhere come from `feed` (the local feed has none).
     pub fn new(name: &str, feed: Arc<dyn LiveFeed>) -> Self {

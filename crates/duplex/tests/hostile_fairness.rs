@@ -53,10 +53,10 @@ async fn fill_cold_rooms(dir: &std::path::Path, rooms: &[String], count: u64, si
 /// Issue 10 item 6. Before the fix, a unary publish into a room nobody held made the
 /// sequencer reload the room's last 4096 messages, payloads and all, while every other
 /// room's publishes waited: with 3 cold rooms of 1024 × 16 KiB, a probe's publish took
-/// seconds (3.4 s in a debug build). Now the load runs in the publisher's own call and
-/// reads only the client ids, so the probe is served in milliseconds. The bound is loose
+/// seconds (3.4 s in a debug build). Now a publish loads nothing (the log assigns offsets
+/// and dedupes), so the probe is served in milliseconds. The bound is loose
 /// (a loaded 2-core machine once took 1.1 s with the fix): the exact property, no store
-/// read in the sequencer, is held without timing by `duplex-hub`'s engine test
+/// read in the publish path, is held without timing by `duplex-hub`'s engine test
 /// `a_room_slow_to_load_does_not_hold_up_other_rooms`.
 #[tokio::test]
 async fn publishes_into_cold_rooms_do_not_stall_other_rooms() {
