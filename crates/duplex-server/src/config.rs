@@ -110,7 +110,7 @@ pub struct ServeConfig {
     pub dedupe_max_ids_per_room: u64,
 
     /// Most client ids the dedupe index remembers in all (with redb about 130 bytes of file
-    /// and 50–90 bytes of memory each; with `--store memory` about 100 bytes of memory);
+    /// and 50–90 bytes of memory each; with `--store memory` about 160 bytes of memory);
     /// past it the oldest of any room are forgotten early.
     #[arg(long, default_value_t = duplex_store::DEFAULT_DEDUPE_IDS)]
     pub dedupe_max_ids: u64,

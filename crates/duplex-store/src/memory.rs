@@ -26,7 +26,7 @@
 //! most [`Dedupe::max_ids`](crate::Dedupe::max_ids) ids in all and
 //! [`Dedupe::max_ids_per_room`](crate::Dedupe::max_ids_per_room) per room, each
 //! costing about [`ID_COST`] bytes (a hash-map entry and a slot in two age queues), so the
-//! default million ids take up to about 100 MB. Past a bound the oldest ids (of the room,
+//! default million ids take up to about 160 MB. Past a bound the oldest ids (of the room,
 //! or of the store) are forgotten early, exactly as in [`RedbStore`](crate::RedbStore);
 //! ids older than the window are pruned on each append (bounded like the redb backend's)
 //! and by [`Store::enforce_retention`].
@@ -57,10 +57,11 @@ pub const MESSAGE_COST: usize = 64;
 /// What one room costs beyond its name: its map entry, queue and shared name.
 pub const ROOM_COST: usize = 128;
 
-/// About what one remembered client id costs: its entry in the id map and its slots in
-/// the store's and its room's age queues (the queues may hold as many stale slots again
-/// before they are compacted).
-pub const ID_COST: usize = 100;
+/// About what one remembered client id costs at most: its entry in the id map (32 bytes
+/// and the map's slack) and its slots in the store's and its room's age queues (48 and 32
+/// bytes; the queues may hold as many stale slots again before they are compacted, which
+/// this does not count).
+pub const ID_COST: usize = 160;
 
 /// One stored message: its offset and its record, allocated to the byte.
 #[derive(Debug)]
