@@ -40,7 +40,7 @@ async fn reopen_time(count: u64) -> std::time::Duration {
     fill_in(dir.path(), count, true).await;
     let started = Instant::now();
     let store = RedbStore::open(dir.path(), retention(count)).expect("reopen");
-    // The writer reads the ids before its first write: wait for one.
+    // The writer reads the ids before it takes its first write: wait for one.
     store
         .append(vec![message(0, false, 0)])
         .await

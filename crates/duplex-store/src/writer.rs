@@ -156,6 +156,14 @@ impl Writer {
 
     /// The thread's loop; returns when the store is dropped.
     pub(crate) fn run(mut self) {
+        // Read the dedupe lookup now rather than on the first append, so that append does
+        // not wait for it (a failure here is retried by the first write).
+        if let Ok(db) = self.db.get() {
+            match IdMemory::load(&db) {
+                Ok(ids) => self.ids = Some(ids),
+                Err(error) => tracing::warn!(%error, "store: reading the dedupe index failed"),
+            }
+        }
         while let Some(first) = self.next_request() {
             let mut appends: Vec<PendingAppend> = Vec::new();
             let mut retention_runs = Vec::new();
