@@ -45,7 +45,7 @@ use crate::frames;
 use crate::queue::{Frame, LivePush, MessageFrame, SubscriberQueue, coalescing_key};
 
 /// Longest room name, in bytes.
-pub const MAX_ROOM_NAME: usize = 128;
+pub(crate) const MAX_ROOM_NAME: usize = 128;
 
 /// Checks a room name: 1–128 bytes of `[A-Za-z0-9._:-]`.
 pub fn validate_room_name(name: &str) -> Result<(), HubError> {
@@ -69,25 +69,25 @@ pub fn validate_room_name(name: &str) -> Result<(), HubError> {
 /// A subscriber registered in a room.
 #[derive(Debug)]
 pub(crate) struct Subscriber {
-    pub session_id: u64,
-    pub queue: Arc<SubscriberQueue>,
+    pub(crate) session_id: u64,
+    pub(crate) queue: Arc<SubscriberQueue>,
 }
 
 #[derive(Debug, Default)]
 pub(crate) struct RoomState {
     /// Last offset fanned out (or, after the load, the log's last offset then): everything
     /// up to it is durable; a replay reads up to it, live delivery starts after it.
-    pub delivered: Offset,
-    pub subscribers: Vec<Subscriber>,
+    pub(crate) delivered: Offset,
+    pub(crate) subscribers: Vec<Subscriber>,
     /// Listed members, at most `max_presence_listed`.
-    pub members: Vec<Member>,
+    pub(crate) members: Vec<Member>,
     /// Visible members present beyond the list: counted, not listed.
-    pub unlisted_members: u64,
+    pub(crate) unlisted_members: u64,
 }
 
 #[derive(Debug)]
 pub(crate) struct Room {
-    pub name: Arc<str>,
+    pub(crate) name: Arc<str>,
     /// Subscribers, presence and the delivered mark; a std mutex, never held across an
     /// await (see the module docs for what it orders).
     state: Mutex<RoomState>,
@@ -101,7 +101,7 @@ pub(crate) struct Room {
 
 impl Room {
     /// A room whose messages from elsewhere come from `feed` (the local feed has none).
-    pub fn new(name: &str, feed: Arc<dyn LiveFeed>) -> Self {
+    pub(crate) fn new(name: &str, feed: Arc<dyn LiveFeed>) -> Self {
         Self {
             name: name.into(),
             state: Mutex::new(RoomState::default()),
@@ -111,7 +111,7 @@ impl Room {
         }
     }
 
-    pub fn lock(&self) -> MutexGuard<'_, RoomState> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, RoomState> {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -122,7 +122,7 @@ impl Room {
     /// coming back into use must not stall every other room's publishes. One cheap read
     /// (no payloads, no ids), then the room's feed follows it from there (see `feed.rs`).
     /// See the module docs for why racing deliveries are safe.
-    pub async fn ensure_loaded(self: &Arc<Self>, store: &dyn Store) -> Result<(), HubError> {
+    pub(crate) async fn ensure_loaded(self: &Arc<Self>, store: &dyn Store) -> Result<(), HubError> {
         self.loaded
             .get_or_try_init(|| async {
                 let last = store.last_offset(&self.name).await?;
@@ -144,7 +144,7 @@ impl Room {
     /// Fans out a durable message of this room to its subscribers and advances
     /// `delivered`, encoded once; an offset at or below `delivered` is ignored (it was
     /// delivered, or a load put it in every replay's range). Returns whether it went out.
-    pub fn deliver(&self, message: &StoredMessage) -> bool {
+    pub(crate) fn deliver(&self, message: &StoredMessage) -> bool {
         let frame = Frame::message(MessageFrame {
             bytes: frames::message_frame(message),
             room: self.name.clone(),
@@ -162,7 +162,7 @@ impl Room {
 
     /// Sends `frame` to every subscriber but `except`, detaching those that lagged out or
     /// went away.
-    pub fn broadcast(state: &mut RoomState, frame: &Frame, except: Option<u64>) {
+    pub(crate) fn broadcast(state: &mut RoomState, frame: &Frame, except: Option<u64>) {
         state.subscribers.retain(|subscriber| {
             Some(subscriber.session_id) == except
                 || subscriber.queue.push_live(frame.clone()) == LivePush::Queued

@@ -26,10 +26,11 @@ use crate::room::Room;
 /// A validated publish queued for the sequencer.
 pub(crate) struct PublishCommand {
     /// The room, held so it stays in the room table until delivered.
-    pub room: Arc<Room>,
-    pub input: PublishInput,
+    pub(crate) room: Arc<Room>,
+    /// What to publish, validated.
+    pub(crate) input: PublishInput,
     /// Where the durable outcome goes.
-    pub reply: oneshot::Sender<Result<PublishOutcome, HubError>>,
+    pub(crate) reply: oneshot::Sender<Result<PublishOutcome, HubError>>,
 }
 
 /// The sequencer task: runs until every sender of `commands` is gone.
