@@ -58,8 +58,6 @@ pub struct HubConfig {
     /// comes alone). A replay holds one page while the client drains its queue, so a reader
     /// that stops pins at most this plus `queue_bytes` of replayed frames.
     pub replay_page_bytes: usize,
-    /// Recent client message ids remembered per room for dedupe.
-    pub dedupe_window: usize,
     /// Members a room lists (in `joined`, `Presence` and presence events). Past it, members
     /// are counted, not listed, and their joins and leaves send no event: what one join
     /// costs (its `joined` reply, the events it fans out) stays bounded however big the
@@ -103,7 +101,6 @@ impl Default for HubConfig {
             max_batch: 1024,
             replay_page: 1024,
             replay_page_bytes: 2 << 20,
-            dedupe_window: 4096,
             max_presence_listed: 1000,
             max_history_page: 1000,
             max_history_bytes: 2 << 20,

@@ -1,14 +1,10 @@
 //! `Hub`: the handle to the engine. Owns the room table and the sequencer task.
 //!
-//! Publishing: every publish — from sessions and from unary calls — goes through one bounded
-//! queue to the sequencer task. The sequencer drains what is waiting (up to `max_batch`),
-//! dedupes client ids, assigns each room's next offsets, appends the whole batch to the
-//! store in one durable commit (group commit: publishers that arrive during a commit share
-//! the next one), and only then fans each message out, encoded once, and acks it. So a
-//! message is acked and delivered only once it is durable, and each room has one total
-//! order. While the store commits, new publishes wait in the queue; a full queue makes
-//! submitters wait, which stops the server reading their streams. The sequencer reads
-//! nothing from the store: a room's position is loaded before its publish is queued.
+//! Publishing: every publish — from sessions and from unary calls — is validated here and
+//! queued for the sequencer task (`sequencer.rs`), which appends batches to the log (the
+//! log assigns offsets and dedupes) and then delivers and acks them. While the store
+//! commits, new publishes wait in the queue; a full queue makes submitters wait, which
+//! stops the server reading their streams.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -21,14 +17,17 @@ use duplex_store::{Offset, Store, StoredMessage};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
+use crate::sequencer::{PublishCommand, run_sequencer};
+
 use crate::HubError;
 use crate::budget::QueueBudgets;
 use crate::config::HubConfig;
+use crate::feed::{LiveFeed, LocalFeed};
 use crate::frames;
 use crate::limiter::PublishLimiter;
-use crate::queue::{Frame, MessageFrame, Outbound, SubscriberQueue, coalescing_key};
+use crate::queue::{Outbound, SubscriberQueue};
 use crate::rights::Identity;
-use crate::room::{Room, remember_id, validate_room_name};
+use crate::room::{Room, validate_room_name};
 use crate::session::Session;
 
 /// Longest client message id and coalescing key, in bytes.
@@ -85,14 +84,10 @@ pub struct HubStats {
     pub queued_bytes: usize,
 }
 
-pub(crate) struct PublishCommand {
-    pub room: Arc<Room>,
-    pub input: PublishInput,
-    pub reply: oneshot::Sender<Result<PublishOutcome, HubError>>,
-}
-
 pub(crate) struct Shared {
     pub store: Arc<dyn Store>,
+    /// Live messages appended elsewhere; every room follows it once loaded.
+    feed: Arc<dyn LiveFeed>,
     pub config: HubConfig,
     rooms: Mutex<HashMap<Arc<str>, Arc<Room>>>,
     sequencer: mpsc::Sender<PublishCommand>,
@@ -119,6 +114,12 @@ impl Hub {
     /// Starts a hub over `store`. Spawns the sequencer and the retention sweeper on the
     /// current tokio runtime.
     pub fn new(store: Arc<dyn Store>, config: HubConfig) -> Self {
+        Self::with_feed(store, Arc::new(LocalFeed), config)
+    }
+
+    /// Starts a hub over `store` whose rooms also deliver what `feed` reports: messages
+    /// other processes appended to a shared log (see [`LiveFeed`]).
+    pub fn with_feed(store: Arc<dyn Store>, feed: Arc<dyn LiveFeed>, config: HubConfig) -> Self {
         let (sequencer, commands) = mpsc::channel(config.sequencer_queue.max(1));
         tokio::spawn(run_sequencer(commands, store.clone(), config.clone()));
         tokio::spawn(sweep_retention(
@@ -130,6 +131,7 @@ impl Hub {
         });
         let shared = Arc::new(Shared {
             store,
+            feed,
             limiter,
             config,
             rooms: Mutex::new(HashMap::new()),
@@ -289,7 +291,7 @@ impl Shared {
         if let Some(room) = rooms.get(name) {
             return Ok(room.clone());
         }
-        let room = Arc::new(Room::new(name));
+        let room = Arc::new(Room::new(name, self.feed.clone()));
         rooms.insert(room.name.clone(), room.clone());
         Ok(room)
     }
@@ -342,17 +344,14 @@ impl Shared {
     }
 
     /// Queues a validated publish for the sequencer, waiting while its queue is full. The
-    /// queue keeps submission order, so one session's publishes keep theirs.
-    ///
-    /// A room not loaded yet (a unary publish into a room nobody holds) is loaded here, in
-    /// the caller's task, so the sequencer never reads the store.
+    /// queue keeps submission order, so one session's publishes keep theirs. Nothing is
+    /// loaded for the room: the log assigns its offsets (see `room.rs` for where live
+    /// delivery starts).
     pub async fn enqueue(
         &self,
         room: Arc<Room>,
         input: PublishInput,
     ) -> Result<oneshot::Receiver<Result<PublishOutcome, HubError>>, HubError> {
-        room.ensure_loaded(&*self.store, self.config.dedupe_window)
-            .await?;
         let (reply, ack) = oneshot::channel();
         self.sequencer
             .send(PublishCommand { room, input, reply })
@@ -400,150 +399,6 @@ pub(crate) fn now_unix_micros() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as i64)
         .unwrap_or(0)
-}
-
-/// A publish that got an offset and waits for its batch to be durable.
-struct Accepted {
-    command: PublishCommand,
-    offset: Offset,
-    frame: Bytes,
-}
-
-async fn run_sequencer(
-    mut commands: mpsc::Receiver<PublishCommand>,
-    store: Arc<dyn Store>,
-    config: HubConfig,
-) {
-    let mut batch = Vec::with_capacity(config.max_batch);
-    while commands
-        .recv_many(&mut batch, config.max_batch.max(1))
-        .await
-        > 0
-    {
-        commit_batch(&mut batch, &*store, &config).await;
-    }
-    debug!("sequencer stopped");
-}
-
-async fn commit_batch(batch: &mut Vec<PublishCommand>, store: &dyn Store, config: &HubConfig) {
-    let now = now_unix_micros();
-    let mut accepted = Vec::with_capacity(batch.len());
-    let mut records = Vec::with_capacity(batch.len());
-    // Repeated client ids are acked with their original offset, but only after this batch
-    // is durable: the original may be in it.
-    let mut duplicates = Vec::new();
-    for command in batch.drain(..) {
-        // `enqueue` loads every room before queueing: no store read runs here, where it
-        // would hold up every room's publishes.
-        if !command.room.is_loaded() {
-            let error = HubError::Store(format!(
-                "room {} was queued before its position was loaded",
-                command.room.name
-            ));
-            let _ = command.reply.send(Err(error));
-            continue;
-        }
-        let offset = {
-            let mut state = command.room.lock();
-            let id = &command.input.client_id;
-            if let Some(&original) = (!id.is_empty()).then(|| state.recent_ids.get(id)).flatten() {
-                duplicates.push((command.reply, original));
-                continue;
-            }
-            let offset = state.next_offset;
-            state.next_offset += 1;
-            if !id.is_empty() {
-                remember_id(&mut state, id.clone(), offset, config.dedupe_window);
-            }
-            offset
-        };
-        let input = &command.input;
-        let record = StoredMessage {
-            room: input.room.clone(),
-            offset,
-            time_unix_micros: now,
-            sender: input.sender.clone(),
-            content_type: input.content_type.clone(),
-            client_id: input.client_id.clone(),
-            key: input.key.clone(),
-            payload: input.payload.clone(),
-        };
-        let frame = frames::message_frame(&record);
-        records.push(record);
-        accepted.push(Accepted {
-            command,
-            offset,
-            frame,
-        });
-    }
-    let appended = if records.is_empty() {
-        Ok(())
-    } else {
-        store.append(records).await
-    };
-    match &appended {
-        Ok(()) => {
-            for Accepted {
-                command,
-                offset,
-                frame,
-            } in accepted
-            {
-                let PublishCommand { room, input, reply } = command;
-                let queued = Frame::message(MessageFrame {
-                    bytes: frame,
-                    room: room.name.clone(),
-                    offset,
-                    key: coalescing_key(&input.key),
-                });
-                {
-                    let mut state = room.lock();
-                    state.delivered = offset;
-                    Room::broadcast(&mut state, &queued, None);
-                }
-                // Let go of the room before waking the publisher, so its release of the
-                // room finds nobody else holding it.
-                drop(room);
-                let _ = reply.send(Ok(PublishOutcome {
-                    offset,
-                    duplicate: false,
-                }));
-            }
-        }
-        Err(error) => {
-            warn!(%error, messages = accepted.len(), "append failed; publishes get UNAVAILABLE");
-            // Nothing of the batch is stored: give the offsets and client ids back, newest
-            // first, so each room's next offset ends at its first one from this batch.
-            for Accepted {
-                command, offset, ..
-            } in accepted.into_iter().rev()
-            {
-                let mut state = command.room.lock();
-                state.next_offset = offset;
-                if state.recent_ids.get(&command.input.client_id) == Some(&offset) {
-                    state.recent_ids.remove(&command.input.client_id);
-                    state
-                        .recent_order
-                        .retain(|id| id != &command.input.client_id);
-                }
-                drop(state);
-                let PublishCommand { room, reply, .. } = command;
-                drop(room);
-                let _ = reply.send(Err(HubError::from(error.clone())));
-            }
-        }
-    }
-    // Repeats are answered last: their original is durable and, if it was in this batch,
-    // fanned out by now, so a client that resumes after the acked offset finds it.
-    for (reply, offset) in duplicates {
-        let _ = reply.send(match &appended {
-            Ok(()) => Ok(PublishOutcome {
-                offset,
-                duplicate: true,
-            }),
-            Err(error) => Err(HubError::from(error.clone())),
-        });
-    }
 }
 
 /// How often rooms nobody holds are dropped from the table.

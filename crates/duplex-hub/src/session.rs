@@ -280,8 +280,7 @@ impl Session {
             )));
         }
         let store = self.shared.store.clone();
-        room.ensure_loaded(&*store, self.shared.config.dedupe_window)
-            .await?;
+        room.ensure_loaded(&*store).await?;
         let bounds = store.bounds(&room.name).await?;
         let last = room.lock().delivered;
         let earliest = bounds.map_or(0, |b| b.earliest);

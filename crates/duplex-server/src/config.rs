@@ -98,6 +98,23 @@ pub struct ServeConfig {
     #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
     pub retention_age: Duration,
 
+    /// A publish that repeats a client message id already published to the same room less
+    /// than this long ago is acked as a duplicate with the original's offset and not stored
+    /// again (also across restarts with `--store redb`). 0s turns dedupe off.
+    #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+    pub dedupe_window: Duration,
+
+    /// Most client ids the dedupe index remembers per room; past it the room's oldest are
+    /// forgotten early (its window shrinks: a retry of a forgotten id is stored again).
+    #[arg(long, default_value_t = duplex_store::DEFAULT_DEDUPE_IDS_PER_ROOM)]
+    pub dedupe_max_ids_per_room: u64,
+
+    /// Most client ids the dedupe index remembers in all (with redb about 130 bytes of file
+    /// and 50–90 bytes of memory each; with `--store memory` about 160 bytes of memory);
+    /// past it the oldest of any room are forgotten early.
+    #[arg(long, default_value_t = duplex_store::DEFAULT_DEDUPE_IDS)]
+    pub dedupe_max_ids: u64,
+
     /// Start even when the store's database file exists but is empty (truncated) or cannot
     /// be opened: a file that cannot be opened is renamed aside (duplex.redb.damaged-TIME)
     /// and an empty store begins, whose offsets restart at 1. Without it the server refuses
@@ -376,11 +393,16 @@ impl ServeConfig {
         }
     }
 
-    /// Retention per room from these flags.
+    /// Retention per room and dedupe from these flags.
     pub fn retention(&self) -> duplex_store::Retention {
         duplex_store::Retention {
             max_messages: Some(self.retention_messages).filter(|&n| n > 0),
             max_age: Some(self.retention_age).filter(|age| !age.is_zero()),
+            dedupe: duplex_store::Dedupe {
+                window: self.dedupe_window,
+                max_ids_per_room: self.dedupe_max_ids_per_room,
+                max_ids: self.dedupe_max_ids,
+            },
         }
     }
 }

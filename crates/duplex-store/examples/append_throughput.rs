@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use duplex_store::{RedbStore, Retention, Store, StoredMessage};
+use duplex_store::{NewMessage, RedbStore, Retention, Store};
 
 const PAYLOAD_BYTES: usize = 64;
 
@@ -43,12 +43,9 @@ async fn run(duration: Duration, appenders: u64, dir: std::path::PathBuf) {
             tokio::spawn(async move {
                 let room = format!("bench-{task}");
                 let mut latencies = Vec::new();
-                let mut offset = 0;
                 while Instant::now() < deadline {
-                    offset += 1;
-                    let message = StoredMessage {
+                    let message = NewMessage {
                         room: room.clone(),
-                        offset,
                         time_unix_micros: now_micros(),
                         sender: "bench".into(),
                         content_type: String::new(),

@@ -8,7 +8,7 @@
 //! ```
 
 use bytes::Bytes;
-use duplex_store::{RedbStore, Retention, Store, StoredMessage};
+use duplex_store::{NewMessage, RedbStore, Retention, Store};
 
 fn main() {
     let mib: usize = std::env::args()
@@ -48,9 +48,8 @@ async fn measure(size: usize, per_commit: usize, total: usize) {
         let batch = (0..per_commit.min(count - offset as usize))
             .map(|_| {
                 offset += 1;
-                StoredMessage {
+                NewMessage {
                     room: "room".into(),
-                    offset,
                     time_unix_micros: 1,
                     sender: "sender".into(),
                     content_type: String::new(),

@@ -92,18 +92,6 @@ pub enum StoreError {
         reason: String,
     },
 
-    /// An appended offset does not follow what the room already has. The batch was refused
-    /// whole; a hub bug, or two hubs on one store.
-    #[error("offset {offset} appended to room {room:?} does not follow its last offset {last}")]
-    OffsetNotIncreasing {
-        /// The room.
-        room: String,
-        /// The refused offset.
-        offset: Offset,
-        /// The room's last offset at that point.
-        last: Offset,
-    },
-
     /// The memory store's byte bound is taken by rooms alone (every message is already
     /// evicted): no new room fits. Nothing of the batch was stored.
     #[error(

@@ -1,9 +1,12 @@
-//! The durable message log behind duplex rooms.
+//! The durable message log behind duplex rooms: it assigns offsets and dedupes.
 //!
-//! The hub assigns each message of a room an [`Offset`] and hands it to a [`Store`]; a
-//! publish is acknowledged only once [`Store::append`] has returned, so for the embedded
-//! backend an ack always follows an fsync. Subscribers that resume read history back with
-//! [`Store::read_after`], and [`Store::bounds`] says which offsets retention still keeps.
+//! The hub hands a batch of [`NewMessage`]s to [`Store::append`]; the store gives each the
+//! next [`Offset`] of its room (or, for a client message id it saw within the dedupe window,
+//! the original's offset and `duplicate: true`) and answers per message with an
+//! [`Appended`]. A publish is acknowledged only once `append` has returned, so for the
+//! embedded backend an ack always follows an fsync. Subscribers that resume read history
+//! back with [`Store::read_after`], and [`Store::bounds`] says which offsets retention
+//! still keeps.
 //!
 //! Two backends:
 //!
@@ -17,22 +20,35 @@
 //! the oldest messages of a room, so what a room retains is always a contiguous run of its
 //! log, from [`RoomBounds::earliest`] to [`RoomBounds::last`].
 //!
+//! **Dedupe** ([`Dedupe`]): a message whose (room, client id) was appended less than
+//! `window` ago (by the messages' own [`NewMessage::time_unix_micros`]) is not stored again;
+//! it is answered with the original's offset and time and `duplicate: true`. That holds
+//! within one batch too, and however many other messages the room got meanwhile. The index
+//! is keyed by a 128-bit hash of (room, id) (the first 16 bytes of SHA-256): two different
+//! pairs collide with odds about n²/2¹²⁹ for n ids held, about 10⁻²⁴ for 24 million, and a
+//! collision would only make a message look like a repeat. The index is bounded per room
+//! ([`Dedupe::max_ids_per_room`]) and in total ([`Dedupe::max_ids`]); past a bound the
+//! oldest ids are forgotten early, so for that room (or the whole store) the window is
+//! shorter than configured: a retry of a forgotten id is stored again as a new message.
+//! What the index costs per id is in each backend's docs.
+//!
 //! ```
-//! use duplex_store::{MemoryStore, Retention, Store, StoredMessage};
+//! use duplex_store::{MemoryStore, NewMessage, Retention, Store};
 //!
 //! # futures::executor::block_on(async {
 //! let store = MemoryStore::new(Retention::default());
-//! let message = |offset| StoredMessage {
+//! let message = |id: &str| NewMessage {
 //!     room: "lobby".into(),
-//!     offset,
-//!     time_unix_micros: 0,
+//!     time_unix_micros: 1_000_000,
 //!     sender: "ada".into(),
 //!     content_type: "text/plain".into(),
-//!     client_id: String::new(),
+//!     client_id: id.into(),
 //!     key: String::new(),
 //!     payload: bytes::Bytes::from_static(b"hello"),
 //! };
-//! store.append(vec![message(1), message(2)]).await?;
+//! let appended = store.append(vec![message("a"), message("b"), message("a")]).await?;
+//! assert_eq!(appended.iter().map(|a| a.offset).collect::<Vec<_>>(), [1, 2, 1]);
+//! assert!(appended[2].duplicate);
 //! let history = store.read_after("lobby", 1, 10).await?;
 //! assert_eq!(history.len(), 1);
 //! assert_eq!(history[0].offset, 2);
@@ -41,6 +57,7 @@
 //! # }).unwrap();
 //! ```
 
+mod dedupe;
 mod error;
 pub mod memory;
 mod record;
@@ -63,8 +80,8 @@ pub const MAX_RETENTION_DELETES_PER_RUN: u64 = 50_000;
 
 /// A message's position in its room's log.
 ///
-/// Per room and strictly increasing; assigned by the hub, the first message of a room
-/// being 1. Offsets need not be dense. 0 means "before everything": `read_after(room, 0, n)`
+/// Per room and strictly increasing; assigned by the store, the first message of a room
+/// being 1; never reused, also after retention removed a message or the store reopened. Offsets need not be dense. 0 means "before everything": `read_after(room, 0, n)`
 /// reads a room from its start.
 pub type Offset = u64;
 
@@ -101,6 +118,114 @@ impl StoredMessage {
             + self.client_id.len()
             + self.key.len()
             + self.payload.len()
+    }
+}
+
+impl StoredMessage {
+    /// The stored form of `message` at `offset`.
+    pub fn from_new(message: NewMessage, offset: Offset) -> Self {
+        StoredMessage {
+            room: message.room,
+            offset,
+            time_unix_micros: message.time_unix_micros,
+            sender: message.sender,
+            content_type: message.content_type,
+            client_id: message.client_id,
+            key: message.key,
+            payload: message.payload,
+        }
+    }
+}
+
+/// A message to append: everything of a [`StoredMessage`] but the offset, which the store
+/// assigns.
+///
+/// The time comes from the caller (the hub stamps one time per batch): the store compares
+/// it against retention's age limit and the dedupe window, so one clock decides both, and
+/// tests can drive time without sleeping. A backend with its own clock (a JetStream log)
+/// may report its own time in [`Appended::time_unix_micros`] instead.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewMessage {
+    /// The room the message is published to.
+    pub room: String,
+    /// Server time of the publish, in microseconds since the Unix epoch.
+    pub time_unix_micros: i64,
+    /// Identity of the publisher; empty for an anonymous one.
+    pub sender: String,
+    /// Content type the publisher gave; may be empty.
+    pub content_type: String,
+    /// The publisher's own message id, for deduplication; empty for none.
+    pub client_id: String,
+    /// Coalescing key for `latest-per-key` subscribers (`""` = none).
+    pub key: String,
+    /// The message body, opaque to the store.
+    pub payload: bytes::Bytes,
+}
+
+/// What [`Store::append`] did with one message of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// The message's offset; for a duplicate, the original message's.
+    pub offset: Offset,
+    /// The stored time; for a duplicate, the original message's.
+    pub time_unix_micros: i64,
+    /// The room saw this client message id within the dedupe window: nothing was stored.
+    pub duplicate: bool,
+}
+
+/// How the store remembers client message ids to dedupe repeats (see the
+/// [crate docs](crate)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dedupe {
+    /// A repeat of a (room, client id) appended less than this long before is a duplicate.
+    /// Zero turns dedupe off: every message is stored, no id is remembered.
+    pub window: Duration,
+    /// Most ids remembered per room; past it the room's oldest are forgotten early.
+    pub max_ids_per_room: u64,
+    /// Most ids remembered in the whole store; past it the store's oldest are forgotten
+    /// early, whatever their room.
+    pub max_ids: u64,
+}
+
+/// Default [`Dedupe::window`]: two minutes.
+pub const DEFAULT_DEDUPE_WINDOW: Duration = Duration::from_secs(120);
+/// Default [`Dedupe::max_ids_per_room`].
+pub const DEFAULT_DEDUPE_IDS_PER_ROOM: u64 = 100_000;
+/// Default [`Dedupe::max_ids`].
+pub const DEFAULT_DEDUPE_IDS: u64 = 1_000_000;
+
+impl Default for Dedupe {
+    fn default() -> Self {
+        Dedupe {
+            window: DEFAULT_DEDUPE_WINDOW,
+            max_ids_per_room: DEFAULT_DEDUPE_IDS_PER_ROOM,
+            max_ids: DEFAULT_DEDUPE_IDS,
+        }
+    }
+}
+
+impl Dedupe {
+    /// No dedupe at all.
+    pub const OFF: Dedupe = Dedupe {
+        window: Duration::ZERO,
+        max_ids_per_room: 0,
+        max_ids: 0,
+    };
+
+    /// Whether ids are remembered at all.
+    pub fn is_on(&self) -> bool {
+        !self.window.is_zero() && self.max_ids_per_room > 0 && self.max_ids > 0
+    }
+
+    /// The window in microseconds.
+    pub(crate) fn window_micros(&self) -> i64 {
+        i64::try_from(self.window.as_micros()).unwrap_or(i64::MAX)
+    }
+
+    /// Whether an id first seen at `then` is still a duplicate at `now` (a clock that went
+    /// back counts as within the window).
+    pub(crate) fn still_holds(&self, then: i64, now: i64) -> bool {
+        now.saturating_sub(then) < self.window_micros()
     }
 }
 
@@ -149,10 +274,12 @@ pub struct RoomBounds {
     pub last: Offset,
 }
 
-/// How much of each room's log a store keeps. Applies to every room separately.
+/// How much of each room's log a store keeps, and how long it remembers client ids.
+/// Applies to every room separately.
 ///
-/// The default keeps everything (for [`MemoryStore`], up to its
-/// [`DEFAULT_MAX_MESSAGES_PER_ROOM`](memory::DEFAULT_MAX_MESSAGES_PER_ROOM)).
+/// The default keeps every message (for [`MemoryStore`], up to its
+/// [`DEFAULT_MAX_MESSAGES_PER_ROOM`](memory::DEFAULT_MAX_MESSAGES_PER_ROOM)) and dedupes
+/// by [`Dedupe::default`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Retention {
     /// Keep at most this many messages per room; older ones are deleted in the same
@@ -162,6 +289,9 @@ pub struct Retention {
     /// Delete messages older than this (by [`StoredMessage::time_unix_micros`]) when
     /// [`Store::enforce_retention`] runs.
     pub max_age: Option<Duration>,
+    /// How client message ids are remembered for dedupe; independent of how long the
+    /// messages themselves are kept.
+    pub dedupe: Dedupe,
 }
 
 impl Retention {
@@ -180,14 +310,15 @@ impl Retention {
 /// used as `dyn Store`. Futures of [`RedbStore`] must be polled inside a Tokio runtime
 /// (reads run on its blocking pool).
 pub trait Store: Send + Sync + 'static {
-    /// Persists a batch: records of any rooms; within a room, offsets must increase and
-    /// follow what was stored before, or the whole batch is refused with
-    /// [`StoreError::OffsetNotIncreasing`] and nothing of it is stored.
+    /// Appends a batch of messages of any rooms, in order: each gets its room's next
+    /// offset, or is reported a duplicate (see [`Dedupe`]). Returns one [`Appended`] per
+    /// message, in the batch's order.
     ///
-    /// Returns only once the batch is durable ([`RedbStore`]: committed with fsync).
-    /// Concurrent calls are group-committed: all appends waiting while one commit runs share
-    /// the next commit (one fsync). An empty batch returns at once and commits nothing.
-    fn append(&self, batch: Vec<StoredMessage>) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// Returns only once the batch is durable ([`RedbStore`]: committed with fsync), the
+    /// dedupe index with it. An error means nothing of the batch is stored. Concurrent calls
+    /// are group-committed: all appends waiting while one commit runs share the next commit
+    /// (one fsync). An empty batch returns at once and commits nothing.
+    fn append(&self, batch: Vec<NewMessage>) -> BoxFuture<'_, Result<Vec<Appended>, StoreError>>;
 
     /// Up to `limit` retained messages of `room` with offset > `after`, in offset order.
     fn read_after(
@@ -228,31 +359,6 @@ pub trait Store: Send + Sync + 'static {
     /// everything and reopening, so offsets never go back.
     fn last_offset(&self, room: &str) -> BoxFuture<'_, Result<Offset, StoreError>>;
 
-    /// The client message ids of `room`'s newest messages that carry one, at most `limit`,
-    /// oldest first, with their offsets: what the hub needs to dedupe a room it loads.
-    ///
-    /// Cheap by contract: a backend must answer without reading payloads, because the hub
-    /// calls it for every room that comes back into use. The default reads the last `limit`
-    /// messages (fine for a store in memory, whose reads copy no payload);
-    /// [`RedbStore`] keeps a separate index of ids.
-    fn recent_client_ids(
-        &self,
-        room: &str,
-        limit: usize,
-    ) -> BoxFuture<'_, Result<Vec<(Offset, String)>, StoreError>> {
-        let room = room.to_owned();
-        Box::pin(async move {
-            let last = self.last_offset(&room).await?;
-            let from = last.saturating_sub(limit as u64);
-            let recent = self.read_after(&room, from, limit).await?;
-            Ok(recent
-                .into_iter()
-                .filter(|message| !message.client_id.is_empty())
-                .map(|message| (message.offset, message.client_id))
-                .collect())
-        })
-    }
-
     /// Deletes what retention no longer keeps, in every room: messages older than
     /// `max_age`, and the oldest beyond `max_messages` (already enforced on append; this
     /// catches a limit lowered since). Returns how many messages were removed, at most
@@ -268,7 +374,7 @@ pub trait Store: Send + Sync + 'static {
 /// A shared store is a store, so the hub can hold an `Arc<dyn Store>` and still be
 /// generic over `S: Store`.
 impl<S: Store + ?Sized> Store for Arc<S> {
-    fn append(&self, batch: Vec<StoredMessage>) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn append(&self, batch: Vec<NewMessage>) -> BoxFuture<'_, Result<Vec<Appended>, StoreError>> {
         (**self).append(batch)
     }
 
@@ -297,14 +403,6 @@ impl<S: Store + ?Sized> Store for Arc<S> {
 
     fn last_offset(&self, room: &str) -> BoxFuture<'_, Result<Offset, StoreError>> {
         (**self).last_offset(room)
-    }
-
-    fn recent_client_ids(
-        &self,
-        room: &str,
-        limit: usize,
-    ) -> BoxFuture<'_, Result<Vec<(Offset, String)>, StoreError>> {
-        (**self).recent_client_ids(room, limit)
     }
 
     fn enforce_retention(&self, now_unix_micros: i64) -> BoxFuture<'_, Result<u64, StoreError>> {

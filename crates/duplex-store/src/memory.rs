@@ -21,15 +21,26 @@
 //!   whose messages have all gone keeps only its name and last offset (so its offsets
 //!   never go back); only when rooms alone fill the bound is an append refused, with
 //!   [`StoreError::Full`].
+//!
+//! The dedupe index (see [`Dedupe`](crate::Dedupe)) has its own bound, not counted in `max_bytes`: at
+//! most [`Dedupe::max_ids`](crate::Dedupe::max_ids) ids in all and
+//! [`Dedupe::max_ids_per_room`](crate::Dedupe::max_ids_per_room) per room, each
+//! costing about [`ID_COST`] bytes (a hash-map entry and a slot in two age queues), so the
+//! default million ids take up to about 160 MB. Past a bound the oldest ids (of the room,
+//! or of the store) are forgotten early, exactly as in [`RedbStore`](crate::RedbStore);
+//! ids older than the window are pruned on each append (bounded like the redb backend's)
+//! and by [`Store::enforce_retention`].
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::dedupe::{id_key, room_key};
+use crate::redb_store::PRUNE_PER_COMMIT;
 use crate::{
-    BoxFuture, MAX_RETENTION_DELETES_PER_RUN, MESSAGE_OVERHEAD, Offset, PageBudget, Retention,
-    RoomBounds, Store, StoreError, StoredMessage, record,
+    Appended, BoxFuture, MAX_RETENTION_DELETES_PER_RUN, MESSAGE_OVERHEAD, NewMessage, Offset,
+    PageBudget, Retention, RoomBounds, Store, StoreError, StoredMessage, record,
 };
 
 /// Messages a room keeps when [`Retention::max_messages`] is `None`, so that memory stays
@@ -45,6 +56,12 @@ pub const MESSAGE_COST: usize = 64;
 
 /// What one room costs beyond its name: its map entry, queue and shared name.
 pub const ROOM_COST: usize = 128;
+
+/// About what one remembered client id costs at most: its entry in the id map (32 bytes
+/// and the map's slack) and its slots in the store's and its room's age queues (48 and 32
+/// bytes; the queues may hold as many stale slots again before they are compacted, which
+/// this does not count).
+pub const ID_COST: usize = 160;
 
 /// One stored message: its offset and its record, allocated to the byte.
 #[derive(Debug)]
@@ -99,6 +116,98 @@ impl RoomLog {
     }
 }
 
+/// The dedupe index in memory: the same content as the redb tables. A slot in either
+/// queue is live while `ids` still maps its id to its time; others are skipped (and
+/// compacted away once they are as many as the live ones).
+#[derive(Debug, Default)]
+struct IdIndex {
+    /// Id key → offset and time of the message that first carried it.
+    ids: HashMap<u128, (Offset, i64)>,
+    /// Every remembered id, in insertion order (the hub's times: oldest first).
+    by_age: VecDeque<(i64, u128, u64)>,
+    /// Per room key: its ids in insertion order.
+    by_room: HashMap<u64, VecDeque<(i64, u128)>>,
+    /// Per room key: how many of its ids are live (`by_room` may hold stale slots).
+    counts: HashMap<u64, u64>,
+}
+
+impl IdIndex {
+    fn is_live(&self, time: i64, id: u128) -> bool {
+        self.ids.get(&id).is_some_and(|&(_, t)| t == time)
+    }
+
+    fn insert(&mut self, id: u128, room: u64, offset: Offset, time: i64) {
+        self.ids.insert(id, (offset, time));
+        self.by_age.push_back((time, id, room));
+        self.by_room.entry(room).or_default().push_back((time, id));
+        *self.counts.entry(room).or_default() += 1;
+    }
+
+    /// Removes a live id; its queue slots go stale.
+    fn forget(&mut self, id: u128, room: u64) {
+        if self.ids.remove(&id).is_some()
+            && let Some(count) = self.counts.get_mut(&room)
+        {
+            *count -= 1;
+            if *count == 0 {
+                self.counts.remove(&room);
+                self.by_room.remove(&room);
+            }
+        }
+    }
+
+    fn bound_room(&mut self, room: u64, max: u64) {
+        while self.counts.get(&room).is_some_and(|&count| count > max) {
+            let Some((time, id)) = self.by_room.get_mut(&room).and_then(VecDeque::pop_front) else {
+                break;
+            };
+            if self.is_live(time, id) {
+                self.forget(id, room);
+            }
+        }
+        if let Some(queue) = self.by_room.get_mut(&room) {
+            let live = self.counts.get(&room).copied().unwrap_or(0) as usize;
+            if queue.len() > 2 * live + 64 {
+                let ids = &self.ids;
+                queue.retain(|&(time, id)| ids.get(&id).is_some_and(|&(_, t)| t == time));
+            }
+        }
+    }
+
+    /// Forgets the oldest ids while more than `max` are held, and up to `budget` older
+    /// than `cutoff`.
+    fn prune(&mut self, cutoff: i64, budget: u64, max: u64) {
+        let mut pruned = 0;
+        while let Some(&(time, id, room)) = self.by_age.front() {
+            let over = self.ids.len() as u64 > max;
+            if !over && (pruned >= budget || time >= cutoff) {
+                break;
+            }
+            self.by_age.pop_front();
+            if self.is_live(time, id) {
+                self.forget(id, room);
+                pruned += 1;
+            }
+        }
+        if self.by_age.len() > 2 * self.ids.len() + 64 {
+            let ids = &self.ids;
+            self.by_age
+                .retain(|&(time, id, _)| ids.get(&id).is_some_and(|&(_, t)| t == time));
+        }
+    }
+}
+
+/// What an append does with one message of its batch, decided before anything changes.
+#[derive(Debug)]
+enum Plan {
+    /// Store it, and remember its id (key, room key) if it carries one.
+    Store(Option<(u128, u64)>),
+    /// A repeat of a remembered id: this is the original.
+    Repeat(Appended),
+    /// A repeat of the message at this index of the same batch.
+    RepeatOf(usize),
+}
+
 /// Everything behind the store's lock.
 #[derive(Debug, Default)]
 struct Rooms {
@@ -110,6 +219,8 @@ struct Rooms {
     /// What the rooms, their records and `order` cost, by [`MESSAGE_COST`] and
     /// [`ROOM_COST`]; never over the store's bound after an append.
     bytes: usize,
+    /// Client ids remembered for dedupe, bounded by the store's [`crate::Dedupe`].
+    ids: IdIndex,
 }
 
 impl Rooms {
@@ -177,37 +288,54 @@ impl MemoryStore {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn append_now(&self, batch: Vec<StoredMessage>) -> Result<(), StoreError> {
+    fn append_now(&self, batch: Vec<NewMessage>) -> Result<Vec<Appended>, StoreError> {
         if batch.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
+        let dedupe = self.retention.dedupe;
         let mut rooms = self.rooms();
-        // Check the whole batch first: it is stored whole or not at all.
-        let mut within_batch: HashMap<&str, Offset> = HashMap::new();
+        let rooms = &mut *rooms;
+        // Decide every message first (duplicates, within the batch too, and the bytes the
+        // rest need), so the batch is stored whole or not at all.
+        let mut seen: HashMap<u128, usize> = HashMap::new();
+        let mut plan = Vec::with_capacity(batch.len());
         let mut needed = 0;
-        for message in &batch {
-            let room = message.room.as_str();
-            let last = match within_batch.get(room) {
-                Some(&last) => last,
-                None => {
-                    let log = rooms.logs.get(room);
-                    if log.is_none() {
-                        needed += room.len() + ROOM_COST;
-                    }
-                    log.map_or(0, |log| log.last)
+        let mut new_rooms: Vec<&str> = Vec::new();
+        for (index, message) in batch.iter().enumerate() {
+            let remember = dedupe.is_on() && !message.client_id.is_empty();
+            let key = remember.then(|| {
+                (
+                    id_key(&message.room, &message.client_id),
+                    room_key(&message.room),
+                )
+            });
+            if let Some((id, _)) = key {
+                if let Some(&first) = seen.get(&id) {
+                    plan.push(Plan::RepeatOf(first));
+                    continue;
                 }
-            };
-            if message.offset <= last {
-                return Err(StoreError::OffsetNotIncreasing {
-                    room: room.to_owned(),
-                    offset: message.offset,
-                    last,
-                });
+                if let Some(&(offset, time)) = rooms.ids.ids.get(&id)
+                    && dedupe.still_holds(time, message.time_unix_micros)
+                {
+                    plan.push(Plan::Repeat(Appended {
+                        offset,
+                        time_unix_micros: time,
+                        duplicate: true,
+                    }));
+                    continue;
+                }
+                seen.insert(id, index);
             }
-            within_batch.insert(room, message.offset);
+            plan.push(Plan::Store(key));
+            if !rooms.logs.contains_key(message.room.as_str())
+                && !new_rooms.contains(&message.room.as_str())
+            {
+                new_rooms.push(&message.room);
+                needed += message.room.len() + ROOM_COST;
+            }
             needed += record::encoded_len(message) + MESSAGE_COST;
         }
-        drop(within_batch);
+        drop(new_rooms);
         while rooms.bytes + needed > self.max_bytes {
             if !rooms.evict_oldest() {
                 return Err(StoreError::Full {
@@ -215,13 +343,25 @@ impl MemoryStore {
                 });
             }
         }
-        for message in batch {
-            let kept = Kept {
-                offset: message.offset,
-                // Exactly the record's bytes: nothing of the buffer the payload came in.
-                record: record::encode(&message).into_boxed_slice(),
+        let mut outcome: Vec<Appended> = Vec::with_capacity(batch.len());
+        let mut newest = i64::MIN;
+        let mut remembered = 0u64;
+        for (message, step) in batch.iter().zip(plan) {
+            newest = newest.max(message.time_unix_micros);
+            let key = match step {
+                Plan::Store(key) => key,
+                Plan::Repeat(original) => {
+                    outcome.push(original);
+                    continue;
+                }
+                Plan::RepeatOf(first) => {
+                    outcome.push(Appended {
+                        duplicate: true,
+                        ..outcome[first]
+                    });
+                    continue;
+                }
             };
-            let rooms = &mut *rooms;
             let name: Arc<str> = match rooms.logs.get_key_value(message.room.as_str()) {
                 Some((name, _)) => name.clone(),
                 None => {
@@ -231,18 +371,42 @@ impl MemoryStore {
                     name
                 }
             };
-            rooms.bytes += kept.cost();
-            rooms.order.push_back((name.clone(), kept.offset));
             let Some(log) = rooms.logs.get_mut(&name) else {
                 continue;
             };
-            log.last = message.offset;
+            log.last += 1;
+            let offset = log.last;
+            let kept = Kept {
+                offset,
+                // Exactly the record's bytes: nothing of the buffer the payload came in.
+                record: record::encode(message).into_boxed_slice(),
+            };
+            rooms.bytes += kept.cost();
             log.messages.push_back(kept);
             let (_, trimmed) = log.trim(&name, self.max_messages, None, u64::MAX)?;
             rooms.bytes -= trimmed;
+            rooms.order.push_back((name, offset));
+            if let Some((id, room)) = key {
+                rooms.ids.forget(id, room); // an expired entry, if any
+                rooms.ids.insert(id, room, offset, message.time_unix_micros);
+                rooms.ids.bound_room(room, dedupe.max_ids_per_room);
+                remembered += 1;
+            }
+            outcome.push(Appended {
+                offset,
+                time_unix_micros: message.time_unix_micros,
+                duplicate: false,
+            });
         }
-        self.commits.fetch_add(1, Ordering::AcqRel);
-        Ok(())
+        if dedupe.is_on() {
+            let budget = PRUNE_PER_COMMIT.max(2 * remembered);
+            let cutoff = newest.saturating_sub(dedupe.window_micros());
+            rooms.ids.prune(cutoff, budget, dedupe.max_ids);
+        }
+        if outcome.iter().any(|appended| !appended.duplicate) {
+            self.commits.fetch_add(1, Ordering::AcqRel);
+        }
+        Ok(outcome)
     }
 
     fn read_after_now(
@@ -280,6 +444,13 @@ impl MemoryStore {
         let cutoff = self.retention.age_cutoff(now_unix_micros);
         let mut rooms = self.rooms();
         let rooms = &mut *rooms;
+        let dedupe = self.retention.dedupe;
+        if dedupe.is_on() {
+            let id_cutoff = now_unix_micros.saturating_sub(dedupe.window_micros());
+            rooms
+                .ids
+                .prune(id_cutoff, MAX_RETENTION_DELETES_PER_RUN, dedupe.max_ids);
+        }
         let mut removed = 0;
         for (name, log) in rooms.logs.iter_mut() {
             let budget = MAX_RETENTION_DELETES_PER_RUN - removed;
@@ -295,7 +466,7 @@ impl MemoryStore {
 }
 
 impl Store for MemoryStore {
-    fn append(&self, batch: Vec<StoredMessage>) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn append(&self, batch: Vec<NewMessage>) -> BoxFuture<'_, Result<Vec<Appended>, StoreError>> {
         Box::pin(std::future::ready(self.append_now(batch)))
     }
 
@@ -352,10 +523,10 @@ mod tests {
     use futures::executor::block_on;
     use std::time::Duration;
 
-    fn message(room: &str, offset: Offset, time_unix_micros: i64) -> StoredMessage {
-        StoredMessage {
+    /// A message of `room`; the `_offset` it will get is only there to read the tests.
+    fn message(room: &str, _offset: Offset, time_unix_micros: i64) -> NewMessage {
+        NewMessage {
             room: room.into(),
-            offset,
             time_unix_micros,
             sender: String::new(),
             content_type: String::new(),
@@ -388,6 +559,7 @@ mod tests {
         let store = MemoryStore::new(Retention {
             max_messages: Some(3),
             max_age: Some(Duration::from_micros(100)),
+            ..Default::default()
         });
         block_on(store.append((1..=5).map(|o| message("r", o, o as i64 * 10)).collect())).unwrap();
         assert_eq!(
@@ -409,11 +581,11 @@ mod tests {
         assert_eq!(block_on(store.enforce_retention(1_000)).unwrap(), 2);
         assert_eq!(block_on(store.bounds("r")).unwrap(), None);
         assert_eq!(block_on(store.last_offset("r")).unwrap(), 5);
-        assert!(matches!(
-            block_on(store.append(vec![message("r", 5, 0)])),
-            Err(StoreError::OffsetNotIncreasing { last: 5, .. })
-        ));
-        block_on(store.append(vec![message("r", 6, 0)])).unwrap();
+        let appended = block_on(store.append(vec![message("r", 6, 0)])).unwrap();
+        assert_eq!(
+            appended[0].offset, 6,
+            "offsets go on after retention emptied the room"
+        );
         assert_eq!(store.commits(), 2);
     }
 
@@ -423,7 +595,7 @@ mod tests {
         // The payload is a slice of a much bigger buffer, as a received one is.
         let buffer = Bytes::from(vec![9u8; 64 * 1024]);
         let messages: Vec<_> = (1..=100)
-            .map(|o| StoredMessage {
+            .map(|o| NewMessage {
                 sender: "ada".into(),
                 payload: buffer.slice(0..100),
                 ..message("r", o, 0)
@@ -440,7 +612,7 @@ mod tests {
 
     #[test]
     fn the_total_bound_evicts_the_oldest_messages_of_any_room() {
-        let big = |room: &str, offset| StoredMessage {
+        let big = |room: &str, offset| NewMessage {
             payload: Bytes::from(vec![0u8; 1000]),
             ..message(room, offset, 0)
         };
@@ -476,12 +648,12 @@ mod tests {
     #[test]
     fn pages_stop_at_their_byte_bound() {
         let store = MemoryStore::new(Retention::default());
-        let big = |offset| StoredMessage {
+        let big = |offset| NewMessage {
             payload: Bytes::from(vec![0u8; 1000]),
             ..message("r", offset, 0)
         };
         block_on(store.append((1..=10).map(big).collect())).unwrap();
-        let size = big(1).size();
+        let size = StoredMessage::from_new(big(1), 1).size();
         let page = block_on(store.read_page("r", 0, 100, 3 * size + 100)).unwrap();
         assert_eq!(page.iter().map(|m| m.offset).collect::<Vec<_>>(), [1, 2, 3]);
         // A first message over the bound comes alone; the count still applies.
@@ -497,16 +669,17 @@ mod tests {
     #[test]
     fn paging_and_refused_batches() {
         let store = MemoryStore::new(Retention::default());
-        block_on(store.append((1..=10).map(|o| message("r", o * 2, 0)).collect())).unwrap();
+        block_on(store.append((1..=10).map(|o| message("r", o, 0)).collect())).unwrap();
         let page = block_on(store.read_after("r", 5, 3)).unwrap();
-        assert_eq!(
-            page.iter().map(|m| m.offset).collect::<Vec<_>>(),
-            [6, 8, 10]
-        );
+        assert_eq!(page.iter().map(|m| m.offset).collect::<Vec<_>>(), [6, 7, 8]);
         assert!(block_on(store.read_after("nope", 0, 3)).unwrap().is_empty());
-        // A batch with a bad second room stores nothing of its first.
-        let refused = block_on(store.append(vec![message("a", 1, 0), message("r", 3, 0)]));
-        assert!(refused.is_err());
-        assert_eq!(block_on(store.last_offset("a")).unwrap(), 0);
+        // A batch that cannot fit stores nothing of its first room either.
+        let tiny = MemoryStore::with_max_bytes(Retention::default(), ROOM_COST + 1 + 200);
+        let refused = block_on(tiny.append(vec![message("a", 1, 0), message("b", 1, 0)]));
+        assert!(
+            matches!(refused, Err(StoreError::Full { .. })),
+            "{refused:?}"
+        );
+        assert_eq!(block_on(tiny.last_offset("a")).unwrap(), 0);
     }
 }

@@ -15,13 +15,52 @@
 
 use bytes::Bytes;
 
-use crate::{Offset, StoreError, StoredMessage};
+use crate::{NewMessage, Offset, StoreError, StoredMessage};
 
 /// Version byte of the record layout written by this code.
 const RECORD_VERSION: u8 = 1;
 
+/// What a record holds: every field of a message but its room and offset, borrowed from a
+/// [`NewMessage`] or a [`StoredMessage`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Fields<'a> {
+    pub(crate) time_unix_micros: i64,
+    pub(crate) sender: &'a str,
+    pub(crate) content_type: &'a str,
+    pub(crate) client_id: &'a str,
+    pub(crate) key: &'a str,
+    pub(crate) payload: &'a [u8],
+}
+
+impl<'a> From<&'a NewMessage> for Fields<'a> {
+    fn from(message: &'a NewMessage) -> Self {
+        Fields {
+            time_unix_micros: message.time_unix_micros,
+            sender: &message.sender,
+            content_type: &message.content_type,
+            client_id: &message.client_id,
+            key: &message.key,
+            payload: &message.payload,
+        }
+    }
+}
+
+impl<'a> From<&'a StoredMessage> for Fields<'a> {
+    fn from(message: &'a StoredMessage) -> Self {
+        Fields {
+            time_unix_micros: message.time_unix_micros,
+            sender: &message.sender,
+            content_type: &message.content_type,
+            client_id: &message.client_id,
+            key: &message.key,
+            payload: &message.payload,
+        }
+    }
+}
+
 /// The length of `encode(message)`, without encoding it.
-pub(crate) fn encoded_len(message: &StoredMessage) -> usize {
+pub(crate) fn encoded_len<'a>(message: impl Into<Fields<'a>>) -> usize {
+    let message = message.into();
     let fields = [
         message.sender.len(),
         message.content_type.len(),
@@ -43,7 +82,8 @@ fn varint_len(value: u64) -> usize {
 
 /// Encodes everything of `message` but its room and offset, into a buffer of exactly its
 /// length (the memory store keeps it as is).
-pub(crate) fn encode(message: &StoredMessage) -> Vec<u8> {
+pub(crate) fn encode<'a>(message: impl Into<Fields<'a>>) -> Vec<u8> {
+    let message = message.into();
     let mut out = Vec::with_capacity(encoded_len(message));
     out.push(RECORD_VERSION);
     out.extend_from_slice(&message.time_unix_micros.to_le_bytes());
@@ -52,7 +92,7 @@ pub(crate) fn encode(message: &StoredMessage) -> Vec<u8> {
         message.content_type.as_bytes(),
         message.client_id.as_bytes(),
         message.key.as_bytes(),
-        &message.payload[..],
+        message.payload,
     ] {
         put_varint(&mut out, field.len() as u64);
         out.extend_from_slice(field);

@@ -7,9 +7,12 @@
 //! commit runs wait in the channel and make up the next group, so the number of fsyncs
 //! follows the disk's speed, not the number of publishers.
 //!
-//! A batch whose offsets do not follow its room's last offset is refused on its own; the
-//! rest of its group still commits. A failed transaction or commit fails every append of
-//! the group with the same error, and none of them is acknowledged; the writer then closes
+//! The writer assigns offsets: each message gets its room's last offset plus one, from the
+//! room's row of the rooms table (loaded once per group, written back once per group). A
+//! message whose (room, client id) the dedupe index holds within the window gets the
+//! original's offset instead and stores nothing; the index is updated, pruned and kept
+//! within its bounds in the same transaction (see `redb_store` for its tables and costs).
+//! A failed transaction or commit fails every append of the group with the same error, and none of them is acknowledged; the writer then closes
 //! and reopens the database (see `redb_store`), since redb refuses every write after one
 //! failed.
 //!
@@ -26,17 +29,22 @@ use std::time::Instant;
 use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::dedupe::{id_key, room_key};
 use crate::redb_store::{
-    CLIENT_IDS, MAX_REQUESTS_PER_COMMIT, MESSAGES, OpenDatabase, REOPEN_INTERVAL, ROOMS,
+    DEDUPE_BY_AGE, DEDUPE_BY_ROOM, MAX_REQUESTS_PER_COMMIT, MESSAGES, OpenDatabase,
+    PRUNE_PER_COMMIT, REOPEN_INTERVAL, ROOMS,
 };
-use crate::{MAX_RETENTION_DELETES_PER_RUN, Offset, Retention, StoreError, StoredMessage, record};
+use crate::{
+    Appended, Dedupe, MAX_RETENTION_DELETES_PER_RUN, NewMessage, Offset, Retention, StoreError,
+    record,
+};
 
 /// What the store asks of its writer thread.
 pub(crate) enum WriteRequest {
     /// Persist a batch; answer once it is durable.
     Append {
-        batch: Vec<StoredMessage>,
-        done: oneshot::Sender<Result<(), StoreError>>,
+        batch: Vec<NewMessage>,
+        done: oneshot::Sender<Result<Vec<Appended>, StoreError>>,
     },
     /// Delete what retention no longer keeps; answer how many messages went.
     EnforceRetention {
@@ -45,12 +53,17 @@ pub(crate) enum WriteRequest {
     },
 }
 
-type PendingAppend = (Vec<StoredMessage>, oneshot::Sender<Result<(), StoreError>>);
+type PendingAppend = (
+    Vec<NewMessage>,
+    oneshot::Sender<Result<Vec<Appended>, StoreError>>,
+);
 
 /// A room's row of the rooms table, as the writer updates it within a transaction.
 #[derive(Debug, Clone, Copy, Default)]
 struct RoomState {
+    /// The last offset assigned: the next message gets one more.
     last: Offset,
+    /// Messages the room retains, for count retention.
     retained: u64,
 }
 
@@ -63,6 +76,8 @@ pub(crate) struct Writer {
     /// When the database was last closed to be reopened and the last attempt failed:
     /// attempts are spaced by [`REOPEN_INTERVAL`].
     failed_reopen_at: Option<Instant>,
+    /// The dedupe lookup; `None` until read from the open database (again after a reopen).
+    ids: Option<IdMemory>,
 }
 
 impl Writer {
@@ -78,6 +93,7 @@ impl Writer {
             commits,
             requests,
             failed_reopen_at: None,
+            ids: None,
         }
     }
 
@@ -131,6 +147,8 @@ impl Writer {
         if matches!(error, StoreError::Reopening) {
             return;
         }
+        // The failed transaction may have changed the lookup: read it again on reopen.
+        self.ids = None;
         tracing::error!(%error, "store write failed; closing the database to reopen it");
         self.db.close();
         self.failed_reopen_at = None;
@@ -138,6 +156,14 @@ impl Writer {
 
     /// The thread's loop; returns when the store is dropped.
     pub(crate) fn run(mut self) {
+        // Read the dedupe lookup now rather than on the first append, so that append does
+        // not wait for it (a failure here is retried by the first write).
+        if let Ok(db) = self.db.get() {
+            match IdMemory::load(&db) {
+                Ok(ids) => self.ids = Some(ids),
+                Err(error) => tracing::warn!(%error, "store: reading the dedupe index failed"),
+            }
+        }
         while let Some(first) = self.next_request() {
             let mut appends: Vec<PendingAppend> = Vec::new();
             let mut retention_runs = Vec::new();
@@ -159,9 +185,12 @@ impl Writer {
                 self.commit_appends(appends);
             }
             for (now_unix_micros, done) in retention_runs {
-                let result = self
-                    .database()
-                    .and_then(|db| self.enforce_retention(&db, now_unix_micros));
+                let result = self.database().and_then(|db| {
+                    let mut ids = self.take_ids(&db)?;
+                    let result = self.enforce_retention(&db, now_unix_micros, &mut ids);
+                    self.ids = Some(ids);
+                    result
+                });
                 if let Err(error) = &result {
                     tracing::error!(%error, "store retention run failed");
                     self.recover(error);
@@ -171,17 +200,28 @@ impl Writer {
         }
     }
 
+    /// The dedupe lookup, read from `db` first if needed; put it back when done.
+    fn take_ids(&mut self, db: &Database) -> Result<IdMemory, StoreError> {
+        match self.ids.take() {
+            Some(ids) => Ok(ids),
+            None => IdMemory::load(db),
+        }
+    }
+
     /// Writes a group of appends in one transaction and answers each once it is durable.
     fn commit_appends(&mut self, appends: Vec<PendingAppend>) {
         let requests = appends.len();
-        let written = self
-            .database()
-            .and_then(|db| self.write_group(&db, &appends));
+        let written = self.database().and_then(|db| {
+            let mut ids = self.take_ids(&db)?;
+            let written = self.write_group(&db, &appends, &mut ids);
+            self.ids = Some(ids);
+            written
+        });
         match written {
-            Ok(verdicts) => {
+            Ok(outcomes) => {
                 tracing::trace!(requests, "store group committed");
-                for ((_, done), verdict) in appends.into_iter().zip(verdicts) {
-                    let _ = done.send(verdict);
+                for ((_, done), outcome) in appends.into_iter().zip(outcomes) {
+                    let _ = done.send(Ok(outcome));
                 }
             }
             Err(error) => {
@@ -194,53 +234,86 @@ impl Writer {
         }
     }
 
-    /// One transaction for the whole group. `Ok` holds each request's verdict (refused or
-    /// stored) and means the stored ones are durable; `Err` means none is.
+    /// One transaction for the whole group. `Ok` holds each request's outcome per message
+    /// and means everything stored is durable; `Err` means nothing is.
     fn write_group(
         &self,
         db: &Database,
         appends: &[PendingAppend],
-    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        ids: &mut IdMemory,
+    ) -> Result<Vec<Vec<Appended>>, StoreError> {
         let txn = begin_durable(db)?;
-        let mut verdicts = Vec::with_capacity(appends.len());
-        let mut stored = 0usize;
+        let mut outcomes = Vec::with_capacity(appends.len());
+        let dedupe = self.retention.dedupe;
         {
             let mut messages = txn.open_table(MESSAGES)?;
-            let mut ids = txn.open_table(CLIENT_IDS)?;
             let mut rooms = txn.open_table(ROOMS)?;
-            // Maps over the rooms of one group, looked up per message: a fast hash (a
-            // group names at most a few thousand rooms, so flooding one buys nothing).
+            let mut index = DedupeIndex::open(&txn, ids)?;
+            // Rooms of one group, looked up per message: a fast hash (a group names at
+            // most a few thousand rooms, so flooding one buys nothing).
             let mut touched: HashMap<String, RoomState, FastHash> = HashMap::default();
+            let mut newest = i64::MIN;
+            let mut remembered = 0u64;
             for (batch, _) in appends {
-                if let Some(refusal) = check_offsets(batch, &mut touched, &rooms)? {
-                    verdicts.push(Err(refusal));
-                    continue;
-                }
+                let mut outcome = Vec::with_capacity(batch.len());
                 for message in batch {
-                    let encoded = record::encode(message);
-                    let key = (message.room.as_str(), message.offset);
-                    messages.insert(key, encoded.as_slice())?;
-                    if !message.client_id.is_empty() {
-                        ids.insert(key, message.client_id.as_str())?;
+                    newest = newest.max(message.time_unix_micros);
+                    let remember = dedupe.is_on() && !message.client_id.is_empty();
+                    let keys = remember.then(|| {
+                        (
+                            id_key(&message.room, &message.client_id),
+                            room_key(&message.room),
+                        )
+                    });
+                    if let Some((id, _)) = keys
+                        && let Some(original) = index.lookup(id, message.time_unix_micros, &dedupe)
+                    {
+                        outcome.push(original);
+                        continue;
                     }
-                    let state = touched
-                        .get_mut(&message.room)
-                        .expect("check_offsets loaded every room of the batch");
-                    state.last = message.offset;
+                    let state = match touched.get_mut(message.room.as_str()) {
+                        Some(state) => state,
+                        None => {
+                            let (last, retained) = rooms
+                                .get(message.room.as_str())?
+                                .map_or((0, 0), |row| row.value());
+                            touched
+                                .entry(message.room.clone())
+                                .or_insert(RoomState { last, retained })
+                        }
+                    };
+                    state.last += 1;
                     state.retained += 1;
+                    let offset = state.last;
+                    let encoded = record::encode(message);
+                    messages.insert((message.room.as_str(), offset), encoded.as_slice())?;
+                    if let Some((id, room)) = keys {
+                        index.insert(id, room, offset, message.time_unix_micros)?;
+                        index.bound_room(room, dedupe.max_ids_per_room)?;
+                        remembered += 1;
+                    }
+                    outcome.push(Appended {
+                        offset,
+                        time_unix_micros: message.time_unix_micros,
+                        duplicate: false,
+                    });
                 }
-                stored += 1;
-                verdicts.push(Ok(()));
+                outcomes.push(outcome);
             }
-            if stored == 0 {
-                return Ok(verdicts); // dropping `txn` aborts it: nothing to commit
+            if touched.is_empty() && remembered == 0 {
+                return Ok(outcomes); // only duplicates: dropping `txn` aborts it
+            }
+            if dedupe.is_on() {
+                let budget = PRUNE_PER_COMMIT.max(2 * remembered);
+                index.prune(newest.saturating_sub(dedupe.window_micros()), budget)?;
+                index.bound_total(dedupe.max_ids)?;
             }
             for (room, state) in &mut touched {
                 if let Some(max) = self.retention.max_messages
                     && state.retained > max
                 {
                     let over = state.retained - max;
-                    let removed = trim_oldest(&mut messages, &mut ids, room, over, None, over)?;
+                    let removed = trim_oldest(&mut messages, room, over, None, over)?;
                     state.retained -= removed;
                 }
                 rooms.insert(room.as_str(), (state.last, state.retained))?;
@@ -248,22 +321,37 @@ impl Writer {
         }
         txn.commit()?;
         self.commits.fetch_add(1, Ordering::AcqRel);
-        Ok(verdicts)
+        Ok(outcomes)
     }
 
     /// Deletes, in every room, the oldest messages beyond `max_messages` and those older
     /// than `max_age`, at most [`MAX_RETENTION_DELETES_PER_RUN`] in all. One transaction;
     /// commits only when something was removed.
-    fn enforce_retention(&self, db: &Database, now_unix_micros: i64) -> Result<u64, StoreError> {
+    ///
+    /// Also prunes dedupe ids older than the window (at most
+    /// [`MAX_RETENTION_DELETES_PER_RUN`]), so an idle store lets go of them too; those do
+    /// not count in the result.
+    fn enforce_retention(
+        &self,
+        db: &Database,
+        now_unix_micros: i64,
+        ids: &mut IdMemory,
+    ) -> Result<u64, StoreError> {
         let cutoff = self.retention.age_cutoff(now_unix_micros);
-        if cutoff.is_none() && self.retention.max_messages.is_none() {
+        let dedupe = self.retention.dedupe;
+        if cutoff.is_none() && self.retention.max_messages.is_none() && !dedupe.is_on() {
             return Ok(0);
         }
         let txn = begin_durable(db)?;
         let mut removed_total = 0;
-        {
+        let mut pruned = 0;
+        if dedupe.is_on() {
+            let mut index = DedupeIndex::open(&txn, ids)?;
+            let id_cutoff = now_unix_micros.saturating_sub(dedupe.window_micros());
+            pruned = index.prune(id_cutoff, MAX_RETENTION_DELETES_PER_RUN)?;
+        }
+        if cutoff.is_some() || self.retention.max_messages.is_some() {
             let mut messages = txn.open_table(MESSAGES)?;
-            let mut ids = txn.open_table(CLIENT_IDS)?;
             let mut rooms = txn.open_table(ROOMS)?;
             let states = rooms
                 .iter()?
@@ -282,8 +370,7 @@ impl Writer {
                     .retention
                     .max_messages
                     .map_or(0, |max| state.retained.saturating_sub(max));
-                let removed =
-                    trim_oldest(&mut messages, &mut ids, &room, over_count, cutoff, budget)?;
+                let removed = trim_oldest(&mut messages, &room, over_count, cutoff, budget)?;
                 if removed > 0 {
                     let retained = state.retained.saturating_sub(removed);
                     rooms.insert(room.as_str(), (state.last, retained))?;
@@ -291,12 +378,16 @@ impl Writer {
                 }
             }
         }
-        if removed_total == 0 {
+        if removed_total == 0 && pruned == 0 {
             return Ok(0); // dropping `txn` aborts it
         }
         txn.commit()?;
         self.commits.fetch_add(1, Ordering::AcqRel);
-        tracing::debug!(removed = removed_total, "store retention removed messages");
+        tracing::debug!(
+            removed = removed_total,
+            pruned_ids = pruned,
+            "store retention removed messages"
+        );
         Ok(removed_total)
     }
 }
@@ -307,53 +398,12 @@ fn begin_durable(db: &Database) -> Result<WriteTransaction, StoreError> {
     Ok(txn)
 }
 
-/// Checks that `batch`'s offsets follow each room's last offset (as stored, or as left by
-/// earlier batches of this group), loading into `touched` every room it names.
-///
-/// `Ok(Some(_))` refuses the batch; `Err(_)` fails the whole group.
-fn check_offsets(
-    batch: &[StoredMessage],
-    touched: &mut HashMap<String, RoomState, FastHash>,
-    rooms: &Table<&str, (u64, u64)>,
-) -> Result<Option<StoreError>, StoreError> {
-    let mut within_batch: HashMap<&str, Offset, FastHash> = HashMap::default();
-    for message in batch {
-        let room = message.room.as_str();
-        let last = match within_batch.get(room) {
-            Some(&last) => last,
-            None => {
-                if !touched.contains_key(room) {
-                    let stored = rooms.get(room)?.map(|row| row.value()).unwrap_or((0, 0));
-                    touched.insert(
-                        room.to_owned(),
-                        RoomState {
-                            last: stored.0,
-                            retained: stored.1,
-                        },
-                    );
-                }
-                touched[room].last
-            }
-        };
-        if message.offset <= last {
-            return Ok(Some(StoreError::OffsetNotIncreasing {
-                room: room.to_owned(),
-                offset: message.offset,
-                last,
-            }));
-        }
-        within_batch.insert(room, message.offset);
-    }
-    Ok(None)
-}
-
 /// Deletes the oldest messages of `room`: the first `count`, then more as long as they are
 /// older than `cutoff` (when given), `limit` at most. Stops at the first message retention
-/// keeps, so a room always retains a contiguous tail of its log. Their client ids go too.
-/// Returns how many went.
+/// keeps, so a room always retains a contiguous tail of its log. Their client ids stay in
+/// the dedupe index until it forgets them. Returns how many went.
 fn trim_oldest(
     messages: &mut Table<(&str, u64), &[u8]>,
-    ids: &mut Table<(&str, u64), &str>,
     room: &str,
     count: u64,
     cutoff: Option<i64>,
@@ -381,7 +431,150 @@ fn trim_oldest(
     }
     for &offset in &doomed {
         messages.remove((room, offset))?;
-        ids.remove((room, offset))?;
     }
     Ok(doomed.len() as u64)
+}
+
+/// The dedupe index's lookup, in the writer's memory: id key → (offset, time, room key)
+/// of every id the durable tables hold, and how many each room holds. Built from
+/// `duplex.dedupe_by_age.v1` when the database is opened (or reopened after a failed
+/// write, which may have left it ahead of the file). Keeping the lookup here spares the
+/// file a table keyed by random hashes, whose inserts would each rewrite a page of their
+/// own on every commit (measured: 11× slower appends with ids than without; see
+/// `redb_store` for what the map costs).
+#[derive(Debug, Default)]
+pub(crate) struct IdMemory {
+    /// Keys are SHA-256 prefixes, already uniform: a fast hash is enough.
+    ids: HashMap<u128, (Offset, i64, u64), FastHash>,
+    counts: HashMap<u64, u64, FastHash>,
+}
+
+impl IdMemory {
+    /// Reads every remembered id from the file.
+    pub(crate) fn load(db: &Database) -> Result<Self, StoreError> {
+        use redb::ReadableDatabase as _;
+        let txn = db.begin_read()?;
+        let by_age = txn.open_table(DEDUPE_BY_AGE)?;
+        let mut memory = IdMemory::default();
+        for entry in by_age.iter()? {
+            let (key, value) = entry?;
+            let ((time, id), (room, offset)) = (key.value(), value.value());
+            memory.ids.insert(id, (offset, time, room));
+            *memory.counts.entry(room).or_default() += 1;
+        }
+        Ok(memory)
+    }
+}
+
+/// The dedupe index within one write transaction: its two durable tables (both ordered
+/// by time, so inserts land at their ends) and the lookup in memory.
+struct DedupeIndex<'txn, 'mem> {
+    by_age: Table<'txn, (i64, u128), (u64, u64)>,
+    by_room: Table<'txn, (u64, i64, u128), ()>,
+    memory: &'mem mut IdMemory,
+}
+
+impl<'txn, 'mem> DedupeIndex<'txn, 'mem> {
+    fn open(txn: &'txn WriteTransaction, memory: &'mem mut IdMemory) -> Result<Self, StoreError> {
+        Ok(DedupeIndex {
+            by_age: txn.open_table(DEDUPE_BY_AGE)?,
+            by_room: txn.open_table(DEDUPE_BY_ROOM)?,
+            memory,
+        })
+    }
+
+    /// The original of `id` if it is still within the window at `now`. Changes nothing.
+    fn lookup(&self, id: u128, now: i64, dedupe: &Dedupe) -> Option<Appended> {
+        let &(offset, time, _) = self.memory.ids.get(&id)?;
+        dedupe.still_holds(time, now).then_some(Appended {
+            offset,
+            time_unix_micros: time,
+            duplicate: true,
+        })
+    }
+
+    /// Remembers `id`, replacing an expired entry of it that pruning has not reached.
+    fn insert(&mut self, id: u128, room: u64, offset: Offset, time: i64) -> Result<(), StoreError> {
+        if let Some(&(_, old_time, old_room)) = self.memory.ids.get(&id) {
+            self.forget(old_time, id, old_room)?;
+        }
+        self.by_age.insert((time, id), (room, offset))?;
+        self.by_room.insert((room, time, id), ())?;
+        self.memory.ids.insert(id, (offset, time, room));
+        *self.memory.counts.entry(room).or_default() += 1;
+        Ok(())
+    }
+
+    /// Removes one id from the tables and the lookup.
+    fn forget(&mut self, time: i64, id: u128, room: u64) -> Result<(), StoreError> {
+        self.by_age.remove((time, id))?;
+        self.by_room.remove((room, time, id))?;
+        if self
+            .memory
+            .ids
+            .get(&id)
+            .is_some_and(|&(_, held, _)| held == time)
+        {
+            self.memory.ids.remove(&id);
+            if let Some(count) = self.memory.counts.get_mut(&room) {
+                *count -= 1;
+                if *count == 0 {
+                    self.memory.counts.remove(&room);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets `room`'s oldest ids while it holds more than `max`.
+    fn bound_room(&mut self, room: u64, max: u64) -> Result<(), StoreError> {
+        let count = self.memory.counts.get(&room).copied().unwrap_or(0);
+        for _ in max..count {
+            let oldest = self
+                .by_room
+                .range((room, i64::MIN, 0)..=(room, i64::MAX, u128::MAX))?
+                .next()
+                .transpose()?
+                .map(|(key, _)| key.value());
+            let Some((_, time, id)) = oldest else { break };
+            self.forget(time, id, room)?;
+        }
+        Ok(())
+    }
+
+    /// Forgets the store's oldest ids while it holds more than `max`.
+    fn bound_total(&mut self, max: u64) -> Result<(), StoreError> {
+        let held = self.memory.ids.len() as u64;
+        for _ in max..held {
+            if !self.forget_oldest(None)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets ids older than `cutoff`, oldest first, at most `budget`.
+    fn prune(&mut self, cutoff: i64, budget: u64) -> Result<u64, StoreError> {
+        let mut pruned = 0;
+        while pruned < budget && self.forget_oldest(Some(cutoff))? {
+            pruned += 1;
+        }
+        Ok(pruned)
+    }
+
+    /// Forgets the store's oldest id (only if older than `cutoff`, when given); false when
+    /// there is none.
+    fn forget_oldest(&mut self, cutoff: Option<i64>) -> Result<bool, StoreError> {
+        let oldest = self
+            .by_age
+            .first()?
+            .map(|(key, value)| (key.value(), value.value()));
+        match oldest {
+            Some(((time, id), (room, _))) if cutoff.is_none_or(|cutoff| time < cutoff) => {
+                self.forget(time, id, room)?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
 }

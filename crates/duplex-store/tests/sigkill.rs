@@ -18,7 +18,7 @@ use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use duplex_store::{Offset, RedbStore, Retention, Store, StoreError, StoredMessage};
+use duplex_store::{NewMessage, Offset, RedbStore, Retention, Store, StoreError, StoredMessage};
 
 /// Set in the child's environment to the data directory it writes.
 const CHILD_DIR_ENV: &str = "DUPLEX_STORE_SIGKILL_CHILD_DIR";
@@ -31,17 +31,22 @@ const MAX_APPENDS_PER_WRITER: u64 = 100_000;
 /// How long the parent waits for the acks before it gives up.
 const ACK_DEADLINE: Duration = Duration::from_secs(90);
 
-fn message(room: &str, offset: Offset) -> StoredMessage {
-    StoredMessage {
+/// What the child appends as the `n`th message of `room`; the store gives it offset `n`.
+fn new_message(room: &str, n: u64) -> NewMessage {
+    NewMessage {
         room: room.into(),
-        offset,
-        time_unix_micros: offset as i64,
+        time_unix_micros: n as i64,
         sender: "writer".into(),
         content_type: String::new(),
         client_id: String::new(),
         key: String::new(),
-        payload: Bytes::from(format!("{room}/{offset}")),
+        payload: Bytes::from(format!("{room}/{n}")),
     }
+}
+
+/// The `offset`th message of `room`, as stored.
+fn message(room: &str, offset: Offset) -> StoredMessage {
+    StoredMessage::from_new(new_message(room, offset), offset)
 }
 
 #[test]
@@ -62,8 +67,10 @@ fn sigkill_child_writer() {
                 let store = store.clone();
                 tokio::spawn(async move {
                     let room = format!("room-{writer}");
-                    for offset in 1..=MAX_APPENDS_PER_WRITER {
-                        store.append(vec![message(&room, offset)]).await.unwrap();
+                    for n in 1..=MAX_APPENDS_PER_WRITER {
+                        let appended = store.append(vec![new_message(&room, n)]).await.unwrap();
+                        let offset = appended[0].offset;
+                        assert_eq!(offset, n, "one writer per room: offsets follow its count");
                         // One write per line, so a kill cannot tear a line.
                         println!("ack {room} {offset}");
                     }

@@ -6,15 +6,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use duplex_store::{
-    MAX_RETENTION_DELETES_PER_RUN, MemoryStore, Offset, RedbStore, Retention, RoomBounds, Store,
-    StoreError, StoredMessage,
+    Appended, Dedupe, MAX_RETENTION_DELETES_PER_RUN, MemoryStore, NewMessage, Offset, RedbStore,
+    Retention, RoomBounds, Store, StoreError, StoredMessage,
 };
 use tempfile::TempDir;
 
-fn message(room: &str, offset: Offset) -> StoredMessage {
-    StoredMessage {
+/// The `offset`th message appended to `room` (so the store gives it `offset`).
+fn message(room: &str, offset: Offset) -> NewMessage {
+    NewMessage {
         room: room.into(),
-        offset,
         time_unix_micros: 1_700_000_000_000_000 + offset as i64,
         sender: format!("sender-{}", offset % 3),
         content_type: if offset.is_multiple_of(2) {
@@ -28,11 +28,29 @@ fn message(room: &str, offset: Offset) -> StoredMessage {
     }
 }
 
-fn timed(room: &str, offset: Offset, time_unix_micros: i64) -> StoredMessage {
-    StoredMessage {
+/// [`message`] as the store returns it, at its offset.
+fn stored(room: &str, offset: Offset) -> StoredMessage {
+    StoredMessage::from_new(message(room, offset), offset)
+}
+
+fn timed(room: &str, offset: Offset, time_unix_micros: i64) -> NewMessage {
+    NewMessage {
         time_unix_micros,
         ..message(room, offset)
     }
+}
+
+/// A message of `room` carrying client id `id`, published at `second`.
+fn with_id(room: &str, id: &str, second: i64) -> NewMessage {
+    NewMessage {
+        client_id: id.into(),
+        time_unix_micros: 1_700_000_000_000_000 + second * 1_000_000,
+        ..message(room, 0)
+    }
+}
+
+fn offsets_of(appended: &[Appended]) -> Vec<(Offset, bool)> {
+    appended.iter().map(|a| (a.offset, a.duplicate)).collect()
 }
 
 /// Both backends with the same retention; the temp dir lives as long as the redb store.
@@ -58,31 +76,40 @@ async fn offsets(store: &dyn Store, room: &str) -> Vec<Offset> {
 #[tokio::test]
 async fn append_and_read_keep_offset_order_across_rooms() {
     for (name, store, _dir) in backends(Retention::default()) {
-        // Batches mixing three rooms; offsets sparse in "a" and "b", and "a" gets two
-        // messages in the first batch.
+        // Batches mixing three rooms; "a" gets two messages in the first batch. The store
+        // numbers each room on its own, from 1.
         for round in 0..10u64 {
             let batch = if round == 0 {
                 vec![
                     message("a", 1),
-                    message("b", 10),
-                    message("a", 11),
+                    message("b", 1),
+                    message("a", 2),
                     message("c", 1),
                 ]
             } else {
                 vec![
-                    message("a", 20 + round),
-                    message("b", 10 * (round + 1)),
+                    message("a", round + 2),
+                    message("b", round + 1),
                     message("c", round + 1),
                 ]
             };
-            store.append(batch).await.unwrap();
+            let rooms: Vec<String> = batch.iter().map(|m| m.room.clone()).collect();
+            let appended = store.append(batch).await.unwrap();
+            let want: Vec<(Offset, bool)> = if round == 0 {
+                vec![(1, false), (1, false), (2, false), (1, false)]
+            } else {
+                vec![(round + 2, false), (round + 1, false), (round + 1, false)]
+            };
+            assert_eq!(offsets_of(&appended), want, "{name}: {rooms:?}");
         }
-        let mut want_a = vec![1, 11];
-        want_a.extend(21..=29);
-        assert_eq!(offsets(&*store, "a").await, want_a, "{name}");
+        assert_eq!(
+            offsets(&*store, "a").await,
+            (1..=11).collect::<Vec<_>>(),
+            "{name}"
+        );
         assert_eq!(
             offsets(&*store, "b").await,
-            (1..=10).map(|i| i * 10).collect::<Vec<_>>(),
+            (1..=10).collect::<Vec<_>>(),
             "{name}"
         );
         assert_eq!(
@@ -91,8 +118,8 @@ async fn append_and_read_keep_offset_order_across_rooms() {
             "{name}"
         );
         // Every field comes back as written.
-        let read = store.read_after("b", 30, 1).await.unwrap();
-        assert_eq!(read, vec![message("b", 40)], "{name}");
+        let read = store.read_after("b", 3, 1).await.unwrap();
+        assert_eq!(read, vec![stored("b", 4)], "{name}");
         assert!(offsets(&*store, "unknown").await.is_empty(), "{name}");
         assert_eq!(store.bounds("unknown").await.unwrap(), None, "{name}");
         assert_eq!(store.last_offset("unknown").await.unwrap(), 0, "{name}");
@@ -142,7 +169,7 @@ async fn read_after_pages_through_a_room() {
 async fn count_retention_moves_the_earliest_bound() {
     let retention = Retention {
         max_messages: Some(10),
-        max_age: None,
+        ..Default::default()
     };
     for (name, store, _dir) in backends(retention) {
         store
@@ -162,7 +189,7 @@ async fn count_retention_moves_the_earliest_bound() {
         }
         // One batch bigger than the limit keeps only its own tail.
         store
-            .append((30..=50).map(|o| message("q", o)).collect())
+            .append((1..=21).map(|o| message("q", o)).collect())
             .await
             .unwrap();
 
@@ -182,8 +209,8 @@ async fn count_retention_moves_the_earliest_bound() {
         assert_eq!(
             store.bounds("q").await.unwrap(),
             Some(RoomBounds {
-                earliest: 41,
-                last: 50
+                earliest: 12,
+                last: 21
             }),
             "{name}"
         );
@@ -202,7 +229,7 @@ async fn last_offset_survives_trimming_and_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let keep_none = Retention {
         max_messages: Some(0),
-        max_age: None,
+        ..Default::default()
     };
     {
         let store = RedbStore::open(dir.path(), keep_none).unwrap();
@@ -216,20 +243,9 @@ async fn last_offset_survives_trimming_and_reopen() {
     let store = RedbStore::open(dir.path(), Retention::default()).unwrap();
     assert_eq!(store.last_offset("r").await.unwrap(), 5);
     assert_eq!(store.bounds("r").await.unwrap(), None);
-    // Offsets cannot go back after the restart either.
-    let refused = store.append(vec![message("r", 3)]).await;
-    assert!(
-        matches!(
-            refused,
-            Err(StoreError::OffsetNotIncreasing {
-                offset: 3,
-                last: 5,
-                ..
-            })
-        ),
-        "{refused:?}"
-    );
-    store.append(vec![message("r", 6)]).await.unwrap();
+    // Offsets go on after the restart; none is reused.
+    let appended = store.append(vec![message("r", 6)]).await.unwrap();
+    assert_eq!(offsets_of(&appended), [(6, false)]);
     assert_eq!(
         store.bounds("r").await.unwrap(),
         Some(RoomBounds {
@@ -242,8 +258,8 @@ async fn last_offset_survives_trimming_and_reopen() {
 #[tokio::test]
 async fn age_retention_deletes_only_the_expired_prefix() {
     let retention = Retention {
-        max_messages: None,
         max_age: Some(Duration::from_secs(60)),
+        ..Default::default()
     };
     let minute = 60_000_000i64;
     for (name, store, _dir) in backends(retention) {
@@ -306,7 +322,7 @@ async fn lowered_count_limit_applies_on_the_next_retention_run() {
         dir.path(),
         Retention {
             max_messages: Some(10),
-            max_age: None,
+            ..Default::default()
         },
     )
     .unwrap();
@@ -332,8 +348,10 @@ async fn lowered_count_limit_applies_on_the_next_retention_run() {
 #[tokio::test]
 async fn messages_survive_drop_and_reopen() {
     let dir = tempfile::tempdir().unwrap();
+    // Alternating rooms: the nth message of each room is its offset n.
+    let room = |o: u64| if o.is_multiple_of(2) { "even" } else { "odd" };
     let written: Vec<_> = (1..=200u64)
-        .map(|o| message(if o.is_multiple_of(2) { "even" } else { "odd" }, o))
+        .map(|o| message(room(o), o.div_ceil(2)))
         .collect();
     {
         let store = RedbStore::open(dir.path(), Retention::default()).unwrap();
@@ -343,12 +361,12 @@ async fn messages_survive_drop_and_reopen() {
         assert_eq!(store.path(), dir.path().join("duplex.redb"));
     }
     let store = RedbStore::open(dir.path(), Retention::default()).unwrap();
-    let mut read = store.read_after("odd", 0, 1000).await.unwrap();
-    read.extend(store.read_after("even", 0, 1000).await.unwrap());
-    read.sort_by_key(|m| m.offset);
-    assert_eq!(read, written);
-    assert_eq!(store.last_offset("even").await.unwrap(), 200);
-    assert_eq!(store.last_offset("odd").await.unwrap(), 199);
+    for name in ["odd", "even"] {
+        let read = store.read_after(name, 0, 1000).await.unwrap();
+        let want: Vec<_> = (1..=100).map(|n| stored(name, n)).collect();
+        assert_eq!(read, want, "{name}");
+        assert_eq!(store.last_offset(name).await.unwrap(), 100);
+    }
 }
 
 /// 16 tasks × 200 single-message appends. Every append must be acked only after a commit
@@ -434,13 +452,20 @@ fn a_garbage_database_file_is_an_error_naming_it() {
 #[tokio::test]
 async fn one_retention_run_removes_a_bounded_number() {
     let retention = Retention {
-        max_messages: None,
         max_age: Some(Duration::from_secs(1)),
+        ..Default::default()
     };
     let total = MAX_RETENTION_DELETES_PER_RUN + 10;
     for (name, store, _dir) in backends(retention) {
         for chunk in (1..=total).collect::<Vec<_>>().chunks(10_000) {
-            let batch = chunk.iter().map(|&o| timed("r", o, 0)).collect();
+            // No client ids: this is about retention, not the dedupe index.
+            let batch = chunk
+                .iter()
+                .map(|&o| NewMessage {
+                    client_id: String::new(),
+                    ..timed("r", o, 0)
+                })
+                .collect();
             store.append(batch).await.unwrap();
         }
         let later = 10_000_000;
@@ -463,75 +488,202 @@ async fn one_retention_run_removes_a_bounded_number() {
     }
 }
 
-/// What the hub reads to dedupe a room it loads: the newest client ids, oldest first,
-/// skipping messages without one and following retention.
+/// A retry of a client id within the window is answered with the original's offset and
+/// time and stores nothing, however many other messages the room got meanwhile; other
+/// rooms and other ids are not affected.
 #[tokio::test]
-async fn recent_client_ids_are_the_newest_retained_ones() {
+async fn a_repeated_client_id_within_the_window_is_a_duplicate() {
+    for (name, store, _dir) in backends(Retention::default()) {
+        let first = store.append(vec![with_id("r", "x", 0)]).await.unwrap();
+        assert_eq!(offsets_of(&first), [(1, false)], "{name}");
+        for chunk in (2..=5001u64).collect::<Vec<_>>().chunks(1000) {
+            let batch = chunk.iter().map(|&o| message("r", o)).collect();
+            store.append(batch).await.unwrap();
+        }
+        let retry = store
+            .append(vec![with_id("r", "x", 100), with_id("s", "x", 100)])
+            .await
+            .unwrap();
+        assert_eq!(offsets_of(&retry), [(1, true), (1, false)], "{name}");
+        assert_eq!(
+            retry[0].time_unix_micros, first[0].time_unix_micros,
+            "{name}"
+        );
+        assert_eq!(store.last_offset("r").await.unwrap(), 5001, "{name}");
+        assert_eq!(offsets(&*store, "r").await.len(), 5001, "{name}");
+        // A batch of duplicates only commits nothing new.
+        let commits = store.commits();
+        let again = store.append(vec![with_id("r", "x", 101)]).await.unwrap();
+        assert_eq!(offsets_of(&again), [(1, true)], "{name}");
+        assert_eq!(store.commits(), commits, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn a_repeat_within_one_batch_gets_the_first_ones_offset() {
+    for (name, store, _dir) in backends(Retention::default()) {
+        let appended = store
+            .append(vec![
+                with_id("r", "x", 0),
+                with_id("r", "y", 0),
+                with_id("r", "x", 0),
+                message("r", 0),
+                with_id("r", "y", 0),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(
+            offsets_of(&appended),
+            [(1, false), (2, false), (1, true), (3, false), (2, true)],
+            "{name}"
+        );
+        assert_eq!(offsets(&*store, "r").await, [1, 2, 3], "{name}");
+    }
+}
+
+#[tokio::test]
+async fn an_id_is_stored_anew_once_the_window_has_passed() {
     let retention = Retention {
-        max_messages: Some(6),
-        max_age: None,
+        dedupe: Dedupe {
+            window: Duration::from_secs(60),
+            ..Dedupe::default()
+        },
+        ..Default::default()
     };
     for (name, store, _dir) in backends(retention) {
-        let batch = (1..=10)
-            .map(|offset| StoredMessage {
-                client_id: if offset % 3 == 0 {
-                    String::new()
-                } else {
-                    format!("c{offset}")
-                },
-                ..message("r", offset)
-            })
-            .collect();
-        store.append(batch).await.unwrap();
-        store.append(vec![message("other", 1)]).await.unwrap();
-        let ids = store.recent_client_ids("r", 3).await.unwrap();
-        let want: Vec<(Offset, String)> = [(8, "c8"), (10, "c10")]
-            .into_iter()
-            .map(|(o, id)| (o, id.to_owned()))
-            .collect();
-        // redb's index lists the newest 3 ids (7, 8, 10); the memory default reads the
-        // newest 3 offsets (8, 9, 10) and keeps those with an id. Both end at the newest.
-        assert!(ids.ends_with(&want), "{name}: {ids:?}");
-        // Retention keeps offsets 5..=10: the index never names a trimmed message.
-        let all = store.recent_client_ids("r", 100).await.unwrap();
-        let offsets: Vec<Offset> = all.iter().map(|(o, _)| *o).collect();
-        assert_eq!(offsets, [5, 7, 8, 10], "{name}");
-        assert!(
+        store.append(vec![with_id("r", "x", 0)]).await.unwrap();
+        let inside = store.append(vec![with_id("r", "x", 59)]).await.unwrap();
+        assert_eq!(offsets_of(&inside), [(1, true)], "{name}");
+        let after = store.append(vec![with_id("r", "x", 60)]).await.unwrap();
+        assert_eq!(offsets_of(&after), [(2, false)], "{name}");
+        // The window runs from the new message now.
+        let again = store.append(vec![with_id("r", "x", 100)]).await.unwrap();
+        assert_eq!(offsets_of(&again), [(2, true)], "{name}");
+        // A retention run long after prunes the index; the id is new again.
+        store
+            .enforce_retention(with_id("r", "x", 1000).time_unix_micros)
+            .await
+            .unwrap();
+        let pruned = store.append(vec![with_id("r", "x", 1000)]).await.unwrap();
+        assert_eq!(offsets_of(&pruned), [(3, false)], "{name}");
+    }
+}
+
+#[tokio::test]
+async fn dedupe_off_stores_every_repeat() {
+    let retention = Retention {
+        dedupe: Dedupe::OFF,
+        ..Default::default()
+    };
+    for (name, store, _dir) in backends(retention) {
+        let appended = store
+            .append(vec![with_id("r", "x", 0), with_id("r", "x", 0)])
+            .await
+            .unwrap();
+        assert_eq!(offsets_of(&appended), [(1, false), (2, false)], "{name}");
+    }
+}
+
+/// Past its bounds the index forgets the oldest ids early: of the room past the per-room
+/// bound, of the whole store past the total one. Those are stored anew; newer ones are
+/// still duplicates.
+#[tokio::test]
+async fn past_a_bound_the_oldest_ids_are_forgotten() {
+    let retention = Retention {
+        dedupe: Dedupe {
+            window: Duration::from_secs(3600),
+            max_ids_per_room: 3,
+            max_ids: 5,
+        },
+        ..Default::default()
+    };
+    for (name, store, _dir) in backends(retention) {
+        // Room "r": a..e, one a second; only c, d, e are kept.
+        for (second, id) in ["a", "b", "c", "d", "e"].into_iter().enumerate() {
             store
-                .recent_client_ids("empty", 10)
+                .append(vec![with_id("r", id, second as i64)])
                 .await
-                .unwrap()
-                .is_empty()
+                .unwrap();
+        }
+        let retry = store
+            .append(vec![with_id("r", "e", 10), with_id("r", "c", 10)])
+            .await
+            .unwrap();
+        assert_eq!(offsets_of(&retry), [(5, true), (3, true)], "{name}");
+        let forgotten = store.append(vec![with_id("r", "a", 11)]).await.unwrap();
+        assert_eq!(
+            offsets_of(&forgotten),
+            [(6, false)],
+            "{name}: a was forgotten"
+        );
+        // Now r holds d, e, a. Room "s" adds three: five in all, so the store's two
+        // oldest (d and e of r) go.
+        for (second, id) in ["p", "q", "t"].into_iter().enumerate() {
+            store
+                .append(vec![with_id("s", id, 20 + second as i64)])
+                .await
+                .unwrap();
+        }
+        let check = store
+            .append(vec![
+                with_id("s", "p", 30),
+                with_id("r", "a", 30),
+                with_id("r", "d", 30),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(
+            offsets_of(&check),
+            [(1, true), (6, true), (7, false)],
+            "{name}: d was forgotten for the total bound"
         );
     }
 }
 
-/// A file written before the client-id index existed gets it built when opened, so a
-/// retried publish is still recognised after the upgrade.
+/// The redb index is durable: a retry after a reopen is still a duplicate, and the
+/// window still ends.
 #[tokio::test]
-async fn the_client_id_index_is_built_for_an_older_file() {
+async fn the_dedupe_index_survives_reopen() {
     let dir = tempfile::tempdir().unwrap();
     {
         let store = RedbStore::open(dir.path(), Retention::default()).unwrap();
         store
-            .append((1..=4).map(|offset| message("r", offset)).collect())
+            .append(vec![with_id("r", "x", 0), message("r", 2)])
             .await
             .unwrap();
     }
+    let store = RedbStore::open(dir.path(), Retention::default()).unwrap();
+    let retry = store.append(vec![with_id("r", "x", 60)]).await.unwrap();
+    assert_eq!(offsets_of(&retry), [(1, true)]);
+    let late = store.append(vec![with_id("r", "x", 121)]).await.unwrap();
+    assert_eq!(offsets_of(&late), [(3, false)]);
+}
+
+/// A file of an older version has a client-id table the store no longer uses: it is
+/// deleted on open, and the file works as before.
+#[tokio::test]
+async fn an_older_files_client_id_table_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
     {
-        // Make it look like an older file: no index table.
+        let store = RedbStore::open(dir.path(), Retention::default()).unwrap();
+        store.append(vec![message("r", 1)]).await.unwrap();
+    }
+    let old: redb::TableDefinition<(&str, u64), &str> =
+        redb::TableDefinition::new("duplex.client_ids.v1");
+    {
         let db = redb::Database::open(dir.path().join("duplex.redb")).unwrap();
         let txn = db.begin_write().unwrap();
-        let index: redb::TableDefinition<(&str, u64), &str> =
-            redb::TableDefinition::new("duplex.client_ids.v1");
-        assert!(txn.delete_table(index).unwrap(), "the index table existed");
+        txn.open_table(old).unwrap().insert(("r", 1), "c1").unwrap();
         txn.commit().unwrap();
     }
-    let store = RedbStore::open(dir.path(), Retention::default()).unwrap();
-    let ids = store.recent_client_ids("r", 10).await.unwrap();
-    let offsets: Vec<Offset> = ids.iter().map(|(o, _)| *o).collect();
-    assert_eq!(offsets, [1, 2, 3, 4]);
-    assert_eq!(ids[3].1, "c4");
+    {
+        let store = RedbStore::open(dir.path(), Retention::default()).unwrap();
+        assert_eq!(offsets(&store, "r").await, [1]);
+    }
+    use redb::ReadableDatabase as _;
+    let db = redb::Database::open(dir.path().join("duplex.redb")).unwrap();
+    let txn = db.begin_read().unwrap();
+    assert!(txn.open_table(old).is_err(), "the old table is gone");
 }
 
 /// A truncated file would restart every room at offset 1 and resuming clients would miss

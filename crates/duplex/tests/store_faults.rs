@@ -156,6 +156,7 @@ async fn a_full_disk_fails_publishes_until_space_is_freed_and_loses_nothing_acke
 
     let filler = fill(fs.path(), 1 << 20);
     let mut failures = 0;
+    let mut failed_id = None;
     let mut i = 1;
     let started = Instant::now();
     while failures < 3 && i < 2000 && started.elapsed() < STEP {
@@ -166,6 +167,7 @@ async fn a_full_disk_fails_publishes_until_space_is_freed_and_loses_nothing_acke
             Err(status) => {
                 assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
                 failures += 1;
+                failed_id.get_or_insert(i);
             }
         }
         i += 1;
@@ -206,6 +208,25 @@ async fn a_full_disk_fails_publishes_until_space_is_freed_and_loses_nothing_acke
         acked.push((ack.into_inner().offset, payload));
         i += 1;
     }
+    // The dedupe index went with the failed commits: a failed publish retried under its
+    // id is stored now, and an acked one retried is a duplicate of its offset.
+    let failed_id = failed_id.expect("a publish failed");
+    let retried = client
+        .publish(publish_request(failed_id, SIZE))
+        .await
+        .expect("retry of a failed publish")
+        .into_inner();
+    assert!(
+        !retried.duplicate,
+        "a failed publish was remembered: {retried:?}"
+    );
+    acked.push((retried.offset, publish_request(failed_id, SIZE).payload));
+    let again = client
+        .publish(publish_request(0, SIZE))
+        .await
+        .expect("retry of the first publish")
+        .into_inner();
+    assert_eq!((again.offset, again.duplicate), (1, true));
     println!(
         "| disk full under publishes, then space freed | publishes fail, then work again; \
          nothing acked lost | {acked_while_full} acked before {failures} failures; working \

@@ -1,0 +1,124 @@
+//! The local publish path after validation: the sequencer task, one per hub.
+//!
+//! Every publish — from sessions and from unary calls — goes through one bounded queue
+//! (`HubConfig::sequencer_queue`) to [`run_sequencer`]. It drains what is waiting (up to
+//! `max_batch`), stamps the batch with one time, and appends it to the log in one call
+//! (one durable commit: publishers that arrive during a commit share the next one). The
+//! log assigns the offsets and reports duplicates; the sequencer then, in batch order,
+//! hands each new message to its room's [`Room::deliver`] (fan-out, encoded once) and acks
+//! it. Repeats are acked last, with their original's offset: the original is durable and,
+//! if it was in this batch, delivered by then. So a message is acked and delivered only
+//! once it is durable, and each room keeps the log's one total order. The sequencer never
+//! reads the store, and when an append fails nothing was stored: every publish of the
+//! batch gets the error and there is nothing to undo.
+
+use std::sync::Arc;
+
+use duplex_store::{NewMessage, Store, StoredMessage};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, warn};
+
+use crate::HubError;
+use crate::config::HubConfig;
+use crate::hub::{PublishInput, PublishOutcome, now_unix_micros};
+use crate::room::Room;
+
+/// A validated publish queued for the sequencer.
+pub(crate) struct PublishCommand {
+    /// The room, held so it stays in the room table until delivered.
+    pub(crate) room: Arc<Room>,
+    /// What to publish, validated.
+    pub(crate) input: PublishInput,
+    /// Where the durable outcome goes.
+    pub(crate) reply: oneshot::Sender<Result<PublishOutcome, HubError>>,
+}
+
+/// The sequencer task: runs until every sender of `commands` is gone.
+pub(crate) async fn run_sequencer(
+    mut commands: mpsc::Receiver<PublishCommand>,
+    store: Arc<dyn Store>,
+    config: HubConfig,
+) {
+    let mut batch = Vec::with_capacity(config.max_batch);
+    while commands
+        .recv_many(&mut batch, config.max_batch.max(1))
+        .await
+        > 0
+    {
+        commit_batch(&mut batch, &*store).await;
+    }
+    debug!("sequencer stopped");
+}
+
+/// Appends one batch, then delivers and acks it (see the module docs).
+async fn commit_batch(batch: &mut Vec<PublishCommand>, store: &dyn Store) {
+    let now = now_unix_micros();
+    let records: Vec<NewMessage> = batch
+        .iter()
+        .map(|command| {
+            let input = &command.input;
+            NewMessage {
+                room: input.room.clone(),
+                time_unix_micros: now,
+                sender: input.sender.clone(),
+                content_type: input.content_type.clone(),
+                client_id: input.client_id.clone(),
+                key: input.key.clone(),
+                payload: input.payload.clone(),
+            }
+        })
+        .collect();
+    let appended = store.append(records).await;
+    let outcomes = match appended {
+        Ok(outcomes) if outcomes.len() == batch.len() => outcomes,
+        Ok(outcomes) => {
+            let error = HubError::Store(format!(
+                "the store answered {} of {} appended messages",
+                outcomes.len(),
+                batch.len()
+            ));
+            for command in batch.drain(..) {
+                let _ = command.reply.send(Err(error.clone()));
+            }
+            return;
+        }
+        Err(error) => {
+            warn!(%error, messages = batch.len(), "append failed; publishes get UNAVAILABLE");
+            let error = HubError::from(error);
+            for command in batch.drain(..) {
+                let _ = command.reply.send(Err(error.clone()));
+            }
+            return;
+        }
+    };
+    let mut duplicates = Vec::new();
+    for (command, outcome) in batch.drain(..).zip(outcomes) {
+        let PublishCommand { room, input, reply } = command;
+        let result = PublishOutcome {
+            offset: outcome.offset,
+            duplicate: outcome.duplicate,
+        };
+        if outcome.duplicate {
+            duplicates.push((reply, result));
+            continue;
+        }
+        let message = StoredMessage {
+            room: input.room,
+            offset: outcome.offset,
+            time_unix_micros: outcome.time_unix_micros,
+            sender: input.sender,
+            content_type: input.content_type,
+            client_id: input.client_id,
+            key: input.key,
+            payload: input.payload,
+        };
+        room.deliver(&message);
+        // Let go of the room before waking the publisher, so its release of the room
+        // finds nobody else holding it.
+        drop(room);
+        let _ = reply.send(Ok(result));
+    }
+    for (reply, result) in duplicates {
+        let _ = reply.send(Ok(result));
+    }
+}
