@@ -27,7 +27,7 @@ mod connection;
 use std::time::Duration;
 
 use bytes::Bytes;
-use duplex_proto::hub::{CommandError, Member, Message, PresenceEvent};
+use duplex_proto::hub::{Code, CommandError, Member, Message, PresenceEvent};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::connection::Request;
@@ -127,10 +127,10 @@ pub enum ClientError {
     /// FAILED_PRECONDITION.
     #[error("the server refused the session: {code:?}: {message}")]
     Refused { code: tonic::Code, message: String },
-    /// The server refused the command; `code` is a gRPC status code number.
-    #[error("{message} ({:?})", tonic::Code::from(*code))]
+    /// The server refused the command, for the reason `code` names.
+    #[error("{message} ({})", code.as_str_name())]
     Command {
-        code: i32,
+        code: Code,
         message: String,
         earliest_offset: u64,
     },
@@ -154,7 +154,7 @@ pub fn is_permanent(code: tonic::Code) -> bool {
 impl From<CommandError> for ClientError {
     fn from(error: CommandError) -> Self {
         ClientError::Command {
-            code: error.code,
+            code: Code::try_from(error.code).unwrap_or(Code::Unknown),
             message: error.message,
             earliest_offset: error.earliest_offset,
         }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use duplex_hub::{Hub, HubConfig, PublishInput};
+use duplex_hub::{Code, Hub, HubConfig, Identity, PublishInput};
 use duplex_proto::hub::client_frame::Command;
 use duplex_proto::hub::server_frame::Frame;
 use duplex_proto::hub::{ClientFrame, Join, ServerFrame};
@@ -12,6 +12,11 @@ use duplex_store::{BoxFuture, MemoryStore, Offset, RoomBounds, Store, StoreError
 use futures::StreamExt as _;
 use prost::Message as _;
 use tokio::sync::Semaphore;
+
+/// A caller with every right (auth off).
+fn anyone() -> Identity {
+    Identity::anonymous("test")
+}
 
 /// A memory store whose commits wait for the test to allow each one.
 struct GatedStore {
@@ -80,11 +85,14 @@ async fn no_ack_and_no_delivery_before_the_commit() {
     let publisher = hub.clone();
     let ack = tokio::spawn(async move {
         publisher
-            .publish(PublishInput {
-                room: "r".into(),
-                payload: "x".into(),
-                ..Default::default()
-            })
+            .publish(
+                &anyone(),
+                PublishInput {
+                    room: "r".into(),
+                    payload: "x".into(),
+                    ..Default::default()
+                },
+            )
             .await
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -151,12 +159,16 @@ async fn a_failed_commit_acks_nothing_and_reuses_the_offsets() {
         client_id: "id-1".into(),
         ..Default::default()
     };
-    let error = hub.publish(input()).await.unwrap_err();
-    assert_eq!(error.code(), 14, "UNAVAILABLE: retry is safe");
+    let error = hub.publish(&anyone(), input()).await.unwrap_err();
+    assert_eq!(
+        error.code(),
+        Code::Unavailable,
+        "UNAVAILABLE: retry is safe"
+    );
     // The retry with the same client id is stored (not mistaken for a duplicate) at offset 1.
-    let outcome = hub.publish(input()).await.unwrap();
+    let outcome = hub.publish(&anyone(), input()).await.unwrap();
     assert_eq!((outcome.offset, outcome.duplicate), (1, false));
-    let again = hub.publish(input()).await.unwrap();
+    let again = hub.publish(&anyone(), input()).await.unwrap();
     assert_eq!((again.offset, again.duplicate), (1, true));
 }
 
@@ -167,11 +179,14 @@ async fn rooms_nobody_uses_are_dropped_from_the_table() {
         HubConfig::default(),
     );
     for i in 0..100 {
-        hub.publish(PublishInput {
-            room: format!("room-{i}"),
-            payload: "x".into(),
-            ..Default::default()
-        })
+        hub.publish(
+            &anyone(),
+            PublishInput {
+                room: format!("room-{i}"),
+                payload: "x".into(),
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
     }
@@ -188,11 +203,14 @@ async fn rooms_nobody_uses_are_dropped_from_the_table() {
     assert_eq!(hub.stats().rooms, 1);
     // Offsets continue from the store after a room was dropped and loaded again.
     let outcome = hub
-        .publish(PublishInput {
-            room: "room-7".into(),
-            payload: "y".into(),
-            ..Default::default()
-        })
+        .publish(
+            &anyone(),
+            PublishInput {
+                room: "room-7".into(),
+                payload: "y".into(),
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
     assert_eq!(outcome.offset, 2);
@@ -210,11 +228,14 @@ async fn a_live_join_during_a_burst_misses_nothing_after_its_last_offset() {
     let burst = tokio::spawn(async move {
         for i in 0..3000 {
             publisher
-                .publish(PublishInput {
-                    room: "r".into(),
-                    payload: format!("{i}").into(),
-                    ..Default::default()
-                })
+                .publish(
+                    &anyone(),
+                    PublishInput {
+                        room: "r".into(),
+                        payload: format!("{i}").into(),
+                        ..Default::default()
+                    },
+                )
                 .await
                 .unwrap();
         }
@@ -268,11 +289,14 @@ async fn unary_publishes_leave_no_rooms_behind_on_a_multi_thread_runtime() {
     for i in 0..2000 {
         let hub = hub.clone();
         tasks.spawn(async move {
-            hub.publish(PublishInput {
-                room: format!("r{i}"),
-                payload: "x".into(),
-                ..Default::default()
-            })
+            hub.publish(
+                &anyone(),
+                PublishInput {
+                    room: format!("r{i}"),
+                    payload: "x".into(),
+                    ..Default::default()
+                },
+            )
             .await
             .unwrap()
         });
@@ -308,15 +332,15 @@ async fn members_past_the_presence_bound_are_counted_not_listed() {
         assert_eq!(joined.unlisted_members, before.saturating_sub(2), "{name}");
         sessions.push((session, outbound));
     }
-    let presence = hub.presence("crowd").unwrap();
+    let presence = hub.presence(&anyone(), "crowd").unwrap();
     assert_eq!((presence.members.len(), presence.unlisted), (2, 2));
     // A counted member leaves: the count drops; a listed one: the list does (no promotion).
     let (mut d, _) = sessions.pop().unwrap();
     d.leave("crowd").unwrap();
-    assert_eq!(hub.presence("crowd").unwrap().unlisted, 1);
+    assert_eq!(hub.presence(&anyone(), "crowd").unwrap().unlisted, 1);
     let (mut a, _) = sessions.remove(0);
     a.leave("crowd").unwrap();
-    let presence = hub.presence("crowd").unwrap();
+    let presence = hub.presence(&anyone(), "crowd").unwrap();
     assert_eq!((presence.members.len(), presence.unlisted), (1, 1));
     assert_eq!(presence.members[0].name, "b");
 }
@@ -389,12 +413,15 @@ async fn a_room_slow_to_load_does_not_hold_up_other_rooms() {
     let publish = |room: &'static str| {
         let hub = hub.clone();
         tokio::spawn(async move {
-            hub.publish(PublishInput {
-                room: room.into(),
-                payload: "x".into(),
-                client_id: format!("{room}-1"),
-                ..Default::default()
-            })
+            hub.publish(
+                &anyone(),
+                PublishInput {
+                    room: room.into(),
+                    payload: "x".into(),
+                    client_id: format!("{room}-1"),
+                    ..Default::default()
+                },
+            )
             .await
         })
     };
