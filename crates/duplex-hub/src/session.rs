@@ -20,7 +20,7 @@ use duplex_proto::hub::{ClientFrame, Join, Member, Publish};
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{Stream, StreamExt as _};
-use tracing::Instrument as _;
+use tracing::{Instrument as _, debug};
 
 use crate::HubError;
 use crate::deadlines::{Deadlines, Due};
@@ -177,6 +177,7 @@ impl Session {
         tokio::pin!(timer);
         loop {
             if !inbound_open && pending.is_empty() {
+                debug!("session ended: the client closed its side and every ack was sent");
                 self.queue.finish(None);
                 return;
             }
@@ -192,12 +193,16 @@ impl Session {
                         }
                     }
                     Some(Err(error)) => {
+                        debug!(%error, "session ended: its inbound stream failed");
                         self.queue.finish(Some(error));
                         return;
                     }
                 },
                 Some(()) = pending.next(), if !pending.is_empty() => {}
-                () = self.queue.closed() => return,
+                () = self.queue.closed() => {
+                    debug!("session ended: the client went away or fell behind");
+                    return;
+                }
                 () = &mut timer => {
                     let now = tokio::time::Instant::now();
                     match deadlines.due(now, inbound_open) {
@@ -205,10 +210,12 @@ impl Session {
                             let error = HubError::Unauthenticated(
                                 "token expired: reconnect with a fresh token and resume".into(),
                             );
+                            debug!("session ended: its token expired");
                             self.queue.finish(Some(error));
                             return;
                         }
                         Some(Due::Idle(timeout)) => {
+                            debug!(?timeout, "session ended: idle");
                             self.queue.finish(Some(HubError::IdleTimeout(timeout)));
                             return;
                         }

@@ -4,7 +4,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use duplex_hub::{Code, Hub, HubConfig, Identity, PublishInput};
+use duplex_hub::{
+    Code, Hub, HubConfig, Identity, Naming, PublishInput, Rights, SessionOrigin, Subscription,
+};
 use duplex_proto::hub::client_frame::Command;
 use duplex_proto::hub::server_frame::Frame;
 use duplex_proto::hub::{ClientFrame, Join, ServerFrame};
@@ -445,4 +447,151 @@ async fn a_room_slow_to_load_does_not_hold_up_other_rooms() {
         .unwrap()
         .unwrap();
     assert_eq!(cold.offset, 1);
+}
+
+#[tokio::test]
+async fn every_call_checks_the_callers_rights_and_the_room_name() {
+    let hub = Hub::new(
+        Arc::new(MemoryStore::new(Default::default())),
+        HubConfig::default(),
+    );
+    let reader = Identity {
+        rights: Rights::new(&["lobby"], &["lobby.chat"]).unwrap(),
+        ..Identity::anonymous("reader")
+    };
+    let publish = |room: &str| PublishInput {
+        room: room.into(),
+        payload: "x".into(),
+        ..Default::default()
+    };
+    let subscription = |room: &str| Subscription {
+        room: room.into(),
+        ..Default::default()
+    };
+    for (room, code) in [
+        ("vault", Code::PermissionDenied),
+        ("bad room", Code::InvalidArgument),
+    ] {
+        let error = hub.publish(&reader, publish(room)).await.unwrap_err();
+        assert_eq!(error.code(), code, "publish {room}");
+        let error = hub.history(&reader, room, 0, 10).await.unwrap_err();
+        assert_eq!(error.code(), code, "history {room}");
+        let error = hub.presence(&reader, room).unwrap_err();
+        assert_eq!(error.code(), code, "presence {room}");
+        let error = hub
+            .subscribe(reader.clone(), subscription(room), SessionOrigin::default())
+            .await
+            .err()
+            .expect("refused");
+        assert_eq!(error.code(), code, "subscribe {room}");
+    }
+    // Reading the lobby is not writing to it.
+    let error = hub.publish(&reader, publish("lobby")).await.unwrap_err();
+    assert_eq!(error.code(), Code::PermissionDenied);
+    // What the rights cover works, and an anonymous caller names its sender.
+    let outcome = hub
+        .publish(
+            &reader,
+            PublishInput {
+                sender: "guest".into(),
+                ..publish("lobby.chat")
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(outcome.offset, 1);
+    let anyone = anyone();
+    let page = hub.history(&anyone, "lobby.chat", 0, 10).await.unwrap();
+    assert_eq!(page.messages[0].sender, "guest");
+    hub.subscribe(reader, subscription("lobby"), SessionOrigin::default())
+        .await
+        .expect("a readable room");
+}
+
+#[tokio::test]
+async fn a_verified_identity_cannot_rename_itself() {
+    let hub = Hub::new(
+        Arc::new(MemoryStore::new(Default::default())),
+        HubConfig::default(),
+    );
+    let alice = Identity {
+        naming: Naming::Verified,
+        ..Identity::anonymous("alice")
+    };
+    let input = PublishInput {
+        room: "r".into(),
+        sender: "mallory".into(),
+        payload: "x".into(),
+        ..Default::default()
+    };
+    hub.publish(&alice, input).await.unwrap();
+    let page = hub.history(&alice, "r", 0, 10).await.unwrap();
+    assert_eq!(page.messages[0].sender, "alice");
+    let long = PublishInput {
+        room: "r".into(),
+        sender: "x".repeat(duplex_hub::MAX_NAME_LEN + 1),
+        payload: "x".into(),
+        ..Default::default()
+    };
+    let error = hub.publish(&anyone(), long).await.unwrap_err();
+    assert_eq!(error.code(), Code::InvalidArgument);
+}
+
+/// Log output captured in memory.
+#[derive(Clone, Default)]
+struct CapturedLogs(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for CapturedLogs {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_sessions_log_lines_carry_its_id_name_and_peer() {
+    let logs = CapturedLogs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _default = tracing::subscriber::set_default(subscriber);
+
+    let hub = Hub::new(
+        Arc::new(MemoryStore::new(Default::default())),
+        HubConfig::default(),
+    );
+    let origin = SessionOrigin {
+        peer: Some("192.0.2.7:4000".parse().unwrap()),
+        ..SessionOrigin::default()
+    };
+    let (session, mut outbound) = hub.open_session_from(Identity::anonymous("alice"), origin);
+    let ping = ClientFrame {
+        command_id: 1,
+        command: Some(Command::Ping(Default::default())),
+    };
+    tokio::spawn(session.drive(futures::stream::iter([Ok(ping)])));
+    // The pong, then the end of the stream once the client's side is closed.
+    let mut frames = 0;
+    while let Some(frame) = tokio::time::timeout(Duration::from_secs(10), outbound.next())
+        .await
+        .expect("the session ends")
+    {
+        frame.unwrap();
+        frames += 1;
+    }
+    assert_eq!(frames, 1);
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let line = text
+        .lines()
+        .find(|line| line.contains("session ended"))
+        .unwrap_or_else(|| panic!("no session end logged:\n{text}"));
+    for field in ["session{session=", "name=alice", "peer=192.0.2.7:4000"] {
+        assert!(line.contains(field), "{field} missing in {line}");
+    }
 }
