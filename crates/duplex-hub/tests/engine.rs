@@ -481,8 +481,7 @@ async fn every_call_checks_the_callers_rights_and_the_room_name() {
         let error = hub
             .subscribe(reader.clone(), subscription(room), SessionOrigin::default())
             .await
-            .err()
-            .expect("refused");
+            .expect_err("refused");
         assert_eq!(error.code(), code, "subscribe {room}");
     }
     // Reading the lobby is not writing to it.
