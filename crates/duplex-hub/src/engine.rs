@@ -22,7 +22,6 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::HubError;
 use crate::config::HubConfig;
-use crate::hub::PublishCommand;
 use crate::limiter::PublishLimiter;
 use crate::queue::SubscriberQueue;
 use crate::room::{Room, validate_room_name};
@@ -52,6 +51,14 @@ pub struct PublishOutcome {
     pub offset: Offset,
     /// The client id was seen before: `offset` is the original message's.
     pub duplicate: bool,
+}
+
+/// One publish in the sequencer's queue: the room (loaded), the message, and where the
+/// sequencer sends the outcome once the message is durable (or the append failed).
+pub(crate) struct PublishCommand {
+    pub room: Arc<Room>,
+    pub input: PublishInput,
+    pub reply: oneshot::Sender<Result<PublishOutcome, HubError>>,
 }
 
 /// A publish queued for the sequencer: resolves once it is durable (or failed).

@@ -1,4 +1,6 @@
-//! `Hub`: the handle to the engine. Owns the room table and the sequencer task.
+//! `Hub`: the handle to the engine — the calls a transport makes for a caller, each taking
+//! its `Identity` and checking rights and the room name — and the sequencer task. The
+//! shared state (room table, publish path, sessions) is `engine.rs`'s `Engine`.
 //!
 //! Publishing: every publish — from sessions and from unary calls — goes through one bounded
 //! queue to the sequencer task. The sequencer drains what is waiting (up to `max_batch`),
@@ -17,7 +19,7 @@ use bytes::Bytes;
 use duplex_proto::hub::{Join, Member};
 use duplex_store::{Offset, Store, StoredMessage};
 use futures::stream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tracing::{Instrument as _, debug, warn};
 
 use crate::HubError;
@@ -25,7 +27,7 @@ use crate::budget::QueueBudgets;
 use crate::config::HubConfig;
 use crate::engine::Engine;
 pub(crate) use crate::engine::now_unix_micros;
-use crate::engine::{PublishInput, PublishOutcome};
+use crate::engine::{PublishCommand, PublishInput, PublishOutcome};
 use crate::frames;
 use crate::queue::{Frame, MessageFrame, Outbound, SubscriberQueue, coalescing_key};
 use crate::rights::Identity;
@@ -81,12 +83,6 @@ pub struct Subscription {
     /// The presence name the caller asks for; empty subscribes hidden. A verified identity
     /// shows as itself whatever it asks (see [`Identity::name_for_call`]).
     pub name: String,
-}
-
-pub(crate) struct PublishCommand {
-    pub room: Arc<Room>,
-    pub input: PublishInput,
-    pub reply: oneshot::Sender<Result<PublishOutcome, HubError>>,
 }
 
 /// The engine handle. Cheap to clone; the sequencer stops when the last clone is dropped.
