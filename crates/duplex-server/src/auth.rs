@@ -304,6 +304,20 @@ pub fn claims_identity(claims: Claims) -> Result<Identity, String> {
     })
 }
 
+/// The publish rate budget of an anonymous caller at `peer`: its IP address (its /64 for
+/// IPv6, which hands a client a whole /64), since it has no verified name. Every
+/// transport sets [`Identity::quota_key`] with this for callers without a token.
+pub fn peer_quota_key(peer: Option<std::net::SocketAddr>) -> String {
+    match peer.map(|addr| addr.ip().to_canonical()) {
+        Some(std::net::IpAddr::V6(ip)) => {
+            let prefix = u128::from(ip) & !((1u128 << 64) - 1);
+            format!("ip:{}/64", std::net::Ipv6Addr::from(prefix))
+        }
+        Some(ip) => format!("ip:{ip}"),
+        None => "ip:unknown".into(),
+    }
+}
+
 /// Seconds since the epoch, for building tokens in tests and tools.
 pub fn unix_now() -> u64 {
     SystemTime::now()
@@ -376,6 +390,17 @@ mod tests {
         assert!(bearer_token(&metadata).is_err());
         metadata.insert("authorization", "Bearer ".parse().unwrap());
         assert!(bearer_token(&metadata).is_err());
+    }
+
+    #[test]
+    fn anonymous_callers_are_budgeted_by_address_and_ipv6_by_its_64() {
+        let v4 = "192.0.2.1:5000".parse().ok();
+        assert_eq!(peer_quota_key(v4), "ip:192.0.2.1");
+        let mapped = "[::ffff:192.0.2.1]:5000".parse().ok();
+        assert_eq!(peer_quota_key(mapped), "ip:192.0.2.1");
+        let v6 = "[2001:db8:1:2:3:4:5:6]:5000".parse().ok();
+        assert_eq!(peer_quota_key(v6), "ip:2001:db8:1:2::/64");
+        assert_eq!(peer_quota_key(None), "ip:unknown");
     }
 
     #[test]

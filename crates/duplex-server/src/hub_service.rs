@@ -29,7 +29,7 @@ use tonic::server::{Grpc, NamedService, ServerStreamingService, StreamingService
 use tonic::{Code, Request, Response, Status, Streaming};
 use tonic_prost::ProstCodec;
 
-use crate::auth::Authenticator;
+use crate::auth::{Authenticator, peer_quota_key};
 use crate::guard::ConnectionInfo;
 use crate::status::{auth_status, inbound_hub_error, status, undecodable};
 
@@ -79,14 +79,7 @@ impl HubService {
             .identify(request.metadata().as_ref())
             .map_err(auth_status)?;
         if !identity.is_verified() {
-            identity.quota_key = match peer(request).map(|addr| addr.ip().to_canonical()) {
-                Some(std::net::IpAddr::V6(ip)) => {
-                    let prefix = u128::from(ip) & !((1u128 << 64) - 1);
-                    format!("ip:{}/64", std::net::Ipv6Addr::from(prefix))
-                }
-                Some(ip) => format!("ip:{ip}"),
-                None => "ip:unknown".into(),
-            };
+            identity.quota_key = peer_quota_key(peer(request));
         }
         Ok(identity)
     }
