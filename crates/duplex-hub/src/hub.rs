@@ -77,6 +77,7 @@ pub struct SessionOrigin {
 /// A server-streaming subscription: one room, live, optionally resumed.
 #[derive(Debug, Clone, Default)]
 pub struct Subscription {
+    /// The room to follow; the caller needs the right to read it.
     pub room: String,
     /// Resume after this offset (replay, then live); `None`: live from now.
     pub after: Option<Offset>,
