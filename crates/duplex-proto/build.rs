@@ -2,8 +2,9 @@
 //! duplex never needs a system `protoc`, then generates prost types and tonic stubs.
 //! The encoded descriptor set is kept in `OUT_DIR` for reflection and the wire tap.
 //!
-//! `chat.proto` gets a generated server and client. `hub.proto` gets a client only: its
-//! server is written by hand in `duplex-server`, so fan-out can send bytes encoded once
+//! Without the `grpc` feature only the message types are generated (no tonic in them). With
+//! it, `chat.proto` also gets a generated server and client, and `hub.proto` a client only:
+//! its server is written by hand in `duplex-server`, so fan-out can send bytes encoded once
 //! per message instead of once per subscriber.
 
 use std::path::{Path, PathBuf};
@@ -23,9 +24,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let all = protox::compile([&chat, &hub], [&proto_root])?;
     std::fs::write(out_dir.join("duplex_descriptor.bin"), all.encode_to_vec())?;
 
-    tonic_prost_build::configure().compile_fds(descriptors(&chat, &proto_root)?)?;
+    // Cargo sets this for the build script when the crate's `grpc` feature is on.
+    let stubs = std::env::var_os("CARGO_FEATURE_GRPC").is_some();
+    tonic_prost_build::configure()
+        .build_server(stubs)
+        .build_client(stubs)
+        .compile_fds(descriptors(&chat, &proto_root)?)?;
     tonic_prost_build::configure()
         .build_server(false)
+        .build_client(stubs)
         // `Hub.Connect` would clash with the generated `HubClient::connect(endpoint)`;
         // clients build a `HubClient::new(channel)` instead.
         .build_transport(false)

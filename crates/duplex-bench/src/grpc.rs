@@ -177,28 +177,10 @@ pub(crate) fn error_key(error: &h2::Error) -> String {
     }
 }
 
-/// The gRPC status code name for `code`.
+/// The gRPC status code name for `code` (`INVALID_ARGUMENT`, …), from `duplex.v1.Code`,
+/// whose values are the gRPC numbers.
 pub(crate) fn code_name(code: i32) -> &'static str {
-    match code {
-        0 => "OK",
-        1 => "CANCELLED",
-        2 => "UNKNOWN",
-        3 => "INVALID_ARGUMENT",
-        4 => "DEADLINE_EXCEEDED",
-        5 => "NOT_FOUND",
-        6 => "ALREADY_EXISTS",
-        7 => "PERMISSION_DENIED",
-        8 => "RESOURCE_EXHAUSTED",
-        9 => "FAILED_PRECONDITION",
-        10 => "ABORTED",
-        11 => "OUT_OF_RANGE",
-        12 => "UNIMPLEMENTED",
-        13 => "INTERNAL",
-        14 => "UNAVAILABLE",
-        15 => "DATA_LOSS",
-        16 => "UNAUTHENTICATED",
-        _ => "UNKNOWN_CODE",
-    }
+    duplex_proto::hub::Code::try_from(code).map_or("UNKNOWN_CODE", |code| code.as_str_name())
 }
 
 fn grpc_outcome(headers: &http::HeaderMap) -> Option<Outcome> {

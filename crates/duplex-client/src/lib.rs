@@ -27,7 +27,7 @@ mod connection;
 use std::time::Duration;
 
 use bytes::Bytes;
-use duplex_proto::hub::{CommandError, Member, Message, PresenceEvent};
+use duplex_proto::hub::{Code, CommandError, Member, Message, PresenceEvent};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::connection::Request;
@@ -153,11 +153,11 @@ pub enum ClientError {
         /// The server's message.
         message: String,
     },
-    /// The server refused the command; `code` is a gRPC status code number.
-    #[error("{message} ({:?})", tonic::Code::from(*code))]
+    /// The server refused the command, for the reason `code` names.
+    #[error("{message} ({})", code.as_str_name())]
     Command {
-        /// The gRPC status code number.
-        code: i32,
+        /// Why the server refused it.
+        code: Code,
         /// The server's message.
         message: String,
         /// For a resume from an offset retention removed: the earliest one still kept.
@@ -184,7 +184,7 @@ pub fn is_permanent(code: tonic::Code) -> bool {
 impl From<CommandError> for ClientError {
     fn from(error: CommandError) -> Self {
         ClientError::Command {
-            code: error.code,
+            code: Code::try_from(error.code).unwrap_or(Code::Unknown),
             message: error.message,
             earliest_offset: error.earliest_offset,
         }

@@ -1,8 +1,10 @@
-//! `HubError`: why a hub command failed, with the gRPC status code it maps to.
+//! `HubError`: why a hub command failed, and its [`Code`].
 //!
-//! The hub knows nothing of gRPC, but its errors are designed for it: [`HubError::code`]
-//! gives the status code number, and the server maps each error to a `tonic::Status` once.
+//! The hub knows nothing of gRPC. [`HubError::code`] names the kind of failure with
+//! `duplex.v1.Code` (the enum `CommandError.code` carries on the wire); a transport maps
+//! that to its own vocabulary once (the gRPC server: `duplex-server`'s `status.rs`).
 
+use duplex_proto::hub::Code;
 use duplex_store::{Offset, StoreError};
 
 /// Why a command failed. Messages are meant for the user who sent the command.
@@ -45,9 +47,10 @@ pub enum HubError {
     /// The store failed; the command may be retried.
     #[error("store unavailable: {0}")]
     Store(String),
-    /// The client's inbound stream failed (decode error, reset); `code` is its status code.
-    #[error("{message}")]
-    Transport { code: i32, message: String },
+    /// The client's inbound stream failed (undecodable frame, oversized message, reset),
+    /// as the transport classified it.
+    #[error("{1}")]
+    Inbound(Code, String),
     /// The session's rights do not cover the room.
     #[error("{0}")]
     PermissionDenied(String),
@@ -63,19 +66,23 @@ pub enum HubError {
 }
 
 impl HubError {
-    /// The gRPC status code number for this error.
-    pub fn code(&self) -> i32 {
+    /// What kind of failure this is (its values are the gRPC status codes).
+    pub fn code(&self) -> Code {
         match self {
-            HubError::InvalidArgument(_) => 3,
-            HubError::ResumeTooOld { .. } | HubError::FailedPrecondition(_) => 9,
-            HubError::AlreadyJoined(_) => 6,
-            HubError::NotJoined(_) => 5,
-            HubError::ResourceExhausted(_) | HubError::Lagged | HubError::SendStalled(_) => 8,
-            HubError::Store(_) | HubError::ShuttingDown => 14,
-            HubError::Transport { code, .. } => *code,
-            HubError::PermissionDenied(_) => 7,
-            HubError::Unauthenticated(_) => 16,
-            HubError::IdleTimeout(_) => 4,
+            HubError::InvalidArgument(_) => Code::InvalidArgument,
+            HubError::ResumeTooOld { .. } | HubError::FailedPrecondition(_) => {
+                Code::FailedPrecondition
+            }
+            HubError::AlreadyJoined(_) => Code::AlreadyExists,
+            HubError::NotJoined(_) => Code::NotFound,
+            HubError::ResourceExhausted(_) | HubError::Lagged | HubError::SendStalled(_) => {
+                Code::ResourceExhausted
+            }
+            HubError::Store(_) | HubError::ShuttingDown => Code::Unavailable,
+            HubError::Inbound(code, _) => *code,
+            HubError::PermissionDenied(_) => Code::PermissionDenied,
+            HubError::Unauthenticated(_) => Code::Unauthenticated,
+            HubError::IdleTimeout(_) => Code::DeadlineExceeded,
         }
     }
 

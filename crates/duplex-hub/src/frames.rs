@@ -166,7 +166,7 @@ pub(crate) fn publish_ack(command_id: u64, room: &str, offset: Offset, duplicate
 pub(crate) fn error(command_id: u64, room: &str, error: &HubError) -> Bytes {
     encode(Frame::Error(CommandError {
         command_id,
-        code: error.code(),
+        code: error.code() as i32,
         message: error.to_string(),
         room: room.to_owned(),
         earliest_offset: error.earliest_offset().unwrap_or(0),

@@ -33,10 +33,9 @@ pub fn session_frames(input: &[u8]) {
         let hub = Hub::new(Arc::new(MemoryStore::new(Default::default())), config);
         let rights = Rights::new(&["*"], &["w*", "room"]).expect("valid patterns");
         let identity = Identity {
-            name: "fuzz".into(),
             rights,
-            expires_at: None,
             quota_key: "fuzz".into(),
+            ..Identity::anonymous("fuzz")
         };
         let (mut session, mut outbound) = hub.open_session(identity);
         let mut rest = input;

@@ -1,58 +1,36 @@
-//! `Hub`: the handle to the engine. Owns the room table and the sequencer task.
+//! `Hub`: the handle to the engine — the calls a transport makes for a caller, each taking
+//! its `Identity` and checking rights and the room name — and the sequencer task. The
+//! shared state (room table, publish path, sessions) is `engine.rs`'s `Engine`.
 //!
-//! Publishing: every publish — from sessions and from unary calls — is validated here and
-//! queued for the sequencer task (`sequencer.rs`), which appends batches to the log (the
-//! log assigns offsets and dedupes) and then delivers and acks them. While the store
-//! commits, new publishes wait in the queue; a full queue makes submitters wait, which
-//! stops the server reading their streams.
+//! Publishing: every publish — from sessions and from unary calls — is checked and
+//! validated by the engine and queued for the sequencer task (`sequencer.rs`), which
+//! appends batches to the log (the log assigns offsets and dedupes) and then delivers and
+//! acks them. While the store commits, new publishes wait in the queue; a full queue makes
+//! submitters wait, which stops the server reading their streams.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::net::SocketAddr;
+use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
-use duplex_proto::hub::Member;
+use duplex_proto::hub::{Join, Member};
 use duplex_store::{Offset, Store, StoredMessage};
-use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, warn};
-
-use crate::sequencer::{PublishCommand, run_sequencer};
+use futures::stream;
+use tokio::sync::mpsc;
+use tracing::{Instrument as _, debug, warn};
 
 use crate::HubError;
 use crate::budget::QueueBudgets;
 use crate::config::HubConfig;
+use crate::engine::Engine;
+pub(crate) use crate::engine::now_unix_micros;
+use crate::engine::{PublishInput, PublishOutcome};
 use crate::feed::{LiveFeed, LocalFeed};
+use crate::sequencer::run_sequencer;
 use crate::frames;
-use crate::limiter::PublishLimiter;
-use crate::queue::{Outbound, SubscriberQueue};
+use crate::queue::{Frame, MessageFrame, Outbound, SubscriberQueue, coalescing_key};
 use crate::rights::Identity;
 use crate::room::{Room, validate_room_name};
 use crate::session::Session;
-
-/// Longest client message id and coalescing key, in bytes.
-pub const MAX_ID_LEN: usize = 128;
-/// Longest content type, in bytes.
-pub const MAX_CONTENT_TYPE_LEN: usize = 256;
-
-/// A message to publish.
-#[derive(Debug, Clone, Default)]
-pub struct PublishInput {
-    pub room: String,
-    pub sender: String,
-    pub payload: Bytes,
-    pub content_type: String,
-    pub client_id: String,
-    pub key: String,
-}
-
-/// A durable publish.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PublishOutcome {
-    pub offset: Offset,
-    /// The client id was seen before: `offset` is the original message's.
-    pub duplicate: bool,
-}
 
 /// One page of a room's history.
 #[derive(Debug, Clone)]
@@ -84,24 +62,35 @@ pub struct HubStats {
     pub queued_bytes: usize,
 }
 
-pub(crate) struct Shared {
-    pub store: Arc<dyn Store>,
-    /// Live messages appended elsewhere; every room follows it once loaded.
-    feed: Arc<dyn LiveFeed>,
-    pub config: HubConfig,
-    rooms: Mutex<HashMap<Arc<str>, Arc<Room>>>,
-    sequencer: mpsc::Sender<PublishCommand>,
-    /// The publish rate limit per identity; `None` when the rate is unlimited.
-    limiter: Option<PublishLimiter>,
-    sessions: Mutex<HashMap<u64, Weak<SubscriberQueue>>>,
-    next_session: AtomicU64,
-    shutting_down: AtomicBool,
+/// What the transport knows about where a session comes from.
+#[derive(Debug, Clone, Default)]
+pub struct SessionOrigin {
+    /// The byte budgets of its connection and client address, which its queue and replay
+    /// pages are charged to besides its own queue bound.
+    pub budgets: QueueBudgets,
+    /// The client's address, shown on every log line of the session.
+    pub peer: Option<SocketAddr>,
+}
+
+/// A server-streaming subscription: one room, live, optionally resumed.
+#[derive(Debug, Clone, Default)]
+pub struct Subscription {
+    /// The room to follow; the caller needs the right to read it.
+    pub room: String,
+    /// Resume after this offset (replay, then live); `None`: live from now.
+    pub after: Option<Offset>,
+    /// The presence name the caller asks for; empty subscribes hidden. A verified identity
+    /// shows as itself whatever it asks (see [`Identity::name_for_call`]).
+    pub name: String,
 }
 
 /// The engine handle. Cheap to clone; the sequencer stops when the last clone is dropped.
+///
+/// Every method that acts for a caller takes its [`Identity`] and checks its rights and
+/// the room name itself, so a transport cannot forget a check.
 #[derive(Clone)]
 pub struct Hub {
-    shared: Arc<Shared>,
+    engine: Arc<Engine>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -126,99 +115,116 @@ impl Hub {
             Arc::downgrade(&store),
             config.retention_sweep,
         ));
-        let limiter = config.publish_rate.map(|rate| {
-            PublishLimiter::new(rate, config.publish_burst, config.rate_limited_identities)
-        });
-        let shared = Arc::new(Shared {
-            store,
-            feed,
-            limiter,
-            config,
-            rooms: Mutex::new(HashMap::new()),
-            sequencer,
-            sessions: Mutex::new(HashMap::new()),
-            next_session: AtomicU64::new(1),
-            shutting_down: AtomicBool::new(false),
-        });
-        tokio::spawn(sweep_rooms(Arc::downgrade(&shared)));
-        if let Some(timeout) = shared.config.send_stall_timeout {
-            tokio::spawn(sweep_stalled(Arc::downgrade(&shared), timeout));
+        let stall_timeout = config.send_stall_timeout;
+        let engine = Arc::new(Engine::new(store, feed, config, sequencer));
+        tokio::spawn(sweep_rooms(Arc::downgrade(&engine)));
+        if let Some(timeout) = stall_timeout {
+            tokio::spawn(sweep_stalled(Arc::downgrade(&engine), timeout));
         }
-        Self { shared }
-    }
-
-    pub fn config(&self) -> &HubConfig {
-        &self.shared.config
+        Self { engine }
     }
 
     /// Opens a session for `identity` (its name is the sender and the presence name; its
     /// rights are checked on every command; it ends when the identity expires). The
     /// session takes commands; the [`Outbound`] stream carries everything it must send.
     pub fn open_session(&self, identity: Identity) -> (Session, Outbound) {
-        self.open_session_within(identity, QueueBudgets::default())
+        self.open_session_from(identity, SessionOrigin::default())
     }
 
-    /// Opens a session whose queue and replay pages are charged to `budgets` (its
-    /// connection's and client address's), besides its own queue bound.
-    pub fn open_session_within(
+    /// Opens a session coming from `origin`: its queue and replay pages are charged to
+    /// the origin's budgets, and its log lines carry the peer address.
+    pub fn open_session_from(
         &self,
         identity: Identity,
-        budgets: QueueBudgets,
+        origin: SessionOrigin,
     ) -> (Session, Outbound) {
-        let config = &self.shared.config;
+        let config = self.engine.config();
         let queue = SubscriberQueue::with_budgets(
             config.lag_policy,
             config.queue_frames,
             config.queue_bytes,
-            budgets,
+            origin.budgets,
         );
-        let id = self.shared.next_session.fetch_add(1, Ordering::Relaxed);
-        self.shared
-            .sessions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, Arc::downgrade(&queue));
-        if self.shared.shutting_down.load(Ordering::Relaxed) {
+        let id = self.engine.register_session(&queue);
+        if self.engine.is_shutting_down() {
             queue.push_control(frames::shutdown("server is shutting down", 1000));
         }
-        let session = Session::new(self.shared.clone(), id, identity, queue.clone());
+        let session = Session::new(
+            self.engine.clone(),
+            id,
+            identity,
+            origin.peer,
+            queue.clone(),
+        );
         (session, Outbound::new(queue))
     }
 
-    /// Publishes without a session (unary calls) for `identity`, whose publish rate budget
-    /// it spends like its sessions do. Returns once the message is durable.
-    pub async fn publish_as(
+    /// Subscribes `identity` to one room for a client that cannot send (server-streaming
+    /// `Subscribe`): checks the name and the right to read, joins (replaying after
+    /// `subscription.after` first), and runs the session until the client goes away.
+    /// A join that fails (resume older than retention, …) fails the call itself.
+    pub async fn subscribe(
         &self,
-        identity: &Identity,
-        input: PublishInput,
-    ) -> Result<PublishOutcome, HubError> {
-        self.shared.check_rate(&identity.quota_key)?;
-        self.publish(input).await
+        mut identity: Identity,
+        subscription: Subscription,
+        origin: SessionOrigin,
+    ) -> Result<Outbound, HubError> {
+        validate_room_name(&subscription.room)?;
+        identity.rights.check_read(&subscription.room)?;
+        let hidden = subscription.name.is_empty();
+        if !hidden {
+            identity.name = identity.name_for_call(&subscription.name)?;
+        }
+        let (mut session, outbound) = self.open_session_from(identity, origin);
+        let join = Join {
+            room: subscription.room,
+            after_offset: subscription.after,
+            hidden,
+            replay_last: 0,
+        };
+        let span = session.span().clone();
+        let replay = session.join(0, join).instrument(span).await?;
+        // The session then lives until the client goes away.
+        tokio::spawn(session.drive_listener(stream::pending(), replay));
+        Ok(outbound)
     }
 
-    /// Publishes without a session and without any rate limit (tools and tests; calls on
-    /// behalf of a client go through [`Hub::publish_as`]). Returns once it is durable.
-    pub async fn publish(&self, input: PublishInput) -> Result<PublishOutcome, HubError> {
-        let room = self.shared.room(&input.room)?;
+    /// Publishes for `identity` (unary calls): checks the room name and the right to
+    /// write, names the sender (`input.sender` is what the caller asks for; see
+    /// [`Identity::name_for_call`]), spends the identity's publish rate budget like its
+    /// sessions do, and returns once the message is durable.
+    pub async fn publish(
+        &self,
+        identity: &Identity,
+        mut input: PublishInput,
+    ) -> Result<PublishOutcome, HubError> {
+        validate_room_name(&input.room)?;
+        identity.rights.check_write(&input.room)?;
+        input.sender = identity.name_for_call(&input.sender)?;
+        let room = self.engine.room(&input.room)?;
         let name = room.name.clone();
-        let outcome = self.shared.submit(room, input).await;
-        self.shared.release_room(&name);
+        let outcome = self.engine.publish(&identity.quota_key, room, input).await;
+        self.engine.release_room(&name);
         outcome
     }
 
     /// Up to `limit` (capped by config) retained messages of `room` after `after`, and no
-    /// more than `max_history_bytes` of them (a first message over that comes alone).
+    /// more than `max_history_bytes` of them (a first message over that comes alone), if
+    /// `identity` may read `room`.
     pub async fn history(
         &self,
+        identity: &Identity,
         room: &str,
         after: Offset,
         limit: usize,
     ) -> Result<HistoryPage, HubError> {
         validate_room_name(room)?;
-        let max = self.shared.config.max_history_page;
+        identity.rights.check_read(room)?;
+        let config = self.engine.config();
+        let max = config.max_history_page;
         let limit = if limit == 0 { max } else { limit.min(max) };
-        let store = &self.shared.store;
-        let max_bytes = self.shared.config.max_history_bytes.max(1);
+        let store = self.engine.store();
+        let max_bytes = config.max_history_bytes.max(1);
         let messages = store.read_page(room, after, limit, max_bytes).await?;
         let bounds = store.bounds(room).await?;
         let (earliest, last) = match bounds {
@@ -236,13 +242,14 @@ impl Hub {
         })
     }
 
-    /// Who is present in `room` now: its listed members (at most `max_presence_listed`)
-    /// and the count of the others.
-    pub fn presence(&self, room: &str) -> Result<RoomPresence, HubError> {
+    /// Who is present in `room` now, if `identity` may read it: its listed members (at
+    /// most `max_presence_listed`) and the count of the others.
+    pub fn presence(&self, identity: &Identity, room: &str) -> Result<RoomPresence, HubError> {
         validate_room_name(room)?;
-        let rooms = self.shared.rooms.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(rooms
-            .get(room)
+        identity.rights.check_read(room)?;
+        Ok(self
+            .engine
+            .existing_room(room)
             .map(|room| {
                 let state = room.lock();
                 RoomPresence {
@@ -256,26 +263,21 @@ impl Hub {
     /// Tells every session the server is going away (a `shutdown` frame), so clients
     /// reconnect elsewhere and resume; sessions opened from now on get it at once.
     pub fn announce_shutdown(&self, reason: &str, retry_after_ms: u32) {
-        self.shared.shutting_down.store(true, Ordering::Relaxed);
+        self.engine.set_shutting_down();
         let frame = frames::shutdown(reason, retry_after_ms);
-        for queue in self.shared.live_sessions() {
+        for queue in self.engine.live_sessions() {
             queue.push_control(frame.clone());
         }
     }
 
     pub fn stats(&self) -> HubStats {
-        let sessions = self.shared.live_sessions();
+        let sessions = self.engine.live_sessions();
         let (queued_frames, queued_bytes) = sessions
             .iter()
             .map(|q| q.depth())
             .fold((0, 0), |(f, b), (df, db)| (f + df, b + db));
         HubStats {
-            rooms: self
-                .shared
-                .rooms
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .len(),
+            rooms: self.engine.room_count(),
             sessions: sessions.len(),
             queued_frames,
             queued_bytes,
@@ -283,134 +285,16 @@ impl Hub {
     }
 }
 
-impl Shared {
-    /// The room named `name`, created on first use.
-    pub fn room(&self, name: &str) -> Result<Arc<Room>, HubError> {
-        validate_room_name(name)?;
-        let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(room) = rooms.get(name) {
-            return Ok(room.clone());
-        }
-        let room = Arc::new(Room::new(name, self.feed.clone()));
-        rooms.insert(room.name.clone(), room.clone());
-        Ok(room)
-    }
-
-    /// Spends one publish of `quota_key`'s rate budget, or RESOURCE_EXHAUSTED.
-    pub fn check_rate(&self, quota_key: &str) -> Result<(), HubError> {
-        match &self.limiter {
-            Some(limiter) => limiter.take(quota_key),
-            None => Ok(()),
-        }
-    }
-
-    pub fn validate_publish(&self, input: &PublishInput) -> Result<(), HubError> {
-        let max = self.config.max_payload;
-        if input.payload.is_empty() {
-            return Err(HubError::InvalidArgument(
-                "payload is empty: publish at least one byte".into(),
-            ));
-        }
-        if input.payload.len() > max {
-            return Err(HubError::ResourceExhausted(format!(
-                "payload of {} bytes is over the limit of {max} bytes",
-                input.payload.len()
-            )));
-        }
-        for (what, value, limit) in [
-            ("client message id", &input.client_id, MAX_ID_LEN),
-            ("key", &input.key, MAX_ID_LEN),
-            ("content type", &input.content_type, MAX_CONTENT_TYPE_LEN),
-        ] {
-            if value.len() > limit {
-                return Err(HubError::InvalidArgument(format!(
-                    "{what} is {} bytes, more than {limit}",
-                    value.len()
-                )));
-            }
-        }
-        Ok(())
-    }
-
-    /// Validates and queues a publish for the sequencer, then waits for its durable ack.
-    pub async fn submit(
-        &self,
-        room: Arc<Room>,
-        input: PublishInput,
-    ) -> Result<PublishOutcome, HubError> {
-        self.validate_publish(&input)?;
-        let ack = self.enqueue(room, input).await?;
-        ack.await.map_err(|_| HubError::ShuttingDown)?
-    }
-
-    /// Queues a validated publish for the sequencer, waiting while its queue is full. The
-    /// queue keeps submission order, so one session's publishes keep theirs. Nothing is
-    /// loaded for the room: the log assigns its offsets (see `room.rs` for where live
-    /// delivery starts).
-    pub async fn enqueue(
-        &self,
-        room: Arc<Room>,
-        input: PublishInput,
-    ) -> Result<oneshot::Receiver<Result<PublishOutcome, HubError>>, HubError> {
-        let (reply, ack) = oneshot::channel();
-        self.sequencer
-            .send(PublishCommand { room, input, reply })
-            .await
-            .map_err(|_| HubError::ShuttingDown)?;
-        Ok(ack)
-    }
-
-    /// Drops `name` from the room table once nothing but the table holds it (no session,
-    /// publish or replay), so the table does not grow with every room ever named. The next
-    /// use loads the room's position from the store again. New handles are only made under
-    /// the table's lock, so the count check there cannot race with one being made.
-    pub fn release_room(&self, name: &str) {
-        let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
-        if rooms
-            .get(name)
-            .is_some_and(|room| Arc::strong_count(room) == 1)
-        {
-            rooms.remove(name);
-        }
-    }
-
-    /// Drops every room only the table holds (catches what `release_room` calls missed:
-    /// cancelled calls, replays that ended after their leave).
-    fn release_unused_rooms(&self) {
-        let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
-        rooms.retain(|_, room| Arc::strong_count(room) > 1);
-    }
-
-    pub fn forget_session(&self, id: u64) {
-        self.sessions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&id);
-    }
-
-    fn live_sessions(&self) -> Vec<Arc<SubscriberQueue>> {
-        let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        sessions.values().filter_map(Weak::upgrade).collect()
-    }
-}
-
-pub(crate) fn now_unix_micros() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
-}
-
 /// How often rooms nobody holds are dropped from the table.
 const ROOM_SWEEP: std::time::Duration = std::time::Duration::from_secs(10);
 
-async fn sweep_rooms(shared: Weak<Shared>) {
+async fn sweep_rooms(engine: Weak<Engine>) {
     let mut ticker = tokio::time::interval(ROOM_SWEEP);
     ticker.tick().await;
     loop {
         ticker.tick().await;
-        match shared.upgrade() {
-            Some(shared) => shared.release_unused_rooms(),
+        match engine.upgrade() {
+            Some(engine) => engine.release_unused_rooms(),
             None => return,
         }
     }
@@ -419,7 +303,7 @@ async fn sweep_rooms(shared: Weak<Shared>) {
 /// Ends every stream whose client stopped reading for `timeout` (see
 /// [`SubscriberQueue::end_if_stalled`]). Checks four times per timeout (at most once a
 /// second, at least every 10 ms), so a stall ends within 1¼ timeouts.
-async fn sweep_stalled(shared: Weak<Shared>, timeout: std::time::Duration) {
+async fn sweep_stalled(engine: Weak<Engine>, timeout: std::time::Duration) {
     let every = (timeout / 4).clamp(
         std::time::Duration::from_millis(10),
         std::time::Duration::from_secs(1),
@@ -428,11 +312,11 @@ async fn sweep_stalled(shared: Weak<Shared>, timeout: std::time::Duration) {
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        let Some(shared) = shared.upgrade() else {
+        let Some(engine) = engine.upgrade() else {
             return;
         };
         let now = std::time::Instant::now();
-        for queue in shared.live_sessions() {
+        for queue in engine.live_sessions() {
             if queue.end_if_stalled(now, timeout) {
                 debug!(?timeout, "stream ended: the client read nothing");
             }

@@ -6,11 +6,19 @@
 //! Who runs what: the sequencer task (one per hub, `sequencer.rs`) appends batches to the
 //! log (which assigns offsets and dedupes), then delivers each new message to its room;
 //! a [`LiveFeed`] delivers what other processes appended (none on a single node); one
-//! task per session (`session.rs`) reads commands; each session's [`Outbound`] stream is
-//! polled by the transport. Every queue is bounded by [`HubConfig`].
+//! task per session (`session.rs`) reads commands, with its deadlines (`deadlines.rs`) and
+//! its replay→live switch (`resume.rs`); each session's [`Outbound`] stream is polled by the
+//! transport. Every queue is bounded by [`HubConfig`].
+//!
+//! The API checks for the caller: [`Hub`] methods take the caller's [`Identity`] and check
+//! its rights and the room name themselves, and sessions check every command, so no
+//! transport can reach the engine without them. Errors carry a [`Code`] (the values are
+//! the gRPC numbers), never a transport's type.
 
 mod budget;
 mod config;
+mod deadlines;
+mod engine;
 mod error;
 mod feed;
 pub mod frames;
@@ -19,6 +27,7 @@ mod hub;
 mod limiter;
 mod presence;
 mod queue;
+mod resume;
 mod rights;
 mod room;
 mod sequencer;
@@ -26,11 +35,13 @@ mod session;
 
 pub use budget::{ByteBudget, QueueBudgets};
 pub use config::{HubConfig, LagPolicy};
+pub use duplex_proto::hub::Code;
+pub use engine::{PublishInput, PublishOutcome};
 pub use error::HubError;
 pub use feed::{FeedHandle, LiveFeed, LocalFeed, RoomDelivery};
-pub use hub::{HistoryPage, Hub, HubStats, PublishInput, PublishOutcome, RoomPresence};
+pub use hub::{HistoryPage, Hub, HubStats, RoomPresence, SessionOrigin, Subscription};
 pub use presence::{Listing, Presence};
 pub use queue::{Frame, Outbound};
-pub use rights::{Identity, Rights};
+pub use rights::{Identity, MAX_NAME_LEN, Naming, Rights};
 pub use room::validate_room_name;
 pub use session::Session;

@@ -107,7 +107,10 @@ mod tests {
         for _ in 0..3 {
             limiter.take("sub:alice").unwrap();
         }
-        assert_eq!(limiter.take("sub:alice").unwrap_err().code(), 8);
+        assert_eq!(
+            limiter.take("sub:alice").unwrap_err().code(),
+            crate::Code::ResourceExhausted
+        );
         limiter.take("sub:bob").unwrap();
     }
 
@@ -117,7 +120,10 @@ mod tests {
         limiter.take("a").unwrap();
         limiter.take("b").unwrap();
         // Both are below their burst: in use, so a third identity is refused.
-        assert_eq!(limiter.take("c").unwrap_err().code(), 8);
+        assert_eq!(
+            limiter.take("c").unwrap_err().code(),
+            crate::Code::ResourceExhausted
+        );
         assert_eq!(limiter.tracked(), 2);
         // Once a bucket refills it is forgotten to make room.
         std::thread::sleep(std::time::Duration::from_millis(1100));

@@ -102,6 +102,19 @@ impl Rights {
     }
 }
 
+/// Longest name a caller may choose for itself, in bytes (as the `duplex-name` header).
+pub const MAX_NAME_LEN: usize = 128;
+
+/// Where an identity's name comes from, which decides whether a call may choose another.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Naming {
+    /// From verified credentials (a token's subject): every call shows this name.
+    Verified,
+    /// Chosen by the caller (anonymous): a call may name its sender or presence itself,
+    /// shown after `prefix` (set when tokens are verified, so it never equals a subject).
+    Chosen { prefix: String },
+}
+
 /// Who a session is: its name (the `sender` of what it publishes), its rights, and when
 /// its credentials expire (the session ends then).
 #[derive(Debug, Clone)]
@@ -113,6 +126,8 @@ pub struct Identity {
     /// with the same key shares one budget. The server sets it (a token's subject, or the
     /// peer address of an anonymous caller); it is never shown to anyone.
     pub quota_key: String,
+    /// Whether calls may rename the caller (anonymous) or not (a verified token).
+    pub naming: Naming,
 }
 
 impl Identity {
@@ -124,6 +139,31 @@ impl Identity {
             name,
             rights: Rights::all(),
             expires_at: None,
+            naming: Naming::Chosen {
+                prefix: String::new(),
+            },
+        }
+    }
+
+    /// Whether the name comes from verified credentials.
+    pub fn is_verified(&self) -> bool {
+        self.naming == Naming::Verified
+    }
+
+    /// The name a call shows when it asks for `requested`: the identity's own name when
+    /// it is verified or `requested` is empty; else `requested` (1 to [`MAX_NAME_LEN`]
+    /// bytes, INVALID_ARGUMENT otherwise) after the anonymous prefix.
+    pub fn name_for_call(&self, requested: &str) -> Result<String, HubError> {
+        match &self.naming {
+            Naming::Chosen { prefix } if !requested.is_empty() => {
+                if requested.len() > MAX_NAME_LEN {
+                    return Err(HubError::InvalidArgument(format!(
+                        "a name must be 1 to {MAX_NAME_LEN} bytes"
+                    )));
+                }
+                Ok(format!("{prefix}{requested}"))
+            }
+            _ => Ok(self.name.clone()),
         }
     }
 }
@@ -146,7 +186,27 @@ mod tests {
         let all = Rights::new(&["*"], &[] as &[&str]).unwrap();
         assert!(all.can_read("anything"));
         assert!(!all.can_write("anything"));
-        assert_eq!(all.check_write("x").unwrap_err().code(), 7);
+        assert_eq!(
+            all.check_write("x").unwrap_err().code(),
+            crate::Code::PermissionDenied
+        );
+    }
+
+    #[test]
+    fn only_anonymous_callers_choose_their_name() {
+        let mut identity = Identity::anonymous("anon:me");
+        identity.naming = Naming::Chosen {
+            prefix: "anon:".into(),
+        };
+        assert_eq!(identity.name_for_call("").unwrap(), "anon:me");
+        assert_eq!(identity.name_for_call("bob").unwrap(), "anon:bob");
+        let long = "x".repeat(MAX_NAME_LEN + 1);
+        assert_eq!(
+            identity.name_for_call(&long).unwrap_err().code(),
+            crate::Code::InvalidArgument
+        );
+        identity.naming = Naming::Verified;
+        assert_eq!(identity.name_for_call("bob").unwrap(), "anon:me");
     }
 
     #[test]

@@ -20,18 +20,8 @@ use tracing::{debug, warn};
 
 use crate::HubError;
 use crate::config::HubConfig;
-use crate::hub::{PublishInput, PublishOutcome, now_unix_micros};
+use crate::engine::{PublishCommand, PublishOutcome, now_unix_micros};
 use crate::room::Room;
-
-/// A validated publish queued for the sequencer.
-pub(crate) struct PublishCommand {
-    /// The room, held so it stays in the room table until delivered.
-    pub(crate) room: Arc<Room>,
-    /// What to publish, validated.
-    pub(crate) input: PublishInput,
-    /// Where the durable outcome goes.
-    pub(crate) reply: oneshot::Sender<Result<PublishOutcome, HubError>>,
-}
 
 /// The sequencer task: runs until every sender of `commands` is gone.
 pub(crate) async fn run_sequencer(

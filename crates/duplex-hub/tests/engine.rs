@@ -4,7 +4,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use duplex_hub::{Hub, HubConfig, PublishInput};
+use duplex_hub::{
+    Code, Hub, HubConfig, Identity, Naming, PublishInput, Rights, SessionOrigin, Subscription,
+};
 use duplex_proto::hub::client_frame::Command;
 use duplex_proto::hub::server_frame::Frame;
 use duplex_proto::hub::{ClientFrame, Join, ServerFrame};
@@ -15,6 +17,11 @@ use duplex_store::{
 use futures::StreamExt as _;
 use prost::Message as _;
 use tokio::sync::Semaphore;
+
+/// A caller with every right (auth off).
+fn anyone() -> Identity {
+    Identity::anonymous("test")
+}
 
 /// A memory store whose commits wait for the test to allow each one.
 struct GatedStore {
@@ -83,11 +90,14 @@ async fn no_ack_and_no_delivery_before_the_commit() {
     let publisher = hub.clone();
     let ack = tokio::spawn(async move {
         publisher
-            .publish(PublishInput {
-                room: "r".into(),
-                payload: "x".into(),
-                ..Default::default()
-            })
+            .publish(
+                &anyone(),
+                PublishInput {
+                    room: "r".into(),
+                    payload: "x".into(),
+                    ..Default::default()
+                },
+            )
             .await
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -157,12 +167,16 @@ async fn a_failed_commit_acks_nothing_and_reuses_the_offsets() {
         client_id: "id-1".into(),
         ..Default::default()
     };
-    let error = hub.publish(input()).await.unwrap_err();
-    assert_eq!(error.code(), 14, "UNAVAILABLE: retry is safe");
+    let error = hub.publish(&anyone(), input()).await.unwrap_err();
+    assert_eq!(
+        error.code(),
+        Code::Unavailable,
+        "UNAVAILABLE: retry is safe"
+    );
     // The retry with the same client id is stored (not mistaken for a duplicate) at offset 1.
-    let outcome = hub.publish(input()).await.unwrap();
+    let outcome = hub.publish(&anyone(), input()).await.unwrap();
     assert_eq!((outcome.offset, outcome.duplicate), (1, false));
-    let again = hub.publish(input()).await.unwrap();
+    let again = hub.publish(&anyone(), input()).await.unwrap();
     assert_eq!((again.offset, again.duplicate), (1, true));
 }
 
@@ -173,11 +187,14 @@ async fn rooms_nobody_uses_are_dropped_from_the_table() {
         HubConfig::default(),
     );
     for i in 0..100 {
-        hub.publish(PublishInput {
-            room: format!("room-{i}"),
-            payload: "x".into(),
-            ..Default::default()
-        })
+        hub.publish(
+            &anyone(),
+            PublishInput {
+                room: format!("room-{i}"),
+                payload: "x".into(),
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
     }
@@ -194,11 +211,14 @@ async fn rooms_nobody_uses_are_dropped_from_the_table() {
     assert_eq!(hub.stats().rooms, 1);
     // Offsets continue from the store after a room was dropped and loaded again.
     let outcome = hub
-        .publish(PublishInput {
-            room: "room-7".into(),
-            payload: "y".into(),
-            ..Default::default()
-        })
+        .publish(
+            &anyone(),
+            PublishInput {
+                room: "room-7".into(),
+                payload: "y".into(),
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
     assert_eq!(outcome.offset, 2);
@@ -216,11 +236,14 @@ async fn a_live_join_during_a_burst_misses_nothing_after_its_last_offset() {
     let burst = tokio::spawn(async move {
         for i in 0..3000 {
             publisher
-                .publish(PublishInput {
-                    room: "r".into(),
-                    payload: format!("{i}").into(),
-                    ..Default::default()
-                })
+                .publish(
+                    &anyone(),
+                    PublishInput {
+                        room: "r".into(),
+                        payload: format!("{i}").into(),
+                        ..Default::default()
+                    },
+                )
                 .await
                 .unwrap();
         }
@@ -274,11 +297,14 @@ async fn unary_publishes_leave_no_rooms_behind_on_a_multi_thread_runtime() {
     for i in 0..2000 {
         let hub = hub.clone();
         tasks.spawn(async move {
-            hub.publish(PublishInput {
-                room: format!("r{i}"),
-                payload: "x".into(),
-                ..Default::default()
-            })
+            hub.publish(
+                &anyone(),
+                PublishInput {
+                    room: format!("r{i}"),
+                    payload: "x".into(),
+                    ..Default::default()
+                },
+            )
             .await
             .unwrap()
         });
@@ -314,15 +340,15 @@ async fn members_past_the_presence_bound_are_counted_not_listed() {
         assert_eq!(joined.unlisted_members, before.saturating_sub(2), "{name}");
         sessions.push((session, outbound));
     }
-    let presence = hub.presence("crowd").unwrap();
+    let presence = hub.presence(&anyone(), "crowd").unwrap();
     assert_eq!((presence.members.len(), presence.unlisted), (2, 2));
     // A counted member leaves: the count drops; a listed one: the list does (no promotion).
     let (mut d, _) = sessions.pop().unwrap();
     d.leave("crowd").unwrap();
-    assert_eq!(hub.presence("crowd").unwrap().unlisted, 1);
+    assert_eq!(hub.presence(&anyone(), "crowd").unwrap().unlisted, 1);
     let (mut a, _) = sessions.remove(0);
     a.leave("crowd").unwrap();
-    let presence = hub.presence("crowd").unwrap();
+    let presence = hub.presence(&anyone(), "crowd").unwrap();
     assert_eq!((presence.members.len(), presence.unlisted), (1, 1));
     assert_eq!(presence.members[0].name, "b");
 }
@@ -396,12 +422,15 @@ async fn a_room_slow_to_load_does_not_hold_up_other_rooms() {
     let publish = |room: &'static str| {
         let hub = hub.clone();
         tokio::spawn(async move {
-            hub.publish(PublishInput {
-                room: room.into(),
-                payload: "x".into(),
-                client_id: format!("{room}-1"),
-                ..Default::default()
-            })
+            hub.publish(
+                &anyone(),
+                PublishInput {
+                    room: room.into(),
+                    payload: "x".into(),
+                    client_id: format!("{room}-1"),
+                    ..Default::default()
+                },
+            )
             .await
         })
     };
@@ -518,4 +547,150 @@ async fn messages_from_the_live_feed_reach_subscribers_once() {
     assert_eq!(offsets, [5, 9]);
     let nothing_more = tokio::time::timeout(Duration::from_millis(100), outbound.next()).await;
     assert!(nothing_more.is_err(), "no duplicate: {nothing_more:?}");
+}
+
+#[tokio::test]
+async fn every_call_checks_the_callers_rights_and_the_room_name() {
+    let hub = Hub::new(
+        Arc::new(MemoryStore::new(Default::default())),
+        HubConfig::default(),
+    );
+    let reader = Identity {
+        rights: Rights::new(&["lobby"], &["lobby.chat"]).unwrap(),
+        ..Identity::anonymous("reader")
+    };
+    let publish = |room: &str| PublishInput {
+        room: room.into(),
+        payload: "x".into(),
+        ..Default::default()
+    };
+    let subscription = |room: &str| Subscription {
+        room: room.into(),
+        ..Default::default()
+    };
+    for (room, code) in [
+        ("vault", Code::PermissionDenied),
+        ("bad room", Code::InvalidArgument),
+    ] {
+        let error = hub.publish(&reader, publish(room)).await.unwrap_err();
+        assert_eq!(error.code(), code, "publish {room}");
+        let error = hub.history(&reader, room, 0, 10).await.unwrap_err();
+        assert_eq!(error.code(), code, "history {room}");
+        let error = hub.presence(&reader, room).unwrap_err();
+        assert_eq!(error.code(), code, "presence {room}");
+        let error = hub
+            .subscribe(reader.clone(), subscription(room), SessionOrigin::default())
+            .await
+            .expect_err("refused");
+        assert_eq!(error.code(), code, "subscribe {room}");
+    }
+    // Reading the lobby is not writing to it.
+    let error = hub.publish(&reader, publish("lobby")).await.unwrap_err();
+    assert_eq!(error.code(), Code::PermissionDenied);
+    // What the rights cover works, and an anonymous caller names its sender.
+    let outcome = hub
+        .publish(
+            &reader,
+            PublishInput {
+                sender: "guest".into(),
+                ..publish("lobby.chat")
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(outcome.offset, 1);
+    let anyone = anyone();
+    let page = hub.history(&anyone, "lobby.chat", 0, 10).await.unwrap();
+    assert_eq!(page.messages[0].sender, "guest");
+    hub.subscribe(reader, subscription("lobby"), SessionOrigin::default())
+        .await
+        .expect("a readable room");
+}
+
+#[tokio::test]
+async fn a_verified_identity_cannot_rename_itself() {
+    let hub = Hub::new(
+        Arc::new(MemoryStore::new(Default::default())),
+        HubConfig::default(),
+    );
+    let alice = Identity {
+        naming: Naming::Verified,
+        ..Identity::anonymous("alice")
+    };
+    let input = PublishInput {
+        room: "r".into(),
+        sender: "mallory".into(),
+        payload: "x".into(),
+        ..Default::default()
+    };
+    hub.publish(&alice, input).await.unwrap();
+    let page = hub.history(&alice, "r", 0, 10).await.unwrap();
+    assert_eq!(page.messages[0].sender, "alice");
+    let long = PublishInput {
+        room: "r".into(),
+        sender: "x".repeat(duplex_hub::MAX_NAME_LEN + 1),
+        payload: "x".into(),
+        ..Default::default()
+    };
+    let error = hub.publish(&anyone(), long).await.unwrap_err();
+    assert_eq!(error.code(), Code::InvalidArgument);
+}
+
+/// Log output captured in memory.
+#[derive(Clone, Default)]
+struct CapturedLogs(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for CapturedLogs {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_sessions_log_lines_carry_its_id_name_and_peer() {
+    let logs = CapturedLogs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _default = tracing::subscriber::set_default(subscriber);
+
+    let hub = Hub::new(
+        Arc::new(MemoryStore::new(Default::default())),
+        HubConfig::default(),
+    );
+    let origin = SessionOrigin {
+        peer: Some("192.0.2.7:4000".parse().unwrap()),
+        ..SessionOrigin::default()
+    };
+    let (session, mut outbound) = hub.open_session_from(Identity::anonymous("alice"), origin);
+    let ping = ClientFrame {
+        command_id: 1,
+        command: Some(Command::Ping(Default::default())),
+    };
+    tokio::spawn(session.drive(futures::stream::iter([Ok(ping)])));
+    // The pong, then the end of the stream once the client's side is closed.
+    let mut frames = 0;
+    while let Some(frame) = tokio::time::timeout(Duration::from_secs(10), outbound.next())
+        .await
+        .expect("the session ends")
+    {
+        frame.unwrap();
+        frames += 1;
+    }
+    assert_eq!(frames, 1);
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let line = text
+        .lines()
+        .find(|line| line.contains("session ended"))
+        .unwrap_or_else(|| panic!("no session end logged:\n{text}"));
+    for field in ["session{session=", "name=alice", "peer=192.0.2.7:4000"] {
+        assert!(line.contains(field), "{field} missing in {line}");
+    }
 }

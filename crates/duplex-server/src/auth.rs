@@ -23,13 +23,12 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use duplex_hub::{Identity, Rights};
+use duplex_hub::{Identity, Naming, Rights};
+use http::HeaderMap;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use tonic::Status;
-use tonic::metadata::MetadataMap;
 
-/// Metadata key naming an anonymous session (the `sender` of its messages).
+/// Header (gRPC metadata key) naming an anonymous session (the `sender` of its messages).
 pub const NAME_HEADER: &str = "duplex-name";
 
 /// Prefix of every anonymous caller's name when tokens are verified: a token's subject is
@@ -57,7 +56,23 @@ pub enum AuthSetupError {
     AnonymousRights(String),
 }
 
-/// Turns request metadata into an [`Identity`].
+/// Why a caller could not be identified. Each maps to UNAUTHENTICATED (`status.rs`); the
+/// messages say what is wrong with the credentials, never what they were.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// Tokens are required and none was sent.
+    #[error("missing token: send `authorization: Bearer <JWT>` metadata")]
+    MissingToken,
+    /// The `authorization` header is not `Bearer <token>` in ASCII.
+    #[error("{0}")]
+    MalformedHeader(&'static str),
+    /// The token does not verify, has expired, or its claims are unusable.
+    #[error("{0}")]
+    InvalidToken(String),
+}
+
+/// Turns request headers (gRPC metadata, or a WebSocket upgrade's headers) into an
+/// [`Identity`].
 #[derive(Clone)]
 pub struct Authenticator {
     verifier: Option<(DecodingKey, Validation)>,
@@ -144,14 +159,9 @@ impl Authenticator {
         })
     }
 
-    /// Whether tokens are verified at all.
-    pub fn is_enabled(&self) -> bool {
-        self.verifier.is_some()
-    }
-
     /// The caller's identity: from a verified token, or anonymous (named by the
     /// `duplex-name` header) when auth is off or anonymous calls are allowed.
-    pub fn identify(&self, metadata: &MetadataMap) -> Result<Identity, Status> {
+    pub fn identify(&self, metadata: &HeaderMap) -> Result<Identity, AuthError> {
         let Some((key, validation)) = &self.verifier else {
             // Auth is off: whatever `authorization` holds is not ours to judge.
             return Ok(anonymous(metadata));
@@ -160,39 +170,29 @@ impl Authenticator {
         let Some(token) = token else {
             return if self.allow_anonymous {
                 let mut identity = anonymous(metadata);
-                identity.name = self.anonymous_name(&identity.name);
+                identity.name = format!("{ANONYMOUS_PREFIX}{}", identity.name);
                 identity.rights = self.anonymous_rights.clone();
+                identity.naming = Naming::Chosen {
+                    prefix: ANONYMOUS_PREFIX.to_owned(),
+                };
                 Ok(identity)
             } else {
-                Err(Status::unauthenticated(
-                    "missing token: send `authorization: Bearer <JWT>` metadata",
-                ))
+                Err(AuthError::MissingToken)
             };
         };
         let header = jsonwebtoken::decode_header(token)
-            .map_err(|error| Status::unauthenticated(token_error(error.kind())))?;
+            .map_err(|error| AuthError::InvalidToken(token_error(error.kind())))?;
         if header.crit.is_some() {
-            return Err(Status::unauthenticated(
+            return Err(AuthError::InvalidToken(
                 "token header lists critical extensions (crit) this server does not \
-                 understand",
+                 understand"
+                    .into(),
             ));
         }
         let claims = jsonwebtoken::decode::<Claims>(token, key, validation)
-            .map_err(|error| Status::unauthenticated(token_error(error.kind())))?
+            .map_err(|error| AuthError::InvalidToken(token_error(error.kind())))?
             .claims;
-        claims_identity(claims).map_err(Status::unauthenticated)
-    }
-}
-
-impl Authenticator {
-    /// The name an anonymous caller who calls itself `name` gets: as is with auth off,
-    /// under [`ANONYMOUS_PREFIX`] when tokens are verified, so it never equals a subject.
-    pub fn anonymous_name(&self, name: &str) -> String {
-        if self.verifier.is_some() {
-            format!("{ANONYMOUS_PREFIX}{name}")
-        } else {
-            name.to_owned()
-        }
+        claims_identity(claims).map_err(AuthError::InvalidToken)
     }
 }
 
@@ -222,26 +222,26 @@ fn public_key(path: &Path) -> Result<(DecodingKey, Algorithm), AuthSetupError> {
 }
 
 /// The token from `authorization: Bearer …`, if any.
-fn bearer_token(metadata: &MetadataMap) -> Result<Option<&str>, Status> {
+fn bearer_token(metadata: &HeaderMap) -> Result<Option<&str>, AuthError> {
     let Some(value) = metadata.get("authorization") else {
         return Ok(None);
     };
     let value = value
         .to_str()
-        .map_err(|_| Status::unauthenticated("authorization metadata is not ASCII"))?;
+        .map_err(|_| AuthError::MalformedHeader("authorization metadata is not ASCII"))?;
     match value.split_once(' ') {
         Some((scheme, token))
             if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
         {
             Ok(Some(token.trim()))
         }
-        _ => Err(Status::unauthenticated(
+        _ => Err(AuthError::MalformedHeader(
             "authorization metadata must be `Bearer <JWT>`",
         )),
     }
 }
 
-fn anonymous(metadata: &MetadataMap) -> Identity {
+fn anonymous(metadata: &HeaderMap) -> Identity {
     let name = metadata
         .get(NAME_HEADER)
         .and_then(|v| v.to_str().ok())
@@ -300,7 +300,22 @@ pub fn claims_identity(claims: Claims) -> Result<Identity, String> {
         name: claims.sub,
         rights,
         expires_at: Some(expires_at),
+        naming: Naming::Verified,
     })
+}
+
+/// The publish rate budget of an anonymous caller at `peer`: its IP address (its /64 for
+/// IPv6, which hands a client a whole /64), since it has no verified name. Every
+/// transport sets [`Identity::quota_key`] with this for callers without a token.
+pub fn peer_quota_key(peer: Option<std::net::SocketAddr>) -> String {
+    match peer.map(|addr| addr.ip().to_canonical()) {
+        Some(std::net::IpAddr::V6(ip)) => {
+            let prefix = u128::from(ip) & !((1u128 << 64) - 1);
+            format!("ip:{}/64", std::net::Ipv6Addr::from(prefix))
+        }
+        Some(ip) => format!("ip:{ip}"),
+        None => "ip:unknown".into(),
+    }
 }
 
 /// Seconds since the epoch, for building tokens in tests and tools.
@@ -337,7 +352,7 @@ pub mod fuzzing {
 
     pub fn token(input: &[u8]) {
         let text = String::from_utf8_lossy(input);
-        let mut metadata = MetadataMap::new();
+        let mut metadata = HeaderMap::new();
         if let Ok(value) = format!("Bearer {text}").parse() {
             metadata.insert("authorization", value);
             if let Ok(identity) = verifier().identify(&metadata) {
@@ -365,7 +380,7 @@ mod tests {
 
     #[test]
     fn bearer_parsing() {
-        let mut metadata = MetadataMap::new();
+        let mut metadata = HeaderMap::new();
         assert_eq!(bearer_token(&metadata).unwrap(), None);
         metadata.insert("authorization", "Bearer abc.def.ghi".parse().unwrap());
         assert_eq!(bearer_token(&metadata).unwrap(), Some("abc.def.ghi"));
@@ -375,6 +390,17 @@ mod tests {
         assert!(bearer_token(&metadata).is_err());
         metadata.insert("authorization", "Bearer ".parse().unwrap());
         assert!(bearer_token(&metadata).is_err());
+    }
+
+    #[test]
+    fn anonymous_callers_are_budgeted_by_address_and_ipv6_by_its_64() {
+        let v4 = "192.0.2.1:5000".parse().ok();
+        assert_eq!(peer_quota_key(v4), "ip:192.0.2.1");
+        let mapped = "[::ffff:192.0.2.1]:5000".parse().ok();
+        assert_eq!(peer_quota_key(mapped), "ip:192.0.2.1");
+        let v6 = "[2001:db8:1:2:3:4:5:6]:5000".parse().ok();
+        assert_eq!(peer_quota_key(v6), "ip:2001:db8:1:2::/64");
+        assert_eq!(peer_quota_key(None), "ip:unknown");
     }
 
     #[test]

@@ -22,9 +22,11 @@ use futures::stream::Map;
 use prost::Message as _;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::server::{Grpc, NamedService, StreamingService};
-use tonic::{Code, Request, Response, Status, Streaming};
+use tonic::{Request, Response, Status, Streaming};
 
 use duplex_proto::chat::Msg;
+
+use crate::status::{inbound_error, undecodable};
 
 const METHOD: &str = "/chat.Chat/Chat";
 
@@ -193,25 +195,6 @@ impl Decoder for EchoCodec {
     }
 }
 
-/// The status for a request message that does not decode: INTERNAL with prost's words, as
-/// tonic-prost reports it (and the gRPC status-code guide asks).
-pub fn undecodable(error: prost::DecodeError) -> Status {
-    Status::internal(error.to_string())
-}
-
-/// Maps an error from tonic's request decoder to the status the gRPC spec asks for.
-///
-/// tonic reports a message declared over the size limit as OUT_OF_RANGE; the spec, grpc-go
-/// and C-core say RESOURCE_EXHAUSTED, which is what clients retry and alert on. The decoder
-/// emits OUT_OF_RANGE for nothing else, so the mapping is exact.
-pub fn inbound_error(status: Status) -> Status {
-    if status.code() == Code::OutOfRange {
-        Status::resource_exhausted(status.message().to_owned())
-    } else {
-        status
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use duplex_proto::chat::Echo;
@@ -336,17 +319,6 @@ mod tests {
         assert!(
             fast > 10_000,
             "the fast path is taken for plain messages ({fast})"
-        );
-    }
-
-    #[test]
-    fn oversize_decode_error_becomes_resource_exhausted() {
-        let mapped = inbound_error(Status::out_of_range("decoded message length too large"));
-        assert_eq!(mapped.code(), Code::ResourceExhausted);
-        assert_eq!(mapped.message(), "decoded message length too large");
-        assert_eq!(
-            inbound_error(Status::internal("eof")).code(),
-            Code::Internal
         );
     }
 }

@@ -3,7 +3,9 @@
 //! Hand-written rather than generated for one reason: frames leave as bytes the hub
 //! encoded once per message ([`PreEncodedCodec`]), so fanning a message out to a thousand
 //! subscribers copies bytes a thousand times but encodes protobuf once. Requests decode
-//! with prost as usual. Every `HubError` becomes a `Status` here and nowhere else.
+//! with prost as usual. The engine checks rights and room names itself (its methods take
+//! the caller's `Identity`); this service identifies the caller, decodes, and maps every
+//! `HubError` to a `Status` through `status.rs`.
 
 use std::convert::Infallible;
 use std::marker::PhantomData;
@@ -12,21 +14,24 @@ use std::task::{Context, Poll};
 use bytes::{Buf as _, BufMut as _, Bytes};
 use std::sync::Arc;
 
-use duplex_hub::{Frame, Hub, HubError, Identity, Outbound, PublishInput, QueueBudgets};
+use duplex_hub::{
+    Frame, Hub, HubError, Identity, Outbound, PublishInput, QueueBudgets, SessionOrigin,
+    Subscription,
+};
 use duplex_proto::hub::{
-    ClientFrame, HistoryRequest, HistoryResponse, Join, PresenceRequest, PresenceResponse,
-    PublishAck, PublishRequest, SubscribeRequest,
+    ClientFrame, HistoryRequest, HistoryResponse, PresenceRequest, PresenceResponse, PublishAck,
+    PublishRequest, SubscribeRequest,
 };
 use futures::future::BoxFuture;
-use futures::stream::{self, Map, StreamExt as _};
+use futures::stream::{Map, StreamExt as _};
 use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::server::{Grpc, NamedService, ServerStreamingService, StreamingService, UnaryService};
 use tonic::{Code, Request, Response, Status, Streaming};
 use tonic_prost::ProstCodec;
 
-use crate::auth::Authenticator;
-use crate::chat::{inbound_error, undecodable};
+use crate::auth::{Authenticator, peer_quota_key};
 use crate::guard::ConnectionInfo;
+use crate::status::{auth_status, inbound_hub_error, status, undecodable};
 
 /// The Hub service: cheap to clone, one hub behind every connection.
 #[derive(Clone)]
@@ -69,21 +74,12 @@ impl HubService {
     /// address (its /64 for IPv6, which hands a client a whole /64), since it has no
     /// verified name: `duplex-name` is whatever the client says.
     fn identify<T>(&self, request: &Request<T>) -> Result<Identity, Status> {
-        let mut identity = self.auth.identify(request.metadata())?;
-        if !self_named(&identity) {
-            let remote = request
-                .extensions()
-                .get::<ConnectionInfo>()
-                .and_then(|info| info.remote)
-                .or_else(|| request.remote_addr());
-            identity.quota_key = match remote.map(|addr| addr.ip().to_canonical()) {
-                Some(std::net::IpAddr::V6(ip)) => {
-                    let prefix = u128::from(ip) & !((1u128 << 64) - 1);
-                    format!("ip:{}/64", std::net::Ipv6Addr::from(prefix))
-                }
-                Some(ip) => format!("ip:{ip}"),
-                None => "ip:unknown".into(),
-            };
+        let mut identity = self
+            .auth
+            .identify(request.metadata().as_ref())
+            .map_err(auth_status)?;
+        if !identity.is_verified() {
+            identity.quota_key = peer_quota_key(peer(request));
         }
         Ok(identity)
     }
@@ -93,19 +89,27 @@ impl NamedService for HubService {
     const NAME: &'static str = "duplex.v1.Hub";
 }
 
-/// The byte budgets of `request`'s connection and client IP, which its stream's queue
-/// charges (none when served without the connection guard).
-fn queue_budgets<T>(request: &Request<T>) -> QueueBudgets {
+/// The client's address: as the connection guard recorded it, else as tonic saw it.
+fn peer<T>(request: &Request<T>) -> Option<std::net::SocketAddr> {
     request
         .extensions()
-        .get::<QueueBudgets>()
-        .cloned()
-        .unwrap_or_default()
+        .get::<ConnectionInfo>()
+        .and_then(|info| info.remote)
+        .or_else(|| request.remote_addr())
 }
 
-/// Maps an engine error to the status the client sees.
-pub fn status(error: HubError) -> Status {
-    Status::new(Code::from_i32(error.code()), error.to_string())
+/// Where `request`'s session comes from: the byte budgets of its connection and client IP,
+/// which its stream's queue charges (none when served without the connection guard), and
+/// the peer address its log lines show.
+fn session_origin<T>(request: &Request<T>) -> SessionOrigin {
+    SessionOrigin {
+        budgets: request
+            .extensions()
+            .get::<QueueBudgets>()
+            .cloned()
+            .unwrap_or_default(),
+        peer: peer(request),
+    }
 }
 
 /// The outbound stream of a session, as tonic wants it.
@@ -180,7 +184,7 @@ where
 /// OUT_OF_RANGE, as a trailers-only response (the status in the headers). No Hub handler
 /// answers OUT_OF_RANGE, so a response carrying it is that refusal, and its code is
 /// rewritten; the message (found N bytes, the limit is M) stays. `Connect` maps the same
-/// error on its inbound stream (see `chat::inbound_error`).
+/// error on its inbound stream (see `status::inbound_error`).
 fn oversize_as_resource_exhausted(
     mut response: http::Response<tonic::body::Body>,
 ) -> http::Response<tonic::body::Body> {
@@ -207,21 +211,15 @@ impl StreamingService<ClientFrame> for Connect {
         let hub = self.0.hub.clone();
         let identity = self.0.identify(&request);
         let rotate_at = self.0.rotation_time(&request);
-        let budgets = queue_budgets(&request);
+        let origin = session_origin(&request);
         Box::pin(async move {
-            let (mut session, outbound) = hub.open_session_within(identity?, budgets);
+            let (mut session, outbound) = hub.open_session_from(identity?, origin);
             if let Some(at) = rotate_at {
                 session.rotate_at(at);
             }
-            let inbound = request.into_inner().map(|frame| {
-                frame.map_err(|status| {
-                    let status = inbound_error(status);
-                    HubError::Transport {
-                        code: status.code() as i32,
-                        message: status.message().to_owned(),
-                    }
-                })
-            });
+            let inbound = request
+                .into_inner()
+                .map(|frame| frame.map_err(inbound_hub_error));
             // One task per session: it reads commands while tonic polls the outbound side.
             tokio::spawn(session.drive(inbound));
             Ok(Response::new(frame_stream(outbound)))
@@ -238,32 +236,20 @@ impl ServerStreamingService<SubscribeRequest> for Subscribe {
 
     fn call(&mut self, request: Request<SubscribeRequest>) -> Self::Future {
         let hub = self.0.hub.clone();
-        let auth = self.0.auth.clone();
         let identity = self.0.identify(&request);
-        let budgets = queue_budgets(&request);
+        let origin = session_origin(&request);
         Box::pin(async move {
-            let mut identity = identity?;
+            let identity = identity?;
             let subscribe = request.into_inner();
-            duplex_hub::validate_room_name(&subscribe.room).map_err(status)?;
-            identity
-                .rights
-                .check_read(&subscribe.room)
-                .map_err(status)?;
-            let hidden = subscribe.name.is_empty();
-            if !hidden && !self_named(&identity) {
-                identity.name = auth.anonymous_name(&checked_name(subscribe.name)?);
-            }
-            let (mut session, outbound) = hub.open_session_within(identity, budgets);
-            let join = Join {
+            let subscription = Subscription {
                 room: subscribe.room,
-                after_offset: subscribe.after_offset,
-                hidden,
-                replay_last: 0,
+                after: subscribe.after_offset,
+                name: subscribe.name,
             };
-            // A join that fails (resume older than retention, …) fails the call itself.
-            let replay = session.join(0, join).await.map_err(status)?;
-            // The session then lives until the client goes away.
-            tokio::spawn(session.drive_listener(stream::pending(), replay));
+            let outbound = hub
+                .subscribe(identity, subscription, origin)
+                .await
+                .map_err(status)?;
             Ok(Response::new(frame_stream(outbound)))
         })
     }
@@ -278,26 +264,18 @@ impl UnaryService<PublishRequest> for Unary<PublishRequest> {
 
     fn call(&mut self, request: Request<PublishRequest>) -> Self::Future {
         let hub = self.0.hub.clone();
-        let auth = self.0.auth.clone();
         let identity = self.0.identify(&request);
         Box::pin(async move {
             let identity = identity?;
             let publish = request.into_inner();
-            duplex_hub::validate_room_name(&publish.room).map_err(status)?;
-            identity.rights.check_write(&publish.room).map_err(status)?;
-            // A token's subject is the sender; anonymous callers may name one.
-            let sender = if self_named(&identity) || publish.sender.is_empty() {
-                identity.name.clone()
-            } else {
-                auth.anonymous_name(&checked_name(publish.sender)?)
-            };
             let room = publish.room.clone();
+            // A token's subject is the sender; anonymous callers may name one.
             let outcome = hub
-                .publish_as(
+                .publish(
                     &identity,
                     PublishInput {
                         room: publish.room,
-                        sender,
+                        sender: publish.sender,
                         payload: publish.payload,
                         content_type: publish.content_type,
                         client_id: publish.client_message_id,
@@ -326,10 +304,13 @@ impl UnaryService<HistoryRequest> for Unary<HistoryRequest> {
         Box::pin(async move {
             let identity = identity?;
             let request = request.into_inner();
-            duplex_hub::validate_room_name(&request.room).map_err(status)?;
-            identity.rights.check_read(&request.room).map_err(status)?;
             let page = hub
-                .history(&request.room, request.after_offset, request.limit as usize)
+                .history(
+                    &identity,
+                    &request.room,
+                    request.after_offset,
+                    request.limit as usize,
+                )
                 .await
                 .map_err(status)?;
             Ok(Response::new(HistoryResponse {
@@ -357,29 +338,13 @@ impl UnaryService<PresenceRequest> for Unary<PresenceRequest> {
         Box::pin(async move {
             let identity = identity?;
             let room = request.into_inner().room;
-            duplex_hub::validate_room_name(&room).map_err(status)?;
-            identity.rights.check_read(&room).map_err(status)?;
-            let presence = hub.presence(&room).map_err(status)?;
+            let presence = hub.presence(&identity, &room).map_err(status)?;
             Ok(Response::new(PresenceResponse {
                 members: presence.members,
                 unlisted_members: presence.unlisted,
             }))
         })
     }
-}
-
-/// A client-chosen name: 1 to 128 bytes, like the `duplex-name` header.
-fn checked_name(name: String) -> Result<String, Status> {
-    if name.is_empty() || name.len() > 128 {
-        return Err(Status::invalid_argument("a name must be 1 to 128 bytes"));
-    }
-    Ok(name)
-}
-
-/// Whether the identity's name came from a verified token (it has an expiry), so the
-/// request may not rename it.
-fn self_named(identity: &Identity) -> bool {
-    identity.expires_at.is_some()
 }
 
 /// Decodes requests with prost; sends responses as bytes already encoded by the hub.

@@ -12,6 +12,7 @@ pub mod edge;
 pub mod guard;
 pub mod hub_service;
 mod server;
+mod status;
 
 pub use config::{RuntimeKind, ServeConfig, StoreKind, parse_size};
 pub use server::{ServeError, Server};

@@ -159,7 +159,10 @@ fn refused(error: ClientError, has_token: bool, room: &str) -> anyhow::Error {
         } => " (the token was refused: check that it is signed with the server's key and not \
              expired; `duplex token` mints a new one)"
             .to_owned(),
-        ClientError::Command { code: 7, .. } => {
+        ClientError::Command {
+            code: duplex_proto::hub::Code::PermissionDenied,
+            ..
+        } => {
             format!(" (the token does not grant room `{room}`: see its `rooms` claims)")
         }
         _ => String::new(),

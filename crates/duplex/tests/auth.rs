@@ -13,7 +13,8 @@ use common::{STEP, spawn_duplex_serve};
 use duplex_proto::hub::hub_client::HubClient;
 use duplex_proto::hub::server_frame::Frame;
 use duplex_proto::hub::{
-    ClientFrame, HistoryRequest, Join, Publish, PublishRequest, client_frame::Command,
+    ClientFrame, HistoryRequest, Join, PresenceRequest, Publish, PublishRequest, SubscribeRequest,
+    client_frame::Command,
 };
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use tokio::sync::mpsc;
@@ -535,4 +536,87 @@ async fn anonymous_callers_get_their_own_rights_and_cannot_take_a_name() {
          publish PERMISSION_DENIED; guest.* publish as sender {:?} |",
         history.messages[0].sender
     );
+}
+
+/// `message` as a request carrying `token`.
+fn with_bearer<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+#[tokio::test]
+async fn every_unary_and_subscribe_call_is_denied_outside_the_tokens_rooms() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = write_file(dir.path(), "secret", SECRET);
+    let (_server, addr) = spawn_duplex_serve(&["--jwt-secret-file", &secret]);
+    let mut client = HubClient::new(channel(addr).await);
+    // Reads the lobby, writes nowhere.
+    let token = hs256(&claims("carol", now() + 3600, &["lobby"], &[]), SECRET);
+
+    let publish = PublishRequest {
+        room: "lobby".into(),
+        payload: Bytes::from_static(b"x"),
+        ..Default::default()
+    };
+    let status = client
+        .publish(with_bearer(publish, &token))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "Publish: {status:?}");
+
+    let history = HistoryRequest {
+        room: "vault".into(),
+        after_offset: 0,
+        limit: 10,
+    };
+    let status = client
+        .history(with_bearer(history, &token))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "History: {status:?}");
+
+    let presence = PresenceRequest {
+        room: "vault".into(),
+    };
+    let status = client
+        .presence(with_bearer(presence, &token))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status.code(),
+        Code::PermissionDenied,
+        "Presence: {status:?}"
+    );
+
+    let subscribe = SubscribeRequest {
+        room: "vault".into(),
+        ..Default::default()
+    };
+    let status = client
+        .subscribe(with_bearer(subscribe, &token))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status.code(),
+        Code::PermissionDenied,
+        "Subscribe: {status:?}"
+    );
+
+    // The room it may read answers each read call.
+    let presence = PresenceRequest {
+        room: "lobby".into(),
+    };
+    client
+        .presence(with_bearer(presence, &token))
+        .await
+        .unwrap();
+    let history = HistoryRequest {
+        room: "lobby".into(),
+        after_offset: 0,
+        limit: 10,
+    };
+    client.history(with_bearer(history, &token)).await.unwrap();
 }

@@ -164,7 +164,13 @@ fn minted_tokens_grant_exactly_their_rooms_to_chat_echo_and_the_client_library()
             .await
             .unwrap_err();
         assert!(
-            matches!(denied, ClientError::Command { code: 7, .. }),
+            matches!(
+                denied,
+                ClientError::Command {
+                    code: duplex_proto::hub::Code::PermissionDenied,
+                    ..
+                }
+            ),
             "{denied:?}"
         );
         // No token at all: the refusal comes back from connect, not a retry loop.

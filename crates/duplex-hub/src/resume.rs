@@ -1,0 +1,183 @@
+//! The replay→live switch of a join: replay `(after, delivered]` from the store in pages
+//! paced by the client, then register for live delivery under the room lock.
+//!
+//! This is what makes resume gap-free and duplicate-free while publishers are busy: the
+//! sequencer advances a room's `delivered` mark and fans out under the same lock (see
+//! `room.rs`), so a subscriber registered when its cursor reached `delivered` receives
+//! every later message live and none twice. Bounds: one page (`replay_page` messages,
+//! `replay_page_bytes` bytes) is held at a time, charged to the connection's and client
+//! address's byte budgets while it waits to be queued.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use duplex_store::Offset;
+
+use crate::HubError;
+use crate::frames;
+use crate::queue::{Frame, MessageFrame, coalescing_key};
+use crate::room::{Room, Subscriber};
+
+/// Fails a resume that cannot be served without a gap.
+pub(crate) fn check_resume(
+    room: &str,
+    after: Offset,
+    earliest: Option<Offset>,
+    last: Offset,
+) -> Result<(), HubError> {
+    if after > last {
+        return Err(HubError::InvalidArgument(format!(
+            "room {room}: offset {after} is beyond the last offset {last}"
+        )));
+    }
+    // Messages after `after` exist (after < last) but the first of them is gone.
+    let first_needed = after + 1;
+    let available_from = earliest.unwrap_or(last + 1);
+    if after < last && first_needed < available_from {
+        return Err(HubError::ResumeTooOld {
+            room: room.to_owned(),
+            after,
+            earliest: available_from.min(last),
+        });
+    }
+    Ok(())
+}
+
+/// How much of a room's history a replay reads and holds at once.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Page {
+    pub messages: usize,
+    pub bytes: usize,
+}
+
+/// Replays `(after, delivered]` from the store, page by page at the client's pace, then
+/// registers the subscriber for live delivery under the room lock. Only offsets up to the
+/// room's delivered mark are replayed: anything later is fanned out live after registration.
+pub(crate) async fn replay_then_live(
+    store: Arc<dyn duplex_store::Store>,
+    room: Arc<Room>,
+    subscriber: Subscriber,
+    cancelled: Arc<AtomicBool>,
+    after: Offset,
+    page: Page,
+) {
+    let queue = subscriber.queue.clone();
+    if let Err(error) = replay(&*store, &room, subscriber, &cancelled, after, page).await {
+        // The room cannot be served without a gap (retention removed what was needed
+        // meanwhile) or the store failed: end the session with that error, so the client
+        // reconnects and learns where it can resume, rather than wait on a dead room.
+        queue.finish(Some(error));
+    }
+}
+
+async fn replay(
+    store: &dyn duplex_store::Store,
+    room: &Room,
+    subscriber: Subscriber,
+    cancelled: &AtomicBool,
+    after: Offset,
+    page: Page,
+) -> Result<(), HubError> {
+    let mut cursor = after;
+    loop {
+        let limit = {
+            let mut state = room.lock();
+            if cancelled.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            if cursor >= state.delivered {
+                state.subscribers.push(subscriber);
+                return Ok(());
+            }
+            state.delivered
+        };
+        // The page is charged to the connection's and address's budgets before it is
+        // read, and given back once it is queued: many streams replaying at once wait
+        // for each other instead of each pinning a page. A client gone meanwhile stops it.
+        let queue = subscriber.queue.clone();
+        let mut page_hold = tokio::select! {
+            hold = queue.budgets().hold(page.bytes) => hold,
+            () = queue.closed() => return Ok(()),
+        };
+        // Paged by bytes as well as count: the page is held while the client drains the
+        // queue, and a page of big messages must not pin more than the queue does.
+        let messages = store
+            .read_page(&room.name, cursor, page.messages, page.bytes)
+            .await?;
+        if let Some(first) = messages.first()
+            && first.offset > cursor + 1
+        {
+            // Offsets may skip; a skip is a loss only if retention removed cursor + 1.
+            let earliest = store
+                .bounds(&room.name)
+                .await?
+                .map_or(first.offset, |b| b.earliest);
+            if earliest > cursor + 1 {
+                return Err(HubError::ResumeTooOld {
+                    room: room.name.to_string(),
+                    after: cursor,
+                    earliest,
+                });
+            }
+        }
+        let before = cursor;
+        let read_nothing = messages.is_empty();
+        for message in messages.into_iter().take_while(|m| m.offset <= limit) {
+            let frame = Frame::message(MessageFrame {
+                bytes: frames::message_frame(&message),
+                room: room.name.clone(),
+                offset: message.offset,
+                key: coalescing_key(&message.key),
+            });
+            // An error here means the client left, lagged out or the join was cancelled.
+            let size = frame.len();
+            if subscriber
+                .queue
+                .push_reliable_unless(frame, Some(cancelled))
+                .await
+                .is_err()
+            {
+                return Ok(());
+            }
+            // Queued, and charged there: the page holds that much less.
+            page_hold.give_back(size);
+            cursor = message.offset;
+        }
+        if cursor == before {
+            if read_nothing {
+                // Nothing after the cursor is left: retention emptied the room meanwhile.
+                return Err(HubError::ResumeTooOld {
+                    room: room.name.to_string(),
+                    after: cursor,
+                    earliest: limit + 1,
+                });
+            }
+            // The next stored offset is past the mark: nothing exists up to it.
+            cursor = limit;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resume_bounds() {
+        // Empty room: only 0 is a valid resume point.
+        assert!(check_resume("r", 0, None, 0).is_ok());
+        assert!(check_resume("r", 1, None, 0).is_err());
+        // Messages 1..=10 retained.
+        assert!(check_resume("r", 0, Some(1), 10).is_ok());
+        assert!(check_resume("r", 10, Some(1), 10).is_ok());
+        assert!(check_resume("r", 11, Some(1), 10).is_err());
+        // Retention kept 6..=10: resuming after 4 would skip 5.
+        let error = check_resume("r", 4, Some(6), 10).unwrap_err();
+        assert_eq!(error.earliest_offset(), Some(6));
+        assert_eq!(error.code(), crate::Code::FailedPrecondition);
+        assert!(check_resume("r", 5, Some(6), 10).is_ok());
+        // Everything trimmed (last 10, none retained): only 10 itself is fine.
+        assert!(check_resume("r", 10, None, 10).is_ok());
+        assert!(check_resume("r", 3, None, 10).is_err());
+    }
+}
