@@ -11,7 +11,6 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 
-use bytes::Bytes;
 use duplex_proto::hub::{Join, Member};
 use duplex_store::{Offset, Store, StoredMessage};
 use futures::stream;
@@ -27,9 +26,9 @@ use crate::engine::{PublishInput, PublishOutcome};
 use crate::feed::{LiveFeed, LocalFeed};
 use crate::sequencer::run_sequencer;
 use crate::frames;
-use crate::queue::{Frame, MessageFrame, Outbound, SubscriberQueue, coalescing_key};
+use crate::queue::{Outbound, SubscriberQueue};
 use crate::rights::Identity;
-use crate::room::{Room, validate_room_name};
+use crate::room::validate_room_name;
 use crate::session::Session;
 
 /// One page of a room's history.

@@ -15,13 +15,12 @@
 use std::sync::Arc;
 
 use duplex_store::{NewMessage, Store, StoredMessage};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use crate::HubError;
 use crate::config::HubConfig;
 use crate::engine::{PublishCommand, PublishOutcome, now_unix_micros};
-use crate::room::Room;
 
 /// The sequencer task: runs until every sender of `commands` is gone.
 pub(crate) async fn run_sequencer(

@@ -488,7 +488,7 @@ async fn messages_from_the_live_feed_reach_subscribers_once() {
     let store = Arc::new(MemoryStore::new(Default::default()));
     let feed = Arc::new(RecordingFeed::default());
     let hub = Hub::with_feed(store.clone(), feed.clone(), HubConfig::default());
-    hub.publish(PublishInput {
+    hub.publish(&anyone(), PublishInput {
         room: "r".into(),
         payload: "local".into(),
         ..Default::default()
