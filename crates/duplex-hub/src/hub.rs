@@ -11,8 +11,8 @@
 //! nothing from the store: a room's position is loaded before its publish is queued.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -100,7 +100,8 @@ pub(crate) struct Shared {
     limiter: Option<PublishLimiter>,
     sessions: Mutex<HashMap<u64, Weak<SubscriberQueue>>>,
     next_session: AtomicU64,
-    shutting_down: AtomicBool,
+    /// The `shutdown` frame the server announced, once it has: sessions opened later get it.
+    shutdown_frame: OnceLock<Bytes>,
 }
 
 /// The engine handle. Cheap to clone; the sequencer stops when the last clone is dropped.
@@ -136,7 +137,7 @@ impl Hub {
             sequencer,
             sessions: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
-            shutting_down: AtomicBool::new(false),
+            shutdown_frame: OnceLock::new(),
         });
         tokio::spawn(sweep_rooms(Arc::downgrade(&shared)));
         if let Some(timeout) = shared.config.send_stall_timeout {
@@ -176,8 +177,8 @@ impl Hub {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id, Arc::downgrade(&queue));
-        if self.shared.shutting_down.load(Ordering::Relaxed) {
-            queue.push_control(frames::shutdown("server is shutting down", 1000));
+        if let Some(frame) = self.shared.shutdown_frame.get() {
+            queue.push_control(frame.clone());
         }
         let session = Session::new(self.shared.clone(), id, identity, queue.clone());
         (session, Outbound::new(queue))
@@ -252,10 +253,14 @@ impl Hub {
     }
 
     /// Tells every session the server is going away (a `shutdown` frame), so clients
-    /// reconnect elsewhere and resume; sessions opened from now on get it at once.
+    /// reconnect elsewhere and resume; sessions opened from now on get the same frame at
+    /// once (the first announcement's reason and retry hint stand).
     pub fn announce_shutdown(&self, reason: &str, retry_after_ms: u32) {
-        self.shared.shutting_down.store(true, Ordering::Relaxed);
-        let frame = frames::shutdown(reason, retry_after_ms);
+        let frame = self
+            .shared
+            .shutdown_frame
+            .get_or_init(|| frames::shutdown(reason, retry_after_ms))
+            .clone();
         for queue in self.shared.live_sessions() {
             queue.push_control(frame.clone());
         }
