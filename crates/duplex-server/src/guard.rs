@@ -78,8 +78,9 @@ pub const GOAWAY_LINGER: Duration = Duration::from_secs(1);
 /// (its GOAWAY is lost either way: it does not read).
 pub const GOAWAY_DRAIN_MAX: usize = 64 * 1024;
 
-/// GOAWAY(last stream 0... the server has processed, ENHANCE_YOUR_CALM) carrying
-/// "too_many_pings", the debug data grpc-go sends, so clients recognise it.
+/// The HTTP/2 error code ENHANCE_YOUR_CALM, which the guard's GOAWAY carries (with the
+/// debug data "too_many_pings", as grpc-go sends it, so clients recognise it) when a client
+/// pings too often.
 const ENHANCE_YOUR_CALM: u32 = 0xb;
 
 /// Bounds on connections.

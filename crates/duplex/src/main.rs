@@ -26,7 +26,8 @@ struct Cli {
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the server: the Chat echo service on `localhost:50051` by default.
+    /// Run the server: the article's Chat echo and the Hub's rooms (history, resume, auth,
+    /// limits) over gRPC, on `localhost:50051` by default.
     Serve(duplex_server::ServeConfig),
     /// The article's client: send each stdin line as a Msg, print each reply as `server: <<line>>`.
     Echo(echo::EchoArgs),
