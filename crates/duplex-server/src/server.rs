@@ -613,14 +613,12 @@ impl Workers {
 
     /// Resolves once every worker has drained (or died). For the inline worker this is
     /// the worker itself: it must be polled from the start for connections to be served.
-    fn drained(&mut self) -> impl Future<Output = ()> + '_ {
-        async move {
-            match &mut self.ends {
-                WorkerEnds::Inline(worker) => worker.as_mut().await,
-                WorkerEnds::Threads { finished, .. } => {
-                    for done in finished.iter_mut() {
-                        let _ = done.await;
-                    }
+    async fn drained(&mut self) {
+        match &mut self.ends {
+            WorkerEnds::Inline(worker) => worker.as_mut().await,
+            WorkerEnds::Threads { finished, .. } => {
+                for done in finished.iter_mut() {
+                    let _ = done.await;
                 }
             }
         }
