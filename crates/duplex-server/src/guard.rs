@@ -109,7 +109,9 @@ pub struct ConnectionLimits {
 /// What a connection is, for the services behind it.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionInfo {
+    /// The client's address (`None` if the socket could not say).
     pub remote: Option<SocketAddr>,
+    /// When the connection was accepted: its maximum age counts from here.
     pub accepted_at: Instant,
 }
 
@@ -158,6 +160,7 @@ impl Drop for Admission {
 }
 
 impl ConnectionGate {
+    /// A gate with nothing admitted yet.
     pub fn new(limits: ConnectionLimits) -> Arc<Self> {
         Arc::new(Self {
             limits,
@@ -262,7 +265,9 @@ pub const CONCURRENT_HANDSHAKES: usize = 1024;
 /// The bytes under HTTP/2: plain TCP, or TLS over it.
 #[derive(Debug)]
 pub enum Transport {
+    /// Plain TCP (no `--tls-cert`).
     Plain(TcpStream),
+    /// TLS terminated here, over TCP.
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
 }
 

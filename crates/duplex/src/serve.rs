@@ -8,7 +8,8 @@ use duplex_server::{ServeConfig, Server, StoreKind};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::info;
 
-pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
+/// Serves `config` until SIGINT or SIGTERM, then drains and returns.
+pub(crate) async fn run(config: ServeConfig) -> anyhow::Result<()> {
     let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
 
