@@ -13,8 +13,9 @@
 //! → the hub.
 //!
 //! Each accepted connection gets one tracing span (`connection`: number, peer, local
-//! address, TLS) that everything serving it runs in. Shutdown is a future passed in by
-//! the caller, never a global.
+//! address, TLS): the handshake, the guard and HTTP/2's connection task run in it, and each
+//! request carries it ([`guard::ConnectionSpan`]) for the spans services open per call or
+//! session. Shutdown is a future passed in by the caller, never a global.
 
 mod app;
 pub mod auth;

@@ -1,7 +1,7 @@
-//! The connection span, as an operator reads it in the server's log: every line logged
-//! while serving a connection names the connection and its peer — the guard's lines (run
-//! in the connection's task) and HTTP/2's lines from a call (run in the tasks hyper spawns
-//! per stream).
+//! The connection span, as an operator reads it in the server's log: the lines logged
+//! while admitting, guarding and speaking HTTP/2 on a connection name the connection and its
+//! peer — the guard's lines, and HTTP/2's lines from the connection's task (the handshake,
+//! each new stream).
 
 mod common;
 
@@ -78,7 +78,7 @@ fn a_guard_log_line_names_the_connection_and_its_peer() {
 }
 
 #[test]
-fn http2_log_lines_of_a_call_carry_the_connection_span() {
+fn http2_connection_log_lines_carry_the_connection_span() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("serve.log");
     let (_server, addr) = serve_logging("info,h2=trace", &log, &[]);
@@ -88,24 +88,20 @@ fn http2_log_lines_of_a_call_carry_the_connection_span() {
     assert_eq!(code, Some(0), "stderr: {err}");
     assert!(out.contains("<<hello>>"), "{out}");
 
-    // The reply's body is written from the task hyper spawns for the stream (asking h2 for
-    // send capacity), not from the connection's own task: those lines show the span
-    // reaches stream tasks too.
-    let lines = log_lines_once(&log, "reserve_capacity");
-    let in_span = |line: &str| line.contains("connection{") && line.contains("peer=127.0.0.1:");
-    assert!(
-        lines
-            .iter()
-            .any(|line| line.contains("reserve_capacity") && in_span(line)),
-        "no reserve_capacity line in the connection span:\n{}",
-        lines.join("\n")
-    );
-    // Every other HTTP/2 line is in the span too, except h2's own connection span, which h2
-    // opens as a root (`debug_span!(parent: None, "Connection")`).
-    for line in lines.iter().filter(|line| line.contains("h2::")) {
+    let lines = log_lines_once(&log, "received incoming");
+    let in_span = |line: &str| {
+        line.contains("connection{number=1 ")
+            && line.contains("peer=127.0.0.1:")
+            && line.contains(&format!("local={addr}"))
+    };
+    // The HTTP/2 handshake, and the call's stream as the connection takes it in.
+    for needle in ["server_handshake", "received incoming"] {
         assert!(
-            in_span(line) || line.contains(" Connection{peer=Server}"),
-            "an HTTP/2 line outside the connection span: {line}"
+            lines
+                .iter()
+                .any(|line| line.contains(needle) && in_span(line)),
+            "no `{needle}` line in the connection span:\n{}",
+            lines.join("\n")
         );
     }
 }
