@@ -115,13 +115,6 @@ pub struct ConnectionInfo {
     pub accepted_at: Instant,
 }
 
-/// The connection's tracing span (number, peer, local address, TLS), in every request's
-/// extensions. The connection's own task runs in it; the tasks serving each call do not
-/// (that would cost every stream's task the span's size), so a service that logs, or opens
-/// a span of its own (a session's), names it as the parent to carry the peer along.
-#[derive(Debug, Clone)]
-pub struct ConnectionSpan(pub tracing::Span);
-
 #[derive(Debug, Default)]
 struct Counts {
     total: usize,

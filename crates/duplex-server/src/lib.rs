@@ -13,9 +13,9 @@
 //! → the hub.
 //!
 //! Each accepted connection gets one tracing span (`connection`: number, peer, local
-//! address, TLS): the handshake, the guard and HTTP/2's connection task run in it, and each
-//! request carries it ([`guard::ConnectionSpan`]) for the spans services open per call or
-//! session. Shutdown is a future passed in by the caller, never a global.
+//! address, TLS): the handshake, the guard and HTTP/2's connection task run in it; spans a
+//! service opens (a session's) name the peer from [`guard::ConnectionInfo`]. Shutdown is a
+//! future passed in by the caller, never a global.
 
 mod app;
 pub mod auth;

@@ -6,9 +6,9 @@
 //! accepts, admits through the [`ConnectionGate`], opens the connection's tracing span and
 //! hands the connection to a worker round-robin. A worker ([`serve_worker`]) runs the TLS
 //! handshake and the guard, then serves HTTP/2 on the connection, every step inside that
-//! span. The tasks hyper spawns per stream do not enter it (a span in every stream's task
-//! cost ~300 bytes per idle session, measured); each request carries it instead
-//! ([`ConnectionSpan`]) for the services to open their own spans under. `--workers 1` runs its one worker on the main runtime beside the acceptor; more run
+//! span. The tasks hyper spawns per stream do not enter it, nor do requests carry it: either
+//! cost ~300 bytes of RSS per idle Hub session (measured); a service's own spans (a
+//! session's) take the peer from [`ConnectionInfo`](crate::guard::ConnectionInfo). `--workers 1` runs its one worker on the main runtime beside the acceptor; more run
 //! each on its own thread with a single-threaded runtime. Shutdown: stop accepting, announce
 //! the hub's `shutdown` frame, GOAWAY on every connection, wait for them for the grace
 //! period, then drop what is left.
@@ -40,9 +40,7 @@ use crate::config::ServeConfig;
 use crate::edge::{
     CallDeadline, CallDeadlineLayer, GrpcRequest, GrpcRequestLayer, PathAlias, PathAliasLayer,
 };
-use crate::guard::{
-    Admission, CONCURRENT_HANDSHAKES, ConnectionGate, ConnectionSpan, GuardedStream,
-};
+use crate::guard::{Admission, CONCURRENT_HANDSHAKES, ConnectionGate, GuardedStream};
 use crate::hub_service::HubService;
 
 /// The TLS acceptor from the flags: a certificate and key, and a client CA for mTLS.
@@ -685,14 +683,11 @@ async fn serve_connection(
     use tonic::transport::server::Connected as _;
     let info = io.connect_info();
     let budgets = io.queue_budgets();
-    // Run inside the connection's span (the worker instruments this future).
-    let span = ConnectionSpan(Span::current());
     let service = tower::ServiceExt::map_request(
         service,
         move |mut request: http::Request<hyper::body::Incoming>| {
             request.extensions_mut().insert(info);
             request.extensions_mut().insert(budgets.clone());
-            request.extensions_mut().insert(span.clone());
             request.map(tonic::body::Body::new)
         },
     );
