@@ -6,12 +6,15 @@
 //! accepts, admits through the [`ConnectionGate`], opens the connection's tracing span and
 //! hands the connection to a worker round-robin. A worker ([`serve_worker`]) runs the TLS
 //! handshake and the guard, then serves HTTP/2 on the connection, every step inside that
-//! span. The tasks hyper spawns per stream do not enter it, nor do requests carry it: either
-//! cost ~300 bytes of RSS per idle Hub session (measured); a service's own spans (a
-//! session's) take the peer from [`ConnectionInfo`](crate::guard::ConnectionInfo). `--workers 1` runs its one worker on the main runtime beside the acceptor; more run
-//! each on its own thread with a single-threaded runtime. Shutdown: stop accepting, announce
-//! the hub's `shutdown` frame, GOAWAY on every connection, wait for them for the grace
-//! period, then drop what is left.
+//! span. `--workers 1` runs its one worker on the main runtime beside the acceptor; more
+//! run each on its own thread with a single-threaded runtime. Shutdown: stop accepting,
+//! announce the hub's `shutdown` frame, GOAWAY on every connection, wait for them for the
+//! grace period, then drop what is left.
+//!
+//! The tasks hyper spawns per HTTP/2 stream do not enter the connection's span, nor do
+//! requests carry it: either cost ~300 bytes of RSS per idle Hub session (measured). A
+//! service's own spans (a session's) take the peer from
+//! [`ConnectionInfo`](crate::guard::ConnectionInfo).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -432,7 +435,7 @@ struct Handoff {
     tcp: std::net::TcpStream,
     /// Its place in the connection counts, released when the connection is gone.
     admission: Admission,
-    /// Entered by everything that serves this connection.
+    /// Entered by the handshake, the guard and the connection's HTTP/2 task.
     span: Span,
 }
 
