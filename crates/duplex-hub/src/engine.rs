@@ -12,8 +12,8 @@
 //! the session registry holds weak handles, removed when a session ends.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -93,8 +93,8 @@ pub(crate) struct Engine {
     /// Every open session's queue, for shutdown frames, stall sweeps and stats.
     sessions: Mutex<HashMap<u64, Weak<SubscriberQueue>>>,
     next_session: AtomicU64,
-    /// Set once a shutdown was announced: sessions opened later get the frame at once.
-    shutting_down: AtomicBool,
+    /// The `shutdown` frame the server announced, once it has: sessions opened later get it.
+    shutdown_frame: OnceLock<Bytes>,
 }
 
 impl Engine {
@@ -116,7 +116,7 @@ impl Engine {
             sequencer,
             sessions: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
-            shutting_down: AtomicBool::new(false),
+            shutdown_frame: OnceLock::new(),
         }
     }
 
@@ -261,12 +261,14 @@ impl Engine {
         sessions.values().filter_map(Weak::upgrade).collect()
     }
 
-    pub(crate) fn set_shutting_down(&self) {
-        self.shutting_down.store(true, Ordering::Relaxed);
+    /// Keeps the first `shutdown` frame announced and returns the one kept.
+    pub(crate) fn set_shutdown_frame(&self, frame: impl FnOnce() -> Bytes) -> Bytes {
+        self.shutdown_frame.get_or_init(frame).clone()
     }
 
-    pub(crate) fn is_shutting_down(&self) -> bool {
-        self.shutting_down.load(Ordering::Relaxed)
+    /// The `shutdown` frame announced, if one was.
+    pub(crate) fn shutdown_frame(&self) -> Option<Bytes> {
+        self.shutdown_frame.get().cloned()
     }
 }
 

@@ -145,8 +145,8 @@ impl Hub {
             origin.budgets,
         );
         let id = self.engine.register_session(&queue);
-        if self.engine.is_shutting_down() {
-            queue.push_control(frames::shutdown("server is shutting down", 1000));
+        if let Some(frame) = self.engine.shutdown_frame() {
+            queue.push_control(frame);
         }
         let session = Session::new(
             self.engine.clone(),
@@ -260,10 +260,12 @@ impl Hub {
     }
 
     /// Tells every session the server is going away (a `shutdown` frame), so clients
-    /// reconnect elsewhere and resume; sessions opened from now on get it at once.
+    /// reconnect elsewhere and resume; sessions opened from now on get the same frame at
+    /// once (the first announcement's reason and retry hint stand).
     pub fn announce_shutdown(&self, reason: &str, retry_after_ms: u32) {
-        self.engine.set_shutting_down();
-        let frame = frames::shutdown(reason, retry_after_ms);
+        let frame = self
+            .engine
+            .set_shutdown_frame(|| frames::shutdown(reason, retry_after_ms));
         for queue in self.engine.live_sessions() {
             queue.push_control(frame.clone());
         }

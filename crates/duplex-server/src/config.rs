@@ -10,8 +10,8 @@ use std::time::Duration;
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeConfig {
     /// Address to listen on, as HOST:PORT (a port alone means localhost:PORT). A host name
-    /// listens on every address it resolves to (`localhost` = 127.0.0.1 and [::1] where
-    /// both exist); 0.0.0.0 or [::] is every interface. Port 0 picks a free port; the
+    /// listens on every address it resolves to (`localhost` = 127.0.0.1 and `[::1]` where
+    /// both exist); `0.0.0.0` or `[::]` is every interface. Port 0 picks a free port; the
     /// chosen addresses are printed as `listening on ADDR`.
     #[arg(long, default_value = "localhost:50051", env = "DUPLEX_LISTEN", value_parser = parse_listen_address)]
     pub listen: String,

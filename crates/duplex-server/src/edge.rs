@@ -115,7 +115,7 @@ fn is_grpc_content_type(value: Option<&http::HeaderValue>) -> bool {
 /// Path prefixes of package-less service names and the packaged names they stand for.
 const PATH_ALIASES: &[(&str, &str)] = &[("/Chat/", "/chat.Chat/")];
 
-/// Rewrites request paths listed in [`PATH_ALIASES`] before routing.
+/// Rewrites request paths listed in `PATH_ALIASES` before routing.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PathAliasLayer;
 

@@ -78,8 +78,9 @@ pub const GOAWAY_LINGER: Duration = Duration::from_secs(1);
 /// (its GOAWAY is lost either way: it does not read).
 pub const GOAWAY_DRAIN_MAX: usize = 64 * 1024;
 
-/// GOAWAY(last stream 0... the server has processed, ENHANCE_YOUR_CALM) carrying
-/// "too_many_pings", the debug data grpc-go sends, so clients recognise it.
+/// The HTTP/2 error code ENHANCE_YOUR_CALM, which the guard's GOAWAY carries (with the
+/// debug data "too_many_pings", as grpc-go sends it, so clients recognise it) when a client
+/// pings too often.
 const ENHANCE_YOUR_CALM: u32 = 0xb;
 
 /// Bounds on connections.
@@ -108,7 +109,9 @@ pub struct ConnectionLimits {
 /// What a connection is, for the services behind it.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionInfo {
+    /// The client's address (`None` if the socket could not say).
     pub remote: Option<SocketAddr>,
+    /// When the connection was accepted: its maximum age counts from here.
     pub accepted_at: Instant,
 }
 
@@ -157,6 +160,7 @@ impl Drop for Admission {
 }
 
 impl ConnectionGate {
+    /// A gate with nothing admitted yet.
     pub fn new(limits: ConnectionLimits) -> Arc<Self> {
         Arc::new(Self {
             limits,
@@ -261,7 +265,9 @@ pub const CONCURRENT_HANDSHAKES: usize = 1024;
 /// The bytes under HTTP/2: plain TCP, or TLS over it.
 #[derive(Debug)]
 pub enum Transport {
+    /// Plain TCP (no `--tls-cert`).
     Plain(TcpStream),
+    /// TLS terminated here, over TCP.
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
 }
 

@@ -1,10 +1,23 @@
-//! The duplex server: tonic services behind our own HTTP/2 edge.
+//! The duplex server: the gRPC services over the engine in `duplex-hub`, behind our own
+//! connection handling.
 //!
-//! Data flows one way: bytes on the wire → [`edge`] (path aliases, whole-call deadlines)
-//! → the services ([`chat`]) → back out through the same edge. [`Server`] owns the
-//! listening sockets and the HTTP/2 settings from [`ServeConfig`]; shutdown is a future
-//! passed in by the caller, never a global.
+//! Two halves. [`App`] assembles what every transport serves: the store (the log), token
+//! verification and the hub. [`Server`] puts sockets in front of it. Bytes flow one way
+//! through it, each step in its own module:
+//!
+//! socket → admission ([`guard::ConnectionGate`]: connections in total and per IP) → the
+//! connection guard ([`guard::GuardedStream`]: TLS, preface timeout, PING policy, DATA
+//! merging) → HTTP/2 (hyper, settings from [`ServeConfig`]) → request layers ([`edge`]:
+//! gRPC content-type and method, the `/Chat/Chat` alias, whole-call deadlines) → auth
+//! ([`auth`], bearer tokens, in the Hub service) → the services ([`chat`], [`hub_service`])
+//! → the hub.
+//!
+//! Each accepted connection gets one tracing span (`connection`: number, peer, local
+//! address, TLS): the handshake, the guard and HTTP/2's connection task run in it; spans a
+//! service opens (a session's) name the peer from [`guard::ConnectionInfo`]. Shutdown is a
+//! future passed in by the caller, never a global.
 
+mod app;
 pub mod auth;
 pub mod chat;
 pub mod config;
@@ -14,5 +27,6 @@ pub mod hub_service;
 mod server;
 mod status;
 
+pub use app::{App, AppError};
 pub use config::{RuntimeKind, ServeConfig, StoreKind, parse_size};
 pub use server::{ServeError, Server};

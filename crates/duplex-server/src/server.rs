@@ -1,35 +1,50 @@
-//! [`Server`]: binds the listening sockets, applies [`ServeConfig`] to HTTP/2, and runs the
-//! services until a shutdown future resolves, then drains for the grace period.
+//! [`Server`]: the sockets in front of an [`App`] — listening, admission, TLS, the
+//! connection guard and HTTP/2 — run until a shutdown future resolves, then drained for the
+//! grace period.
+//!
+//! One connection loop serves every mode. The acceptor ([`accept`], on the main runtime)
+//! accepts, admits through the [`ConnectionGate`], opens the connection's tracing span and
+//! hands the connection to a worker round-robin. A worker ([`serve_worker`]) runs the TLS
+//! handshake and the guard, then serves HTTP/2 on the connection, every step inside that
+//! span. `--workers 1` runs its one worker on the main runtime beside the acceptor; more
+//! run each on its own thread with a single-threaded runtime. Shutdown: stop accepting,
+//! announce the hub's `shutdown` frame, GOAWAY on every connection, wait for them for the
+//! grace period, then drop what is left.
+//!
+//! The tasks hyper spawns per HTTP/2 stream do not enter the connection's span, nor do
+//! requests carry it: either cost ~300 bytes of RSS per idle Hub session (measured). A
+//! service's own spans (a session's) take the peer from
+//! [`ConnectionInfo`](crate::guard::ConnectionInfo).
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
-use futures::StreamExt as _;
 use futures::stream;
+use futures::{FutureExt as _, StreamExt as _};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::pem::PemObject as _;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::TcpIncoming;
-use tracing::{debug, info, warn};
-
-use std::sync::Arc;
+use tracing::{Instrument as _, Span, debug, info, warn};
 
 use duplex_hub::Hub;
-use duplex_store::{MemoryStore, RedbStore, Store};
 
-use crate::auth::Authenticator;
+use crate::app::{App, AppError};
 use crate::chat::ChatService;
-use crate::config::{ServeConfig, StoreKind};
+use crate::config::ServeConfig;
 use crate::edge::{
     CallDeadline, CallDeadlineLayer, GrpcRequest, GrpcRequestLayer, PathAlias, PathAliasLayer,
 };
 use crate::guard::{Admission, CONCURRENT_HANDSHAKES, ConnectionGate, GuardedStream};
 use crate::hub_service::HubService;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 
 /// The TLS acceptor from the flags: a certificate and key, and a client CA for mTLS.
 /// TLS is terminated by the connection guard, so the PING policy and the preface timeout
@@ -83,64 +98,82 @@ fn tls_acceptor(config: &ServeConfig) -> Result<Option<TlsAcceptor>, ServeError>
 /// unless it is set, so we set h2's own default explicitly.
 const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
 
-/// Accepted connections waiting for one worker to take them.
+/// Accepted connections waiting for one worker to take them; past it the acceptor refuses
+/// connections rather than wait for that worker.
 const WORKER_INBOX: usize = 1024;
+
+/// The `shutdown` frame's reason, sent to every Hub session when the server stops.
+const SHUTDOWN_REASON: &str = "server is shutting down";
+
+/// The `shutdown` frame's hint: how long a client should wait before reconnecting (here or
+/// elsewhere), in milliseconds.
+const SHUTDOWN_RETRY_AFTER_MS: u32 = 1000;
+
+/// First pause after a failed accept (out of descriptors and the like).
+const ACCEPT_BACKOFF_FIRST: Duration = Duration::from_millis(1);
+
+/// Longest pause after failed accepts in a row (the pause doubles up to it).
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    /// The listen address's host name could not be resolved.
     #[error("cannot resolve listen address `{address}`: {source}")]
     Resolve {
+        /// The address as given.
         address: String,
+        /// What the resolver said.
         source: std::io::Error,
     },
+    /// The listen address resolved to nothing (or nothing could be bound).
     #[error("listen address `{0}` resolves to no address")]
     NoAddress(String),
+    /// A listening socket could not be opened.
     #[error("cannot listen on {address}: {source}")]
     Bind {
+        /// The address that failed.
         address: SocketAddr,
+        /// The socket error (in use, not permitted, …).
         source: std::io::Error,
     },
-    #[error("cannot open the {kind} store: {source}")]
-    Store {
-        kind: &'static str,
-        source: duplex_store::StoreError,
-    },
+    /// The store, auth or hub could not be assembled.
+    #[error(transparent)]
+    App(#[from] AppError),
+    /// Plaintext was asked for on an address reachable from the network.
     #[error(
         "refusing to serve plaintext on {0}: anyone on the network could read and alter the \
          traffic. Give --tls-cert and --tls-key, or --insecure if a proxy in front terminates TLS"
     )]
     PlaintextOnNetwork(SocketAddr),
+    /// A TLS certificate, key or CA file could not be used.
     #[error("TLS: cannot read {path}: {source}")]
     TlsFile {
+        /// The file.
         path: std::path::PathBuf,
+        /// What was wrong with it.
         source: std::io::Error,
     },
-    #[error("auth: {0}")]
-    Auth(#[from] crate::auth::AuthSetupError),
+    /// A connection worker (thread and runtime) could not start, or all of them stopped.
     #[error("cannot start a connection worker: {0}")]
     Worker(std::io::Error),
-    #[error("server failed: {0}")]
-    Transport(#[from] tonic::transport::Error),
 }
 
-/// A bound, not yet running server.
-pub struct Server {
-    config: ServeConfig,
+/// The listening sockets of one [`ServeConfig`], bound, with the TLS acceptor if any.
+struct Listening {
+    /// TLS for every accepted connection (`--tls-cert`/`--tls-key`), terminated by the guard.
     tls: Option<TlsAcceptor>,
-    hub: Hub,
-    auth: Arc<Authenticator>,
+    /// One per address `--listen` resolves to.
     listeners: Vec<TcpIncoming>,
+    /// Their addresses, with the port actually chosen.
     local_addrs: Vec<SocketAddr>,
 }
 
-impl Server {
-    /// Resolves `config.listen` and binds every address it names, so the addresses are
-    /// known (and connectable) before [`Server::run`] is called.
-    ///
-    /// With port 0 the first address picks the port and the others reuse it, so
-    /// `localhost:0` still means one port on every loopback address.
-    pub async fn bind(config: ServeConfig) -> Result<Self, ServeError> {
+impl Listening {
+    /// Resolves `config.listen` and binds every address it names. With port 0 the first
+    /// address picks the port and the others reuse it, so `localhost:0` still means one
+    /// port on every loopback address.
+    async fn bind(config: &ServeConfig) -> Result<Self, ServeError> {
         let mut addresses: Vec<SocketAddr> = tokio::net::lookup_host(&config.listen)
             .await
             .map_err(|source| ServeError::Resolve {
@@ -158,7 +191,7 @@ impl Server {
         {
             return Err(ServeError::PlaintextOnNetwork(*open));
         }
-        let tls = tls_acceptor(&config)?;
+        let tls = tls_acceptor(config)?;
 
         let mut listeners = Vec::new();
         let mut local_addrs = Vec::new();
@@ -185,147 +218,173 @@ impl Server {
         if listeners.is_empty() {
             return Err(ServeError::NoAddress(config.listen.clone()));
         }
-        let store: Arc<dyn Store> = match config.store {
-            StoreKind::Redb => {
-                let opened = if config.reset_store {
-                    RedbStore::open_resetting(&config.data_dir, config.retention())
-                } else {
-                    RedbStore::open(&config.data_dir, config.retention())
-                };
-                Arc::new(opened.map_err(|source| ServeError::Store {
-                    kind: "redb",
-                    source,
-                })?)
-            }
-            StoreKind::Memory => Arc::new(MemoryStore::with_max_bytes(
-                config.retention(),
-                config.memory_store_bytes,
-            )),
-        };
-        let auth = Arc::new(Authenticator::from_settings(&config.auth_settings())?);
-        let hub = Hub::new(store, config.hub_config());
         Ok(Self {
             tls,
-            auth,
-            config,
-            hub,
             listeners,
             local_addrs,
         })
     }
+}
+
+/// A bound, not yet running server: an [`App`] behind listening sockets.
+pub struct Server {
+    /// What every connection serves.
+    app: App,
+    /// The listen, TLS, HTTP/2, limits and shutdown parts are read here.
+    config: ServeConfig,
+    /// The bound sockets and TLS.
+    listening: Listening,
+}
+
+impl Server {
+    /// Binds the sockets `config` names, then opens the [`App`] it describes (store, auth,
+    /// hub), so the addresses are known (and connectable) before [`Server::run`] is called.
+    /// Sockets first: a port in use is reported before the store is touched.
+    pub async fn bind(config: ServeConfig) -> Result<Self, ServeError> {
+        let listening = Listening::bind(&config).await?;
+        let app = App::open(&config).await?;
+        Ok(Self {
+            app,
+            config,
+            listening,
+        })
+    }
+
+    /// Binds the sockets `config` names in front of an `app` opened already (its store,
+    /// auth and hub settings in `config` are not read again).
+    pub async fn bind_app(app: App, config: ServeConfig) -> Result<Self, ServeError> {
+        let listening = Listening::bind(&config).await?;
+        Ok(Self {
+            app,
+            config,
+            listening,
+        })
+    }
+
+    /// The application behind the sockets.
+    pub fn app(&self) -> &App {
+        &self.app
+    }
 
     /// The engine behind the Hub service (for stats and tests).
     pub fn hub(&self) -> &Hub {
-        &self.hub
+        self.app.hub()
     }
 
     /// The addresses actually listened on (with the port chosen when 0 was asked for).
     pub fn local_addrs(&self) -> &[SocketAddr] {
-        &self.local_addrs
+        &self.listening.local_addrs
     }
 
-    /// Serves until `shutdown` resolves; then stops accepting, sends GOAWAY, lets open calls
-    /// finish for `config.shutdown_grace`, and returns. Calls still open after the grace
-    /// period are dropped with their connections.
+    /// Serves until `shutdown` resolves; then stops accepting, sends the hub's `shutdown`
+    /// frame and GOAWAY, lets open calls finish for `config.shutdown_grace`, and returns.
+    /// Calls still open after the grace period are dropped with their connections, as
+    /// they are when this future is dropped.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
         let Self {
+            app,
             config,
-            listeners,
-            hub,
-            auth,
-            tls,
-            ..
+            listening,
         } = self;
-        let keepalive_interval = Some(config.keepalive_interval).filter(|d| !d.is_zero());
-
         let max_connection_age = Some(config.max_connection_age).filter(|age| !age.is_zero());
-        let routes = tonic::service::Routes::new(ChatService::new(config.max_message_size))
-            .add_service(
-                HubService::new(hub.clone(), auth, config.max_message_size)
-                    .with_max_connection_age(max_connection_age),
-            )
-            .prepare();
-        let service = tower::ServiceBuilder::new()
-            .layer(GrpcRequestLayer)
-            .layer(PathAliasLayer)
-            .layer(CallDeadlineLayer)
-            .service(routes);
-        let http2 = Http2 {
-            builder: http2_builder(&config, keepalive_interval),
-            // GOAWAY at the age; the guard cuts the connection at age + grace.
-            max_connection_age,
+        let serving = Serving {
+            service: edge_service(&app, &config, max_connection_age),
+            http2: Http2 {
+                builder: http2_builder(&config),
+                // GOAWAY at the age; the guard cuts the connection at age + grace.
+                max_connection_age,
+            },
+            gate: ConnectionGate::new(config.connection_limits()),
+            tls: listening.tls,
         };
-
-        let workers = config.worker_count();
-        if workers > 1 {
-            return serve_on_workers(
-                service, http2, listeners, hub, &config, tls, workers, shutdown,
-            )
-            .await;
-        }
-
-        let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
-        let signal = async move {
-            shutdown.await;
-            hub.announce_shutdown("server is shutting down", 1000);
+        let gate = serving.gate.clone();
+        let tls = serving.tls.is_some();
+        let (graceful_tx, graceful_rx) = watch::channel(false);
+        let (inboxes, mut workers) = Workers::start(config.worker_count(), serving, graceful_rx)?;
+        let stopped = {
+            let mut drained = std::pin::pin!(workers.drained());
+            let accepting = accept(listening.listeners, &gate, &inboxes, tls, shutdown);
+            let stopped = tokio::select! {
+                () = accepting => Ok(()),
+                () = &mut drained => Err(ServeError::Worker(std::io::Error::other(
+                    "every connection worker stopped",
+                ))),
+            };
+            // The listening sockets are closed by now (dropped with `accepting`).
+            drop(inboxes);
+            app.hub()
+                .announce_shutdown(SHUTDOWN_REASON, SHUTDOWN_RETRY_AFTER_MS);
             info!(grace = ?config.shutdown_grace, "shutting down: no new connections, draining open calls");
-            let _ = draining_tx.send(());
-        };
-        let gate = ConnectionGate::new(config.connection_limits());
-        let admitted = stream::select_all(listeners).filter_map({
-            let gate = gate.clone();
-            move |accepted| {
-                let admitted = match accepted {
-                    Ok(tcp) => match gate.admit(&tcp) {
-                        Ok(admission) => Some((tcp, admission)),
-                        Err(reason) => {
-                            warn!(%reason, "connection refused");
-                            None
-                        }
-                    },
-                    Err(error) => {
-                        warn!(%error, "accept failed");
-                        None
+            let _ = graceful_tx.send(true);
+            if stopped.is_ok() {
+                tokio::select! {
+                    () = &mut drained => {}
+                    () = tokio::time::sleep(config.shutdown_grace) => {
+                        warn!("grace period over: closing the calls still open");
                     }
-                };
-                std::future::ready(admitted)
+                }
             }
-        });
-        let incoming = guarded(admitted, gate, tls);
-        let serve = serve_http2(service, http2, incoming, signal);
-        let grace_over = async move {
-            match draining_rx.await {
-                Ok(()) => tokio::time::sleep(config.shutdown_grace).await,
-                Err(_) => std::future::pending().await,
-            }
+            stopped
         };
-        tokio::select! {
-            () = serve => {}
-            () = grace_over => warn!("grace period over: closing the calls still open"),
-        }
-        Ok(())
+        workers.stop();
+        stopped
     }
 }
 
 /// The services every connection serves, behind the gRPC edge layers.
 type EdgeService = GrpcRequest<PathAlias<CallDeadline<tonic::service::Routes>>>;
 
+/// The gRPC services of `app` behind the request layers: content-type and method checks,
+/// the `/Chat/Chat` alias, whole-call deadlines.
+fn edge_service(
+    app: &App,
+    config: &ServeConfig,
+    max_connection_age: Option<Duration>,
+) -> EdgeService {
+    let routes = tonic::service::Routes::new(ChatService::new(config.max_message_size))
+        .add_service(
+            HubService::new(
+                app.hub().clone(),
+                app.auth().clone(),
+                config.max_message_size,
+            )
+            .with_max_connection_age(max_connection_age),
+        )
+        .prepare();
+    tower::ServiceBuilder::new()
+        .layer(GrpcRequestLayer)
+        .layer(PathAliasLayer)
+        .layer(CallDeadlineLayer)
+        .service(routes)
+}
+
+/// Everything a worker needs to serve a connection; cloned into each worker.
+#[derive(Clone)]
+struct Serving {
+    /// The services behind the request layers.
+    service: EdgeService,
+    /// How each connection speaks HTTP/2.
+    http2: Http2,
+    /// The admission counts (the acceptor admits; the worker wraps in the guard).
+    gate: Arc<ConnectionGate>,
+    /// TLS, run by the worker before the guard.
+    tls: Option<TlsAcceptor>,
+}
+
 /// How every connection speaks HTTP/2.
 #[derive(Clone)]
 struct Http2 {
     builder: hyper::server::conn::http2::Builder<TokioExecutor>,
     /// GOAWAY after this long (the guard closes the connection a grace period later).
-    max_connection_age: Option<std::time::Duration>,
+    max_connection_age: Option<Duration>,
 }
 
 /// hyper's HTTP/2 settings from the flags. Served by hyper directly rather than through
 /// tonic's server, which does not expose h2's per-stream send buffer: with a peer that
 /// grants huge windows but stops reading its socket, h2 buffers up to that much per
 /// stream, out of reach of the subscriber queues' bounds.
-fn http2_builder(
-    config: &ServeConfig,
-    keepalive_interval: Option<std::time::Duration>,
-) -> hyper::server::conn::http2::Builder<TokioExecutor> {
+fn http2_builder(config: &ServeConfig) -> hyper::server::conn::http2::Builder<TokioExecutor> {
+    let keepalive_interval = Some(config.keepalive_interval).filter(|d| !d.is_zero());
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())
@@ -342,40 +401,278 @@ fn http2_builder(
     builder
 }
 
-/// Serves each connection of `incoming` with `service` until `signal` resolves; then
-/// GOAWAY on every connection, and returns once they have all closed.
-async fn serve_http2(
-    service: EdgeService,
-    http2: Http2,
-    incoming: impl futures::Stream<Item = Result<GuardedStream, std::io::Error>>,
-    signal: impl Future<Output = ()>,
-) {
-    let (draining, drain) = watch::channel(false);
-    // Boxed, so dropping it closes the listening sockets before the drain.
-    let mut incoming = Box::pin(incoming);
-    let mut signal = std::pin::pin!(signal);
-    loop {
-        tokio::select! {
-            () = &mut signal => break,
-            accepted = incoming.next() => match accepted {
-                Some(Ok(io)) => {
-                    tokio::spawn(serve_connection(
-                        io,
-                        service.clone(),
-                        http2.clone(),
-                        drain.clone(),
-                    ));
-                }
-                Some(Err(error)) => debug!(%error, "connection dropped before HTTP/2"),
-                None => break,
-            },
+/// Pause after failed accepts in a row: [`ACCEPT_BACKOFF_FIRST`], doubling per failure up
+/// to [`ACCEPT_BACKOFF_MAX`]; a successful accept starts it over. Out of descriptors, an
+/// accept loop that does not pause spins a core and starves the connections it serves.
+#[derive(Debug)]
+struct AcceptBackoff {
+    /// The pause the next failure gets.
+    next: Duration,
+}
+
+impl AcceptBackoff {
+    fn new() -> Self {
+        Self {
+            next: ACCEPT_BACKOFF_FIRST,
         }
     }
-    // Stop accepting before draining, so the listening socket closes now.
-    drop(incoming);
-    let _ = draining.send(true);
-    drop(drain);
-    draining.closed().await;
+
+    /// The pause after this failure.
+    fn failed(&mut self) -> Duration {
+        let pause = self.next;
+        self.next = (self.next * 2).min(ACCEPT_BACKOFF_MAX);
+        pause
+    }
+
+    fn succeeded(&mut self) {
+        self.next = ACCEPT_BACKOFF_FIRST;
+    }
+}
+
+/// An accepted, admitted connection on its way to a worker, with its span.
+struct Handoff {
+    /// Detached from the acceptor's runtime, so a worker thread can take it up.
+    tcp: std::net::TcpStream,
+    /// Its place in the connection counts, released when the connection is gone.
+    admission: Admission,
+    /// Entered by the handshake, the guard and the connection's HTTP/2 task.
+    span: Span,
+}
+
+/// The one accept loop: accepts on every listener until `shutdown` resolves, admits each
+/// connection through `gate` (or refuses it), opens its span, and hands it to the workers'
+/// `inboxes` round-robin. Backs off after failed accepts. Returns with the listeners
+/// closed.
+async fn accept(
+    listeners: Vec<TcpIncoming>,
+    gate: &Arc<ConnectionGate>,
+    inboxes: &[mpsc::Sender<Handoff>],
+    tls: bool,
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut incoming = stream::select_all(listeners);
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut backoff = AcceptBackoff::new();
+    let mut accepted = 0u64;
+    loop {
+        let next = tokio::select! {
+            () = &mut shutdown => return,
+            next = incoming.next() => next,
+        };
+        let tcp = match next {
+            None => return,
+            Some(Ok(tcp)) => tcp,
+            Some(Err(error)) => {
+                let pause = backoff.failed();
+                warn!(%error, ?pause, "accept failed");
+                tokio::select! {
+                    () = &mut shutdown => return,
+                    () = tokio::time::sleep(pause) => continue,
+                }
+            }
+        };
+        backoff.succeeded();
+        accepted += 1;
+        let span = tracing::info_span!(
+            "connection",
+            number = accepted,
+            peer = tcp.peer_addr().ok().map(tracing::field::display),
+            local = tcp.local_addr().ok().map(tracing::field::display),
+            tls,
+        );
+        let inbox = &inboxes[(accepted % inboxes.len() as u64) as usize];
+        let handoff = span.in_scope(|| {
+            let admission = gate
+                .admit(&tcp)
+                .map_err(|reason| warn!(%reason, "connection refused"))
+                .ok()?;
+            let tcp = tcp
+                .into_std()
+                .map_err(|error| warn!(%error, "cannot hand a connection to a worker"))
+                .ok()?;
+            Some(Handoff {
+                tcp,
+                admission,
+                span: span.clone(),
+            })
+        });
+        // Never wait on one worker here: that would stall accepting (and shutdown) for
+        // all of them. A worker this far behind sheds load.
+        if let Some(handoff) = handoff
+            && inbox.try_send(handoff).is_err()
+        {
+            span.in_scope(|| warn!("worker backlog full: connection refused"));
+        }
+    }
+}
+
+/// The connection workers: one on the main runtime (`--workers 1`), or threads each with
+/// a single-threaded runtime.
+///
+/// Why threads: with one work-stealing runtime, a connection's socket reads, its handler
+/// tasks and its writes wake one another across threads for every message (h2 measured
+/// ~50% more CPU than current-thread, hyperium/h2#762). On a worker a connection lives on
+/// one thread for its whole life, and cores are used by spreading connections. The hub,
+/// its sequencer and the store stay on the main runtime; sessions on every worker reach
+/// them through their handles.
+struct Workers {
+    /// How the workers end, once drained or told to stop.
+    ends: WorkerEnds,
+}
+
+/// How to wait for the workers and stop them.
+enum WorkerEnds {
+    /// The one worker, run by [`Server::run`] itself on the main runtime.
+    Inline(std::pin::Pin<Box<dyn Future<Output = ()> + Send>>),
+    /// Worker threads.
+    Threads {
+        /// Each resolves when its worker has drained every connection.
+        finished: Vec<oneshot::Receiver<()>>,
+        /// Dropping these ends every worker (and the connections it holds) at once.
+        hard_stops: Vec<oneshot::Sender<()>>,
+    },
+}
+
+impl Workers {
+    /// Starts `count` workers (one: on this runtime, when [`Workers::drained`] is polled)
+    /// and returns their inboxes. Each serves what its inbox brings until `graceful` turns
+    /// true, then drains.
+    fn start(
+        count: usize,
+        serving: Serving,
+        graceful: watch::Receiver<bool>,
+    ) -> Result<(Vec<mpsc::Sender<Handoff>>, Self), ServeError> {
+        if count <= 1 {
+            let (inbox, handoffs) = mpsc::channel::<Handoff>(WORKER_INBOX);
+            let worker = Box::pin(serve_worker(handoffs, serving, graceful));
+            return Ok((
+                vec![inbox],
+                Self {
+                    ends: WorkerEnds::Inline(worker),
+                },
+            ));
+        }
+        let mut inboxes = Vec::with_capacity(count);
+        let mut finished = Vec::with_capacity(count);
+        let mut hard_stops = Vec::with_capacity(count);
+        for index in 0..count {
+            let (inbox, handoffs) = mpsc::channel::<Handoff>(WORKER_INBOX);
+            let (done_tx, done_rx) = oneshot::channel::<()>();
+            let (hard_stop, hard_stopped) = oneshot::channel::<()>();
+            let serving = serving.clone();
+            let graceful = graceful.clone();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(ServeError::Worker)?;
+            std::thread::Builder::new()
+                .name(format!("duplex-worker-{index}"))
+                .spawn(move || {
+                    runtime.block_on(async move {
+                        tokio::select! {
+                            () = serve_worker(handoffs, serving, graceful) => {
+                                let _ = done_tx.send(());
+                            }
+                            _ = hard_stopped => {}
+                        }
+                    });
+                })
+                .map_err(ServeError::Worker)?;
+            inboxes.push(inbox);
+            finished.push(done_rx);
+            hard_stops.push(hard_stop);
+        }
+        Ok((
+            inboxes,
+            Self {
+                ends: WorkerEnds::Threads {
+                    finished,
+                    hard_stops,
+                },
+            },
+        ))
+    }
+
+    /// Ends every worker now, with the connections it still holds (as dropping `self` does).
+    fn stop(self) {
+        match self.ends {
+            WorkerEnds::Inline(worker) => drop(worker),
+            WorkerEnds::Threads { hard_stops, .. } => drop(hard_stops),
+        }
+    }
+
+    /// Resolves once every worker has drained (or died). For the inline worker this is
+    /// the worker itself: it must be polled from the start for connections to be served.
+    async fn drained(&mut self) {
+        match &mut self.ends {
+            WorkerEnds::Inline(worker) => worker.as_mut().await,
+            WorkerEnds::Threads { finished, .. } => {
+                for done in finished.iter_mut() {
+                    let _ = done.await;
+                }
+            }
+        }
+    }
+}
+
+/// One worker: takes the connections its inbox brings, runs each one's TLS handshake and
+/// guard (concurrently, so a slow one does not hold up the next) and serves HTTP/2 on it,
+/// all inside the connection's span. When `graceful` turns true it stops taking
+/// connections, sends GOAWAY on every one and returns once they have all closed. Dropping
+/// it drops every connection it holds.
+async fn serve_worker(
+    handoffs: mpsc::Receiver<Handoff>,
+    serving: Serving,
+    mut graceful: watch::Receiver<bool>,
+) {
+    let Serving {
+        service,
+        http2,
+        gate,
+        tls,
+    } = serving;
+    let handshakes = ReceiverStream::new(handoffs)
+        .map(
+            move |Handoff {
+                      tcp,
+                      admission,
+                      span,
+                  }| {
+                let (gate, tls) = (gate.clone(), tls.clone());
+                let guarded = async move {
+                    let tcp = tokio::net::TcpStream::from_std(tcp)?;
+                    gate.guard(tcp, admission, tls.as_ref()).await
+                };
+                guarded
+                    .instrument(span.clone())
+                    .map(move |guarded| (guarded, span))
+            },
+        )
+        .buffer_unordered(CONCURRENT_HANDSHAKES);
+    // Boxed, so dropping it drops the handshakes still running before the drain.
+    let mut handshakes = Box::pin(handshakes);
+    let mut connections = JoinSet::new();
+    // What each connection watches for its GOAWAY: the same signal.
+    let drain = graceful.clone();
+    loop {
+        tokio::select! {
+            _ = graceful.wait_for(|&draining| draining) => break,
+            guarded = handshakes.next() => match guarded {
+                Some((Ok(io), span)) => {
+                    let connection =
+                        serve_connection(io, service.clone(), http2.clone(), drain.clone());
+                    connections.spawn(connection.instrument(span));
+                }
+                Some((Err(error), span)) => {
+                    span.in_scope(|| debug!(%error, "connection dropped before HTTP/2"));
+                }
+                None => break,
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    drop(handshakes);
+    while connections.join_next().await.is_some() {}
 }
 
 /// One connection: HTTP/2 until the peer goes, the server drains, or its maximum age
@@ -430,151 +727,28 @@ async fn serve_connection(
     }
 }
 
-/// Admitted connections, guarded: TLS handshakes (if any) run concurrently, so a slow one
-/// does not hold up the next; a failed one is logged and dropped.
-fn guarded(
-    admitted: impl futures::Stream<Item = (tokio::net::TcpStream, Admission)> + Send + 'static,
-    gate: Arc<ConnectionGate>,
-    tls: Option<TlsAcceptor>,
-) -> impl futures::Stream<Item = Result<GuardedStream, std::io::Error>> + Send + 'static {
-    admitted
-        .map(move |(tcp, admission)| {
-            let (gate, tls) = (gate.clone(), tls.clone());
-            async move { gate.guard(tcp, admission, tls.as_ref()).await }
-        })
-        .buffer_unordered(CONCURRENT_HANDSHAKES)
-        .filter_map(|guarded| {
-            std::future::ready(match guarded {
-                Ok(stream) => Some(Ok(stream)),
-                Err(error) => {
-                    debug!(%error, "connection dropped before HTTP/2");
-                    None
-                }
-            })
-        })
-}
-
-/// Serves on `workers` threads, each a single-threaded runtime running its own copy of the
-/// router over the connections this (the main) runtime accepts and hands it round-robin.
-///
-/// Why: with one work-stealing runtime, a connection's socket reads, its handler tasks and
-/// its writes wake one another across threads for every message (h2 measured ~50% more CPU
-/// than current-thread, hyperium/h2#762). Here a connection lives on one thread for its whole
-/// life, and cores are used by spreading connections. The hub, its sequencer and the store
-/// stay on the main runtime; sessions on every worker reach them through their handles.
-///
-/// Shutdown: stop accepting, tell the hub's sessions, let every worker drain gracefully
-/// (GOAWAY) for the grace period; whatever is still open then is dropped with its worker.
-/// Dropping this future (an aborted server) also ends every worker at once.
-#[allow(clippy::too_many_arguments)]
-async fn serve_on_workers(
-    service: EdgeService,
-    http2: Http2,
-    listeners: Vec<TcpIncoming>,
-    hub: Hub,
-    config: &ServeConfig,
-    tls: Option<TlsAcceptor>,
-    workers: usize,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), ServeError> {
-    let (graceful_tx, graceful_rx) = watch::channel(false);
-    let gate = ConnectionGate::new(config.connection_limits());
-    let mut inboxes = Vec::with_capacity(workers);
-    let mut finished = Vec::with_capacity(workers);
-    // Dropping these ends every worker (and the connections it holds) at once.
-    let mut hard_stops = Vec::with_capacity(workers);
-    for index in 0..workers {
-        let (inbox, connections) = mpsc::channel::<(std::net::TcpStream, Admission)>(WORKER_INBOX);
-        let (done_tx, done_rx) = oneshot::channel::<()>();
-        let (hard_stop, hard_stopped) = oneshot::channel::<()>();
-        let service = service.clone();
-        let http2 = http2.clone();
-        let gate = gate.clone();
-        let tls = tls.clone();
-        let mut graceful = graceful_rx.clone();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(ServeError::Worker)?;
-        std::thread::Builder::new()
-            .name(format!("duplex-worker-{index}"))
-            .spawn(move || {
-                runtime.block_on(async move {
-                    let admitted =
-                        ReceiverStream::new(connections).filter_map(|(tcp, admission)| {
-                            let tcp = tokio::net::TcpStream::from_std(tcp)
-                                .inspect_err(|error| warn!(%error, "cannot take a connection"));
-                            std::future::ready(tcp.ok().map(|tcp| (tcp, admission)))
-                        });
-                    let incoming = guarded(admitted, gate, tls);
-                    let signal = async move {
-                        let _ = graceful.wait_for(|&draining| draining).await;
-                    };
-                    tokio::select! {
-                        () = serve_http2(service, http2, incoming, signal) => {
-                            let _ = done_tx.send(());
-                        }
-                        _ = hard_stopped => {}
-                    }
-                });
-            })
-            .map_err(ServeError::Worker)?;
-        inboxes.push(inbox);
-        finished.push(done_rx);
-        hard_stops.push(hard_stop);
-    }
-
-    let mut incoming = stream::select_all(listeners);
-    let mut shutdown = std::pin::pin!(shutdown);
-    let mut next = 0usize;
-    loop {
-        tokio::select! {
-            () = &mut shutdown => break,
-            accepted = incoming.next() => match accepted {
-                Some(Ok(tcp)) => match gate.admit(&tcp).map(|admission| (tcp.into_std(), admission)) {
-                    Err(reason) => warn!(%reason, "connection refused"),
-                    Ok((Err(error), _)) => warn!(%error, "cannot hand a connection to a worker"),
-                    Ok((Ok(tcp), admission)) => {
-                        // Never wait on one worker here: that would stall accepting (and
-                        // shutdown) for all of them. A worker this far behind sheds load.
-                        if inboxes[next % workers].try_send((tcp, admission)).is_err() {
-                            warn!("worker backlog full: connection refused");
-                        }
-                        next = next.wrapping_add(1);
-                    }
-                },
-                Some(Err(error)) => {
-                    // Out of descriptors and the like: back off a little instead of spinning.
-                    warn!(%error, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                }
-                None => break,
-            },
-        }
-    }
-    drop(incoming);
-    hub.announce_shutdown("server is shutting down", 1000);
-    info!(grace = ?config.shutdown_grace, "shutting down: no new connections, draining open calls");
-    let _ = graceful_tx.send(true);
-    let drained = async {
-        for done in finished {
-            let _ = done.await;
-        }
-    };
-    tokio::select! {
-        () = drained => {}
-        () = tokio::time::sleep(config.shutdown_grace) => {
-            warn!("grace period over: closing the calls still open");
-        }
-    }
-    drop(hard_stops);
-    Ok(())
-}
-
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Server")
-            .field("local_addrs", &self.local_addrs)
+            .field("local_addrs", &self.listening.local_addrs)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_backoff_doubles_to_a_second_and_starts_over_after_a_success() {
+        let mut backoff = AcceptBackoff::new();
+        let pauses: Vec<Duration> = (0..12).map(|_| backoff.failed()).collect();
+        assert_eq!(pauses[0], Duration::from_millis(1));
+        assert_eq!(pauses[1], Duration::from_millis(2));
+        assert_eq!(pauses[9], Duration::from_millis(512));
+        assert_eq!(pauses[10], ACCEPT_BACKOFF_MAX);
+        assert_eq!(pauses[11], ACCEPT_BACKOFF_MAX);
+        backoff.succeeded();
+        assert_eq!(backoff.failed(), ACCEPT_BACKOFF_FIRST);
     }
 }

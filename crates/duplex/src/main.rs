@@ -26,7 +26,8 @@ struct Cli {
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the server: the Chat echo service on `localhost:50051` by default.
+    /// Run the server: the article's Chat echo and the Hub's rooms (history, resume, auth,
+    /// limits) over gRPC, on `localhost:50051` by default.
     Serve(duplex_server::ServeConfig),
     /// The article's client: send each stdin line as a Msg, print each reply as `server: <<line>>`.
     Echo(echo::EchoArgs),
@@ -44,7 +45,9 @@ enum Command {
 
 /// mimalloc rather than glibc's malloc: a server's allocations are made on one thread and
 /// freed on another all day (frames, messages, store batches), which glibc's arenas handle
-/// with locks and consolidation passes. Measured in the note of the commit that added it.
+/// with locks and consolidation passes: they took a fifth of the server's CPU in durable
+/// publish. Measured on 2 cores, binaries alternating: durable publish 140-151k → 188-199k
+/// acked/s; fan-out and echo within noise; idle sessions 5.7 → 6.2 KB of RSS each.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -8,6 +8,7 @@ use duplex_server::{ServeConfig, Server, StoreKind};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::info;
 
+/// Serves `config` until SIGINT or SIGTERM, then drains and returns.
 pub(crate) async fn run(config: ServeConfig) -> anyhow::Result<()> {
     let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;

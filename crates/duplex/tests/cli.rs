@@ -131,9 +131,22 @@ fn echo_deadline_ends_a_long_call() {
     assert!(err.contains("DeadlineExceeded"), "stderr: {err}");
 }
 
+/// `--workers 1` on a current-thread runtime: the acceptor and the one connection worker
+/// share the server's only thread (the other tests run the default, a worker per core).
+const ONE_WORKER: &[&str] = &["--workers", "1", "--runtime", "current-thread"];
+
 #[test]
 fn sigterm_drains_open_calls_then_exits_zero() {
-    let (mut server, addr) = spawn_duplex_serve(&["--shutdown-grace", "30s"]);
+    sigterm_drains_open_calls_then_exits_zero_with(&[]);
+}
+
+#[test]
+fn sigterm_drains_open_calls_then_exits_zero_on_one_worker() {
+    sigterm_drains_open_calls_then_exits_zero_with(ONE_WORKER);
+}
+
+fn sigterm_drains_open_calls_then_exits_zero_with(args: &[&str]) {
+    let (mut server, addr) = spawn_duplex_serve(&[&["--shutdown-grace", "30s"], args].concat());
     let mut session = EchoSession::start(&addr.to_string());
     assert_eq!(session.say("before"), "server: <<before>>\n");
 
@@ -168,7 +181,16 @@ fn sigterm_drains_open_calls_then_exits_zero() {
 
 #[test]
 fn sigint_with_a_stuck_call_exits_zero_after_the_grace_period() {
-    let (mut server, addr) = spawn_duplex_serve(&["--shutdown-grace", "1s"]);
+    sigint_with_a_stuck_call_exits_zero_after_the_grace_period_with(&[]);
+}
+
+#[test]
+fn sigint_with_a_stuck_call_exits_zero_after_the_grace_period_on_one_worker() {
+    sigint_with_a_stuck_call_exits_zero_after_the_grace_period_with(ONE_WORKER);
+}
+
+fn sigint_with_a_stuck_call_exits_zero_after_the_grace_period_with(args: &[&str]) {
+    let (mut server, addr) = spawn_duplex_serve(&[&["--shutdown-grace", "1s"], args].concat());
     let mut session = EchoSession::start(&addr.to_string());
     assert_eq!(session.say("ping"), "server: <<ping>>\n");
     let signalled = Instant::now();

@@ -441,7 +441,23 @@ async fn resume_older_than_retention_names_the_earliest_offset() {
 
 #[test]
 fn sigterm_sends_shutdown_frames_before_closing() {
-    let (mut server, addr) = common::spawn_duplex_serve(&["--shutdown-grace", "5s"]);
+    sigterm_sends_shutdown_frames_before_closing_with(&[]);
+}
+
+/// The acceptor and the one connection worker on the server's only thread.
+#[test]
+fn sigterm_sends_shutdown_frames_before_closing_on_one_worker() {
+    sigterm_sends_shutdown_frames_before_closing_with(&[
+        "--workers",
+        "1",
+        "--runtime",
+        "current-thread",
+    ]);
+}
+
+fn sigterm_sends_shutdown_frames_before_closing_with(args: &[&str]) {
+    let (mut server, addr) =
+        common::spawn_duplex_serve(&[&["--shutdown-grace", "5s"], args].concat());
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))

@@ -278,6 +278,23 @@ async fn http1_request_is_closed_cleanly() {
     assert_still_serving(&server).await;
 }
 
+/// What a browser's WebSocket opens with: the gRPC port is HTTP/2 from the guard up, so it
+/// is refused, never upgraded (HTTP/1.1 is for a listener of its own; see the README's
+/// Architecture section).
+#[tokio::test]
+async fn websocket_upgrade_is_closed_cleanly_not_upgraded() {
+    let server = InProcessServer::start().await;
+    let upgrade = b"GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\
+        Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+        Sec-WebSocket-Version: 13\r\n\r\n";
+    let seen = send_and_expect_close(&server, upgrade).await;
+    assert!(
+        !seen.starts_with(b"HTTP/1.1 101"),
+        "no WebSocket upgrade on the gRPC port"
+    );
+    assert_still_serving(&server).await;
+}
+
 #[tokio::test]
 async fn configured_windows_and_stream_limit_reach_the_peer() {
     let server = InProcessServer::start_with(|config| {

@@ -1,0 +1,107 @@
+//! The connection span, as an operator reads it in the server's log: the lines logged
+//! while admitting, guarding and speaking HTTP/2 on a connection name the connection and its
+//! peer — the guard's lines, and HTTP/2's lines from the connection's task (the handshake,
+//! each new stream).
+
+mod common;
+
+use std::io::{BufRead as _, BufReader, Read as _};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{ChildGuard, STEP, duplex, run_with_input};
+
+/// Starts `duplex serve` on a picked loopback port with `RUST_LOG=filter`, its log going to
+/// `log`; returns it with its address.
+fn serve_logging(filter: &str, log: &Path, args: &[&str]) -> (ChildGuard, SocketAddr) {
+    let mut command = duplex();
+    command
+        .args(["serve", "--listen", "127.0.0.1:0", "--store", "memory"])
+        .args(args)
+        .env("RUST_LOG", filter)
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(log).unwrap());
+    let mut child = ChildGuard(command.spawn().expect("spawn duplex serve"));
+    let stdout = child.0.stdout.take().unwrap();
+    let (line_tx, line_rx) = std::sync::mpsc::channel();
+    // Read on a thread so a server that never prints cannot hang the test.
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = line_tx.send(line);
+    });
+    let line = line_rx.recv_timeout(STEP).expect("a `listening on` line");
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("expected `listening on ADDR`, got {line:?}"))
+        .parse()
+        .expect("a socket address");
+    (child, addr)
+}
+
+/// The log's lines once one of them contains `needle` (or all of them after `STEP`).
+fn log_lines_once(log: &Path, needle: &str) -> Vec<String> {
+    let start = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.contains(needle) || start.elapsed() > STEP {
+            return text.lines().map(str::to_owned).collect();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_guard_log_line_names_the_connection_and_its_peer() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("serve.log");
+    let (_server, addr) =
+        serve_logging("duplex_server=debug", &log, &["--preface-timeout", "300ms"]);
+    // A connection that never sends the HTTP/2 preface: the guard closes it and says so.
+    let mut silent = TcpStream::connect(addr).unwrap();
+    let peer = silent.local_addr().unwrap();
+    silent.set_read_timeout(Some(STEP)).unwrap();
+    let _ = silent.read(&mut [0u8; 64]);
+
+    let lines = log_lines_once(&log, "sent no preface");
+    let line = lines
+        .iter()
+        .find(|line| line.contains("sent no preface"))
+        .unwrap_or_else(|| panic!("no preface-timeout line in the log:\n{}", lines.join("\n")));
+    assert!(line.contains("connection{"), "{line}");
+    assert!(line.contains(&format!("peer={peer}")), "{line}");
+    assert!(line.contains(&format!("local={addr}")), "{line}");
+    assert!(line.contains("tls=false"), "{line}");
+}
+
+#[test]
+fn http2_connection_log_lines_carry_the_connection_span() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("serve.log");
+    let (_server, addr) = serve_logging("info,h2=trace", &log, &[]);
+    let mut echo: Command = duplex();
+    echo.args(["echo", "--addr", &addr.to_string()]);
+    let (code, out, err) = run_with_input(echo, "hello\n");
+    assert_eq!(code, Some(0), "stderr: {err}");
+    assert!(out.contains("<<hello>>"), "{out}");
+
+    let lines = log_lines_once(&log, "received incoming");
+    let in_span = |line: &str| {
+        line.contains("connection{number=1 ")
+            && line.contains("peer=127.0.0.1:")
+            && line.contains(&format!("local={addr}"))
+    };
+    // The HTTP/2 handshake, and the call's stream as the connection takes it in.
+    for needle in ["server_handshake", "received incoming"] {
+        assert!(
+            lines
+                .iter()
+                .any(|line| line.contains(needle) && in_span(line)),
+            "no `{needle}` line in the connection span:\n{}",
+            lines.join("\n")
+        );
+    }
+}
