@@ -27,6 +27,7 @@ pub struct ByteBudget {
 }
 
 impl ByteBudget {
+    /// A budget of `limit` bytes (at least 1), shared by whoever holds the `Arc`.
     pub fn new(limit: usize) -> Arc<Self> {
         Arc::new(Self {
             used: AtomicUsize::new(0),
@@ -41,6 +42,7 @@ impl ByteBudget {
         self.used.load(Ordering::Relaxed)
     }
 
+    /// The most bytes it lets be charged at once.
     pub fn limit(&self) -> usize {
         self.limit
     }
@@ -84,6 +86,8 @@ pub struct QueueBudgets {
 }
 
 impl QueueBudgets {
+    /// The budgets of a session's connection and of its client address; `None` for a
+    /// level that is not limited.
     pub fn new(connection: Option<Arc<ByteBudget>>, address: Option<Arc<ByteBudget>>) -> Self {
         Self {
             connection,

@@ -35,20 +35,27 @@ pub(crate) const MAX_CONTENT_TYPE_LEN: usize = 256;
 /// A message to publish.
 #[derive(Debug, Clone, Default)]
 pub struct PublishInput {
+    /// The room to publish to.
     pub room: String,
     /// The name to show as the sender. Through [`Hub::publish`](crate::Hub::publish), the
     /// name the caller asks for (empty: its identity's name; see
     /// [`Identity::name_for_call`](crate::Identity::name_for_call)).
     pub sender: String,
+    /// The message body (at least one byte, at most `max_payload`).
     pub payload: Bytes,
+    /// The publisher's content type; may be empty.
     pub content_type: String,
+    /// The publisher's own message id: a repeat within the dedupe window is acked with
+    /// the original's offset and not stored again. Empty: no dedupe.
     pub client_id: String,
+    /// Coalescing key for `latest-per-key` subscribers; empty for none.
     pub key: String,
 }
 
 /// A durable publish.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PublishOutcome {
+    /// The message's offset in its room.
     pub offset: Offset,
     /// The client id was seen before: `offset` is the original message's.
     pub duplicate: bool,

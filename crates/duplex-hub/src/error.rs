@@ -18,8 +18,11 @@ pub enum HubError {
         "room {room}: offset {after} is older than retention keeps; the earliest available offset is {earliest}"
     )]
     ResumeTooOld {
+        /// The room asked for.
         room: String,
+        /// The offset the resume asked to continue after.
         after: Offset,
+        /// The earliest offset the room still retains.
         earliest: Offset,
     },
     /// The command needs a state the session is not in (publish before join, …).

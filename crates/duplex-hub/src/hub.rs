@@ -24,18 +24,21 @@ use crate::engine::Engine;
 pub(crate) use crate::engine::now_unix_micros;
 use crate::engine::{PublishInput, PublishOutcome};
 use crate::feed::{LiveFeed, LocalFeed};
-use crate::sequencer::run_sequencer;
 use crate::frames;
 use crate::queue::{Outbound, SubscriberQueue};
 use crate::rights::Identity;
 use crate::room::validate_room_name;
+use crate::sequencer::run_sequencer;
 use crate::session::Session;
 
 /// One page of a room's history.
 #[derive(Debug, Clone)]
 pub struct HistoryPage {
+    /// The messages, in offset order.
     pub messages: Vec<StoredMessage>,
+    /// The room's earliest retained offset (0 when it retains none).
     pub earliest: Offset,
+    /// The room's newest offset.
     pub last: Offset,
     /// Where the next page starts (the `after` to ask for): the last offset in this page,
     /// or the `after` asked for when it is empty.
@@ -47,17 +50,22 @@ pub struct HistoryPage {
 /// Who is present in a room: the listed members, and how many more are counted.
 #[derive(Debug, Clone, Default)]
 pub struct RoomPresence {
+    /// The listed members, at most `max_presence_listed`, in join order.
     pub members: Vec<Member>,
+    /// Visible members present beyond the list.
     pub unlisted: u64,
 }
 
 /// Counts for dashboards and tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct HubStats {
+    /// Rooms in the room table (someone holds them).
     pub rooms: usize,
+    /// Open sessions, server-streaming subscriptions included.
     pub sessions: usize,
-    /// Frames queued for all sessions, and their bytes.
+    /// Frames queued for all sessions.
     pub queued_frames: usize,
+    /// The bytes of those frames.
     pub queued_bytes: usize,
 }
 
@@ -271,6 +279,7 @@ impl Hub {
         }
     }
 
+    /// Rooms, sessions and what is queued for them now (scans every session's queue).
     pub fn stats(&self) -> HubStats {
         let sessions = self.engine.live_sessions();
         let (queued_frames, queued_bytes) = sessions

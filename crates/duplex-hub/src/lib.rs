@@ -22,6 +22,8 @@ mod engine;
 mod error;
 mod feed;
 pub mod frames;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
 pub mod fuzzing;
 mod hub;
 mod limiter;

@@ -185,11 +185,11 @@ pub(crate) struct SubscriberQueue {
 
 impl SubscriberQueue {
     #[cfg(test)]
-    pub fn new(policy: LagPolicy, max_frames: usize, max_bytes: usize) -> Arc<Self> {
+    pub(crate) fn new(policy: LagPolicy, max_frames: usize, max_bytes: usize) -> Arc<Self> {
         Self::with_budgets(policy, max_frames, max_bytes, QueueBudgets::default())
     }
 
-    pub fn with_budgets(
+    pub(crate) fn with_budgets(
         policy: LagPolicy,
         max_frames: usize,
         max_bytes: usize,
@@ -217,7 +217,7 @@ impl SubscriberQueue {
     }
 
     /// Queues a fanned-out frame without waiting; applies the lag policy when full.
-    pub fn push_live(&self, frame: Frame) -> LivePush {
+    pub(crate) fn push_live(&self, frame: Frame) -> LivePush {
         let mut state = self.lock();
         if state.consumer_gone || state.ending.is_some() {
             return LivePush::Detach;
@@ -274,11 +274,11 @@ impl SubscriberQueue {
     /// of such frames (frames or bytes; one frame always fits in an empty queue). With
     /// `cancelled`, gives up without queuing once that flag is set (checked under the
     /// queue's lock, so a replay that was left cannot slip a frame in afterwards).
-    pub async fn push_reliable(&self, frame: Frame) -> Result<(), HubError> {
+    pub(crate) async fn push_reliable(&self, frame: Frame) -> Result<(), HubError> {
         self.push_reliable_unless(frame, None).await
     }
 
-    pub async fn push_reliable_unless(
+    pub(crate) async fn push_reliable_unless(
         &self,
         mut frame: Frame,
         cancelled: Option<&std::sync::atomic::AtomicBool>,
@@ -343,7 +343,7 @@ impl SubscriberQueue {
     }
 
     /// Queues a frame now, whatever the bound (rare control frames: shutdown).
-    pub fn push_control(&self, bytes: Bytes) {
+    pub(crate) fn push_control(&self, bytes: Bytes) {
         let mut state = self.lock();
         if state.ending.is_none() && !state.consumer_gone {
             start_waiting(&mut state);
@@ -359,7 +359,7 @@ impl SubscriberQueue {
     }
 
     /// Ends the stream after what is queued: OK, or with `error`.
-    pub fn finish(&self, error: Option<HubError>) {
+    pub(crate) fn finish(&self, error: Option<HubError>) {
         let mut state = self.lock();
         if state.ending.is_none() {
             state.ending = Some(match error {
@@ -373,19 +373,19 @@ impl SubscriberQueue {
     }
 
     /// True once the transport dropped the stream (client gone) or the queue lagged out.
-    pub fn is_closed(&self) -> bool {
+    pub(crate) fn is_closed(&self) -> bool {
         let state = self.lock();
         state.consumer_gone || state.lagged
     }
 
     /// Forgets a room the session left: its delivery and drop counts.
-    pub fn forget_room(&self, room: &str) {
+    pub(crate) fn forget_room(&self, room: &str) {
         let mut state = self.lock();
         state.rooms.remove(room);
     }
 
     /// Resolves once the client is gone or the queue lagged out.
-    pub async fn closed(&self) {
+    pub(crate) async fn closed(&self) {
         loop {
             let notified = self.closed.notified();
             let mut notified = std::pin::pin!(notified);
@@ -398,7 +398,7 @@ impl SubscriberQueue {
     }
 
     /// Frames and bytes queued now.
-    pub fn depth(&self) -> (usize, usize) {
+    pub(crate) fn depth(&self) -> (usize, usize) {
         let state = self.lock();
         let bytes = state.frames.iter().map(|e| e.frame.len()).sum();
         (state.frames.len(), bytes)
@@ -408,7 +408,7 @@ impl SubscriberQueue {
     /// (the client stopped reading): like a lag under `disconnect`, whatever the policy —
     /// the queue is cleared, a `lagged` frame per room says where to resume, then the call
     /// fails with RESOURCE_EXHAUSTED. Returns whether it did.
-    pub fn end_if_stalled(&self, now: Instant, timeout: Duration) -> bool {
+    pub(crate) fn end_if_stalled(&self, now: Instant, timeout: Duration) -> bool {
         let mut state = self.lock();
         let stalled = state.ending.is_none()
             && !state.consumer_gone

@@ -71,10 +71,12 @@ impl Rights {
         })
     }
 
+    /// Whether these rights let a caller join, subscribe to or read the history of `room`.
     pub fn can_read(&self, room: &str) -> bool {
         self.read.iter().any(|p| p.matches(room))
     }
 
+    /// Whether these rights let a caller publish to `room`.
     pub fn can_write(&self, room: &str) -> bool {
         self.write.iter().any(|p| p.matches(room))
     }
@@ -112,15 +114,21 @@ pub enum Naming {
     Verified,
     /// Chosen by the caller (anonymous): a call may name its sender or presence itself,
     /// shown after `prefix` (set when tokens are verified, so it never equals a subject).
-    Chosen { prefix: String },
+    Chosen {
+        /// What every chosen name is shown after (e.g. `anon:`); empty without tokens.
+        prefix: String,
+    },
 }
 
 /// Who a session is: its name (the `sender` of what it publishes), its rights, and when
 /// its credentials expire (the session ends then).
 #[derive(Debug, Clone)]
 pub struct Identity {
+    /// The name it shows as: the sender of its publishes, its presence name.
     pub name: String,
+    /// Which rooms it may read and write.
     pub rights: Rights,
+    /// When its credentials expire (its sessions end then); `None`: never.
     pub expires_at: Option<SystemTime>,
     /// Whom the publish rate limit counts this caller as: every session and unary call
     /// with the same key shares one budget. The server sets it (a token's subject, or the

@@ -488,11 +488,14 @@ async fn messages_from_the_live_feed_reach_subscribers_once() {
     let store = Arc::new(MemoryStore::new(Default::default()));
     let feed = Arc::new(RecordingFeed::default());
     let hub = Hub::with_feed(store.clone(), feed.clone(), HubConfig::default());
-    hub.publish(&anyone(), PublishInput {
-        room: "r".into(),
-        payload: "local".into(),
-        ..Default::default()
-    })
+    hub.publish(
+        &anyone(),
+        PublishInput {
+            room: "r".into(),
+            payload: "local".into(),
+            ..Default::default()
+        },
+    )
     .await
     .unwrap();
 

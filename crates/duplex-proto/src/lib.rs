@@ -11,6 +11,7 @@
 
 /// The article's `Chat` service (`proto/chat.proto`, package `chat`): a bidi stream where
 /// every inbound `Msg` gets one `Echo` with text `<<text>>`.
+#[allow(missing_docs)] // generated: the .proto comments become docs where they exist
 pub mod chat {
     include!(concat!(env!("OUT_DIR"), "/chat.rs"));
 }
@@ -19,6 +20,7 @@ pub mod chat {
 /// the unary and server-streaming calls, [`hub::Code`], and (feature `grpc`) a generated
 /// client. The server side is
 /// hand-written in `duplex-server` (it sends pre-encoded frames).
+#[allow(missing_docs)] // generated: the .proto comments become docs where they exist
 pub mod hub {
     include!(concat!(env!("OUT_DIR"), "/duplex.v1.rs"));
 }

@@ -41,17 +41,30 @@ const LEEWAY_SECONDS: u64 = 5;
 /// Why the token verifier could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthSetupError {
+    /// A key or secret file could not be read.
     #[error("cannot read {path}: {source}")]
     Read {
+        /// The file.
         path: PathBuf,
+        /// Why reading it failed.
         source: std::io::Error,
     },
+    /// The public key file holds no key duplex can verify with.
     #[error("{path} is not an RSA or EC (P-256) public key in PEM form")]
-    Key { path: PathBuf },
+    Key {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The HS256 secret is shorter than 32 bytes.
     #[error("{path} is too short: an HS256 secret needs at least 32 bytes")]
-    ShortSecret { path: PathBuf },
+    ShortSecret {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Both a secret and a public key were given.
     #[error("give either --jwt-secret-file or --jwt-public-key-file, not both")]
     TwoKeys,
+    /// An anonymous rights pattern is not a valid room pattern.
     #[error("--anonymous-read / --anonymous-write: {0}")]
     AnonymousRights(String),
 }
@@ -97,10 +110,15 @@ impl std::fmt::Debug for Authenticator {
 /// Where the token verifier's settings come from.
 #[derive(Debug, Clone, Default)]
 pub struct AuthSettings {
+    /// HS256 secret file (`--jwt-secret-file`); turns verification on.
     pub secret_file: Option<PathBuf>,
+    /// RS256/ES256 public key file (`--jwt-public-key-file`); turns verification on.
     pub public_key_file: Option<PathBuf>,
+    /// Required `iss` claim, if any.
     pub issuer: Option<String>,
+    /// Required `aud` claim, if any.
     pub audience: Option<String>,
+    /// With verification on, whether callers without a token are let in (anonymous).
     pub allow_anonymous: bool,
     /// Room patterns anonymous callers may read, with tokens verified.
     pub anonymous_read: Vec<String>,
@@ -118,6 +136,7 @@ impl Authenticator {
         }
     }
 
+    /// The verifier `settings` describe: [`Authenticator::open`] when no key is given.
     pub fn from_settings(settings: &AuthSettings) -> Result<Self, AuthSetupError> {
         let (key, algorithm) = match (&settings.secret_file, &settings.public_key_file) {
             (None, None) => return Ok(Self::open()),
@@ -270,8 +289,11 @@ fn token_error(kind: &ErrorKind) -> String {
 /// The claims duplex reads from a token.
 #[derive(Debug, serde::Deserialize)]
 pub struct Claims {
+    /// The subject: the caller's name.
     pub sub: String,
+    /// Expiry, in seconds since the Unix epoch.
     pub exp: u64,
+    /// The rooms granted; none when absent.
     #[serde(default)]
     pub rooms: RoomClaims,
 }
@@ -279,8 +301,10 @@ pub struct Claims {
 /// Room patterns a token grants (see `duplex_hub::Rights`).
 #[derive(Debug, Default, serde::Deserialize)]
 pub struct RoomClaims {
+    /// Patterns of rooms the bearer may join, subscribe to and read.
     #[serde(default)]
     pub read: Vec<String>,
+    /// Patterns of rooms the bearer may publish to.
     #[serde(default)]
     pub write: Vec<String>,
 }
@@ -329,6 +353,8 @@ pub fn unix_now() -> u64 {
 /// The body of the `token` fuzz target, also run on stable by `tests/fuzz_token.rs`:
 /// arbitrary bytes as a bearer token, and as a claims document. The property: never a
 /// panic, and nothing but a well-signed token yields an identity.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
 pub mod fuzzing {
     use super::*;
 
@@ -350,6 +376,7 @@ pub mod fuzzing {
         })
     }
 
+    /// Runs one input (see the module's doc).
     pub fn token(input: &[u8]) {
         let text = String::from_utf8_lossy(input);
         let mut metadata = HeaderMap::new();

@@ -34,7 +34,7 @@ use crate::guard::ConnectionInfo;
 use crate::status::{auth_status, inbound_hub_error, status, undecodable};
 
 /// The Hub service: cheap to clone, one hub behind every connection.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct HubService {
     hub: Hub,
     auth: Arc<Authenticator>,
@@ -43,6 +43,8 @@ pub struct HubService {
 }
 
 impl HubService {
+    /// The service over `hub`, identifying callers with `auth`, refusing inbound messages
+    /// over `max_message_size` bytes.
     pub fn new(hub: Hub, auth: Arc<Authenticator>, max_message_size: usize) -> Self {
         Self {
             hub,
@@ -403,7 +405,7 @@ fn session_buffers() -> BufferSettings {
     BufferSettings::new(SESSION_BUFFER_BYTES, SESSION_YIELD_BYTES)
 }
 
-/// prost decoding with [`session_buffers`], from the message as one `Bytes`: prost then
+/// prost decoding with `session_buffers`, from the message as one `Bytes`: prost then
 /// steps through a slice rather than tonic's buffer (which keeps its position in a packed
 /// word it updates on every byte), and `bytes` fields (payloads) come out as slices of the
 /// message, not copies.

@@ -11,35 +11,35 @@ use tonic::Status;
 use crate::auth::AuthError;
 
 /// The gRPC code for an engine [`Code`]: the same number, by construction of `duplex.v1.Code`.
-pub fn grpc_code(code: Code) -> tonic::Code {
+pub(crate) fn grpc_code(code: Code) -> tonic::Code {
     tonic::Code::from_i32(code as i32)
 }
 
 /// The engine [`Code`] for a gRPC code (the same number).
-pub fn hub_code(code: tonic::Code) -> Code {
+pub(crate) fn hub_code(code: tonic::Code) -> Code {
     Code::try_from(code as i32).unwrap_or(Code::Unknown)
 }
 
 /// Maps an engine error to the status the client sees.
-pub fn status(error: HubError) -> Status {
+pub(crate) fn status(error: HubError) -> Status {
     Status::new(grpc_code(error.code()), error.to_string())
 }
 
 /// The engine error for a failed inbound stream (a session's `ClientFrame`s), with the
 /// status the gRPC spec asks for (see [`inbound_error`]).
-pub fn inbound_hub_error(status: Status) -> HubError {
+pub(crate) fn inbound_hub_error(status: Status) -> HubError {
     let status = inbound_error(status);
     HubError::Inbound(hub_code(status.code()), status.message().to_owned())
 }
 
 /// Maps a failed authentication to UNAUTHENTICATED, with words that never echo the token.
-pub fn auth_status(error: AuthError) -> Status {
+pub(crate) fn auth_status(error: AuthError) -> Status {
     Status::unauthenticated(error.to_string())
 }
 
 /// The status for a request message that does not decode: INTERNAL with prost's words, as
 /// tonic-prost reports it (and the gRPC status-code guide asks).
-pub fn undecodable(error: prost::DecodeError) -> Status {
+pub(crate) fn undecodable(error: prost::DecodeError) -> Status {
     Status::internal(error.to_string())
 }
 
@@ -48,7 +48,7 @@ pub fn undecodable(error: prost::DecodeError) -> Status {
 /// tonic reports a message declared over the size limit as OUT_OF_RANGE; the spec, grpc-go
 /// and C-core say RESOURCE_EXHAUSTED, which is what clients retry and alert on. The decoder
 /// emits OUT_OF_RANGE for nothing else, so the mapping is exact.
-pub fn inbound_error(status: Status) -> Status {
+pub(crate) fn inbound_error(status: Status) -> Status {
     if status.code() == tonic::Code::OutOfRange {
         Status::resource_exhausted(status.message().to_owned())
     } else {
