@@ -25,7 +25,7 @@ use tower::{Layer, Service};
 
 /// Rejects requests that are not gRPC, with the HTTP status and gRPC status grpc-go gives.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct GrpcRequestLayer;
+pub(crate) struct GrpcRequestLayer;
 
 impl<S> Layer<S> for GrpcRequestLayer {
     type Service = GrpcRequest<S>;
@@ -37,7 +37,7 @@ impl<S> Layer<S> for GrpcRequestLayer {
 
 /// The service made by [`GrpcRequestLayer`].
 #[derive(Debug, Clone)]
-pub struct GrpcRequest<S> {
+pub(crate) struct GrpcRequest<S> {
     inner: S,
 }
 
@@ -117,7 +117,7 @@ const PATH_ALIASES: &[(&str, &str)] = &[("/Chat/", "/chat.Chat/")];
 
 /// Rewrites request paths listed in `PATH_ALIASES` before routing.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct PathAliasLayer;
+pub(crate) struct PathAliasLayer;
 
 impl<S> Layer<S> for PathAliasLayer {
     type Service = PathAlias<S>;
@@ -129,7 +129,7 @@ impl<S> Layer<S> for PathAliasLayer {
 
 /// The service made by [`PathAliasLayer`].
 #[derive(Debug, Clone)]
-pub struct PathAlias<S> {
+pub(crate) struct PathAlias<S> {
     inner: S,
 }
 
@@ -167,7 +167,7 @@ fn aliased_uri(uri: &Uri) -> Option<Uri> {
 
 /// Bounds each call's response body by the deadline its client sent in `grpc-timeout`.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct CallDeadlineLayer;
+pub(crate) struct CallDeadlineLayer;
 
 impl<S> Layer<S> for CallDeadlineLayer {
     type Service = CallDeadline<S>;
@@ -179,7 +179,7 @@ impl<S> Layer<S> for CallDeadlineLayer {
 
 /// The service made by [`CallDeadlineLayer`].
 #[derive(Debug, Clone)]
-pub struct CallDeadline<S> {
+pub(crate) struct CallDeadline<S> {
     inner: S,
 }
 
@@ -224,7 +224,7 @@ where
 }
 
 /// Parses a `grpc-timeout` value: 1 to 8 ASCII digits and a unit (H, M, S, m, u, n).
-pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+pub(crate) fn parse_grpc_timeout(value: &str) -> Option<Duration> {
     let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
     if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;

@@ -58,7 +58,7 @@ const PREFACE_LEN: usize = PREFACE.len();
 const FRAME_HEADER_LEN: usize = 9;
 /// PINGs in a row without the server sending DATA or HEADERS, tolerated within
 /// [`ConnectionLimits::min_ping_interval`] of each other.
-pub const MAX_PING_STRIKES: u32 = 2;
+pub(crate) const MAX_PING_STRIKES: u32 = 2;
 
 const FRAME_DATA: u8 = 0x0;
 const FRAME_HEADERS: u8 = 0x1;
@@ -67,16 +67,16 @@ const FLAG_ACK: u8 = 0x1;
 const FLAG_END_STREAM: u8 = 0x1;
 /// Largest DATA payload a merge makes: the smallest SETTINGS_MAX_FRAME_SIZE there is, so a
 /// merged frame is within what the server accepts whatever `--max-frame-size` says.
-pub const MERGED_DATA_MAX: usize = 16_384;
+pub(crate) const MERGED_DATA_MAX: usize = 16_384;
 /// Longest a connection told to calm down is drained (its input read and dropped) after
 /// the GOAWAY and our FIN, waiting for the client's own close. Bounds what a flooding client
 /// costs after the verdict; a client that reads the GOAWAY closes well within it.
-pub const GOAWAY_LINGER: Duration = Duration::from_secs(1);
+pub(crate) const GOAWAY_LINGER: Duration = Duration::from_secs(1);
 
 /// Most bytes drained after the GOAWAY: what a client has in flight when it reads the
 /// GOAWAY. A flooder that never reads is cut off past it, as promptly as without the drain
 /// (its GOAWAY is lost either way: it does not read).
-pub const GOAWAY_DRAIN_MAX: usize = 64 * 1024;
+pub(crate) const GOAWAY_DRAIN_MAX: usize = 64 * 1024;
 
 /// The HTTP/2 error code ENHANCE_YOUR_CALM, which the guard's GOAWAY carries (with the
 /// debug data "too_many_pings", as grpc-go sends it, so clients recognise it) when a client
@@ -108,7 +108,7 @@ pub struct ConnectionLimits {
 
 /// What a connection is, for the services behind it.
 #[derive(Debug, Clone, Copy)]
-pub struct ConnectionInfo {
+pub(crate) struct ConnectionInfo {
     /// The client's address (`None` if the socket could not say).
     pub remote: Option<SocketAddr>,
     /// When the connection was accepted: its maximum age counts from here.
@@ -131,14 +131,14 @@ struct FromIp {
 
 /// Admits connections within [`ConnectionLimits`].
 #[derive(Debug)]
-pub struct ConnectionGate {
+pub(crate) struct ConnectionGate {
     limits: ConnectionLimits,
     counts: Mutex<Counts>,
 }
 
 /// One admitted connection's place in the counts; released on drop.
 #[derive(Debug)]
-pub struct Admission {
+pub(crate) struct Admission {
     gate: Arc<ConnectionGate>,
     ip: IpAddr,
     info: ConnectionInfo,
@@ -161,7 +161,7 @@ impl Drop for Admission {
 
 impl ConnectionGate {
     /// A gate with nothing admitted yet.
-    pub fn new(limits: ConnectionLimits) -> Arc<Self> {
+    pub(crate) fn new(limits: ConnectionLimits) -> Arc<Self> {
         Arc::new(Self {
             limits,
             counts: Mutex::new(Counts::default()),
@@ -172,13 +172,8 @@ impl ConnectionGate {
         self.counts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Connections open now (for tests and metrics).
-    pub fn open_connections(&self) -> usize {
-        self.lock().total
-    }
-
     /// Admits `stream`'s connection or says why not (the caller drops the stream).
-    pub fn admit(self: &Arc<Self>, stream: &TcpStream) -> Result<Admission, String> {
+    pub(crate) fn admit(self: &Arc<Self>, stream: &TcpStream) -> Result<Admission, String> {
         let remote = stream.peer_addr().ok();
         let ip = remote.map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
         let mut counts = self.lock();
@@ -214,7 +209,7 @@ impl ConnectionGate {
 
     /// Wraps an admitted connection, after its TLS handshake if `tls` is set (bounded by
     /// [`TLS_HANDSHAKE_TIMEOUT`]). The preface timeout starts once the handshake is done.
-    pub async fn guard(
+    pub(crate) async fn guard(
         &self,
         tcp: TcpStream,
         admission: Admission,
@@ -257,14 +252,14 @@ impl ConnectionGate {
 }
 
 /// How long a client has to finish the TLS handshake.
-pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Handshakes that may run at once on one worker; more wait (each is bounded in time).
-pub const CONCURRENT_HANDSHAKES: usize = 1024;
+pub(crate) const CONCURRENT_HANDSHAKES: usize = 1024;
 
 /// The bytes under HTTP/2: plain TCP, or TLS over it.
 #[derive(Debug)]
-pub enum Transport {
+pub(crate) enum Transport {
     /// Plain TCP (no `--tls-cert`).
     Plain(TcpStream),
     /// TLS terminated here, over TCP.
@@ -497,7 +492,7 @@ impl PingPolicy {
 
 /// An admitted connection with its preface deadline and PING policy.
 #[derive(Debug)]
-pub struct GuardedStream {
+pub(crate) struct GuardedStream {
     inner: Transport,
     /// Max connection age plus grace: past it the connection is cut.
     hard_close: Option<Pin<Box<Sleep>>>,
@@ -761,7 +756,7 @@ impl AsyncWrite for GuardedStream {
 
 impl GuardedStream {
     /// The byte budgets this connection's subscriber queues charge (its own and its IP's).
-    pub fn queue_budgets(&self) -> QueueBudgets {
+    pub(crate) fn queue_budgets(&self) -> QueueBudgets {
         self.admission.budgets.clone()
     }
 }

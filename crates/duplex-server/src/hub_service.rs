@@ -35,7 +35,7 @@ use crate::status::{auth_status, inbound_hub_error, status, undecodable};
 
 /// The Hub service: cheap to clone, one hub behind every connection.
 #[derive(Clone, Debug)]
-pub struct HubService {
+pub(crate) struct HubService {
     hub: Hub,
     auth: Arc<Authenticator>,
     max_message_size: usize,
@@ -45,7 +45,7 @@ pub struct HubService {
 impl HubService {
     /// The service over `hub`, identifying callers with `auth`, refusing inbound messages
     /// over `max_message_size` bytes.
-    pub fn new(hub: Hub, auth: Arc<Authenticator>, max_message_size: usize) -> Self {
+    pub(crate) fn new(hub: Hub, auth: Arc<Authenticator>, max_message_size: usize) -> Self {
         Self {
             hub,
             auth,
@@ -55,7 +55,7 @@ impl HubService {
     }
 
     /// Tell sessions to move shortly before their connection reaches `age`.
-    pub fn with_max_connection_age(mut self, age: Option<std::time::Duration>) -> Self {
+    pub(crate) fn with_max_connection_age(mut self, age: Option<std::time::Duration>) -> Self {
         self.max_connection_age = age;
         self
     }
@@ -351,7 +351,7 @@ impl UnaryService<PresenceRequest> for Unary<PresenceRequest> {
 
 /// Decodes requests with prost; sends responses as bytes already encoded by the hub.
 #[derive(Debug)]
-pub struct PreEncodedCodec<D>(PhantomData<D>);
+pub(crate) struct PreEncodedCodec<D>(PhantomData<D>);
 
 impl<D> Default for PreEncodedCodec<D> {
     fn default() -> Self {
@@ -376,7 +376,7 @@ impl<D: prost::Message + Default + Send + 'static> Codec for PreEncodedCodec<D> 
 
 /// Writes an already-encoded message as is.
 #[derive(Debug, Clone, Copy)]
-pub struct PreEncoded;
+pub(crate) struct PreEncoded;
 
 impl Encoder for PreEncoded {
     type Item = Frame;
@@ -410,7 +410,7 @@ fn session_buffers() -> BufferSettings {
 /// word it updates on every byte), and `bytes` fields (payloads) come out as slices of the
 /// message, not copies.
 #[derive(Debug)]
-pub struct SessionDecoder<D>(PhantomData<D>);
+pub(crate) struct SessionDecoder<D>(PhantomData<D>);
 
 impl<D: prost::Message + Default + Send + 'static> Decoder for SessionDecoder<D> {
     type Item = D;

@@ -21,9 +21,9 @@ mod app;
 pub mod auth;
 pub mod chat;
 pub mod config;
-pub mod edge;
-pub mod guard;
-pub mod hub_service;
+mod edge;
+mod guard;
+mod hub_service;
 mod server;
 mod status;
 
