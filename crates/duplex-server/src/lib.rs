@@ -5,16 +5,16 @@
 //! verification and the hub. [`Server`] puts sockets in front of it. Bytes flow one way
 //! through it, each step in its own module:
 //!
-//! socket → admission ([`guard::ConnectionGate`]: connections in total and per IP) → the
-//! connection guard ([`guard::GuardedStream`]: TLS, preface timeout, PING policy, DATA
-//! merging) → HTTP/2 (hyper, settings from [`ServeConfig`]) → request layers ([`edge`]:
+//! socket → admission (`guard.rs` `ConnectionGate`: connections in total and per IP) → the
+//! connection guard (`guard.rs` `GuardedStream`: TLS, preface timeout, PING policy, DATA
+//! merging) → HTTP/2 (hyper, settings from [`ServeConfig`]) → request layers (`edge.rs`:
 //! gRPC content-type and method, the `/Chat/Chat` alias, whole-call deadlines) → auth
-//! ([`auth`], bearer tokens, in the Hub service) → the services ([`chat`], [`hub_service`])
+//! ([`auth`], bearer tokens, in the Hub service) → the services ([`chat`], `hub_service.rs`)
 //! → the hub.
 //!
 //! Each accepted connection gets one tracing span (`connection`: number, peer, local
 //! address, TLS): the handshake, the guard and HTTP/2's connection task run in it; spans a
-//! service opens (a session's) name the peer from [`guard::ConnectionInfo`]. Shutdown is a
+//! service opens (a session's) name the peer from `ConnectionInfo` (`guard.rs`). Shutdown is a
 //! future passed in by the caller, never a global.
 
 mod app;
