@@ -40,7 +40,7 @@ pub use engine::{PublishInput, PublishOutcome};
 pub use error::HubError;
 pub use feed::{FeedHandle, LiveFeed, LocalFeed, RoomDelivery};
 pub use hub::{HistoryPage, Hub, HubStats, RoomPresence, SessionOrigin, Subscription};
-pub use presence::{Listing, Presence};
+pub use presence::{Listing, LocalPresence, Presence, PresenceChange, PresenceEvents};
 pub use queue::{Frame, Outbound};
 pub use rights::{Identity, MAX_NAME_LEN, Naming, Rights};
 pub use room::validate_room_name;
