@@ -4,13 +4,15 @@
 //! implementation that learns of members elsewhere (a cluster) reports them to a room.
 //!
 //! **Where ordering comes from: the room lock.** A joiner's `joined` frame lists the room's
-//! members as they were just before its join, and every later join or leave must reach it
-//! (once it is registered) as a presence event, never both nor neither; messages and
-//! presence events reach each subscriber in one order. Today's engine gets this by doing
-//! everything under the room's lock (`room.rs`): the join reads the list, adds the member
-//! and fans out its event in one critical section; a leave removes the member and its
-//! subscriber and fans out its event in one; deliveries fan out under the same lock. The
-//! seam keeps that by splitting presence in two:
+//! members as they were just before its join; a change after that reaches it as a presence
+//! event once it is registered as a subscriber (changes while its replay runs, before it
+//! registers, reach it in neither form: the next `Presence` call or join shows them); no
+//! change shows twice; messages and presence events reach each subscriber in one order.
+//! The engine gets this by doing everything under the room's lock (`room.rs`): the join
+//! reads the list, adds the member and fans out its event in one critical section; a leave
+//! removes the member and its subscriber and fans out its event in one; deliveries and a
+//! subscriber's registration happen under the same lock. The seam keeps that by splitting
+//! presence in two:
 //!
 //! - The calls that read or change what a room's members are — [`members`](Presence::members),
 //!   [`join`](Presence::join), [`leave`](Presence::leave) — are **synchronous** and cheap:
