@@ -240,3 +240,46 @@ impl Presence for LocalPresence {
         Box::pin(std::future::ready(Ok(FeedHandle::none())))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(session: u64) -> Member {
+        Member {
+            name: format!("m{session}"),
+            session_id: format!("s{session}"),
+        }
+    }
+
+    /// Each leave undoes exactly its join (listed or counted, no promotion), and a room
+    /// is forgotten once its last member leaves, so the table stays bounded by the joins.
+    #[test]
+    fn local_leaves_undo_their_joins_and_empty_rooms_are_forgotten() {
+        let presence = LocalPresence::new();
+        let joins: Vec<_> = (1..=3).map(|s| presence.join("r", &member(s), 2)).collect();
+        assert_eq!(joins, [Listing::Listed, Listing::Listed, Listing::Counted]);
+        let listed = presence.members("r");
+        assert_eq!((listed.members.len(), listed.unlisted), (2, 1));
+
+        assert!(
+            presence.leave("r", &member(1), Listing::Listed),
+            "an event goes out"
+        );
+        assert!(
+            !presence.leave("r", &member(3), Listing::Counted),
+            "no event"
+        );
+        let listed = presence.members("r");
+        assert_eq!((listed.members, listed.unlisted), (vec![member(2)], 0));
+        assert!(
+            !presence.leave("r", &member(1), Listing::Listed),
+            "already gone"
+        );
+
+        assert!(presence.leave("r", &member(2), Listing::Listed));
+        assert!(presence.rooms().is_empty(), "the empty room is forgotten");
+        assert!(!presence.leave("r", &member(2), Listing::Counted));
+        assert!(presence.rooms().is_empty());
+    }
+}
