@@ -24,6 +24,7 @@ use crate::HubError;
 use crate::config::HubConfig;
 use crate::feed::LiveFeed;
 use crate::limiter::PublishLimiter;
+use crate::presence::Presence;
 use crate::queue::SubscriberQueue;
 use crate::room::{Room, validate_room_name};
 
@@ -90,6 +91,8 @@ pub(crate) struct Engine {
     store: Arc<dyn Store>,
     /// Live messages appended elsewhere; every room follows it once loaded.
     feed: Arc<dyn LiveFeed>,
+    /// Who is present in each room; every room follows it once loaded.
+    presence: Arc<dyn Presence>,
     config: HubConfig,
     /// Rooms someone holds (a session, a publish, a replay), by name.
     rooms: Mutex<HashMap<Arc<str>, Arc<Room>>>,
@@ -108,6 +111,7 @@ impl Engine {
     pub(crate) fn new(
         store: Arc<dyn Store>,
         feed: Arc<dyn LiveFeed>,
+        presence: Arc<dyn Presence>,
         config: HubConfig,
         sequencer: mpsc::Sender<PublishCommand>,
     ) -> Self {
@@ -117,6 +121,7 @@ impl Engine {
         Self {
             store,
             feed,
+            presence,
             limiter,
             config,
             rooms: Mutex::new(HashMap::new()),
@@ -131,6 +136,11 @@ impl Engine {
         &self.store
     }
 
+    /// Who is present in each room (changes go through a room, under its lock).
+    pub(crate) fn presence(&self) -> &dyn Presence {
+        &*self.presence
+    }
+
     pub(crate) fn config(&self) -> &HubConfig {
         &self.config
     }
@@ -142,15 +152,9 @@ impl Engine {
         if let Some(room) = rooms.get(name) {
             return Ok(room.clone());
         }
-        let room = Arc::new(Room::new(name, self.feed.clone()));
+        let room = Arc::new(Room::new(name, self.feed.clone(), self.presence.clone()));
         rooms.insert(room.name.clone(), room.clone());
         Ok(room)
-    }
-
-    /// The room named `name` if someone holds it (never creates one).
-    pub(crate) fn existing_room(&self, name: &str) -> Option<Arc<Room>> {
-        let rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
-        rooms.get(name).cloned()
     }
 
     /// How many rooms the table holds.

@@ -25,6 +25,7 @@ pub(crate) use crate::engine::now_unix_micros;
 use crate::engine::{PublishInput, PublishOutcome};
 use crate::feed::{LiveFeed, LocalFeed};
 use crate::frames;
+use crate::presence::{LocalPresence, Presence};
 use crate::queue::{Outbound, SubscriberQueue};
 use crate::rights::Identity;
 use crate::room::validate_room_name;
@@ -116,6 +117,17 @@ impl Hub {
     /// Starts a hub over `store` whose rooms also deliver what `feed` reports: messages
     /// other processes appended to a shared log (see [`LiveFeed`]).
     pub fn with_feed(store: Arc<dyn Store>, feed: Arc<dyn LiveFeed>, config: HubConfig) -> Self {
+        Self::with_seams(store, feed, Arc::new(LocalPresence::new()), config)
+    }
+
+    /// Starts a hub over `store` whose rooms also deliver what `feed` reports and whose
+    /// members are kept by `presence` (see [`Presence`]): what a cluster plugs in.
+    pub fn with_seams(
+        store: Arc<dyn Store>,
+        feed: Arc<dyn LiveFeed>,
+        presence: Arc<dyn Presence>,
+        config: HubConfig,
+    ) -> Self {
         let (sequencer, commands) = mpsc::channel(config.sequencer_queue.max(1));
         tokio::spawn(run_sequencer(commands, store.clone(), config.clone()));
         tokio::spawn(sweep_retention(
@@ -123,7 +135,7 @@ impl Hub {
             config.retention_sweep,
         ));
         let stall_timeout = config.send_stall_timeout;
-        let engine = Arc::new(Engine::new(store, feed, config, sequencer));
+        let engine = Arc::new(Engine::new(store, feed, presence, config, sequencer));
         tokio::spawn(sweep_rooms(Arc::downgrade(&engine)));
         if let Some(timeout) = stall_timeout {
             tokio::spawn(sweep_stalled(Arc::downgrade(&engine), timeout));
@@ -254,17 +266,7 @@ impl Hub {
     pub fn presence(&self, identity: &Identity, room: &str) -> Result<RoomPresence, HubError> {
         validate_room_name(room)?;
         identity.rights.check_read(room)?;
-        Ok(self
-            .engine
-            .existing_room(room)
-            .map(|room| {
-                let state = room.lock();
-                RoomPresence {
-                    members: state.members.clone(),
-                    unlisted: state.unlisted_members,
-                }
-            })
-            .unwrap_or_default())
+        Ok(self.engine.presence().members(room))
     }
 
     /// Tells every session the server is going away (a `shutdown` frame), so clients

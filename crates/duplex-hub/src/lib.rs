@@ -5,9 +5,10 @@
 //!
 //! Who runs what: the sequencer task (one per hub, `sequencer.rs`) appends batches to the
 //! log (which assigns offsets and dedupes), then delivers each new message to its room;
-//! a [`LiveFeed`] delivers what other processes appended (none on a single node); one
-//! task per session (`session.rs`) reads commands, with its deadlines (`deadlines.rs`) and
-//! its replay→live switch (`resume.rs`); each session's [`Outbound`] stream is polled by the
+//! a [`LiveFeed`] delivers what other processes appended (none on a single node); a
+//! [`Presence`] keeps who is in each room ([`LocalPresence`] on a single node); one task
+//! per session (`session.rs`) reads commands, with its deadlines (`deadlines.rs`) and its
+//! replay→live switch (`resume.rs`); each session's [`Outbound`] stream is polled by the
 //! transport. Every queue is bounded by [`HubConfig`].
 //!
 //! The API checks for the caller: [`Hub`] methods take the caller's [`Identity`] and check
@@ -42,7 +43,7 @@ pub use engine::{PublishInput, PublishOutcome};
 pub use error::HubError;
 pub use feed::{FeedHandle, LiveFeed, LocalFeed, RoomDelivery};
 pub use hub::{HistoryPage, Hub, HubStats, RoomPresence, SessionOrigin, Subscription};
-pub use presence::{Listing, Presence};
+pub use presence::{Listing, LocalPresence, Presence, PresenceChange, PresenceEvents};
 pub use queue::{Frame, Outbound};
 pub use rights::{Identity, MAX_NAME_LEN, Naming, Rights};
 pub use room::validate_room_name;

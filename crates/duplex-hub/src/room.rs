@@ -1,5 +1,6 @@
-//! `Room`: one room's live state — who subscribes, who is present, how far the room's
-//! total order has been delivered — and room-name validation.
+//! `Room`: one room's live state — who subscribes, how far the room's total order has been
+//! delivered — and room-name validation. Who is present is the [`Presence`]'s (see
+//! `presence.rs`); its changes are made under the room's lock, next to their events.
 //!
 //! The log assigns offsets; a room only delivers what the log reports, through
 //! [`Room::deliver`]: under the room's lock it fans a durable message out to every
@@ -35,13 +36,13 @@
 
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
-use duplex_proto::hub::Member;
 use duplex_store::{Offset, Store, StoredMessage};
 use tokio::sync::OnceCell;
 
 use crate::HubError;
 use crate::feed::{FeedHandle, LiveFeed, RoomDelivery};
 use crate::frames;
+use crate::presence::{Presence, PresenceEvents};
 use crate::queue::{Frame, LivePush, MessageFrame, SubscriberQueue, coalescing_key};
 
 /// Longest room name, in bytes.
@@ -79,36 +80,42 @@ pub(crate) struct RoomState {
     /// up to it is durable; a replay reads up to it, live delivery starts after it.
     pub(crate) delivered: Offset,
     pub(crate) subscribers: Vec<Subscriber>,
-    /// Listed members, at most `max_presence_listed`.
-    pub(crate) members: Vec<Member>,
-    /// Visible members present beyond the list: counted, not listed.
-    pub(crate) unlisted_members: u64,
 }
 
 #[derive(Debug)]
 pub(crate) struct Room {
     pub(crate) name: Arc<str>,
-    /// Subscribers, presence and the delivered mark; a std mutex, never held across an
-    /// await (see the module docs for what it orders).
+    /// Subscribers and the delivered mark; a std mutex, never held across an await (see
+    /// the module docs for what it orders). Presence changes are made under it too.
     state: Mutex<RoomState>,
     /// Set once the log's last offset was loaded into `delivered`.
     loaded: OnceCell<()>,
     /// Where live messages appended elsewhere come from; followed from the load on.
     feed: Arc<dyn LiveFeed>,
-    /// Keeps the room followed while the room lives; set by the load.
-    following: OnceLock<FeedHandle>,
+    /// Who is present; followed from the load on, like the feed.
+    presence: Arc<dyn Presence>,
+    /// Keeps the room followed by the feed and the presence while the room lives; set by
+    /// the load.
+    following: OnceLock<(FeedHandle, FeedHandle)>,
 }
 
 impl Room {
-    /// A room whose messages from elsewhere come from `feed` (the local feed has none).
-    pub(crate) fn new(name: &str, feed: Arc<dyn LiveFeed>) -> Self {
+    /// A room whose messages from elsewhere come from `feed` (the local feed has none)
+    /// and whose members are kept by `presence`.
+    pub(crate) fn new(name: &str, feed: Arc<dyn LiveFeed>, presence: Arc<dyn Presence>) -> Self {
         Self {
             name: name.into(),
             state: Mutex::new(RoomState::default()),
             loaded: OnceCell::new(),
             feed,
+            presence,
             following: OnceLock::new(),
         }
+    }
+
+    /// Who is present in the room: its changes are made under [`Room::lock`].
+    pub(crate) fn presence(&self) -> &dyn Presence {
+        &*self.presence
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, RoomState> {
@@ -120,7 +127,8 @@ impl Room {
     /// Loads where live delivery starts (the log's last offset) into `delivered`, once.
     /// Runs in the task of whoever first joins the room, never in the sequencer: a room
     /// coming back into use must not stall every other room's publishes. One cheap read
-    /// (no payloads, no ids), then the room's feed follows it from there (see `feed.rs`).
+    /// (no payloads, no ids), then the room's feed follows it from there (see `feed.rs`),
+    /// and its presence follows changes made elsewhere (see `presence.rs`).
     /// See the module docs for why racing deliveries are safe.
     pub(crate) async fn ensure_loaded(self: &Arc<Self>, store: &dyn Store) -> Result<(), HubError> {
         self.loaded
@@ -130,11 +138,15 @@ impl Room {
                     let mut state = self.lock();
                     state.delivered = state.delivered.max(last);
                 }
-                let handle = self
+                let messages = self
                     .feed
                     .follow(&self.name, last, RoomDelivery::new(self))
                     .await?;
-                let _ = self.following.set(handle);
+                let presence = self
+                    .presence
+                    .follow(&self.name, PresenceEvents::new(self))
+                    .await?;
+                let _ = self.following.set((messages, presence));
                 Ok::<(), HubError>(())
             })
             .await
@@ -208,13 +220,21 @@ mod tests {
             .collect();
         store.append(stored).await.unwrap();
 
-        let room = Arc::new(Room::new("r", Arc::new(crate::feed::LocalFeed)));
+        let room = Arc::new(Room::new(
+            "r",
+            Arc::new(crate::feed::LocalFeed),
+            Arc::new(crate::presence::LocalPresence::new()),
+        ));
         // A delivery before the load (offset 11 was appended after the load's read).
         assert!(room.deliver(&message(11)));
         room.ensure_loaded(&store).await.unwrap();
         assert_eq!(room.lock().delivered, 11, "the load never moves it back");
 
-        let fresh = Arc::new(Room::new("r", Arc::new(crate::feed::LocalFeed)));
+        let fresh = Arc::new(Room::new(
+            "r",
+            Arc::new(crate::feed::LocalFeed),
+            Arc::new(crate::presence::LocalPresence::new()),
+        ));
         fresh.ensure_loaded(&store).await.unwrap();
         assert_eq!(fresh.lock().delivered, 10);
         let queue = SubscriberQueue::with_budgets(

@@ -26,6 +26,7 @@ use crate::HubError;
 use crate::deadlines::{Deadlines, Due};
 use crate::engine::{Engine, PublishInput, now_unix_micros};
 use crate::frames;
+use crate::presence::Listing;
 use crate::queue::{Frame, SubscriberQueue};
 use crate::resume::{Page, check_resume, replay_then_live};
 use crate::rights::{Identity, Rights};
@@ -35,19 +36,9 @@ struct JoinedRoom {
     room: Arc<Room>,
     /// Set on leave, so a replay still running stops and never registers.
     cancelled: Arc<AtomicBool>,
-    /// How the session shows in the room's presence, so leaving undoes just that.
-    presence: Shown,
-}
-
-/// How a session shows in a room's presence.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Shown {
-    /// Joined hidden: not at all.
-    Hidden,
-    /// In the room's member list; its join and leave are presence events.
-    Listed,
-    /// Past the list's bound: counted in `unlisted_members`, no events.
-    Counted,
+    /// How the session shows in the room's presence (`None`: joined hidden, not at all),
+    /// so leaving undoes just that.
+    presence: Option<Listing>,
 }
 
 /// One client session. Dropping it leaves every room it joined.
@@ -330,22 +321,22 @@ impl Session {
         };
 
         let max_listed = config.max_presence_listed;
-        let (members, unlisted, presence) = {
+        // Under the room lock: the list the joiner gets is the presence just before its
+        // join, and the event goes out in the same critical section (see `presence.rs`).
+        let (before, presence) = {
             let mut state = room.lock();
-            let members = state.members.clone();
-            let unlisted = state.unlisted_members;
+            let before = room.presence().members(&room.name);
             let presence = if join.hidden {
-                Shown::Hidden
-            } else if state.members.len() < max_listed {
-                state.members.push(self.member.clone());
-                let event = Frame::own(frames::presence(&room.name, self.member.clone(), true));
-                Room::broadcast(&mut state, &event, Some(self.id));
-                Shown::Listed
+                None
             } else {
-                state.unlisted_members += 1;
-                Shown::Counted
+                let listing = room.presence().join(&room.name, &self.member, max_listed);
+                if listing == Listing::Listed {
+                    let event = Frame::own(frames::presence(&room.name, self.member.clone(), true));
+                    Room::broadcast(&mut state, &event, Some(self.id));
+                }
+                Some(listing)
             };
-            (members, unlisted, presence)
+            (before, presence)
         };
         let cancelled = Arc::new(AtomicBool::new(false));
         self.joined.insert(
@@ -357,7 +348,12 @@ impl Session {
             },
         );
         self.reply(frames::joined(
-            command_id, &room.name, earliest, last, members, unlisted,
+            command_id,
+            &room.name,
+            earliest,
+            last,
+            before.members,
+            before.unlisted,
         ))
         .await;
 
@@ -399,24 +395,12 @@ impl Session {
         joined.cancelled.store(true, Ordering::Relaxed);
         let mut state = joined.room.lock();
         state.subscribers.retain(|s| s.session_id != self.id);
-        match joined.presence {
-            Shown::Hidden => return,
-            Shown::Counted => {
-                state.unlisted_members = state.unlisted_members.saturating_sub(1);
-                return;
-            }
-            Shown::Listed => {}
-        }
-        let before = state.members.len();
-        state
-            .members
-            .retain(|m| m.session_id != self.member.session_id);
-        if state.members.len() != before {
-            let event = Frame::own(frames::presence(
-                &joined.room.name,
-                self.member.clone(),
-                false,
-            ));
+        let Some(listing) = joined.presence else {
+            return;
+        };
+        let room = &joined.room;
+        if room.presence().leave(&room.name, &self.member, listing) {
+            let event = Frame::own(frames::presence(&room.name, self.member.clone(), false));
             Room::broadcast(&mut state, &event, Some(self.id));
         }
     }

@@ -4,12 +4,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use duplex_hub::Presence as _;
 use duplex_hub::{
     Code, Hub, HubConfig, Identity, Naming, PublishInput, Rights, SessionOrigin, Subscription,
 };
 use duplex_proto::hub::client_frame::Command;
 use duplex_proto::hub::server_frame::Frame;
-use duplex_proto::hub::{ClientFrame, Join, ServerFrame};
+use duplex_proto::hub::{ClientFrame, Join, Member, ServerFrame};
 use duplex_store::{
     Appended, BoxFuture, MemoryStore, NewMessage, Offset, RoomBounds, Store, StoreError,
     StoredMessage,
@@ -696,4 +697,187 @@ async fn a_sessions_log_lines_carry_its_id_name_and_peer() {
     for field in ["session{session=", "name=alice", "peer=192.0.2.7:4000"] {
         assert!(line.contains(field), "{field} missing in {line}");
     }
+}
+
+/// A presence standing in for a cluster's: it keeps members in a [`LocalPresence`], records
+/// every call the hub makes, and keeps the events handle of every room it is asked to
+/// follow, so the test can report joins and leaves "made on another node".
+#[derive(Default)]
+struct RecordingPresence {
+    inner: duplex_hub::LocalPresence,
+    calls: std::sync::Mutex<Vec<String>>,
+    followed: std::sync::Mutex<Vec<(String, duplex_hub::PresenceEvents)>>,
+}
+
+impl RecordingPresence {
+    fn record(&self, call: String) {
+        self.calls.lock().unwrap().push(call);
+    }
+
+    fn calls(&self) -> Vec<String> {
+        self.calls.lock().unwrap().clone()
+    }
+}
+
+impl duplex_hub::Presence for RecordingPresence {
+    fn members(&self, room: &str) -> duplex_hub::RoomPresence {
+        self.record(format!("members {room}"));
+        self.inner.members(room)
+    }
+
+    fn join(&self, room: &str, member: &Member, max_listed: usize) -> duplex_hub::Listing {
+        let listing = self.inner.join(room, member, max_listed);
+        self.record(format!("join {room} {} {listing:?}", member.name));
+        listing
+    }
+
+    fn leave(&self, room: &str, member: &Member, listing: duplex_hub::Listing) -> bool {
+        self.record(format!("leave {room} {} {listing:?}", member.name));
+        self.inner.leave(room, member, listing)
+    }
+
+    fn follow(
+        &self,
+        room: &str,
+        events: duplex_hub::PresenceEvents,
+    ) -> BoxFuture<'_, Result<duplex_hub::FeedHandle, duplex_hub::HubError>> {
+        self.followed
+            .lock()
+            .unwrap()
+            .push((room.to_owned(), events));
+        Box::pin(async { Ok(duplex_hub::FeedHandle::none()) })
+    }
+}
+
+/// The next frame of `outbound`, decoded; fails the test after a generous step.
+async fn next_frame(outbound: &mut duplex_hub::Outbound) -> Frame {
+    let bytes = tokio::time::timeout(Duration::from_secs(20), outbound.next())
+        .await
+        .expect("a frame within the step")
+        .expect("the stream is open")
+        .expect("not an error");
+    ServerFrame::decode(&bytes[..]).unwrap().frame.unwrap()
+}
+
+/// The presence event `frame` is: the member's name and whether it joined.
+fn presence_event(frame: Frame) -> (String, bool) {
+    let Frame::Presence(event) = frame else {
+        panic!("expected a presence event, got {frame:?}");
+    };
+    let joined = event.kind == duplex_proto::hub::presence_event::Kind::Joined as i32;
+    (event.member.unwrap().name, joined)
+}
+
+/// The presence seam: joins, leaves and lists go through the hub's presence, hidden joins
+/// never reach it, a room joined here follows it once, and the changes it reports from
+/// elsewhere reach the room's subscribers as presence events, in order.
+#[tokio::test]
+async fn joins_leaves_and_lists_go_through_the_presence_and_its_events_reach_members() {
+    let presence = Arc::new(RecordingPresence::default());
+    let hub = Hub::with_seams(
+        Arc::new(MemoryStore::new(Default::default())),
+        Arc::new(duplex_hub::LocalFeed),
+        presence.clone(),
+        HubConfig::default(),
+    );
+    let join = |hidden| Join {
+        room: "r".into(),
+        after_offset: None,
+        hidden,
+        replay_last: 0,
+    };
+
+    // The watcher joins, visible, and is driven (registered for live frames).
+    let (watcher, mut watcher_out) = hub.open_session(Identity::anonymous("watcher"));
+    let frame = ClientFrame {
+        command_id: 1,
+        command: Some(Command::Join(join(false))),
+    };
+    let watcher_task = tokio::spawn(
+        watcher.drive(futures::stream::iter([Ok(frame)]).chain(futures::stream::pending())),
+    );
+    let Frame::Joined(joined) = next_frame(&mut watcher_out).await else {
+        panic!("expected joined");
+    };
+    assert!(joined.members.is_empty());
+    assert_eq!(presence.calls(), ["members r", "join r watcher Listed"]);
+    let events = {
+        let followed = presence.followed.lock().unwrap();
+        assert_eq!(followed.len(), 1, "followed once, on the room's load");
+        assert_eq!(followed[0].0, "r");
+        followed[0].1.clone()
+    };
+
+    // A second member joins: its `joined` lists what the presence holds, and the watcher
+    // gets the event the engine fans out.
+    let (mut b, mut b_out) = hub.open_session(Identity::anonymous("b"));
+    drop(b.join(1, join(false)).await.unwrap());
+    let Frame::Joined(joined) = next_frame(&mut b_out).await else {
+        panic!("expected joined");
+    };
+    let names: Vec<_> = joined.members.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["watcher"]);
+    assert_eq!(
+        presence_event(next_frame(&mut watcher_out).await),
+        ("b".into(), true)
+    );
+
+    // A member joins on "another node": the presence reports it through the room's events.
+    let remote = Member {
+        name: "remote".into(),
+        session_id: "n2-s7".into(),
+    };
+    assert!(events.apply(|| {
+        presence.inner.join("r", &remote, 1000);
+        Some(duplex_hub::PresenceChange::Joined(remote.clone()))
+    }));
+    assert_eq!(
+        presence_event(next_frame(&mut watcher_out).await),
+        ("remote".into(), true)
+    );
+    // A change with no event (say, a counted member) sends nothing.
+    assert!(events.apply(|| None));
+
+    // The unary `Presence` call reads the presence.
+    let listed = hub.presence(&anyone(), "r").unwrap();
+    let names: Vec<_> = listed.members.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["watcher", "b", "remote"]);
+    assert_eq!(presence.calls().last().unwrap(), "members r");
+
+    // A hidden join reads the list but never joins the presence.
+    let (mut hidden, mut hidden_out) = hub.open_session(Identity::anonymous("hidden"));
+    drop(hidden.join(1, join(true)).await.unwrap());
+    let Frame::Joined(joined) = next_frame(&mut hidden_out).await else {
+        panic!("expected joined");
+    };
+    assert_eq!(joined.members.len(), 3);
+    assert!(!presence.calls().iter().any(|call| call.contains("hidden")));
+
+    // Leaves undo the joins: b's through the presence, the remote one through the events.
+    b.leave("r").unwrap();
+    assert_eq!(presence.calls().last().unwrap(), "leave r b Listed");
+    assert_eq!(
+        presence_event(next_frame(&mut watcher_out).await),
+        ("b".into(), false)
+    );
+    assert!(events.apply(|| {
+        presence
+            .inner
+            .leave("r", &remote, duplex_hub::Listing::Listed)
+            .then(|| duplex_hub::PresenceChange::Left(remote.clone()))
+    }));
+    assert_eq!(
+        presence_event(next_frame(&mut watcher_out).await),
+        ("remote".into(), false)
+    );
+    let nothing_more = tokio::time::timeout(Duration::from_millis(100), watcher_out.next()).await;
+    assert!(nothing_more.is_err(), "no other frame: {nothing_more:?}");
+
+    // Once every session is gone, so is the room: its events say so.
+    drop(hidden);
+    drop(watcher_out);
+    watcher_task.await.unwrap();
+    assert_eq!(presence.calls().last().unwrap(), "leave r watcher Listed");
+    assert!(hub.presence(&anyone(), "r").unwrap().members.is_empty());
+    assert!(!events.apply(|| panic!("not run for a room that is gone")));
 }
