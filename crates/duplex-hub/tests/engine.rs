@@ -63,15 +63,9 @@ impl Store for GatedStore {
     }
 }
 
-#[tokio::test]
-async fn no_ack_and_no_delivery_before_the_commit() {
-    let store = Arc::new(GatedStore {
-        inner: MemoryStore::new(Default::default()),
-        gate: Semaphore::new(0),
-        committed: AtomicU64::new(0),
-    });
-    let hub = Hub::new(store.clone(), HubConfig::default());
-
+/// Opens an anonymous session that joins room `r` live and hidden, and waits for its
+/// `joined`: what follows on the returned stream is the room's live messages.
+async fn watch_room_r(hub: &Hub) -> duplex_hub::Outbound {
     let (session, mut outbound) = hub.open_session(duplex_hub::Identity::anonymous("watcher"));
     let join = ClientFrame {
         command_id: 1,
@@ -87,6 +81,19 @@ async fn no_ack_and_no_delivery_before_the_commit() {
     );
     let joined = ServerFrame::decode(&outbound.next().await.unwrap().unwrap()[..]).unwrap();
     assert!(matches!(joined.frame, Some(Frame::Joined(_))));
+    outbound
+}
+
+#[tokio::test]
+async fn no_ack_and_no_delivery_before_the_commit() {
+    let store = Arc::new(GatedStore {
+        inner: MemoryStore::new(Default::default()),
+        gate: Semaphore::new(0),
+        committed: AtomicU64::new(0),
+    });
+    let hub = Hub::new(store.clone(), HubConfig::default());
+
+    let mut outbound = watch_room_r(&hub).await;
 
     let publisher = hub.clone();
     let ack = tokio::spawn(async move {
@@ -500,21 +507,7 @@ async fn messages_from_the_live_feed_reach_subscribers_once() {
     .await
     .unwrap();
 
-    let (session, mut outbound) = hub.open_session(duplex_hub::Identity::anonymous("watcher"));
-    let join = ClientFrame {
-        command_id: 1,
-        command: Some(Command::Join(Join {
-            room: "r".into(),
-            after_offset: None,
-            hidden: true,
-            replay_last: 0,
-        })),
-    };
-    tokio::spawn(
-        session.drive(futures::stream::iter([Ok(join)]).chain(futures::stream::pending())),
-    );
-    let joined = ServerFrame::decode(&outbound.next().await.unwrap().unwrap()[..]).unwrap();
-    assert!(matches!(joined.frame, Some(Frame::Joined(_))));
+    let mut outbound = watch_room_r(&hub).await;
     let delivery = {
         let followed = feed.followed.lock().unwrap();
         assert_eq!(followed.len(), 1, "followed once, on the room's load");
