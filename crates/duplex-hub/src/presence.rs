@@ -5,9 +5,10 @@
 //!
 //! **Where ordering comes from: the room lock.** A joiner's `joined` frame lists the room's
 //! members as they were just before its join; a change after that reaches it as a presence
-//! event once it is registered as a subscriber (changes while its replay runs, before it
-//! registers, reach it in neither form: the next `Presence` call or join shows them); no
-//! change shows twice; messages and presence events reach each subscriber in one order.
+//! event: at its registration as a subscriber (when its replay ends), one event for each
+//! difference between that list and the room's list then (`resume.rs`), and every later
+//! change live; no change shows twice; messages and presence events reach each subscriber
+//! in one order.
 //! The engine gets this by doing everything under the room's lock (`room.rs`): the join
 //! reads the list, adds the member and fans out its event in one critical section; a leave
 //! removes the member and its subscriber and fans out its event in one; deliveries and a

@@ -7,16 +7,24 @@
 //! every later message live and none twice. Bounds: one page (`replay_page` messages,
 //! `replay_page_bytes` bytes) is held at a time, charged to the connection's and client
 //! address's byte budgets while it waits to be queued.
+//!
+//! Presence follows the same switch. Until it registers, the joiner is not among the
+//! room's subscribers, so joins and leaves of others while it replays reach it in no event;
+//! at registration, under the room lock, it gets one event for each difference between the
+//! `joined` list it was sent and the room's list now ([`presence_since`]), and every change
+//! after that live. So a joiner's view of presence is its `joined` list plus events, with
+//! nothing missed between the two, and no event comes before its `joined` frame.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use duplex_proto::hub::Member;
 use duplex_store::Offset;
 
 use crate::HubError;
 use crate::frames;
 use crate::queue::{Frame, MessageFrame, coalescing_key};
-use crate::room::{Room, Subscriber};
+use crate::room::{Room, RoomState, Subscriber};
 
 /// Fails a resume that cannot be served without a gap.
 pub(crate) fn check_resume(
@@ -43,6 +51,46 @@ pub(crate) fn check_resume(
     Ok(())
 }
 
+/// What a joiner was told of the room's presence (its `joined` list), so registration can
+/// tell it what changed since.
+#[derive(Debug)]
+pub(crate) struct PresenceSeen {
+    /// The listed members its `joined` frame carried.
+    pub(crate) members: Vec<Member>,
+    /// The joiner's own presence session id, never announced to itself.
+    pub(crate) own_session: String,
+}
+
+/// The presence events that bring a joiner that was sent `seen` up to the room's list now:
+/// a `left` for each listed member gone since, a `joined` for each listed one new since.
+/// Call under the room lock, at the joiner's registration. Costs O(listed members).
+pub(crate) fn presence_since(room: &Room, seen: &PresenceSeen) -> Vec<Frame> {
+    let now = room.presence().members(&room.name).members;
+    let present =
+        |list: &[Member], member: &Member| list.iter().any(|m| m.session_id == member.session_id);
+    let left = seen
+        .members
+        .iter()
+        .filter(|member| !present(&now, member))
+        .map(|member| frames::presence(&room.name, member.clone(), false));
+    let joined = now
+        .iter()
+        .filter(|member| member.session_id != seen.own_session && !present(&seen.members, member))
+        .map(|member| frames::presence(&room.name, member.clone(), true));
+    left.chain(joined).map(Frame::own).collect()
+}
+
+/// Registers `subscriber` for live delivery and presence events: first the presence
+/// changes it missed since `seen`, then everything live. Under the room lock (`state`).
+fn register(room: &Room, state: &mut RoomState, subscriber: Subscriber, seen: &PresenceSeen) {
+    for event in presence_since(room, seen) {
+        if subscriber.queue.push_live(event) != crate::queue::LivePush::Queued {
+            return; // lagged out or gone: nothing to register
+        }
+    }
+    state.subscribers.push(subscriber);
+}
+
 /// How much of a room's history a replay reads and holds at once.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Page {
@@ -60,9 +108,10 @@ pub(crate) async fn replay_then_live(
     cancelled: Arc<AtomicBool>,
     after: Offset,
     page: Page,
+    seen: PresenceSeen,
 ) {
     let queue = subscriber.queue.clone();
-    if let Err(error) = replay(&*store, &room, subscriber, &cancelled, after, page).await {
+    if let Err(error) = replay(&*store, &room, subscriber, &cancelled, after, page, &seen).await {
         // The room cannot be served without a gap (retention removed what was needed
         // meanwhile) or the store failed: end the session with that error, so the client
         // reconnects and learns where it can resume, rather than wait on a dead room.
@@ -77,6 +126,7 @@ async fn replay(
     cancelled: &AtomicBool,
     after: Offset,
     page: Page,
+    seen: &PresenceSeen,
 ) -> Result<(), HubError> {
     let mut cursor = after;
     loop {
@@ -86,7 +136,7 @@ async fn replay(
                 return Ok(());
             }
             if cursor >= state.delivered {
-                state.subscribers.push(subscriber);
+                register(room, &mut state, subscriber, seen);
                 return Ok(());
             }
             state.delivered

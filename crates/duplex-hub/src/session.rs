@@ -28,7 +28,7 @@ use crate::engine::{Engine, PublishInput, now_unix_micros};
 use crate::frames;
 use crate::presence::Listing;
 use crate::queue::{Frame, SubscriberQueue};
-use crate::resume::{Page, check_resume, replay_then_live};
+use crate::resume::{Page, PresenceSeen, check_resume, replay_then_live};
 use crate::rights::{Identity, Rights};
 use crate::room::{Room, Subscriber, validate_room_name};
 
@@ -347,6 +347,11 @@ impl Session {
                 presence,
             },
         );
+        // Kept until the switch to live, which announces what changed since (`resume.rs`).
+        let seen = PresenceSeen {
+            members: before.members.clone(),
+            own_session: self.member.session_id.clone(),
+        };
         self.reply(frames::joined(
             command_id,
             &room.name,
@@ -375,6 +380,7 @@ impl Session {
             cancelled,
             after.unwrap_or(last),
             page,
+            seen,
         ))))
     }
 

@@ -793,7 +793,12 @@ async fn joins_leaves_and_lists_go_through_the_presence_and_its_events_reach_mem
         panic!("expected joined");
     };
     assert!(joined.members.is_empty());
-    assert_eq!(presence.calls(), ["members r", "join r watcher Listed"]);
+    // The list for `joined`, the join; then (when its switch to live has run) the list its
+    // registration compares with what `joined` said.
+    assert_eq!(
+        presence.calls()[..2],
+        ["members r", "join r watcher Listed"]
+    );
     let events = {
         let followed = presence.followed.lock().unwrap();
         assert_eq!(followed.len(), 1, "followed once, on the room's load");
@@ -873,4 +878,107 @@ async fn joins_leaves_and_lists_go_through_the_presence_and_its_events_reach_mem
     assert_eq!(presence.calls().last().unwrap(), "leave r watcher Listed");
     assert!(hub.presence(&anyone(), "r").unwrap().members.is_empty());
     assert!(!events.apply(|| panic!("not run for a room that is gone")));
+}
+
+/// A memory store whose history reads wait for the test to allow each one: a replay stays
+/// in progress until then.
+struct ReadGatedStore {
+    inner: MemoryStore,
+    reads: Semaphore,
+}
+
+impl Store for ReadGatedStore {
+    fn append(&self, batch: Vec<NewMessage>) -> BoxFuture<'_, Result<Vec<Appended>, StoreError>> {
+        self.inner.append(batch)
+    }
+    fn read_after(
+        &self,
+        room: &str,
+        after: Offset,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<StoredMessage>, StoreError>> {
+        let room = room.to_owned();
+        Box::pin(async move {
+            self.reads.acquire().await.unwrap().forget();
+            self.inner.read_after(&room, after, limit).await
+        })
+    }
+    fn bounds(&self, room: &str) -> BoxFuture<'_, Result<Option<RoomBounds>, StoreError>> {
+        self.inner.bounds(room)
+    }
+    fn last_offset(&self, room: &str) -> BoxFuture<'_, Result<Offset, StoreError>> {
+        self.inner.last_offset(room)
+    }
+    fn enforce_retention(&self, now: i64) -> BoxFuture<'_, Result<u64, StoreError>> {
+        self.inner.enforce_retention(now)
+    }
+    fn commits(&self) -> u64 {
+        self.inner.commits()
+    }
+}
+
+/// A session that joins `room` as `name` (visible), resuming after `after` if given, and
+/// waits for its `joined`; returns its stream and the members `joined` listed.
+async fn join_visible(
+    hub: &Hub,
+    name: &str,
+    room: &str,
+    after: Option<Offset>,
+) -> (duplex_hub::Outbound, Vec<String>) {
+    let (session, mut outbound) = hub.open_session(Identity::anonymous(name));
+    let join = ClientFrame {
+        command_id: 1,
+        command: Some(Command::Join(Join {
+            room: room.into(),
+            after_offset: after,
+            hidden: false,
+            replay_last: 0,
+        })),
+    };
+    tokio::spawn(
+        session.drive(futures::stream::iter([Ok(join)]).chain(futures::stream::pending())),
+    );
+    let Frame::Joined(joined) = next_frame(&mut outbound).await else {
+        panic!("expected joined");
+    };
+    (
+        outbound,
+        joined.members.into_iter().map(|m| m.name).collect(),
+    )
+}
+
+/// Someone who joins while another member is still replaying shows up for that member:
+/// the replaying member registers for live delivery after the join was announced, and is
+/// told then what changed since its own `joined` list — after its replay, never before
+/// its `joined`.
+#[tokio::test]
+async fn a_join_during_anothers_replay_reaches_it_when_it_goes_live() {
+    let store = Arc::new(ReadGatedStore {
+        inner: MemoryStore::new(Default::default()),
+        reads: Semaphore::new(0),
+    });
+    let hub = Hub::new(store.clone(), HubConfig::default());
+    let input = PublishInput {
+        room: "r".into(),
+        payload: "before".into(),
+        ..Default::default()
+    };
+    hub.publish(&anyone(), input).await.unwrap();
+
+    // Bob resumes from the start: his replay waits on the store.
+    let (mut bob, bob_saw) = join_visible(&hub, "bob", "r", Some(0)).await;
+    assert!(bob_saw.is_empty(), "{bob_saw:?}");
+    // Alice joins live meanwhile; she sees Bob, but he is not registered yet.
+    let (_alice, alice_saw) = join_visible(&hub, "alice", "r", None).await;
+    assert_eq!(alice_saw, ["bob"]);
+
+    store.reads.add_permits(16);
+    let Frame::Message(replayed) = next_frame(&mut bob).await else {
+        panic!("expected the replayed message first");
+    };
+    assert_eq!(replayed.offset, 1);
+    assert_eq!(
+        presence_event(next_frame(&mut bob).await),
+        ("alice".into(), true)
+    );
 }
