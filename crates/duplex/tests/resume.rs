@@ -272,19 +272,26 @@ async fn stalled_subscriber_stays_bounded_and_is_disconnected_with_lagged() {
     let mut healthy = Session::open(&server.channel().await, "healthy").await;
     healthy.join("firehose", None).await;
 
-    let publisher = tokio::spawn(publish_all(server.channel().await, "firehose", TOTAL, 1024));
-    // The healthy subscriber gets everything while the other one reads nothing.
+    // The healthy subscriber gets everything while the other one reads nothing. The
+    // publisher goes a chunk at a time, each once the healthy subscriber has had the last:
+    // on a loaded machine a healthy reader may be slower than the publisher, and it must
+    // not fall a whole queue behind (and be lagged out itself) while the stalled one falls
+    // behind by all of it.
+    const CHUNK: usize = 250;
     let mut peak_queued = 0;
     let mut received = 0;
     while received < TOTAL {
-        if let Frame::Message(_) = healthy.next().await {
-            received += 1;
-        }
-        if received.is_multiple_of(100) {
-            peak_queued = peak_queued.max(server.hub.stats().queued_bytes);
+        publish_all(server.channel().await, "firehose", CHUNK, 1024).await;
+        let chunk_end = received + CHUNK;
+        while received < chunk_end {
+            if let Frame::Message(_) = healthy.next().await {
+                received += 1;
+            }
+            if received.is_multiple_of(50) {
+                peak_queued = peak_queued.max(server.hub.stats().queued_bytes);
+            }
         }
     }
-    publisher.await.unwrap();
     let stats = server.hub.stats();
     eprintln!("stalled subscriber: peak queued {peak_queued} bytes across sessions, now {stats:?}");
     // At most each subscriber's bound (1 MiB of live frames), plus in-flight acks.
