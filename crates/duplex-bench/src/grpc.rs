@@ -368,23 +368,34 @@ fn put_varint(out: &mut BytesMut, mut value: u64) {
     out.put_u8(value as u8);
 }
 
-/// Appends a framed `ClientFrame { command_id, publish { room, payload } }` where the payload
-/// is `template` with its first 8 bytes replaced by `stamp` (little-endian). Encoded by hand:
-/// no intermediate message, no allocation beyond `out`.
+/// Length of the client message id [`put_publish`] writes: 16 hex digits.
+const CLIENT_ID_LEN: usize = 16;
+
+/// Appends a framed `ClientFrame { command_id, publish { room, payload, client_message_id } }`
+/// where the payload is `template` with its first 8 bytes replaced by `stamp`
+/// (little-endian), and the client message id, when given, is `client_id` in 16 hex digits.
+/// Encoded by hand: no intermediate message, no allocation beyond `out`.
 pub(crate) fn put_publish(
     out: &mut BytesMut,
     command_id: u64,
     room: &str,
     template: &[u8],
     stamp: u64,
+    client_id: Option<u64>,
 ) {
     let payload_len = template.len();
+    let id_len = if client_id.is_some() {
+        2 + CLIENT_ID_LEN
+    } else {
+        0
+    };
     let publish_len = 1
         + varint_len(room.len() as u64)
         + room.len()
         + 1
         + varint_len(payload_len as u64)
-        + payload_len;
+        + payload_len
+        + id_len;
     let frame_len = 1 + varint_len(command_id) + 1 + varint_len(publish_len as u64) + publish_len;
     out.reserve(HEADER + frame_len);
     out.put_u8(0);
@@ -400,6 +411,13 @@ pub(crate) fn put_publish(
     put_varint(out, payload_len as u64);
     out.put_slice(&stamp.to_le_bytes());
     out.put_slice(&template[8..]);
+    if let Some(id) = client_id {
+        out.put_u8(0x22); // client_message_id = 4
+        out.put_u8(CLIENT_ID_LEN as u8);
+        for shift in (0..CLIENT_ID_LEN).rev() {
+            out.put_u8(b"0123456789abcdef"[((id >> (shift * 4)) & 0xf) as usize]);
+        }
+    }
 }
 
 /// One protobuf field: its number and its value (varint or length-delimited bytes; other
@@ -541,7 +559,7 @@ mod tests {
     fn hand_encoded_publish_decodes_with_prost() {
         let mut out = BytesMut::new();
         let template = vec![7u8; 64];
-        put_publish(&mut out, 300, "bench.room", &template, 0xdead_beef);
+        put_publish(&mut out, 300, "bench.room", &template, 0xdead_beef, None);
         let frame = ClientFrame::decode(&out[HEADER..]).unwrap();
         assert_eq!(out.len() - HEADER, frame.encoded_len());
         assert_eq!(frame.command_id, 300);
@@ -551,6 +569,17 @@ mod tests {
         assert_eq!(publish.room, "bench.room");
         assert_eq!(publish.payload.len(), 64);
         assert_eq!(publish.payload[..8], 0xdead_beef_u64.to_le_bytes());
+        assert_eq!(publish.payload[8..], template[8..]);
+        assert!(publish.client_message_id.is_empty());
+
+        let mut out = BytesMut::new();
+        put_publish(&mut out, 301, "bench.room", &template, 1, Some(0x1234_abcd));
+        let frame = ClientFrame::decode(&out[HEADER..]).unwrap();
+        assert_eq!(out.len() - HEADER, frame.encoded_len());
+        let Some(duplex_proto::hub::client_frame::Command::Publish(publish)) = frame.command else {
+            panic!("not a publish");
+        };
+        assert_eq!(publish.client_message_id, "000000001234abcd");
         assert_eq!(publish.payload[8..], template[8..]);
     }
 

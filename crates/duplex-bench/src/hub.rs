@@ -255,6 +255,9 @@ struct FanoutPlan {
     in_flight: usize,
     window: u64,
     template: Vec<u8>,
+    /// Whether each publish carries a client message id (unique per room), so the server
+    /// dedupes as it does for `duplex-client`, which always sends one.
+    client_ids: bool,
     /// Rate mode: nanoseconds between two publishes of one publisher.
     interval: Option<u64>,
     limit: Option<u64>,
@@ -301,6 +304,7 @@ pub(crate) fn fanout(args: &BenchArgs) -> Result<Report, BenchError> {
         in_flight: args.in_flight(),
         window: args.window.max(1),
         template,
+        client_ids: args.client_ids,
         interval: args
             .rate
             .map(|rate| ((args.publishers as f64 * 1e9 / rate) as u64).max(1)),
@@ -701,7 +705,18 @@ async fn publish(plan: &FanoutPlan, timing: Timing, publisher: &mut Publisher) -
             }
             let command = next_command;
             next_command += 1;
-            grpc::put_publish(&mut buffer, command, &room.name, &plan.template, stamp);
+            // Unique in the room: publisher index and command number.
+            let client_id = plan
+                .client_ids
+                .then_some(((publisher.index as u64) << 40) | command);
+            grpc::put_publish(
+                &mut buffer,
+                command,
+                &room.name,
+                &plan.template,
+                stamp,
+                client_id,
+            );
             waiting.push_back((command, stamp));
             room.published.fetch_add(1, Ordering::AcqRel);
             if stamp >= timing.measure_start {
@@ -1040,7 +1055,7 @@ async fn store_history(
     while acked < history {
         while sent < history && sent - acked < in_flight as u64 {
             sent += 1;
-            grpc::put_publish(&mut buffer, sent, room, &template, clock::now());
+            grpc::put_publish(&mut buffer, sent, room, &template, clock::now(), None);
         }
         if !buffer.is_empty() {
             session

@@ -137,6 +137,12 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 512)]
     pub window: u64,
 
+    /// Fanout: give every publish a client message id, unique in its room, as
+    /// `duplex-client` does; the server then checks and records each one in its dedupe
+    /// index (`--dedupe-window`). Without it publishes carry none and skip dedupe.
+    #[arg(long)]
+    pub client_ids: bool,
+
     /// Resume: messages stored before the subscriber joins and replays them.
     #[arg(long, default_value_t = 100_000)]
     pub history: u64,

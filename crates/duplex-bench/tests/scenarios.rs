@@ -131,6 +131,23 @@ async fn fanout_without_subscribers_counts_durable_acks() {
     assert!(report.errors.is_empty(), "{:?}", report.errors);
 }
 
+/// With `--client-ids` every publish carries an id the server accepts and records: each is
+/// acked, none refused (an id the server could not read would fail the publish).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_with_client_ids_gets_every_publish_acked() {
+    let addr = start_server().await;
+    let mut run = args(Scenario::Fanout, addr);
+    run.publishers = 2;
+    run.subscribers = 0;
+    run.rooms = 1;
+    run.messages = Some(300);
+    run.client_ids = true;
+    let report = bench(run).await;
+    assert_eq!(report.messages, 300);
+    assert_eq!(report.ack_latency.unwrap().count, 300);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_replays_the_whole_history() {
     let addr = start_server().await;
