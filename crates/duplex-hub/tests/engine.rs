@@ -361,17 +361,28 @@ async fn members_past_the_presence_bound_are_counted_not_listed() {
     assert_eq!(presence.members[0].name, "b");
 }
 
-/// A memory store whose reads of one room wait for the test to allow them: a room that is
-/// slow to load, deterministically.
+/// A memory store whose reads of one room wait for the test to allow each one: a room that
+/// is slow to load, or (`history_only`) whose history reads are slow while its position
+/// and bounds answer at once, so a replay stays in progress, deterministically.
 struct SlowRoomStore {
     inner: MemoryStore,
     slow_room: String,
+    history_only: bool,
     reads: Semaphore,
 }
 
 impl SlowRoomStore {
-    async fn wait_if_slow(&self, room: &str) {
-        if room == self.slow_room {
+    fn new(slow_room: &str, history_only: bool) -> Self {
+        Self {
+            inner: MemoryStore::new(Default::default()),
+            slow_room: slow_room.into(),
+            history_only,
+            reads: Semaphore::new(0),
+        }
+    }
+
+    async fn wait_if_slow(&self, room: &str, history: bool) {
+        if room == self.slow_room && (history || !self.history_only) {
             self.reads.acquire().await.unwrap().forget();
         }
     }
@@ -389,21 +400,21 @@ impl Store for SlowRoomStore {
     ) -> BoxFuture<'_, Result<Vec<StoredMessage>, StoreError>> {
         let room = room.to_owned();
         Box::pin(async move {
-            self.wait_if_slow(&room).await;
+            self.wait_if_slow(&room, true).await;
             self.inner.read_after(&room, after, limit).await
         })
     }
     fn bounds(&self, room: &str) -> BoxFuture<'_, Result<Option<RoomBounds>, StoreError>> {
         let room = room.to_owned();
         Box::pin(async move {
-            self.wait_if_slow(&room).await;
+            self.wait_if_slow(&room, false).await;
             self.inner.bounds(&room).await
         })
     }
     fn last_offset(&self, room: &str) -> BoxFuture<'_, Result<Offset, StoreError>> {
         let room = room.to_owned();
         Box::pin(async move {
-            self.wait_if_slow(&room).await;
+            self.wait_if_slow(&room, false).await;
             self.inner.last_offset(&room).await
         })
     }
@@ -421,11 +432,7 @@ impl Store for SlowRoomStore {
 /// in the sequencer that orders every room.
 #[tokio::test]
 async fn a_room_slow_to_load_does_not_hold_up_other_rooms() {
-    let store = Arc::new(SlowRoomStore {
-        inner: MemoryStore::new(Default::default()),
-        slow_room: "cold".into(),
-        reads: Semaphore::new(0),
-    });
+    let store = Arc::new(SlowRoomStore::new("cold", false));
     let hub = Hub::new(store.clone(), HubConfig::default());
     let publish = |room: &'static str| {
         let hub = hub.clone();
@@ -880,43 +887,6 @@ async fn joins_leaves_and_lists_go_through_the_presence_and_its_events_reach_mem
     assert!(!events.apply(|| panic!("not run for a room that is gone")));
 }
 
-/// A memory store whose history reads wait for the test to allow each one: a replay stays
-/// in progress until then.
-struct ReadGatedStore {
-    inner: MemoryStore,
-    reads: Semaphore,
-}
-
-impl Store for ReadGatedStore {
-    fn append(&self, batch: Vec<NewMessage>) -> BoxFuture<'_, Result<Vec<Appended>, StoreError>> {
-        self.inner.append(batch)
-    }
-    fn read_after(
-        &self,
-        room: &str,
-        after: Offset,
-        limit: usize,
-    ) -> BoxFuture<'_, Result<Vec<StoredMessage>, StoreError>> {
-        let room = room.to_owned();
-        Box::pin(async move {
-            self.reads.acquire().await.unwrap().forget();
-            self.inner.read_after(&room, after, limit).await
-        })
-    }
-    fn bounds(&self, room: &str) -> BoxFuture<'_, Result<Option<RoomBounds>, StoreError>> {
-        self.inner.bounds(room)
-    }
-    fn last_offset(&self, room: &str) -> BoxFuture<'_, Result<Offset, StoreError>> {
-        self.inner.last_offset(room)
-    }
-    fn enforce_retention(&self, now: i64) -> BoxFuture<'_, Result<u64, StoreError>> {
-        self.inner.enforce_retention(now)
-    }
-    fn commits(&self) -> u64 {
-        self.inner.commits()
-    }
-}
-
 /// A session that joins `room` as `name` (visible), resuming after `after` if given, and
 /// waits for its `joined`; returns its stream and the members `joined` listed.
 async fn join_visible(
@@ -953,10 +923,7 @@ async fn join_visible(
 /// its `joined`.
 #[tokio::test]
 async fn a_join_during_anothers_replay_reaches_it_when_it_goes_live() {
-    let store = Arc::new(ReadGatedStore {
-        inner: MemoryStore::new(Default::default()),
-        reads: Semaphore::new(0),
-    });
+    let store = Arc::new(SlowRoomStore::new("r", true));
     let hub = Hub::new(store.clone(), HubConfig::default());
     let input = PublishInput {
         room: "r".into(),
