@@ -20,47 +20,8 @@ use crate::{NewMessage, Offset, StoreError, StoredMessage};
 /// Version byte of the record layout written by this code.
 const RECORD_VERSION: u8 = 1;
 
-/// What a record holds: every field of a message but its room and offset, borrowed from a
-/// [`NewMessage`] or a [`StoredMessage`].
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Fields<'a> {
-    pub(crate) time_unix_micros: i64,
-    pub(crate) sender: &'a str,
-    pub(crate) content_type: &'a str,
-    pub(crate) client_id: &'a str,
-    pub(crate) key: &'a str,
-    pub(crate) payload: &'a [u8],
-}
-
-impl<'a> From<&'a NewMessage> for Fields<'a> {
-    fn from(message: &'a NewMessage) -> Self {
-        Fields {
-            time_unix_micros: message.time_unix_micros,
-            sender: &message.sender,
-            content_type: &message.content_type,
-            client_id: &message.client_id,
-            key: &message.key,
-            payload: &message.payload,
-        }
-    }
-}
-
-impl<'a> From<&'a StoredMessage> for Fields<'a> {
-    fn from(message: &'a StoredMessage) -> Self {
-        Fields {
-            time_unix_micros: message.time_unix_micros,
-            sender: &message.sender,
-            content_type: &message.content_type,
-            client_id: &message.client_id,
-            key: &message.key,
-            payload: &message.payload,
-        }
-    }
-}
-
 /// The length of `encode(message)`, without encoding it.
-pub(crate) fn encoded_len<'a>(message: impl Into<Fields<'a>>) -> usize {
-    let message = message.into();
+pub(crate) fn encoded_len(message: &NewMessage) -> usize {
     let fields = [
         message.sender.len(),
         message.content_type.len(),
@@ -82,8 +43,7 @@ fn varint_len(value: u64) -> usize {
 
 /// Encodes everything of `message` but its room and offset, into a buffer of exactly its
 /// length (the memory store keeps it as is).
-pub(crate) fn encode<'a>(message: impl Into<Fields<'a>>) -> Vec<u8> {
-    let message = message.into();
+pub(crate) fn encode(message: &NewMessage) -> Vec<u8> {
     let mut out = Vec::with_capacity(encoded_len(message));
     out.push(RECORD_VERSION);
     out.extend_from_slice(&message.time_unix_micros.to_le_bytes());
@@ -92,7 +52,7 @@ pub(crate) fn encode<'a>(message: impl Into<Fields<'a>>) -> Vec<u8> {
         message.content_type.as_bytes(),
         message.client_id.as_bytes(),
         message.key.as_bytes(),
-        message.payload,
+        &message.payload,
     ] {
         put_varint(&mut out, field.len() as u64);
         out.extend_from_slice(field);
@@ -213,10 +173,9 @@ impl<'a> Reader<'a> {
 mod tests {
     use super::*;
 
-    fn message() -> StoredMessage {
-        StoredMessage {
+    fn message() -> NewMessage {
+        NewMessage {
             room: "lobby".into(),
-            offset: 7,
             time_unix_micros: -1_234_567_890_123,
             sender: "ada".into(),
             content_type: "text/plain; charset=utf-8".into(),
@@ -226,11 +185,28 @@ mod tests {
         }
     }
 
+    /// `message` as decoding its record stored at ("lobby", 7) must give it back.
+    fn stored_at_7(message: NewMessage) -> StoredMessage {
+        StoredMessage {
+            room: message.room,
+            offset: 7,
+            time_unix_micros: message.time_unix_micros,
+            sender: message.sender,
+            content_type: message.content_type,
+            client_id: message.client_id,
+            key: message.key,
+            payload: message.payload,
+        }
+    }
+
     #[test]
     fn round_trips_every_field() {
         let original = message();
         let encoded = encode(&original);
-        assert_eq!(decode("lobby", 7, &encoded).unwrap(), original);
+        assert_eq!(
+            decode("lobby", 7, &encoded).unwrap(),
+            stored_at_7(original.clone())
+        );
         assert_eq!(
             decode_time("lobby", 7, &encoded).unwrap(),
             original.time_unix_micros
@@ -239,7 +215,7 @@ mod tests {
 
     #[test]
     fn empty_fields_cost_one_byte_each() {
-        let empty = StoredMessage {
+        let empty = NewMessage {
             sender: String::new(),
             content_type: String::new(),
             client_id: String::new(),
@@ -249,7 +225,7 @@ mod tests {
         };
         let encoded = encode(&empty);
         assert_eq!(encoded.len(), 1 + 8 + 5);
-        assert_eq!(decode("lobby", 7, &encoded).unwrap(), empty);
+        assert_eq!(decode("lobby", 7, &encoded).unwrap(), stored_at_7(empty));
     }
 
     #[test]
