@@ -98,17 +98,32 @@ async fn settled(target: &Target) -> Mem {
     target.mem()
 }
 
-/// A unary call of `method` with `request` on a raw connection: HEADERS, then the request
-/// as one DATA frame ending the stream.
-async fn unary_raw(conn: &mut RawConn, stream: u32, method: &str, request: &impl prost::Message) {
-    let block = hpack::request(method, hpack::GRPC);
+/// Opens a call of `method` on a raw connection: HEADERS with `fields`, then `request` as
+/// one DATA frame that ends the stream when `end_stream` (unary and server-streaming calls)
+/// or leaves it open (a session).
+async fn call_raw(
+    conn: &mut RawConn,
+    stream: u32,
+    method: &str,
+    fields: &[(&str, &str)],
+    request: &impl prost::Message,
+    end_stream: bool,
+) {
+    let block = hpack::request(method, fields);
     let mut bytes = raw::headers(stream, raw::END_HEADERS, &block);
     bytes.extend(raw::data(
         stream,
         &raw::grpc_message(&request.encode_to_vec()),
-        true,
+        end_stream,
     ));
     conn.send(&bytes).await.expect("send a request");
+}
+
+/// A call of `method` that sends only `request` (unary, or server-streaming such as
+/// `Subscribe`) on a raw connection: HEADERS, then the request as one DATA frame ending the
+/// stream.
+async fn unary_raw(conn: &mut RawConn, stream: u32, method: &str, request: &impl prost::Message) {
+    call_raw(conn, stream, method, hpack::GRPC, request, true).await;
 }
 
 /// A `Subscribe` from the start of `room` on a raw connection: HEADERS, then the request
@@ -119,14 +134,7 @@ async fn subscribe_raw(conn: &mut RawConn, stream: u32, room: &str, name: &str) 
         after_offset: Some(0),
         name: name.into(),
     };
-    let block = hpack::request("/duplex.v1.Hub/Subscribe", hpack::GRPC);
-    let mut bytes = raw::headers(stream, raw::END_HEADERS, &block);
-    bytes.extend(raw::data(
-        stream,
-        &raw::grpc_message(&request.encode_to_vec()),
-        true,
-    ));
-    conn.send(&bytes).await.expect("send a Subscribe");
+    unary_raw(conn, stream, "/duplex.v1.Hub/Subscribe", &request).await;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -480,14 +488,15 @@ async fn join_raw(conn: &mut RawConn, stream: u32, room: &str, name: &str) {
     };
     let mut fields = hpack::GRPC.to_vec();
     fields.push(("duplex-name", name));
-    let block = hpack::request("/duplex.v1.Hub/Connect", &fields);
-    let mut bytes = raw::headers(stream, raw::END_HEADERS, &block);
-    bytes.extend(raw::data(
+    call_raw(
+        conn,
         stream,
-        &raw::grpc_message(&join.encode_to_vec()),
+        "/duplex.v1.Hub/Connect",
+        &fields,
+        &join,
         false,
-    ));
-    conn.send(&bytes).await.expect("send a join");
+    )
+    .await;
 }
 
 /// A crowd of visible members joins one room over connections that never read (window
