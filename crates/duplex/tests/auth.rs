@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::session::Session;
-use common::{STEP, spawn_duplex_serve};
+use common::{STEP, spawn_duplex_serve, with_bearer};
 use duplex_proto::hub::hub_client::HubClient;
 use duplex_proto::hub::server_frame::Frame;
 use duplex_proto::hub::{
@@ -217,27 +217,27 @@ async fn hs256_tokens_authenticate_and_room_rights_are_enforced() {
 
     // The unary calls check the same rights.
     let mut client = HubClient::new(channel.clone());
-    let mut request = tonic::Request::new(PublishRequest {
-        room: "lobby".into(),
-        payload: "x".into(),
-        sender: "someone-else".into(),
-        ..Default::default()
-    });
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let request = with_bearer(
+        PublishRequest {
+            room: "lobby".into(),
+            payload: "x".into(),
+            sender: "someone-else".into(),
+            ..Default::default()
+        },
+        &token,
+    );
     assert_eq!(
         client.publish(request).await.unwrap_err().code(),
         Code::PermissionDenied
     );
-    let mut request = tonic::Request::new(HistoryRequest {
-        room: "game.eu.7".into(),
-        after_offset: 0,
-        limit: 10,
-    });
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let request = with_bearer(
+        HistoryRequest {
+            room: "game.eu.7".into(),
+            after_offset: 0,
+            limit: 10,
+        },
+        &token,
+    );
     let history = client.history(request).await.unwrap().into_inner();
     assert_eq!(history.messages.len(), 1);
     let request = tonic::Request::new(HistoryRequest {
@@ -536,15 +536,6 @@ async fn anonymous_callers_get_their_own_rights_and_cannot_take_a_name() {
          publish PERMISSION_DENIED; guest.* publish as sender {:?} |",
         history.messages[0].sender
     );
-}
-
-/// `message` as a request carrying `token`.
-fn with_bearer<T>(message: T, token: &str) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    request
 }
 
 #[tokio::test]

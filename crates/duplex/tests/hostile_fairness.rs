@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::session::Session;
-use common::{STEP, spawn_duplex_serve, spawn_duplex_serve_durable};
+use common::{STEP, spawn_duplex_serve, spawn_duplex_serve_durable, with_bearer};
 use duplex_proto::hub::PublishRequest;
 use duplex_proto::hub::hub_client::HubClient;
 use duplex_proto::hub::server_frame::Frame;
@@ -158,18 +158,10 @@ fn token(sub: &str) -> String {
     .unwrap()
 }
 
-fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    request
-}
-
 async fn open_session(channel: &Channel, token: &str) -> Session {
     let (commands, rx) = mpsc::channel(1024);
     let frames = HubClient::new(channel.clone())
-        .connect(with_token(ReceiverStream::new(rx), token))
+        .connect(with_bearer(ReceiverStream::new(rx), token))
         .await
         .expect("open a session")
         .into_inner();
@@ -247,7 +239,7 @@ async fn the_publish_rate_is_per_identity_across_sessions_and_unary_calls() {
             payload: Bytes::from(format!("u{i}")),
             ..Default::default()
         };
-        match unary.publish(with_token(request, &alice)).await {
+        match unary.publish(with_bearer(request, &alice)).await {
             Ok(_) => acked += 1,
             Err(status) => {
                 assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
@@ -272,7 +264,7 @@ async fn the_publish_rate_is_per_identity_across_sessions_and_unary_calls() {
             ..Default::default()
         };
         unary
-            .publish(with_token(request, &bob))
+            .publish(with_bearer(request, &bob))
             .await
             .expect("another identity is not limited by alice's publishes");
         bob_acked += 1;

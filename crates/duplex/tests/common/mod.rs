@@ -338,6 +338,15 @@ impl ChatTerminal {
     }
 }
 
+/// `message` as a request carrying `token` as its bearer token.
+pub(crate) fn with_bearer<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
 /// A Hub client on a fresh connection to `addr`, accepting replies up to `max_message` bytes.
 pub(crate) async fn hub_client(
     addr: SocketAddr,
