@@ -5,41 +5,28 @@
 
 mod common;
 
-use std::io::{BufRead as _, BufReader, Read as _};
+use std::io::{BufReader, Read as _};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{ChildStdout, Command};
 use std::time::{Duration, Instant};
 
-use common::{ChildGuard, STEP, duplex, run_with_input};
+use common::{ChildGuard, STEP, duplex, run_with_input, spawn_listening};
 
 /// Starts `duplex serve` on a picked loopback port with `RUST_LOG=filter`, its log going to
-/// `log`; returns it with its address.
-fn serve_logging(filter: &str, log: &Path, args: &[&str]) -> (ChildGuard, SocketAddr) {
+/// `log`; returns it with its address and its stdout (kept open while the test runs).
+fn serve_logging(
+    filter: &str,
+    log: &Path,
+    args: &[&str],
+) -> (ChildGuard, SocketAddr, BufReader<ChildStdout>) {
     let mut command = duplex();
     command
         .args(["serve", "--listen", "127.0.0.1:0", "--store", "memory"])
         .args(args)
         .env("RUST_LOG", filter)
-        .stdout(Stdio::piped())
         .stderr(std::fs::File::create(log).unwrap());
-    let mut child = ChildGuard(command.spawn().expect("spawn duplex serve"));
-    let stdout = child.0.stdout.take().unwrap();
-    let (line_tx, line_rx) = std::sync::mpsc::channel();
-    // Read on a thread so a server that never prints cannot hang the test.
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = line_tx.send(line);
-    });
-    let line = line_rx.recv_timeout(STEP).expect("a `listening on` line");
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("expected `listening on ADDR`, got {line:?}"))
-        .parse()
-        .expect("a socket address");
-    (child, addr)
+    spawn_listening(command)
 }
 
 /// The log's lines once one of them contains `needle` (or all of them after `STEP`).
@@ -58,7 +45,7 @@ fn log_lines_once(log: &Path, needle: &str) -> Vec<String> {
 fn a_guard_log_line_names_the_connection_and_its_peer() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("serve.log");
-    let (_server, addr) =
+    let (_server, addr, _stdout) =
         serve_logging("duplex_server=debug", &log, &["--preface-timeout", "300ms"]);
     // A connection that never sends the HTTP/2 preface: the guard closes it and says so.
     let mut silent = TcpStream::connect(addr).unwrap();
@@ -81,7 +68,7 @@ fn a_guard_log_line_names_the_connection_and_its_peer() {
 fn http2_connection_log_lines_carry_the_connection_span() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("serve.log");
-    let (_server, addr) = serve_logging("info,h2=trace", &log, &[]);
+    let (_server, addr, _stdout) = serve_logging("info,h2=trace", &log, &[]);
     let mut echo: Command = duplex();
     echo.args(["echo", "--addr", &addr.to_string()]);
     let (code, out, err) = run_with_input(echo, "hello\n");

@@ -145,11 +145,12 @@ impl Drop for ChildGuard {
 
 /// Starts a server process (`duplex serve` or a foreign peer) that prints
 /// `listening on ADDR` (or, `duplex tap --json`, `{"event":"listening","address":ADDR}`),
-/// and returns it with the first address it printed.
+/// and returns it with the first address it printed. Its stderr goes where `command` says
+/// (the test's own, unless redirected).
 pub(crate) fn spawn_listening(
     mut command: Command,
 ) -> (ChildGuard, SocketAddr, BufReader<ChildStdout>) {
-    command.stdout(Stdio::piped()).stderr(Stdio::inherit());
+    command.stdout(Stdio::piped());
     let mut child = ChildGuard(
         command
             .spawn()
