@@ -116,36 +116,24 @@ async fn fanout_rooms_deliver_each_publish_to_their_own_subscribers() {
     assert!(report.errors.is_empty(), "{:?}", report.errors);
 }
 
+/// Also with `--client-ids`: every publish then carries an id the server accepts and
+/// records, and each is acked (an id the server could not read would fail the publish).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fanout_without_subscribers_counts_durable_acks() {
     let addr = start_server().await;
-    let mut run = args(Scenario::Fanout, addr);
-    run.publishers = 3;
-    run.subscribers = 0;
-    run.rooms = 3;
-    run.messages = Some(300);
-    let report = bench(run).await;
-    assert_eq!(report.unit, "acked publishes");
-    assert_eq!(report.messages, 300);
-    assert_eq!(report.ack_latency.unwrap().count, 300);
-    assert!(report.errors.is_empty(), "{:?}", report.errors);
-}
-
-/// With `--client-ids` every publish carries an id the server accepts and records: each is
-/// acked, none refused (an id the server could not read would fail the publish).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fanout_with_client_ids_gets_every_publish_acked() {
-    let addr = start_server().await;
-    let mut run = args(Scenario::Fanout, addr);
-    run.publishers = 2;
-    run.subscribers = 0;
-    run.rooms = 1;
-    run.messages = Some(300);
-    run.client_ids = true;
-    let report = bench(run).await;
-    assert_eq!(report.messages, 300);
-    assert_eq!(report.ack_latency.unwrap().count, 300);
-    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    for client_ids in [false, true] {
+        let mut run = args(Scenario::Fanout, addr);
+        run.publishers = 3;
+        run.subscribers = 0;
+        run.rooms = 3;
+        run.messages = Some(300);
+        run.client_ids = client_ids;
+        let report = bench(run).await;
+        assert_eq!(report.unit, "acked publishes");
+        assert_eq!(report.messages, 300);
+        assert_eq!(report.ack_latency.unwrap().count, 300);
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
