@@ -14,6 +14,7 @@ use duplex_server::{ServeConfig, Server, StoreKind};
 async fn start_server() -> SocketAddr {
     let config = ServeConfig {
         listen: "127.0.0.1:0".into(),
+        web_listen: "off".into(),
         store: StoreKind::Memory,
         ..ServeConfig::default()
     };

@@ -16,6 +16,7 @@ const STEP: Duration = Duration::from_secs(20);
 async fn publish_then_subscribe_resumes_after_a_restart_of_the_subscriber() {
     let server = Server::bind(ServeConfig {
         listen: "127.0.0.1:0".into(),
+        web_listen: "off".into(),
         store: StoreKind::Memory,
         ..ServeConfig::default()
     })

@@ -16,6 +16,12 @@ pub struct ServeConfig {
     #[arg(long, default_value = "localhost:50051", env = "DUPLEX_LISTEN", value_parser = parse_listen_address)]
     pub listen: String,
 
+    /// Address of the web listener, as HOST:PORT, or `off`: HTTP/1.1 and HTTP/2 for
+    /// browsers and operators (health probes today), beside the gRPC port. Same TLS, same
+    /// connection limits. Printed at start as `web on URL`.
+    #[arg(long, default_value = "localhost:8080", env = "DUPLEX_WEB_LISTEN", value_parser = parse_web_listen_address)]
+    pub web_listen: String,
+
     /// HTTP/2 initial flow-control window of each stream, in bytes (SETTINGS_INITIAL_WINDOW_SIZE).
     /// How much a peer may send on one stream before it must wait for our WINDOW_UPDATE.
     /// Raise it for large messages on high-latency links. Accepts suffixes: 64KiB, 1MiB.
@@ -385,6 +391,11 @@ impl ServeConfig {
         }
     }
 
+    /// The web listener's address, `None` when `--web-listen off`.
+    pub fn web_address(&self) -> Option<&str> {
+        Some(self.web_listen.as_str()).filter(|address| *address != "off")
+    }
+
     /// Connection workers to start: `--workers`, with 0 meaning one per core.
     pub fn worker_count(&self) -> usize {
         match self.workers {
@@ -521,6 +532,14 @@ pub fn parse_listen_address(text: &str) -> Result<String, String> {
     }
     port_number(port)?;
     Ok(text.to_owned())
+}
+
+/// A web listener address: HOST:PORT as for `--listen`, or `off`.
+fn parse_web_listen_address(text: &str) -> Result<String, String> {
+    match text.trim() {
+        "off" => Ok("off".to_owned()),
+        address => parse_listen_address(address),
+    }
 }
 
 /// Splits `host:port` and `[v6]:port`; `None` when there is no port.

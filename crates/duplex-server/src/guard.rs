@@ -159,6 +159,18 @@ impl Drop for Admission {
     }
 }
 
+impl Admission {
+    /// What the connection is: peer and accept time.
+    pub(crate) fn info(&self) -> ConnectionInfo {
+        self.info
+    }
+
+    /// The byte budgets this connection's subscriber queues charge (its own and its IP's).
+    pub(crate) fn budgets(&self) -> QueueBudgets {
+        self.budgets.clone()
+    }
+}
+
 impl ConnectionGate {
     /// A gate with nothing admitted yet.
     pub(crate) fn new(limits: ConnectionLimits) -> Arc<Self> {

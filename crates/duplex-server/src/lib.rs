@@ -26,6 +26,7 @@ mod guard;
 mod hub_service;
 mod server;
 mod status;
+mod web;
 
 pub use app::{App, AppError};
 pub use config::{RuntimeKind, ServeConfig, StoreKind, parse_size};

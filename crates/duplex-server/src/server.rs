@@ -45,11 +45,12 @@ use crate::edge::{
 };
 use crate::guard::{Admission, CONCURRENT_HANDSHAKES, ConnectionGate, GuardedStream};
 use crate::hub_service::HubService;
+use crate::web::WebServing;
 
 /// The TLS acceptor from the flags: a certificate and key, and a client CA for mTLS.
 /// TLS is terminated by the connection guard, so the PING policy and the preface timeout
 /// see HTTP/2 on TLS connections too.
-fn tls_acceptor(config: &ServeConfig) -> Result<Option<TlsAcceptor>, ServeError> {
+fn tls_acceptor(config: &ServeConfig, alpn: &[&[u8]]) -> Result<Option<TlsAcceptor>, ServeError> {
     let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
         return Ok(None);
     };
@@ -89,7 +90,7 @@ fn tls_acceptor(config: &ServeConfig) -> Result<Option<TlsAcceptor>, ServeError>
             format!("the certificate and key do not fit together: {e}"),
         )
     })?;
-    tls.alpn_protocols = vec![b"h2".to_vec()];
+    tls.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
     Ok(Some(TlsAcceptor::from(Arc::new(tls))))
 }
 
@@ -159,31 +160,32 @@ pub enum ServeError {
     Worker(std::io::Error),
 }
 
-/// The listening sockets of one [`ServeConfig`], bound, with the TLS acceptor if any.
+/// The listening sockets of one address of a [`ServeConfig`] (`--listen` or
+/// `--web-listen`), bound, with the TLS acceptor if any.
 struct Listening {
-    /// TLS for every accepted connection (`--tls-cert`/`--tls-key`), terminated by the guard.
+    /// TLS for every accepted connection (`--tls-cert`/`--tls-key`).
     tls: Option<TlsAcceptor>,
-    /// One per address `--listen` resolves to.
+    /// One per address the listen address resolves to.
     listeners: Vec<TcpIncoming>,
     /// Their addresses, with the port actually chosen.
     local_addrs: Vec<SocketAddr>,
 }
 
 impl Listening {
-    /// Resolves `config.listen` and binds every address it names. With port 0 the first
-    /// address picks the port and the others reuse it, so `localhost:0` still means one
-    /// port on every loopback address.
-    async fn bind(config: &ServeConfig) -> Result<Self, ServeError> {
-        let mut addresses: Vec<SocketAddr> = tokio::net::lookup_host(&config.listen)
+    /// Resolves `listen` and binds every address it names, with TLS from `config` offering
+    /// the `alpn` protocols. With port 0 the first address picks the port and the others
+    /// reuse it, so `localhost:0` still means one port on every loopback address.
+    async fn bind(listen: &str, config: &ServeConfig, alpn: &[&[u8]]) -> Result<Self, ServeError> {
+        let mut addresses: Vec<SocketAddr> = tokio::net::lookup_host(listen)
             .await
             .map_err(|source| ServeError::Resolve {
-                address: config.listen.clone(),
+                address: listen.to_owned(),
                 source,
             })?
             .collect();
         addresses.dedup();
         let Some(&first) = addresses.first() else {
-            return Err(ServeError::NoAddress(config.listen.clone()));
+            return Err(ServeError::NoAddress(listen.to_owned()));
         };
         if config.tls_cert.is_none()
             && !config.insecure
@@ -191,7 +193,7 @@ impl Listening {
         {
             return Err(ServeError::PlaintextOnNetwork(*open));
         }
-        let tls = tls_acceptor(config)?;
+        let tls = tls_acceptor(config, alpn)?;
 
         let mut listeners = Vec::new();
         let mut local_addrs = Vec::new();
@@ -216,7 +218,7 @@ impl Listening {
             }
         }
         if listeners.is_empty() {
-            return Err(ServeError::NoAddress(config.listen.clone()));
+            return Err(ServeError::NoAddress(listen.to_owned()));
         }
         Ok(Self {
             tls,
@@ -234,6 +236,8 @@ pub struct Server {
     config: ServeConfig,
     /// The bound sockets and TLS.
     listening: Listening,
+    /// The web listener's (`--web-listen`), unless it is off.
+    web: Option<Listening>,
 }
 
 impl Server {
@@ -241,24 +245,38 @@ impl Server {
     /// hub), so the addresses are known (and connectable) before [`Server::run`] is called.
     /// Sockets first: a port in use is reported before the store is touched.
     pub async fn bind(config: ServeConfig) -> Result<Self, ServeError> {
-        let listening = Listening::bind(&config).await?;
+        let (listening, web) = Self::bind_sockets(&config).await?;
         let app = App::open(&config).await?;
         Ok(Self {
             app,
             config,
             listening,
+            web,
         })
     }
 
     /// Binds the sockets `config` names in front of an `app` opened already (its store,
     /// auth and hub settings in `config` are not read again).
     pub async fn bind_app(app: App, config: ServeConfig) -> Result<Self, ServeError> {
-        let listening = Listening::bind(&config).await?;
+        let (listening, web) = Self::bind_sockets(&config).await?;
         Ok(Self {
             app,
             config,
             listening,
+            web,
         })
+    }
+
+    /// The gRPC listener (HTTP/2 only) and the web listener (HTTP/1.1 and HTTP/2).
+    async fn bind_sockets(
+        config: &ServeConfig,
+    ) -> Result<(Listening, Option<Listening>), ServeError> {
+        let grpc = Listening::bind(&config.listen, config, &[b"h2"]).await?;
+        let web = match config.web_address() {
+            Some(address) => Some(Listening::bind(address, config, &[b"h2", b"http/1.1"]).await?),
+            None => None,
+        };
+        Ok((grpc, web))
     }
 
     /// The application behind the sockets.
@@ -276,6 +294,18 @@ impl Server {
         &self.listening.local_addrs
     }
 
+    /// The web listener's addresses (empty when `--web-listen off`).
+    pub fn web_addrs(&self) -> &[SocketAddr] {
+        self.web.as_ref().map_or(&[], |web| &web.local_addrs)
+    }
+
+    /// The web listener's URLs, `http://ADDR/` (or `https`), one per address.
+    pub fn web_urls(&self) -> Vec<String> {
+        self.web.as_ref().map_or_else(Vec::new, |web| {
+            crate::web::urls(&web.local_addrs, web.tls.is_some())
+        })
+    }
+
     /// Serves until `shutdown` resolves; then stops accepting, sends the hub's `shutdown`
     /// frame and GOAWAY, lets open calls finish for `config.shutdown_grace`, and returns.
     /// Calls still open after the grace period are dropped with their connections, as
@@ -285,6 +315,7 @@ impl Server {
             app,
             config,
             listening,
+            web,
         } = self;
         let max_connection_age = Some(config.max_connection_age).filter(|age| !age.is_zero());
         let serving = Serving {
@@ -300,6 +331,14 @@ impl Server {
         let gate = serving.gate.clone();
         let tls = serving.tls.is_some();
         let (graceful_tx, graceful_rx) = watch::channel(false);
+        let mut web = web.map(|web| {
+            let serving = WebServing::new(&app, &config, gate.clone(), web.tls);
+            tokio::spawn(crate::web::serve(
+                web.listeners,
+                serving,
+                graceful_rx.clone(),
+            ))
+        });
         let (inboxes, mut workers) = Workers::start(config.worker_count(), serving, graceful_rx)?;
         let stopped = {
             let mut drained = std::pin::pin!(workers.drained());
@@ -317,8 +356,14 @@ impl Server {
             info!(grace = ?config.shutdown_grace, "shutting down: no new connections, draining open calls");
             let _ = graceful_tx.send(true);
             if stopped.is_ok() {
+                let all_drained = async {
+                    (&mut drained).await;
+                    if let Some(web) = &mut web {
+                        let _ = web.await;
+                    }
+                };
                 tokio::select! {
-                    () = &mut drained => {}
+                    () = all_drained => {}
                     () = tokio::time::sleep(config.shutdown_grace) => {
                         warn!("grace period over: closing the calls still open");
                     }
@@ -327,6 +372,9 @@ impl Server {
             stopped
         };
         workers.stop();
+        if let Some(web) = web {
+            web.abort();
+        }
         stopped
     }
 }

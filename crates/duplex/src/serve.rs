@@ -19,10 +19,16 @@ pub(crate) async fn run(config: ServeConfig) -> anyhow::Result<()> {
         // Scripts and tests read this line to learn the port chosen for `:0`.
         println!("listening on {address}");
     }
+
     // Said after the addresses, which scripts read first. A reader that stopped after
     // those (closing the pipe) must not stop the server.
     let mut stdout = std::io::stdout().lock();
-    for line in setup {
+    // The web listener: a URL a person can open.
+    let web = server
+        .web_urls()
+        .into_iter()
+        .map(|url| format!("web on {url}"));
+    for line in web.chain(setup) {
         let _ = writeln!(stdout, "{line}");
     }
     let _ = stdout.flush();

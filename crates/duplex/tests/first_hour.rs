@@ -421,12 +421,17 @@ fn serve_says_where_it_listens_and_how_it_is_set_up() {
     let mut child = ChildGuard(command.spawn().unwrap());
     let mut stdout = BufReader::new(child.0.stdout.take().unwrap());
     let mut lines = Vec::new();
-    for _ in 0..4 {
+    for _ in 0..5 {
         let mut line = String::new();
         stdout.read_line(&mut line).unwrap();
         lines.push(line.trim_end().to_owned());
     }
     assert!(lines[0].starts_with("listening on 127.0.0.1:"), "{lines:?}");
+    assert!(
+        lines[1].starts_with("web on http://127.0.0.1:"),
+        "{lines:?}"
+    );
+    let lines = &lines[1..];
     let data = std::fs::canonicalize(data).unwrap();
     assert_eq!(
         lines[1],

@@ -44,6 +44,7 @@ impl InProcessServer {
     pub(crate) async fn start_with(configure: impl FnOnce(&mut ServeConfig)) -> Self {
         let mut config = ServeConfig {
             listen: "127.0.0.1:0".into(),
+            web_listen: "127.0.0.1:0".into(),
             store: duplex_server::StoreKind::Memory,
             ..ServeConfig::default()
         };
@@ -99,10 +100,13 @@ impl Drop for InProcessServer {
 /// `DUPLEX_TEST_BIN` runs another build instead (the release binary, to measure an attack
 /// the way it is reported).
 pub(crate) fn duplex() -> Command {
-    match std::env::var_os("DUPLEX_TEST_BIN") {
+    let mut command = match std::env::var_os("DUPLEX_TEST_BIN") {
         Some(bin) => Command::new(bin),
         None => Command::new(env!("CARGO_BIN_EXE_duplex")),
-    }
+    };
+    // Tests run side by side: the web listener picks its port too, never the default 8080.
+    command.env("DUPLEX_WEB_LISTEN", "127.0.0.1:0");
+    command
 }
 
 /// A child process killed on drop, so a failing test leaves no server behind.
@@ -192,6 +196,41 @@ pub(crate) fn spawn_duplex_serve(args: &[&str]) -> (ChildGuard, SocketAddr) {
         .args(args);
     let (child, addr, _stdout) = spawn_listening(command);
     (child, addr)
+}
+
+/// Starts `duplex serve` like [`spawn_duplex_serve`] and returns its web listener's
+/// address too (read from its `web on URL` line).
+pub(crate) fn spawn_duplex_serve_web(args: &[&str]) -> (ChildGuard, SocketAddr, SocketAddr) {
+    let mut command = duplex();
+    command
+        .args(["serve", "--listen", "127.0.0.1:0", "--store", "memory"])
+        .args(args);
+    let (child, addr, mut stdout) = spawn_listening(command);
+    let web = read_web_addr(&mut stdout);
+    (child, addr, web)
+}
+
+/// Reads `duplex serve`'s stdout, past its `listening on` lines, up to its first
+/// `web on http://ADDR/` line, and returns ADDR.
+pub(crate) fn read_web_addr(stdout: &mut BufReader<ChildStdout>) -> SocketAddr {
+    for _ in 0..16 {
+        let mut line = String::new();
+        if stdout
+            .read_line(&mut line)
+            .expect("read the server's stdout")
+            == 0
+        {
+            break;
+        }
+        if let Some(url) = line.trim().strip_prefix("web on ") {
+            let address = url
+                .trim_start_matches("http://")
+                .trim_start_matches("https://")
+                .trim_end_matches('/');
+            return address.parse().expect("a socket address in the web URL");
+        }
+    }
+    panic!("duplex serve printed no `web on URL` line");
 }
 
 /// Starts `duplex serve` with the embedded redb store in `data_dir`.

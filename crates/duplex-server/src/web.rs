@@ -1,0 +1,222 @@
+//! The web listener (`--web-listen`, `localhost:8080` by default): HTTP/1.1 and HTTP/2 for
+//! what is not a gRPC client — operators' probes and browsers. The gRPC port stays
+//! HTTP/2-only behind its frame guard; this listener is its own accept loop with the same
+//! admission ([`ConnectionGate`], shared, so `--max-connections` and the per-IP cap count
+//! both listeners together), the same TLS certificate (offering `h2` and `http/1.1`), and
+//! `--preface-timeout` as the time a client has to send a request's headers (slowloris).
+//!
+//! Requests are routed by an [`axum::Router`] built by [`routes`]. Connections are served
+//! with HTTP upgrades enabled (WebSocket) and RFC 8441 CONNECT on HTTP/2. Each request
+//! carries the connection's [`ConnectionInfo`] and [`QueueBudgets`] as extensions, as on
+//! the gRPC port. Shutdown: stop accepting, ask every connection to finish its request in
+//! flight and close, then drop what is left when the grace period ends.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream;
+use futures::{FutureExt as _, StreamExt as _};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tonic::transport::server::TcpIncoming;
+use tracing::{Instrument as _, debug, warn};
+
+use crate::app::App;
+use crate::config::ServeConfig;
+use crate::guard::{Admission, ConnectionGate, TLS_HANDSHAKE_TIMEOUT};
+
+/// What the web listener serves, for every connection.
+#[derive(Clone)]
+pub(crate) struct WebServing {
+    /// The routes.
+    pub(crate) router: axum::Router,
+    /// HTTP/1.1 and HTTP/2 settings.
+    pub(crate) builder: auto::Builder<TokioExecutor>,
+    /// Admission, shared with the gRPC listener.
+    pub(crate) gate: Arc<ConnectionGate>,
+    /// TLS with ALPN `h2` and `http/1.1`, when the server has a certificate.
+    pub(crate) tls: Option<TlsAcceptor>,
+}
+
+impl WebServing {
+    /// The web listener's routes and protocol settings for `app` under `config`.
+    pub(crate) fn new(
+        app: &App,
+        config: &ServeConfig,
+        gate: Arc<ConnectionGate>,
+        tls: Option<TlsAcceptor>,
+    ) -> Self {
+        Self {
+            router: routes(app),
+            builder: builder(config),
+            gate,
+            tls,
+        }
+    }
+}
+
+/// Every route of the web listener.
+fn routes(_app: &App) -> axum::Router {
+    axum::Router::new().route("/healthz", axum::routing::get(healthz))
+}
+
+/// Liveness: the process serves HTTP.
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// HTTP/1.1 (keep-alive, header read timeout) and HTTP/2 (the gRPC port's stream and
+/// header limits, extended CONNECT for WebSockets) from the flags.
+fn builder(config: &ServeConfig) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.preface_timeout)
+        .max_buf_size(config.max_header_list_size.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .enable_connect_protocol()
+        .max_concurrent_streams(config.max_concurrent_streams)
+        .max_header_list_size(u32::try_from(config.max_header_list_size).unwrap_or(u32::MAX))
+        .max_send_buf_size(config.max_send_buffer)
+        .keep_alive_interval(Some(config.keepalive_interval).filter(|d| !d.is_zero()))
+        .keep_alive_timeout(config.keepalive_timeout);
+    builder
+}
+
+/// Accepts on `listeners` until `graceful` turns true, serving each admitted connection;
+/// then asks every open connection to close after its request in flight and returns once
+/// they have. Dropping the future drops every connection.
+pub(crate) async fn serve(
+    listeners: Vec<TcpIncoming>,
+    serving: WebServing,
+    mut graceful: watch::Receiver<bool>,
+) {
+    let mut incoming = stream::select_all(listeners);
+    let mut connections = JoinSet::new();
+    let mut accepted = 0u64;
+    // What each connection watches for its graceful close: the same signal.
+    let drain = graceful.clone();
+    loop {
+        tokio::select! {
+            () = graceful.wait_for(|&draining| draining).map(drop) => break,
+            next = incoming.next() => match next {
+                None => break,
+                Some(Err(error)) => {
+                    warn!(%error, "web listener: accept failed");
+                    // Out of descriptors: let connections close before trying again.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Some(Ok(tcp)) => {
+                    accepted += 1;
+                    let span = tracing::info_span!(
+                        "web_connection",
+                        number = accepted,
+                        peer = tcp.peer_addr().ok().map(tracing::field::display),
+                    );
+                    let admission = span.in_scope(|| {
+                        serving
+                            .gate
+                            .admit(&tcp)
+                            .map_err(|reason| warn!(%reason, "web connection refused"))
+                            .ok()
+                    });
+                    if let Some(admission) = admission {
+                        let connection =
+                            serve_connection(tcp, admission, serving.clone(), drain.clone());
+                        connections.spawn(connection.instrument(span));
+                    }
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    drop(incoming);
+    while connections.join_next().await.is_some() {}
+}
+
+/// One web connection: TLS if configured, then HTTP/1.1 or HTTP/2 (with upgrades) until
+/// the peer goes or the server drains.
+async fn serve_connection(
+    tcp: tokio::net::TcpStream,
+    admission: Admission,
+    serving: WebServing,
+    mut drain: watch::Receiver<bool>,
+) {
+    let info = admission.info();
+    let budgets = admission.budgets();
+    let router = serving.router.clone();
+    let service = tower::ServiceExt::map_request(
+        router,
+        move |mut request: http::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(info);
+            request.extensions_mut().insert(budgets.clone());
+            request.map(axum::body::Body::new)
+        },
+    );
+    let service = TowerToHyperService::new(service);
+    let outcome = match serving.tls {
+        None => serve_io(TokioIo::new(tcp), &serving.builder, service, &mut drain).await,
+        Some(acceptor) => {
+            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => {
+                    serve_io(TokioIo::new(tls), &serving.builder, service, &mut drain).await
+                }
+                Ok(Err(error)) => Err(error.into()),
+                Err(_) => Err("TLS handshake too slow".into()),
+            }
+        }
+    };
+    if let Err(error) = outcome {
+        debug!(%error, "web connection ended with an error");
+    }
+    drop(admission);
+}
+
+/// Serves one connection's bytes until it ends; on drain, closes it gracefully.
+async fn serve_io<I, S>(
+    io: I,
+    builder: &auto::Builder<TokioExecutor>,
+    service: S,
+    drain: &mut watch::Receiver<bool>,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<axum::body::Body>,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let connection = builder.serve_connection_with_upgrades(io, service);
+    let mut connection = std::pin::pin!(connection);
+    let mut going_away = false;
+    loop {
+        tokio::select! {
+            served = connection.as_mut() => return served,
+            () = drain.wait_for(|&draining| draining).map(drop), if !going_away => {
+                going_away = true;
+                connection.as_mut().graceful_shutdown();
+            }
+        }
+    }
+}
+
+/// The addresses of the web listener, once bound (empty when `--web-listen off`).
+pub(crate) fn urls(local_addrs: &[SocketAddr], tls: bool) -> Vec<String> {
+    let scheme = if tls { "https" } else { "http" };
+    local_addrs
+        .iter()
+        .map(|address| format!("{scheme}://{address}/"))
+        .collect()
+}
