@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tonic::transport::server::TcpIncoming;
-use tracing::{Instrument as _, debug, warn};
+use tracing::{Instrument as _, info, warn};
 
 use crate::app::App;
 use crate::config::ServeConfig;
@@ -150,6 +150,7 @@ async fn serve_connection(
     serving: WebServing,
     mut drain: watch::Receiver<bool>,
 ) {
+    let started = std::time::Instant::now();
     let info = admission.info();
     let budgets = admission.budgets();
     let router = serving.router.clone();
@@ -174,8 +175,11 @@ async fn serve_connection(
             }
         }
     };
-    if let Err(error) = outcome {
-        debug!(%error, "web connection ended with an error");
+    // One line per web connection end, in its span (peer).
+    let duration_ms = crate::server::millis(started.elapsed());
+    match outcome {
+        Ok(()) => info!(duration_ms, reason = "closed", "web connection closed"),
+        Err(error) => info!(duration_ms, reason = "error", %error, "web connection closed"),
     }
     drop(admission);
 }
