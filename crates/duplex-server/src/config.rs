@@ -394,6 +394,17 @@ impl RuntimeKind {
 }
 
 impl ServeConfig {
+    /// Checks what clap checks only for flags and env variables, not for values from a
+    /// config file (they reach clap as defaults): TLS settings that need one another.
+    pub fn check(&self) -> Result<(), String> {
+        match (&self.tls_cert, &self.tls_key, &self.tls_client_ca) {
+            (Some(_), None, _) => Err("tls-cert needs tls-key (its private key)".into()),
+            (None, Some(_), _) => Err("tls-key needs tls-cert".into()),
+            (None, None, Some(_)) => Err("tls-client-ca needs tls-cert and tls-key".into()),
+            _ => Ok(()),
+        }
+    }
+
     /// The hub's bounds and policies from these flags.
     pub fn hub_config(&self) -> duplex_hub::HubConfig {
         duplex_hub::HubConfig {

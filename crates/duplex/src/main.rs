@@ -88,6 +88,13 @@ fn main() -> ExitCode {
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
     init_logging(cli.log_format);
 
+    if let Command::Serve(args) = &cli.command
+        && let Err(problem) = args.config.check()
+    {
+        eprintln!("error: {problem}");
+        return ExitCode::from(2);
+    }
+
     // Commands that need no runtime.
     let command = match cli.command {
         Command::Token(args) => return finish(token::run(args)),

@@ -283,6 +283,11 @@ fn a_bad_value_is_an_error_naming_the_key_the_line_and_what_is_expected() {
         err.contains("disconnect, drop-oldest or latest-per-key"),
         "{err}"
     );
+
+    // Settings that need one another are checked for file values as for flags.
+    let (code, err, _file, _dir) = config_error("tls-cert = \"server.pem\"\n");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("tls-cert needs tls-key"), "{err}");
 }
 
 #[test]
