@@ -307,3 +307,38 @@ fn a_missing_config_file_is_an_error_naming_it() {
         "{err}"
     );
 }
+
+#[test]
+fn the_production_guides_config_file_loads() {
+    let readme = std::fs::read_to_string(common::repo_root().join("README.md")).unwrap();
+    let guide = readme
+        .split("\n## Production\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("a Production section in the README");
+    let example = guide
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("a TOML example in the Production section");
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_config(dir.path(), example);
+    let mut command = serve();
+    // Only printed, never bound: the harness's web address may go.
+    command.env_remove("DUPLEX_WEB_LISTEN");
+    command.arg("--config").arg(&file).arg("--print-config");
+    let (code, out, err) = run(command);
+    assert_eq!(code, Some(0), "{err}");
+    let keys: Vec<&str> = example
+        .lines()
+        .filter_map(|line| line.split(" = ").next())
+        .filter(|key| !key.is_empty())
+        .collect();
+    assert!(keys.len() >= 5, "{example}");
+    for (index, key) in keys.iter().enumerate() {
+        assert!(
+            setting(&out, key).ends_with(&format!("# file, line {}", index + 1)),
+            "{key}:\n{out}"
+        );
+    }
+}
