@@ -138,19 +138,42 @@ fn main() -> ExitCode {
 /// Targets whose trace lines would print what logs must never hold, capped below trace
 /// whatever RUST_LOG asks: tungstenite logs every WebSocket frame with its payload in hex
 /// at trace (`received frame`, `Sending frame`).
-const CAPPED_TARGETS: &[&str] = &["tungstenite=debug", "tokio_tungstenite=debug"];
+const CAPPED_TARGETS: &[(&str, &str)] = &[
+    ("tungstenite", "tungstenite=debug"),
+    ("tokio_tungstenite", "tokio_tungstenite=debug"),
+];
 
-/// Logs to stderr as `format` says, filtered by RUST_LOG (default `info`).
-fn init_logging(format: LogFormat) {
-    use std::io::IsTerminal as _;
-
-    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
+/// The log filter from RUST_LOG (`info` when unset or invalid), with [`CAPPED_TARGETS`]
+/// capped: RUST_LOG's own directives for them (or their modules) are dropped first, so
+/// `tungstenite::protocol=trace` cannot lift the cap either.
+fn log_filter(rust_log: Option<&str>) -> tracing_subscriber::EnvFilter {
+    let kept: Vec<&str> = rust_log
+        .unwrap_or("info")
+        .split(',')
+        .map(str::trim)
+        .filter(|directive| {
+            !directive.is_empty()
+                && !CAPPED_TARGETS
+                    .iter()
+                    .any(|(target, _)| directive.starts_with(target))
+        })
+        .collect();
+    let mut filter = tracing_subscriber::EnvFilter::try_new(kept.join(","))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    for directive in CAPPED_TARGETS {
-        if let Ok(directive) = directive.parse() {
+    for (_, cap) in CAPPED_TARGETS {
+        if let Ok(directive) = cap.parse() {
             filter = filter.add_directive(directive);
         }
     }
+    filter
+}
+
+/// Logs to stderr as `format` says, filtered by RUST_LOG (see [`log_filter`]).
+fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal as _;
+
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let filter = log_filter(rust_log.as_deref());
     match format {
         LogFormat::Text => tracing_subscriber::fmt()
             .with_env_filter(filter)
@@ -210,4 +233,33 @@ fn explain(error: &anyhow::Error) -> String {
         );
     }
     line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rust_log_cannot_lift_the_cap_on_targets_that_would_log_payloads() {
+        for rust_log in [
+            "trace",
+            "trace,tungstenite=trace",
+            "trace,tungstenite::protocol=trace,tokio_tungstenite=trace",
+        ] {
+            let filter = log_filter(Some(rust_log)).to_string();
+            assert!(
+                !filter.contains("tungstenite=trace"),
+                "{rust_log}: {filter}"
+            );
+            assert!(!filter.contains("protocol=trace"), "{rust_log}: {filter}");
+            assert!(filter.contains("tungstenite=debug"), "{rust_log}: {filter}");
+            assert!(
+                filter.contains("tokio_tungstenite=debug"),
+                "{rust_log}: {filter}"
+            );
+        }
+        let filter = log_filter(Some("duplex_hub=debug,warn")).to_string();
+        assert!(filter.contains("duplex_hub=debug"), "{filter}");
+        assert!(log_filter(None).to_string().contains("info"));
+    }
 }
