@@ -22,6 +22,11 @@ pub struct ServeConfig {
     #[arg(long, default_value = "localhost:8080", env = "DUPLEX_WEB_LISTEN", value_parser = parse_web_listen_address)]
     pub web_listen: String,
 
+    /// Serve Prometheus metrics at `/metrics` on the web listener (`--metrics false` turns
+    /// the route off; the counters are kept either way).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub metrics: bool,
+
     /// HTTP/2 initial flow-control window of each stream, in bytes (SETTINGS_INITIAL_WINDOW_SIZE).
     /// How much a peer may send on one stream before it must wait for our WINDOW_UPDATE.
     /// Raise it for large messages on high-latency links. Accepts suffixes: 64KiB, 1MiB.
