@@ -219,6 +219,10 @@ async fn counters_move_as_clients_publish_and_subscribe() {
     }
     let received = subscriber.messages(MESSAGES).await;
     assert_eq!(received.len(), MESSAGES);
+    // A third session resumes from the start: a replay of every message.
+    let mut resumer = Session::open(&channel, "resumer").await;
+    resumer.join("metrics-room", Some(0)).await;
+    assert_eq!(resumer.messages(MESSAGES).await.len(), MESSAGES);
 
     let after = scrape(web);
     let published = after.value("duplex_messages_published_total", &[]);
@@ -258,7 +262,12 @@ async fn counters_move_as_clients_publish_and_subscribe() {
         "the reader's Joined and the messages it received (the writer's frames may still \
          be on their way)"
     );
-    assert_eq!(after.value("duplex_sessions", &[]), 2.0);
+    assert_eq!(after.value("duplex_sessions", &[]), 3.0);
+    assert_eq!(after.value("duplex_resumes_total", &[]), 1.0);
+    assert_eq!(
+        after.value("duplex_resume_replayed_messages_total", &[]),
+        MESSAGES as f64
+    );
     assert_eq!(after.value("duplex_rooms", &[]), 1.0);
     assert!(after.value("duplex_connections_open", &[]) >= 1.0);
     assert!(after.value("duplex_store_commit_seconds_count", &[]) >= 1.0);
@@ -273,6 +282,7 @@ async fn counters_move_as_clients_publish_and_subscribe() {
     // Sessions end: the gauges come back down.
     drop(subscriber);
     drop(publisher);
+    drop(resumer);
     let quiet = scrape_until(web, "sessions and queues back to zero", |s| {
         s.value("duplex_sessions", &[]) == 0.0
             && s.value("duplex_subscriber_queued_frames", &[]) == 0.0
@@ -432,4 +442,75 @@ fn metrics_false_turns_the_route_off_and_readyz_answers() {
     let (status, _, body) = get(web, "/healthz");
     assert_eq!(status, 200);
     assert_eq!(body, "ok\n");
+}
+
+/// A raw connection that has sent the HTTP/2 preface and an empty SETTINGS, and then
+/// answers nothing (no SETTINGS ack, no PING ack).
+fn silent_h2_connection(addr: SocketAddr) -> TcpStream {
+    let mut tcp = TcpStream::connect(addr).unwrap();
+    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+    tcp.write_all(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]).unwrap();
+    tcp
+}
+
+/// Reads until the server closes `tcp` (bounded by [`STEP`]).
+fn wait_closed(tcp: &mut TcpStream) {
+    tcp.set_read_timeout(Some(STEP)).unwrap();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + STEP;
+    while Instant::now() < deadline {
+        match tcp.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+    panic!("the server never closed the connection");
+}
+
+#[test]
+fn goaways_and_keepalive_timeouts_are_counted_by_reason() {
+    let (_server, grpc, web) = spawn_duplex_serve_web(&[
+        "--min-ping-interval",
+        "10s",
+        "--max-connection-age",
+        "500ms",
+        "--max-connection-age-grace",
+        "500ms",
+    ]);
+    // A ping flood: GOAWAY(ENHANCE_YOUR_CALM, "too_many_pings") from the guard.
+    let mut flood = silent_h2_connection(grpc);
+    for byte in 0..10u8 {
+        let mut ping = [byte; 17];
+        ping[..9].copy_from_slice(&[0, 0, 8, 0x6, 0, 0, 0, 0, 0]);
+        flood.write_all(&ping).unwrap();
+    }
+    wait_closed(&mut flood);
+    // An idle connection reaches its maximum age: GOAWAY, then closed after the grace.
+    let mut aged = silent_h2_connection(grpc);
+    wait_closed(&mut aged);
+    let scraped = scrape_until(web, "both GOAWAYs counted", |s| {
+        s.value("duplex_goaways_total", &[("reason", "max_connection_age")]) >= 1.0
+    });
+    assert!(scraped.value("duplex_goaways_total", &[("reason", "too_many_pings")]) >= 1.0);
+    assert_eq!(
+        scraped.value("duplex_goaways_total", &[("reason", "shutdown")]),
+        0.0
+    );
+
+    // A peer that never answers the server's keepalive PING.
+    let (_server, grpc, web) = spawn_duplex_serve_web(&[
+        "--keepalive-interval",
+        "200ms",
+        "--keepalive-timeout",
+        "200ms",
+    ]);
+    assert_eq!(
+        scrape(web).value("duplex_keepalive_timeouts_total", &[]),
+        0.0
+    );
+    let mut dead = silent_h2_connection(grpc);
+    wait_closed(&mut dead);
+    scrape_until(web, "the keepalive timeout counted", |s| {
+        s.value("duplex_keepalive_timeouts_total", &[]) == 1.0
+    });
 }
