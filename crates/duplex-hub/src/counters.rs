@@ -9,7 +9,8 @@
 //! - subscriber queues are pushed by the sequencer and popped by every worker thread, so
 //!   queue depth and frames sent are [`ShardedCounter`]s: each thread adds to its own
 //!   cache line and a scrape sums the lines;
-//! - rare events (lag, disconnects, resumes) are one shared atomic each.
+//! - rare events (lag, disconnects, resumes) are one shared atomic each; replayed
+//!   messages, counted per message on the workers, are sharded too.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -110,8 +111,9 @@ pub struct HubCounters {
     disconnected_stalled: AtomicU64,
     /// Joins that resumed from an offset (a replay from history).
     resumes: AtomicU64,
-    /// Messages replayed from history to resuming subscribers.
-    replayed_messages: AtomicU64,
+    /// Messages replayed from history to resuming subscribers (sharded: replays run on
+    /// every worker thread, per message).
+    replayed_messages: ShardedCounter,
     /// Sessions opened since start.
     sessions_opened: AtomicU64,
 }
@@ -139,7 +141,7 @@ impl Default for HubCounters {
             disconnected_lagged: AtomicU64::new(0),
             disconnected_stalled: AtomicU64::new(0),
             resumes: AtomicU64::new(0),
-            replayed_messages: AtomicU64::new(0),
+            replayed_messages: ShardedCounter::default(),
             sessions_opened: AtomicU64::new(0),
         }
     }
@@ -240,7 +242,7 @@ impl HubCounters {
 
     /// `n` history messages were replayed to a resuming subscriber.
     pub(crate) fn replayed(&self, n: usize) {
-        bump(&self.replayed_messages, n as u64);
+        self.replayed_messages.add(n as u64);
     }
 
     /// A session opened.
@@ -337,7 +339,7 @@ impl HubCounters {
 
     /// Messages replayed from history.
     pub fn replayed_messages(&self) -> u64 {
-        read(&self.replayed_messages)
+        self.replayed_messages.total()
     }
 
     /// Sessions opened since start.

@@ -428,7 +428,8 @@ impl Collector for DuplexCollector {
         counter_family(
             e,
             "duplex_messages_received",
-            "Streamed messages received, by service (Hub: Connect frames).",
+            "Streamed messages received, by service (Hub: Connect frames and Subscribe \
+             requests).",
             "service",
             [(SERVICES[0], chat_received), (SERVICES[1], hub_received)],
         )?;
