@@ -18,11 +18,17 @@ pub struct ServeConfig {
     pub listen: String,
 
     /// Address of the web listener, as HOST:PORT, or `off`: HTTP/1.1 and HTTP/2 for
-    /// browsers and operators (health probes today), beside the gRPC port. Same TLS, same
+    /// browsers and operators (the page, WebSocket, gRPC-Web, health, metrics), beside the gRPC port. Same TLS, same
     /// connection limits. Printed at start as `web on URL`.
     #[arg(long, default_value = "localhost:8080", env = "DUPLEX_WEB_LISTEN", value_parser = parse_web_listen_address)]
     #[arg(help_heading = "Web/ops")]
     pub web_listen: String,
+
+    /// Serve Prometheus metrics at `/metrics` on the web listener (`--metrics false` turns
+    /// the route off; the counters are kept either way).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(env = "DUPLEX_METRICS", help_heading = "Web/ops")]
+    pub metrics: bool,
 
     /// HTTP/2 initial flow-control window of each stream, in bytes (SETTINGS_INITIAL_WINDOW_SIZE).
     /// How much a peer may send on one stream before it must wait for our WINDOW_UPDATE.

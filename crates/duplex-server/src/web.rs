@@ -52,7 +52,7 @@ impl WebServing {
         tls: Option<TlsAcceptor>,
     ) -> Self {
         Self {
-            router: routes(app),
+            router: routes(app, config),
             builder: builder(config),
             gate,
             tls,
@@ -60,9 +60,44 @@ impl WebServing {
     }
 }
 
-/// Every route of the web listener.
-fn routes(_app: &App) -> axum::Router {
-    axum::Router::new().route("/healthz", axum::routing::get(healthz))
+/// Every route of the web listener: `/healthz` (live: the process serves HTTP), `/readyz`
+/// (200 while serving and the store takes writes, else 503 with the reason), and
+/// `/metrics` unless `--metrics false`.
+fn routes(app: &App, config: &ServeConfig) -> axum::Router {
+    let health = app.health().clone();
+    let router = axum::Router::new()
+        .route("/healthz", axum::routing::get(healthz))
+        .route(
+            "/readyz",
+            axum::routing::get(move || {
+                let ready = health.readiness();
+                async move {
+                    match ready {
+                        Ok(()) => (http::StatusCode::OK, "ready\n".to_owned()),
+                        Err(why) => (
+                            http::StatusCode::SERVICE_UNAVAILABLE,
+                            format!("not ready: {why}\n"),
+                        ),
+                    }
+                }
+            }),
+        );
+    if !config.metrics {
+        return router;
+    }
+    let metrics = app.metrics().clone();
+    router.route(
+        "/metrics",
+        axum::routing::get(move || {
+            let metrics = metrics.clone();
+            async move {
+                (
+                    [(http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+                    metrics.render(),
+                )
+            }
+        }),
+    )
 }
 
 /// Liveness: the process serves HTTP.
