@@ -24,6 +24,7 @@ pub mod config;
 mod edge;
 mod guard;
 mod hub_service;
+mod page;
 mod server;
 mod status;
 mod web;

@@ -62,7 +62,9 @@ impl WebServing {
 
 /// Every route of the web listener.
 fn routes(_app: &App) -> axum::Router {
-    axum::Router::new().route("/healthz", axum::routing::get(healthz))
+    axum::Router::new()
+        .route("/healthz", axum::routing::get(healthz))
+        .merge(crate::page::routes())
 }
 
 /// Liveness: the process serves HTTP.
