@@ -52,7 +52,7 @@ impl WebServing {
         tls: Option<TlsAcceptor>,
     ) -> Self {
         Self {
-            router: routes(app),
+            router: routes(app, config),
             builder: builder(config),
             gate,
             tls,
@@ -61,8 +61,19 @@ impl WebServing {
 }
 
 /// Every route of the web listener.
-fn routes(_app: &App) -> axum::Router {
-    axum::Router::new().route("/healthz", axum::routing::get(healthz))
+fn routes(app: &App, config: &ServeConfig) -> axum::Router {
+    axum::Router::new()
+        .route("/healthz", axum::routing::get(healthz))
+        .merge(crate::websocket::routes(app, config))
+        .merge(crate::grpc_web::routes(app, config))
+}
+
+/// A connection's place in the admission counts, shared by its requests: a WebSocket
+/// outlives the HTTP connection it was upgraded from and holds the place until it closes.
+#[derive(Clone, Debug)]
+pub(crate) struct ConnectionHold {
+    /// Released when the connection and every WebSocket upgraded from it are gone.
+    _place: Arc<Admission>,
 }
 
 /// Liveness: the process serves HTTP.
@@ -152,12 +163,16 @@ async fn serve_connection(
 ) {
     let info = admission.info();
     let budgets = admission.budgets();
+    let hold = ConnectionHold {
+        _place: Arc::new(admission),
+    };
     let router = serving.router.clone();
     let service = tower::ServiceExt::map_request(
         router,
         move |mut request: http::Request<hyper::body::Incoming>| {
             request.extensions_mut().insert(info);
             request.extensions_mut().insert(budgets.clone());
+            request.extensions_mut().insert(hold.clone());
             request.map(axum::body::Body::new)
         },
     );
@@ -177,7 +192,6 @@ async fn serve_connection(
     if let Err(error) = outcome {
         debug!(%error, "web connection ended with an error");
     }
-    drop(admission);
 }
 
 /// Serves one connection's bytes until it ends; on drain, closes it gracefully.
