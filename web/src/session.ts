@@ -115,6 +115,8 @@ export class RoomSession {
   private retryAfterMs = 0;
   /** Set when the server refused the session for good, or the page closed it. */
   private stopped = false;
+  /** Why the server ended the session (its `session_end`), shown when the socket closes. */
+  private endReason: string | undefined;
 
   constructor(
     private readonly url: string,
@@ -205,7 +207,9 @@ export class RoomSession {
       this.pending.clear();
       this.view.connected(false);
       if (this.stopped) return;
-      this.scheduleReconnect(event.reason || `closed with code ${event.code}`);
+      const reason = this.endReason ?? (event.reason || `closed with code ${event.code}`);
+      this.endReason = undefined;
+      this.scheduleReconnect(reason);
     };
   }
 
@@ -337,6 +341,18 @@ export class RoomSession {
         const shutdown = frame.frame.value;
         this.retryAfterMs = shutdown.retryAfterMs;
         this.view.status(`server going away: ${shutdown.reason}`);
+        return;
+      }
+      case "sessionEnd": {
+        const end = frame.frame.value;
+        if (end.code === Code.UNAUTHENTICATED || end.code === Code.PERMISSION_DENIED) {
+          // Retrying with the same token cannot change this.
+          this.stopped = true;
+          this.view.error(`session refused: ${codeName(end.code)}: ${end.message}`);
+          this.view.status(`disconnected: ${codeName(end.code)} (check the token, then join again)`);
+        } else if (end.code !== Code.OK) {
+          this.endReason = `${codeName(end.code)}: ${end.message}`;
+        }
         return;
       }
       case "pong":

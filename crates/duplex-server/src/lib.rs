@@ -22,12 +22,14 @@ pub mod auth;
 pub mod chat;
 pub mod config;
 mod edge;
+mod grpc_web;
 mod guard;
 mod hub_service;
 mod page;
 mod server;
 mod status;
 mod web;
+mod websocket;
 
 pub use app::{App, AppError};
 pub use config::{RuntimeKind, ServeConfig, StoreKind, parse_size};

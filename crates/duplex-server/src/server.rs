@@ -380,11 +380,11 @@ impl Server {
 }
 
 /// The services every connection serves, behind the gRPC edge layers.
-type EdgeService = GrpcRequest<PathAlias<CallDeadline<tonic::service::Routes>>>;
+pub(crate) type EdgeService = GrpcRequest<PathAlias<CallDeadline<tonic::service::Routes>>>;
 
 /// The gRPC services of `app` behind the request layers: content-type and method checks,
 /// the `/Chat/Chat` alias, whole-call deadlines.
-fn edge_service(
+pub(crate) fn edge_service(
     app: &App,
     config: &ServeConfig,
     max_connection_age: Option<Duration>,

@@ -52,7 +52,7 @@ impl WebServing {
         tls: Option<TlsAcceptor>,
     ) -> Self {
         Self {
-            router: routes(app),
+            router: routes(app, config),
             builder: builder(config),
             gate,
             tls,
@@ -61,10 +61,20 @@ impl WebServing {
 }
 
 /// Every route of the web listener.
-fn routes(_app: &App) -> axum::Router {
+fn routes(app: &App, config: &ServeConfig) -> axum::Router {
     axum::Router::new()
         .route("/healthz", axum::routing::get(healthz))
+        .merge(crate::websocket::routes(app, config))
+        .merge(crate::grpc_web::routes(app, config))
         .merge(crate::page::routes())
+}
+
+/// A connection's place in the admission counts, shared by its requests: a WebSocket
+/// outlives the HTTP connection it was upgraded from and holds the place until it closes.
+#[derive(Clone, Debug)]
+pub(crate) struct ConnectionHold {
+    /// Released when the connection and every WebSocket upgraded from it are gone.
+    _place: Arc<Admission>,
 }
 
 /// Liveness: the process serves HTTP.
@@ -154,12 +164,16 @@ async fn serve_connection(
 ) {
     let info = admission.info();
     let budgets = admission.budgets();
+    let hold = ConnectionHold {
+        _place: Arc::new(admission),
+    };
     let router = serving.router.clone();
     let service = tower::ServiceExt::map_request(
         router,
         move |mut request: http::Request<hyper::body::Incoming>| {
             request.extensions_mut().insert(info);
             request.extensions_mut().insert(budgets.clone());
+            request.extensions_mut().insert(hold.clone());
             request.map(axum::body::Body::new)
         },
     );
@@ -179,7 +193,6 @@ async fn serve_connection(
     if let Err(error) = outcome {
         debug!(%error, "web connection ended with an error");
     }
-    drop(admission);
 }
 
 /// Serves one connection's bytes until it ends; on drain, closes it gracefully.

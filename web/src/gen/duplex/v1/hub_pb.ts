@@ -13,7 +13,7 @@ import type { Message as Message$1 } from "@bufbuild/protobuf";
  * Describes the file duplex/v1/hub.proto.
  */
 export const file_duplex_v1_hub: GenFile = /*@__PURE__*/
-  fileDesc("ChNkdXBsZXgvdjEvaHViLnByb3RvEglkdXBsZXgudjEiuAEKC0NsaWVudEZyYW1lEhIKCmNvbW1hbmRfaWQYASABKAQSHwoEam9pbhgCIAEoCzIPLmR1cGxleC52MS5Kb2luSAASIQoFbGVhdmUYAyABKAsyEC5kdXBsZXgudjEuTGVhdmVIABIlCgdwdWJsaXNoGAQgASgLMhIuZHVwbGV4LnYxLlB1Ymxpc2hIABIfCgRwaW5nGAUgASgLMg8uZHVwbGV4LnYxLlBpbmdIAEIJCgdjb21tYW5kImUKBEpvaW4SDAoEcm9vbRgBIAEoCRIZCgxhZnRlcl9vZmZzZXQYAiABKARIAIgBARIOCgZoaWRkZW4YAyABKAgSEwoLcmVwbGF5X2xhc3QYBCABKA1CDwoNX2FmdGVyX29mZnNldCIVCgVMZWF2ZRIMCgRyb29tGAEgASgJImYKB1B1Ymxpc2gSDAoEcm9vbRgBIAEoCRIPCgdwYXlsb2FkGAIgASgMEhQKDGNvbnRlbnRfdHlwZRgDIAEoCRIZChFjbGllbnRfbWVzc2FnZV9pZBgEIAEoCRILCgNrZXkYBSABKAkiJwoEUGluZxIfChdjbGllbnRfdGltZV91bml4X21pY3JvcxgBIAEoAyL4AgoLU2VydmVyRnJhbWUSJQoHbWVzc2FnZRgBIAEoCzISLmR1cGxleC52MS5NZXNzYWdlSAASIwoGam9pbmVkGAIgASgLMhEuZHVwbGV4LnYxLkpvaW5lZEgAEh8KBGxlZnQYAyABKAsyDy5kdXBsZXgudjEuTGVmdEgAEiwKCHByZXNlbmNlGAQgASgLMhguZHVwbGV4LnYxLlByZXNlbmNlRXZlbnRIABIsCgtwdWJsaXNoX2FjaxgFIAEoCzIVLmR1cGxleC52MS5QdWJsaXNoQWNrSAASKAoFZXJyb3IYBiABKAsyFy5kdXBsZXgudjEuQ29tbWFuZEVycm9ySAASHwoEcG9uZxgHIAEoCzIPLmR1cGxleC52MS5Qb25nSAASIwoGbGFnZ2VkGAggASgLMhEuZHVwbGV4LnYxLkxhZ2dlZEgAEicKCHNodXRkb3duGAkgASgLMhMuZHVwbGV4LnYxLlNodXRkb3duSABCBwoFZnJhbWUioAEKB01lc3NhZ2USDAoEcm9vbRgBIAEoCRIOCgZvZmZzZXQYAiABKAQSGAoQdGltZV91bml4X21pY3JvcxgDIAEoAxIOCgZzZW5kZXIYBCABKAkSDwoHcGF5bG9hZBgFIAEoDBIUCgxjb250ZW50X3R5cGUYBiABKAkSGQoRY2xpZW50X21lc3NhZ2VfaWQYByABKAkSCwoDa2V5GAggASgJIpYBCgZKb2luZWQSEgoKY29tbWFuZF9pZBgBIAEoBBIMCgRyb29tGAIgASgJEhcKD2VhcmxpZXN0X29mZnNldBgDIAEoBBITCgtsYXN0X29mZnNldBgEIAEoBBIiCgdtZW1iZXJzGAUgAygLMhEuZHVwbGV4LnYxLk1lbWJlchIYChB1bmxpc3RlZF9tZW1iZXJzGAYgASgEIigKBExlZnQSEgoKY29tbWFuZF9pZBgBIAEoBBIMCgRyb29tGAIgASgJIqsBCg1QcmVzZW5jZUV2ZW50EgwKBHJvb20YASABKAkSIQoGbWVtYmVyGAIgASgLMhEuZHVwbGV4LnYxLk1lbWJlchIrCgRraW5kGAMgASgOMh0uZHVwbGV4LnYxLlByZXNlbmNlRXZlbnQuS2luZCI8CgRLaW5kEhQKEEtJTkRfVU5TUEVDSUZJRUQQABIPCgtLSU5EX0pPSU5FRBABEg0KCUtJTkRfTEVGVBACIioKBk1lbWJlchIMCgRuYW1lGAEgASgJEhIKCnNlc3Npb25faWQYAiABKAkiUQoKUHVibGlzaEFjaxISCgpjb21tYW5kX2lkGAEgASgEEgwKBHJvb20YAiABKAkSDgoGb2Zmc2V0GAMgASgEEhEKCWR1cGxpY2F0ZRgEIAEoCCJ5CgxDb21tYW5kRXJyb3ISEgoKY29tbWFuZF9pZBgBIAEoBBIdCgRjb2RlGAIgASgOMg8uZHVwbGV4LnYxLkNvZGUSDwoHbWVzc2FnZRgDIAEoCRIMCgRyb29tGAQgASgJEhcKD2VhcmxpZXN0X29mZnNldBgFIAEoBCJcCgRQb25nEhIKCmNvbW1hbmRfaWQYASABKAQSHwoXY2xpZW50X3RpbWVfdW5peF9taWNyb3MYAiABKAMSHwoXc2VydmVyX3RpbWVfdW5peF9taWNyb3MYAyABKAMiPAoGTGFnZ2VkEgwKBHJvb20YASABKAkSEwoLbGFzdF9vZmZzZXQYAiABKAQSDwoHZHJvcHBlZBgDIAEoBCIyCghTaHV0ZG93bhIOCgZyZWFzb24YASABKAkSFgoOcmV0cnlfYWZ0ZXJfbXMYAiABKA0ifQoOUHVibGlzaFJlcXVlc3QSDAoEcm9vbRgBIAEoCRIPCgdwYXlsb2FkGAIgASgMEhQKDGNvbnRlbnRfdHlwZRgDIAEoCRIZChFjbGllbnRfbWVzc2FnZV9pZBgEIAEoCRIOCgZzZW5kZXIYBSABKAkSCwoDa2V5GAYgASgJIkMKDkhpc3RvcnlSZXF1ZXN0EgwKBHJvb20YASABKAkSFAoMYWZ0ZXJfb2Zmc2V0GAIgASgEEg0KBWxpbWl0GAMgASgNIo4BCg9IaXN0b3J5UmVzcG9uc2USJAoIbWVzc2FnZXMYASADKAsyEi5kdXBsZXgudjEuTWVzc2FnZRIXCg9lYXJsaWVzdF9vZmZzZXQYAiABKAQSEwoLbGFzdF9vZmZzZXQYAyABKAQSGQoRbmV4dF9hZnRlcl9vZmZzZXQYBCABKAQSDAoEbW9yZRgFIAEoCCIfCg9QcmVzZW5jZVJlcXVlc3QSDAoEcm9vbRgBIAEoCSJQChBQcmVzZW5jZVJlc3BvbnNlEiIKB21lbWJlcnMYASADKAsyES5kdXBsZXgudjEuTWVtYmVyEhgKEHVubGlzdGVkX21lbWJlcnMYAiABKAQiEwoRV2F0Y2hTdGF0c1JlcXVlc3QiogIKBVN0YXRzEhgKEHRpbWVfdW5peF9taWNyb3MYASABKAQSEAoIc2Vzc2lvbnMYAiABKAQSDQoFcm9vbXMYAyABKAQSEwoLY29ubmVjdGlvbnMYBCABKAQSHgoWbWVzc2FnZXNfaW5fcGVyX3NlY29uZBgFIAEoARIfChdtZXNzYWdlc19vdXRfcGVyX3NlY29uZBgGIAEoARIdChVkZWxpdmVyaWVzX3Blcl9zZWNvbmQYByABKAESIAoYbGFnZ2VkX3N1YnNjcmliZXJzX3RvdGFsGAggASgEEiYKHmRpc2Nvbm5lY3RlZF9zdWJzY3JpYmVyc190b3RhbBgJIAEoBBIfChdwdWJsaXNoX2Fja19wOTlfc2Vjb25kcxgKIAEoASJaChBTdWJzY3JpYmVSZXF1ZXN0EgwKBHJvb20YASABKAkSGQoMYWZ0ZXJfb2Zmc2V0GAIgASgESACIAQESDAoEbmFtZRgDIAEoCUIPCg1fYWZ0ZXJfb2Zmc2V0KrcCCgRDb2RlEgYKAk9LEAASDQoJQ0FOQ0VMTEVEEAESCwoHVU5LTk9XThACEhQKEElOVkFMSURfQVJHVU1FTlQQAxIVChFERUFETElORV9FWENFRURFRBAEEg0KCU5PVF9GT1VORBAFEhIKDkFMUkVBRFlfRVhJU1RTEAYSFQoRUEVSTUlTU0lPTl9ERU5JRUQQBxIWChJSRVNPVVJDRV9FWEhBVVNURUQQCBIXChNGQUlMRURfUFJFQ09ORElUSU9OEAkSCwoHQUJPUlRFRBAKEhAKDE9VVF9PRl9SQU5HRRALEhEKDVVOSU1QTEVNRU5URUQQDBIMCghJTlRFUk5BTBANEg8KC1VOQVZBSUxBQkxFEA4SDQoJREFUQV9MT1NTEA8SEwoPVU5BVVRIRU5USUNBVEVEEBAyjAMKA0h1YhI9CgdDb25uZWN0EhYuZHVwbGV4LnYxLkNsaWVudEZyYW1lGhYuZHVwbGV4LnYxLlNlcnZlckZyYW1lKAEwARI7CgdQdWJsaXNoEhkuZHVwbGV4LnYxLlB1Ymxpc2hSZXF1ZXN0GhUuZHVwbGV4LnYxLlB1Ymxpc2hBY2sSQAoHSGlzdG9yeRIZLmR1cGxleC52MS5IaXN0b3J5UmVxdWVzdBoaLmR1cGxleC52MS5IaXN0b3J5UmVzcG9uc2USQwoIUHJlc2VuY2USGi5kdXBsZXgudjEuUHJlc2VuY2VSZXF1ZXN0GhsuZHVwbGV4LnYxLlByZXNlbmNlUmVzcG9uc2USQgoJU3Vic2NyaWJlEhsuZHVwbGV4LnYxLlN1YnNjcmliZVJlcXVlc3QaFi5kdXBsZXgudjEuU2VydmVyRnJhbWUwARI+CgpXYXRjaFN0YXRzEhwuZHVwbGV4LnYxLldhdGNoU3RhdHNSZXF1ZXN0GhAuZHVwbGV4LnYxLlN0YXRzMAFiBnByb3RvMw");
+  fileDesc("ChNkdXBsZXgvdjEvaHViLnByb3RvEglkdXBsZXgudjEiuAEKC0NsaWVudEZyYW1lEhIKCmNvbW1hbmRfaWQYASABKAQSHwoEam9pbhgCIAEoCzIPLmR1cGxleC52MS5Kb2luSAASIQoFbGVhdmUYAyABKAsyEC5kdXBsZXgudjEuTGVhdmVIABIlCgdwdWJsaXNoGAQgASgLMhIuZHVwbGV4LnYxLlB1Ymxpc2hIABIfCgRwaW5nGAUgASgLMg8uZHVwbGV4LnYxLlBpbmdIAEIJCgdjb21tYW5kImUKBEpvaW4SDAoEcm9vbRgBIAEoCRIZCgxhZnRlcl9vZmZzZXQYAiABKARIAIgBARIOCgZoaWRkZW4YAyABKAgSEwoLcmVwbGF5X2xhc3QYBCABKA1CDwoNX2FmdGVyX29mZnNldCIVCgVMZWF2ZRIMCgRyb29tGAEgASgJImYKB1B1Ymxpc2gSDAoEcm9vbRgBIAEoCRIPCgdwYXlsb2FkGAIgASgMEhQKDGNvbnRlbnRfdHlwZRgDIAEoCRIZChFjbGllbnRfbWVzc2FnZV9pZBgEIAEoCRILCgNrZXkYBSABKAkiJwoEUGluZxIfChdjbGllbnRfdGltZV91bml4X21pY3JvcxgBIAEoAyKmAwoLU2VydmVyRnJhbWUSJQoHbWVzc2FnZRgBIAEoCzISLmR1cGxleC52MS5NZXNzYWdlSAASIwoGam9pbmVkGAIgASgLMhEuZHVwbGV4LnYxLkpvaW5lZEgAEh8KBGxlZnQYAyABKAsyDy5kdXBsZXgudjEuTGVmdEgAEiwKCHByZXNlbmNlGAQgASgLMhguZHVwbGV4LnYxLlByZXNlbmNlRXZlbnRIABIsCgtwdWJsaXNoX2FjaxgFIAEoCzIVLmR1cGxleC52MS5QdWJsaXNoQWNrSAASKAoFZXJyb3IYBiABKAsyFy5kdXBsZXgudjEuQ29tbWFuZEVycm9ySAASHwoEcG9uZxgHIAEoCzIPLmR1cGxleC52MS5Qb25nSAASIwoGbGFnZ2VkGAggASgLMhEuZHVwbGV4LnYxLkxhZ2dlZEgAEicKCHNodXRkb3duGAkgASgLMhMuZHVwbGV4LnYxLlNodXRkb3duSAASLAoLc2Vzc2lvbl9lbmQYCiABKAsyFS5kdXBsZXgudjEuU2Vzc2lvbkVuZEgAQgcKBWZyYW1lIqABCgdNZXNzYWdlEgwKBHJvb20YASABKAkSDgoGb2Zmc2V0GAIgASgEEhgKEHRpbWVfdW5peF9taWNyb3MYAyABKAMSDgoGc2VuZGVyGAQgASgJEg8KB3BheWxvYWQYBSABKAwSFAoMY29udGVudF90eXBlGAYgASgJEhkKEWNsaWVudF9tZXNzYWdlX2lkGAcgASgJEgsKA2tleRgIIAEoCSKWAQoGSm9pbmVkEhIKCmNvbW1hbmRfaWQYASABKAQSDAoEcm9vbRgCIAEoCRIXCg9lYXJsaWVzdF9vZmZzZXQYAyABKAQSEwoLbGFzdF9vZmZzZXQYBCABKAQSIgoHbWVtYmVycxgFIAMoCzIRLmR1cGxleC52MS5NZW1iZXISGAoQdW5saXN0ZWRfbWVtYmVycxgGIAEoBCIoCgRMZWZ0EhIKCmNvbW1hbmRfaWQYASABKAQSDAoEcm9vbRgCIAEoCSKrAQoNUHJlc2VuY2VFdmVudBIMCgRyb29tGAEgASgJEiEKBm1lbWJlchgCIAEoCzIRLmR1cGxleC52MS5NZW1iZXISKwoEa2luZBgDIAEoDjIdLmR1cGxleC52MS5QcmVzZW5jZUV2ZW50LktpbmQiPAoES2luZBIUChBLSU5EX1VOU1BFQ0lGSUVEEAASDwoLS0lORF9KT0lORUQQARINCglLSU5EX0xFRlQQAiIqCgZNZW1iZXISDAoEbmFtZRgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJIlEKClB1Ymxpc2hBY2sSEgoKY29tbWFuZF9pZBgBIAEoBBIMCgRyb29tGAIgASgJEg4KBm9mZnNldBgDIAEoBBIRCglkdXBsaWNhdGUYBCABKAgieQoMQ29tbWFuZEVycm9yEhIKCmNvbW1hbmRfaWQYASABKAQSHQoEY29kZRgCIAEoDjIPLmR1cGxleC52MS5Db2RlEg8KB21lc3NhZ2UYAyABKAkSDAoEcm9vbRgEIAEoCRIXCg9lYXJsaWVzdF9vZmZzZXQYBSABKAQiXAoEUG9uZxISCgpjb21tYW5kX2lkGAEgASgEEh8KF2NsaWVudF90aW1lX3VuaXhfbWljcm9zGAIgASgDEh8KF3NlcnZlcl90aW1lX3VuaXhfbWljcm9zGAMgASgDIjwKBkxhZ2dlZBIMCgRyb29tGAEgASgJEhMKC2xhc3Rfb2Zmc2V0GAIgASgEEg8KB2Ryb3BwZWQYAyABKAQiMgoIU2h1dGRvd24SDgoGcmVhc29uGAEgASgJEhYKDnJldHJ5X2FmdGVyX21zGAIgASgNIjwKClNlc3Npb25FbmQSHQoEY29kZRgBIAEoDjIPLmR1cGxleC52MS5Db2RlEg8KB21lc3NhZ2UYAiABKAkifQoOUHVibGlzaFJlcXVlc3QSDAoEcm9vbRgBIAEoCRIPCgdwYXlsb2FkGAIgASgMEhQKDGNvbnRlbnRfdHlwZRgDIAEoCRIZChFjbGllbnRfbWVzc2FnZV9pZBgEIAEoCRIOCgZzZW5kZXIYBSABKAkSCwoDa2V5GAYgASgJIkMKDkhpc3RvcnlSZXF1ZXN0EgwKBHJvb20YASABKAkSFAoMYWZ0ZXJfb2Zmc2V0GAIgASgEEg0KBWxpbWl0GAMgASgNIo4BCg9IaXN0b3J5UmVzcG9uc2USJAoIbWVzc2FnZXMYASADKAsyEi5kdXBsZXgudjEuTWVzc2FnZRIXCg9lYXJsaWVzdF9vZmZzZXQYAiABKAQSEwoLbGFzdF9vZmZzZXQYAyABKAQSGQoRbmV4dF9hZnRlcl9vZmZzZXQYBCABKAQSDAoEbW9yZRgFIAEoCCIfCg9QcmVzZW5jZVJlcXVlc3QSDAoEcm9vbRgBIAEoCSJQChBQcmVzZW5jZVJlc3BvbnNlEiIKB21lbWJlcnMYASADKAsyES5kdXBsZXgudjEuTWVtYmVyEhgKEHVubGlzdGVkX21lbWJlcnMYAiABKAQiEwoRV2F0Y2hTdGF0c1JlcXVlc3QiogIKBVN0YXRzEhgKEHRpbWVfdW5peF9taWNyb3MYASABKAQSEAoIc2Vzc2lvbnMYAiABKAQSDQoFcm9vbXMYAyABKAQSEwoLY29ubmVjdGlvbnMYBCABKAQSHgoWbWVzc2FnZXNfaW5fcGVyX3NlY29uZBgFIAEoARIfChdtZXNzYWdlc19vdXRfcGVyX3NlY29uZBgGIAEoARIdChVkZWxpdmVyaWVzX3Blcl9zZWNvbmQYByABKAESIAoYbGFnZ2VkX3N1YnNjcmliZXJzX3RvdGFsGAggASgEEiYKHmRpc2Nvbm5lY3RlZF9zdWJzY3JpYmVyc190b3RhbBgJIAEoBBIfChdwdWJsaXNoX2Fja19wOTlfc2Vjb25kcxgKIAEoASJaChBTdWJzY3JpYmVSZXF1ZXN0EgwKBHJvb20YASABKAkSGQoMYWZ0ZXJfb2Zmc2V0GAIgASgESACIAQESDAoEbmFtZRgDIAEoCUIPCg1fYWZ0ZXJfb2Zmc2V0KrcCCgRDb2RlEgYKAk9LEAASDQoJQ0FOQ0VMTEVEEAESCwoHVU5LTk9XThACEhQKEElOVkFMSURfQVJHVU1FTlQQAxIVChFERUFETElORV9FWENFRURFRBAEEg0KCU5PVF9GT1VORBAFEhIKDkFMUkVBRFlfRVhJU1RTEAYSFQoRUEVSTUlTU0lPTl9ERU5JRUQQBxIWChJSRVNPVVJDRV9FWEhBVVNURUQQCBIXChNGQUlMRURfUFJFQ09ORElUSU9OEAkSCwoHQUJPUlRFRBAKEhAKDE9VVF9PRl9SQU5HRRALEhEKDVVOSU1QTEVNRU5URUQQDBIMCghJTlRFUk5BTBANEg8KC1VOQVZBSUxBQkxFEA4SDQoJREFUQV9MT1NTEA8SEwoPVU5BVVRIRU5USUNBVEVEEBAyjAMKA0h1YhI9CgdDb25uZWN0EhYuZHVwbGV4LnYxLkNsaWVudEZyYW1lGhYuZHVwbGV4LnYxLlNlcnZlckZyYW1lKAEwARI7CgdQdWJsaXNoEhkuZHVwbGV4LnYxLlB1Ymxpc2hSZXF1ZXN0GhUuZHVwbGV4LnYxLlB1Ymxpc2hBY2sSQAoHSGlzdG9yeRIZLmR1cGxleC52MS5IaXN0b3J5UmVxdWVzdBoaLmR1cGxleC52MS5IaXN0b3J5UmVzcG9uc2USQwoIUHJlc2VuY2USGi5kdXBsZXgudjEuUHJlc2VuY2VSZXF1ZXN0GhsuZHVwbGV4LnYxLlByZXNlbmNlUmVzcG9uc2USQgoJU3Vic2NyaWJlEhsuZHVwbGV4LnYxLlN1YnNjcmliZVJlcXVlc3QaFi5kdXBsZXgudjEuU2VydmVyRnJhbWUwARI+CgpXYXRjaFN0YXRzEhwuZHVwbGV4LnYxLldhdGNoU3RhdHNSZXF1ZXN0GhAuZHVwbGV4LnYxLlN0YXRzMAFiBnByb3RvMw");
 
 /**
  * @generated from message duplex.v1.ClientFrame
@@ -262,6 +262,15 @@ export type ServerFrame = Message$1<"duplex.v1.ServerFrame"> & {
      */
     value: Shutdown;
     case: "shutdown";
+  } | {
+    /**
+     * WebSocket only (`/ws` on the web listener): the session's end status, sent as the
+     * last frame before the close. gRPC clients never see it (they get grpc-status).
+     *
+     * @generated from field: duplex.v1.SessionEnd session_end = 10;
+     */
+    value: SessionEnd;
+    case: "sessionEnd";
   } | { case: undefined; value?: undefined };
 };
 
@@ -662,6 +671,33 @@ export const ShutdownSchema: GenMessage<Shutdown> = /*@__PURE__*/
   messageDesc(file_duplex_v1_hub, 15);
 
 /**
+ * How a WebSocket session ended: what a gRPC `Hub.Connect` call carries as grpc-status and
+ * grpc-message. A WebSocket close frame's reason holds 123 bytes at most, so the status
+ * travels here, in the last binary message before the close. OK: the client closed its side
+ * and every pending publish was acked.
+ *
+ * @generated from message duplex.v1.SessionEnd
+ */
+export type SessionEnd = Message$1<"duplex.v1.SessionEnd"> & {
+  /**
+   * @generated from field: duplex.v1.Code code = 1;
+   */
+  code: Code;
+
+  /**
+   * @generated from field: string message = 2;
+   */
+  message: string;
+};
+
+/**
+ * Describes the message duplex.v1.SessionEnd.
+ * Use `create(SessionEndSchema)` to create a new message.
+ */
+export const SessionEndSchema: GenMessage<SessionEnd> = /*@__PURE__*/
+  messageDesc(file_duplex_v1_hub, 16);
+
+/**
  * @generated from message duplex.v1.PublishRequest
  */
 export type PublishRequest = Message$1<"duplex.v1.PublishRequest"> & {
@@ -703,7 +739,7 @@ export type PublishRequest = Message$1<"duplex.v1.PublishRequest"> & {
  * Use `create(PublishRequestSchema)` to create a new message.
  */
 export const PublishRequestSchema: GenMessage<PublishRequest> = /*@__PURE__*/
-  messageDesc(file_duplex_v1_hub, 16);
+  messageDesc(file_duplex_v1_hub, 17);
 
 /**
  * @generated from message duplex.v1.HistoryRequest
@@ -736,7 +772,7 @@ export type HistoryRequest = Message$1<"duplex.v1.HistoryRequest"> & {
  * Use `create(HistoryRequestSchema)` to create a new message.
  */
 export const HistoryRequestSchema: GenMessage<HistoryRequest> = /*@__PURE__*/
-  messageDesc(file_duplex_v1_hub, 17);
+  messageDesc(file_duplex_v1_hub, 18);
 
 /**
  * @generated from message duplex.v1.HistoryResponse
@@ -779,7 +815,7 @@ export type HistoryResponse = Message$1<"duplex.v1.HistoryResponse"> & {
  * Use `create(HistoryResponseSchema)` to create a new message.
  */
 export const HistoryResponseSchema: GenMessage<HistoryResponse> = /*@__PURE__*/
-  messageDesc(file_duplex_v1_hub, 18);
+  messageDesc(file_duplex_v1_hub, 19);
 
 /**
  * @generated from message duplex.v1.PresenceRequest
@@ -796,7 +832,7 @@ export type PresenceRequest = Message$1<"duplex.v1.PresenceRequest"> & {
  * Use `create(PresenceRequestSchema)` to create a new message.
  */
 export const PresenceRequestSchema: GenMessage<PresenceRequest> = /*@__PURE__*/
-  messageDesc(file_duplex_v1_hub, 19);
+  messageDesc(file_duplex_v1_hub, 20);
 
 /**
  * @generated from message duplex.v1.PresenceResponse
@@ -822,7 +858,7 @@ export type PresenceResponse = Message$1<"duplex.v1.PresenceResponse"> & {
  * Use `create(PresenceResponseSchema)` to create a new message.
  */
 export const PresenceResponseSchema: GenMessage<PresenceResponse> = /*@__PURE__*/
-  messageDesc(file_duplex_v1_hub, 20);
+  messageDesc(file_duplex_v1_hub, 21);
 
 /**
  * @generated from message duplex.v1.WatchStatsRequest
@@ -835,7 +871,7 @@ export type WatchStatsRequest = Message$1<"duplex.v1.WatchStatsRequest"> & {
  * Use `create(WatchStatsRequestSchema)` to create a new message.
  */
 export const WatchStatsRequestSchema: GenMessage<WatchStatsRequest> = /*@__PURE__*/
-  messageDesc(file_duplex_v1_hub, 21);
+  messageDesc(file_duplex_v1_hub, 22);
 
 /**
  * One tick of server-wide figures. Gauges are values now; rates are per second over the
@@ -922,7 +958,7 @@ export type Stats = Message$1<"duplex.v1.Stats"> & {
  * Use `create(StatsSchema)` to create a new message.
  */
 export const StatsSchema: GenMessage<Stats> = /*@__PURE__*/
-  messageDesc(file_duplex_v1_hub, 22);
+  messageDesc(file_duplex_v1_hub, 23);
 
 /**
  * @generated from message duplex.v1.SubscribeRequest
@@ -951,7 +987,7 @@ export type SubscribeRequest = Message$1<"duplex.v1.SubscribeRequest"> & {
  * Use `create(SubscribeRequestSchema)` to create a new message.
  */
 export const SubscribeRequestSchema: GenMessage<SubscribeRequest> = /*@__PURE__*/
-  messageDesc(file_duplex_v1_hub, 23);
+  messageDesc(file_duplex_v1_hub, 24);
 
 /**
  * Why a command or call failed. The values are the gRPC status code numbers (as in
