@@ -16,6 +16,18 @@ const NAME_KEY = "duplex.name";
 
 const decoder = new TextDecoder();
 
+/** The `sub` claim of a JWT, read without verifying it (only to label "you"). */
+function tokenSubject(token: string): string | undefined {
+  try {
+    const payload = token.split(".")[1] ?? "";
+    const json = atob(payload.replace(/-/g, "+").replace(/_/g, "/"));
+    const sub: unknown = JSON.parse(json).sub;
+    return typeof sub === "string" ? sub : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 export function startChat(): void {
   const form = byId<HTMLFormElement>("join-form");
   const nameInput = byId<HTMLInputElement>("name");
@@ -65,17 +77,26 @@ export function startChat(): void {
       append(line);
     },
     members(members: Member[], unlisted: bigint) {
-      presence.replaceChildren(...members.map((m) => element("li", "", m.name)));
+      const you = element("li", "own", `${selfName} (you)`);
+      presence.replaceChildren(you, ...members.map((m) => element("li", "", m.name)));
       const more = unlisted > 0n ? ` + ${unlisted}` : "";
-      presenceCount.textContent = `(${members.length}${more})`;
+      presenceCount.textContent = `(${members.length + 1}${more})`;
     },
     connected(open: boolean) {
       textInput.disabled = !open;
       sendButton.disabled = !open;
+      // Right after a join, typing goes to the message box.
+      if (open && focusOnJoin) {
+        focusOnJoin = false;
+        textInput.focus();
+      }
     },
   };
 
   let session: RoomSession | undefined;
+  /** How the server names this page: the token's subject, or the name given. */
+  let selfName = "";
+  let focusOnJoin = false;
   let joinedAs = "";
   let joinedWith = "";
 
@@ -94,13 +115,14 @@ export function startChat(): void {
       const scheme = location.protocol === "https:" ? "wss:" : "ws:";
       session = new RoomSession(`${scheme}//${location.host}/ws`, name, token, view);
       joinedAs = name;
+      selfName = token ? (tokenSubject(token) ?? "token holder") : name;
       joinedWith = token;
       connection.textContent = "connecting…";
     }
     list.replaceChildren();
     roomName.textContent = `in ${roomInput.value}`;
+    focusOnJoin = true;
     session.join(roomInput.value);
-    textInput.focus();
   });
 
   publishForm.addEventListener("submit", (event) => {

@@ -145,6 +145,7 @@ const scenarios = {
     await bob.keyboard.press("Enter");
     await say(alice, "hello from alice");
     // Presence: each page lists the others (carol joined before both).
+    await alice.waitForSelector('#presence li:text-is("alice (you)")');
     await alice.waitForSelector('#presence li:text-is("bob")');
     await bob.waitForSelector('#presence li:text-is("alice")');
     await bob.waitForSelector('#presence li:text-is("carol")');
