@@ -13,11 +13,11 @@ use std::io::Write as _;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::session::Session;
 use common::ws::WsSession;
 use common::{ChildGuard, STEP, spawn_duplex_serve_web};
-use duplex_proto::hub::Code;
+use duplex_proto::hub::hub_client::HubClient;
 use duplex_proto::hub::server_frame::Frame;
+use duplex_proto::hub::{Code, PublishRequest};
 use futures::StreamExt as _;
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
@@ -137,32 +137,32 @@ async fn a_websocket_that_never_reads_holds_bounded_memory_and_its_lag_policy_fi
     stalled.join("busy", None).await;
     let (before, _) = memory_kib(pid);
 
-    // A busy room: 3000 × 32 KiB = ~94 MiB published while the WebSocket client reads
-    // nothing. The publisher reads its own copies as they come.
+    // A busy room: 3000 × 32 KiB = ~94 MiB published (unary, eight at a time) while the
+    // WebSocket client reads nothing.
     let channel = tonic::transport::Channel::from_shared(format!("http://{grpc}"))
         .unwrap()
         .connect()
         .await
         .unwrap();
-    let mut publisher = Session::open(&channel, "publisher").await;
-    publisher.join("busy", None).await;
+    let client = HubClient::new(channel);
     let payload = bytes::Bytes::from(vec![b'x'; PAYLOAD]);
-    let publishing = async {
-        let mut acked = 0;
-        let mut sent = 0;
-        while acked < MESSAGES {
-            while sent < MESSAGES && sent - acked < 64 {
-                publisher.publish("busy", payload.clone()).await;
-                sent += 1;
-            }
-            if let Frame::PublishAck(_) = publisher.next().await {
-                acked += 1;
-            }
-        }
-    };
-    timeout(STEP * 6, publishing)
-        .await
-        .expect("the publisher is served while a subscriber stalls");
+    let publishes = (0..MESSAGES).map(|_| {
+        let mut client = client.clone();
+        let request = PublishRequest {
+            room: "busy".into(),
+            payload: payload.clone(),
+            ..Default::default()
+        };
+        async move { client.publish(request).await.expect("publish").into_inner() }
+    });
+    timeout(
+        STEP * 6,
+        futures::stream::iter(publishes)
+            .buffer_unordered(8)
+            .for_each(|_| async {}),
+    )
+    .await
+    .expect("the publisher is served while a subscriber stalls");
     let (after, peak) = memory_kib(pid);
     let growth_mib = (peak.saturating_sub(before)) as f64 / 1024.0;
     println!(

@@ -193,3 +193,36 @@ async fn a_refused_token_gets_session_end_unauthenticated_then_a_close() {
     let mut session = WsSession::open(web, &["duplex.v1", &good]).await;
     session.join("any", None).await;
 }
+
+#[tokio::test]
+async fn a_websocket_session_is_told_to_move_before_its_connection_age_then_closed_1001() {
+    let (_server, _grpc, web) = spawn_duplex_serve_web(&[
+        "--max-connection-age",
+        "2s",
+        "--max-connection-age-grace",
+        "1s",
+    ]);
+    let mut session = WsSession::open(web, &["duplex.v1"]).await;
+    session.join("aging", None).await;
+    let ended = session.ended().await;
+    assert!(
+        ended
+            .before
+            .iter()
+            .any(|frame| matches!(frame, Frame::Shutdown(_))),
+        "a shutdown frame first: {ended:?}"
+    );
+    let end = ended.end.expect("a session_end frame");
+    assert_eq!(end.code(), Code::Unavailable, "{end:?}");
+    assert_eq!(ended.close.map(|c| u16::from(c.code)), Some(1001));
+}
+
+#[tokio::test]
+async fn an_idle_websocket_session_ends_with_deadline_exceeded() {
+    let (_server, _grpc, web) = spawn_duplex_serve_web(&["--idle-timeout", "1s"]);
+    let session = WsSession::open(web, &["duplex.v1"]).await;
+    let ended = session.ended().await;
+    let end = ended.end.expect("a session_end frame");
+    assert_eq!(end.code(), Code::DeadlineExceeded, "{end:?}");
+    assert_eq!(ended.close.map(|c| u16::from(c.code)), Some(1008));
+}
