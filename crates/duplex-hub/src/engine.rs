@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::HubError;
 use crate::config::HubConfig;
+use crate::counters::HubCounters;
 use crate::feed::LiveFeed;
 use crate::limiter::PublishLimiter;
 use crate::presence::Presence;
@@ -71,6 +72,8 @@ pub(crate) struct PublishCommand {
     pub(crate) input: PublishInput,
     /// Where the durable outcome goes.
     pub(crate) reply: oneshot::Sender<Result<PublishOutcome, HubError>>,
+    /// When it was queued: publish → ack latency counts from here.
+    pub(crate) queued_at: std::time::Instant,
 }
 
 /// A publish queued for the sequencer: resolves once it is durable (or failed).
@@ -105,6 +108,8 @@ pub(crate) struct Engine {
     next_session: AtomicU64,
     /// The `shutdown` frame the server announced, once it has: sessions opened later get it.
     shutdown_frame: OnceLock<Bytes>,
+    /// What the engine counts for operators, shared with the sequencer and every queue.
+    counters: Arc<HubCounters>,
 }
 
 impl Engine {
@@ -114,6 +119,7 @@ impl Engine {
         presence: Arc<dyn Presence>,
         config: HubConfig,
         sequencer: mpsc::Sender<PublishCommand>,
+        counters: Arc<HubCounters>,
     ) -> Self {
         let limiter = config.publish_rate.map(|rate| {
             PublishLimiter::new(rate, config.publish_burst, config.rate_limited_identities)
@@ -129,7 +135,13 @@ impl Engine {
             sessions: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
             shutdown_frame: OnceLock::new(),
+            counters,
         }
+    }
+
+    /// What the engine counts for operators.
+    pub(crate) fn counters(&self) -> &Arc<HubCounters> {
+        &self.counters
     }
 
     pub(crate) fn store(&self) -> &Arc<dyn Store> {
@@ -223,7 +235,12 @@ impl Engine {
     async fn enqueue(&self, room: Arc<Room>, input: PublishInput) -> Result<PendingAck, HubError> {
         let (reply, ack) = oneshot::channel();
         self.sequencer
-            .send(PublishCommand { room, input, reply })
+            .send(PublishCommand {
+                room,
+                input,
+                reply,
+                queued_at: std::time::Instant::now(),
+            })
             .await
             .map_err(|_| HubError::ShuttingDown)?;
         Ok(PendingAck(ack))
@@ -253,6 +270,7 @@ impl Engine {
     /// Registers a new session's queue; returns its id.
     pub(crate) fn register_session(&self, queue: &Arc<SubscriberQueue>) -> u64 {
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
+        self.counters.session_opened();
         self.sessions
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -265,6 +283,14 @@ impl Engine {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&id);
+    }
+
+    /// Sessions registered now (without upgrading each: O(1)).
+    pub(crate) fn session_count(&self) -> usize {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
     }
 
     pub(crate) fn live_sessions(&self) -> Vec<Arc<SubscriberQueue>> {

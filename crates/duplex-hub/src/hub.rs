@@ -20,6 +20,7 @@ use tracing::{Instrument as _, debug, warn};
 use crate::HubError;
 use crate::budget::QueueBudgets;
 use crate::config::HubConfig;
+use crate::counters::HubCounters;
 use crate::engine::Engine;
 pub(crate) use crate::engine::now_unix_micros;
 use crate::engine::{PublishInput, PublishOutcome};
@@ -129,13 +130,21 @@ impl Hub {
         config: HubConfig,
     ) -> Self {
         let (sequencer, commands) = mpsc::channel(config.sequencer_queue.max(1));
-        tokio::spawn(run_sequencer(commands, store.clone(), config.clone()));
+        let counters = Arc::new(HubCounters::default());
+        tokio::spawn(run_sequencer(
+            commands,
+            store.clone(),
+            config.clone(),
+            counters.clone(),
+        ));
         tokio::spawn(sweep_retention(
             Arc::downgrade(&store),
             config.retention_sweep,
         ));
         let stall_timeout = config.send_stall_timeout;
-        let engine = Arc::new(Engine::new(store, feed, presence, config, sequencer));
+        let engine = Arc::new(Engine::new(
+            store, feed, presence, config, sequencer, counters,
+        ));
         tokio::spawn(sweep_rooms(Arc::downgrade(&engine)));
         if let Some(timeout) = stall_timeout {
             tokio::spawn(sweep_stalled(Arc::downgrade(&engine), timeout));
@@ -163,6 +172,7 @@ impl Hub {
             config.queue_frames,
             config.queue_bytes,
             origin.budgets,
+            self.engine.counters().clone(),
         );
         let id = self.engine.register_session(&queue);
         if let Some(frame) = self.engine.shutdown_frame() {
@@ -281,19 +291,27 @@ impl Hub {
         }
     }
 
-    /// Rooms, sessions and what is queued for them now (scans every session's queue).
+    /// Rooms, sessions and what is queued for them now: gauges kept up to date as frames
+    /// are queued and sent, and the lengths of the room and session tables (no scan).
     pub fn stats(&self) -> HubStats {
-        let sessions = self.engine.live_sessions();
-        let (queued_frames, queued_bytes) = sessions
-            .iter()
-            .map(|q| q.depth())
-            .fold((0, 0), |(f, b), (df, db)| (f + df, b + db));
+        let counters = self.engine.counters();
         HubStats {
             rooms: self.engine.room_count(),
-            sessions: sessions.len(),
-            queued_frames,
-            queued_bytes,
+            sessions: self.engine.session_count(),
+            queued_frames: usize::try_from(counters.queued_frames()).unwrap_or(0),
+            queued_bytes: usize::try_from(counters.queued_bytes()).unwrap_or(0),
         }
+    }
+
+    /// What the engine counts (publishes, acks, fan-out, queues, lag, resumes), for
+    /// exporters.
+    pub fn counters(&self) -> &Arc<HubCounters> {
+        self.engine.counters()
+    }
+
+    /// What the store counts (fsync latency, failures, availability), if it counts.
+    pub fn store_counters(&self) -> Option<&duplex_store::StoreCounters> {
+        self.engine.store().counters()
     }
 }
 

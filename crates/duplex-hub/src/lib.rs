@@ -18,6 +18,7 @@
 
 mod budget;
 mod config;
+mod counters;
 mod deadlines;
 mod engine;
 mod error;
@@ -38,6 +39,7 @@ mod session;
 
 pub use budget::{ByteBudget, QueueBudgets};
 pub use config::{HubConfig, LagPolicy};
+pub use counters::{HubCounters, ShardedCounter};
 pub use duplex_proto::hub::Code;
 pub use engine::{PublishInput, PublishOutcome};
 pub use error::HubError;

@@ -27,6 +27,7 @@ use tokio::sync::Notify;
 use crate::HubError;
 use crate::budget::QueueBudgets;
 use crate::config::LagPolicy;
+use crate::counters::HubCounters;
 use crate::frames;
 
 /// A room message as fanned out: its encoded frame and where it belongs (for lag accounting
@@ -123,6 +124,9 @@ struct State {
     lag_reports: VecDeque<Bytes>,
     /// Set when the `disconnect` policy fired.
     lagged: bool,
+    /// Set the first time a live frame found the queue full, so the subscriber is counted
+    /// as lagged once.
+    ever_full: bool,
     consumer_gone: bool,
     consumer: Option<Waker>,
     /// A reliable push is waiting for room: the next reliable frame sent wakes it.
@@ -181,12 +185,20 @@ pub(crate) struct SubscriberQueue {
     /// to them, and given back when it leaves the queue, so the sum over many streams is
     /// bounded, not only each stream.
     budgets: QueueBudgets,
+    /// The hub's counters: every frame in and out of the queue moves its depth gauges.
+    counters: Arc<HubCounters>,
 }
 
 impl SubscriberQueue {
     #[cfg(test)]
     pub(crate) fn new(policy: LagPolicy, max_frames: usize, max_bytes: usize) -> Arc<Self> {
-        Self::with_budgets(policy, max_frames, max_bytes, QueueBudgets::default())
+        Self::with_budgets(
+            policy,
+            max_frames,
+            max_bytes,
+            QueueBudgets::default(),
+            Arc::default(),
+        )
     }
 
     pub(crate) fn with_budgets(
@@ -194,6 +206,7 @@ impl SubscriberQueue {
         max_frames: usize,
         max_bytes: usize,
         budgets: QueueBudgets,
+        counters: Arc<HubCounters>,
     ) -> Arc<Self> {
         Arc::new(Self {
             state: Mutex::new(State::default()),
@@ -203,7 +216,13 @@ impl SubscriberQueue {
             max_frames: max_frames.max(1),
             max_bytes: max_bytes.max(1),
             budgets,
+            counters,
         })
+    }
+
+    /// The hub's counters, which this queue reports to.
+    pub(crate) fn counters(&self) -> &HubCounters {
+        &self.counters
     }
 
     pub(crate) fn budgets(&self) -> &QueueBudgets {
@@ -231,8 +250,12 @@ impl SubscriberQueue {
         // either way full, the policy decides, as one.
         let mut charged = !full(&state) && self.budgets.try_charge(size);
         if !charged {
+            if !std::mem::replace(&mut state.ever_full, true) {
+                self.counters.subscriber_lagged();
+            }
             match self.policy {
                 LagPolicy::Disconnect => {
+                    self.counters.lagged_out();
                     self.lag_out(&mut state, HubError::Lagged);
                     return LivePush::Detach;
                 }
@@ -259,10 +282,15 @@ impl SubscriberQueue {
             // The budgets are held by other streams: this frame is the one dropped.
             if let Some(meta) = frame.meta() {
                 state.rooms.entry(meta.room.clone()).or_default().dropped += 1;
+                self.counters.message_dropped();
             }
             return LivePush::Queued;
         }
         start_waiting(&mut state);
+        self.counters.queued(size);
+        if frame.meta().is_some() {
+            self.counters.delivered(1);
+        }
         state.live_frames += 1;
         state.live_bytes += size;
         state.frames.push_back(Entry { frame, live: true });
@@ -335,6 +363,7 @@ impl SubscriberQueue {
             return TryPush::Full(frame);
         }
         start_waiting(&mut state);
+        self.counters.queued(size);
         state.reliable_frames += 1;
         state.reliable_bytes += size;
         state.frames.push_back(Entry { frame, live: false });
@@ -348,6 +377,7 @@ impl SubscriberQueue {
         if state.ending.is_none() && !state.consumer_gone {
             start_waiting(&mut state);
             self.budgets.force_charge(bytes.len());
+            self.counters.queued(bytes.len());
             state.reliable_frames += 1;
             state.reliable_bytes += bytes.len();
             state.frames.push_back(Entry {
@@ -398,6 +428,7 @@ impl SubscriberQueue {
     }
 
     /// Frames and bytes queued now.
+    #[cfg(test)]
     pub(crate) fn depth(&self) -> (usize, usize) {
         let state = self.lock();
         let bytes = state.frames.iter().map(|e| e.frame.len()).sum();
@@ -416,6 +447,7 @@ impl SubscriberQueue {
                 .waiting_since
                 .is_some_and(|since| now.saturating_duration_since(since) >= timeout);
         if stalled {
+            self.counters.stalled_out();
             self.lag_out(&mut state, HubError::SendStalled(timeout));
         }
         stalled
@@ -426,6 +458,10 @@ impl SubscriberQueue {
         state.frames.clear();
         self.budgets
             .release(state.live_bytes + state.reliable_bytes);
+        self.counters.unqueued(
+            state.live_frames + state.reliable_frames,
+            state.live_bytes + state.reliable_bytes,
+        );
         state.live_frames = 0;
         state.live_bytes = 0;
         state.reliable_frames = 0;
@@ -486,8 +522,10 @@ impl SubscriberQueue {
             state.live_frames -= 1;
             state.live_bytes -= entry.frame.len();
             self.budgets.release(entry.frame.len());
+            self.counters.unqueued(1, entry.frame.len());
             if let Some(meta) = entry.frame.meta() {
                 state.rooms.entry(meta.room.clone()).or_default().dropped += 1;
+                self.counters.message_dropped();
             }
         }
     }
@@ -502,6 +540,10 @@ impl Drop for SubscriberQueue {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         self.budgets
             .release(state.live_bytes + state.reliable_bytes);
+        self.counters.unqueued(
+            state.live_frames + state.reliable_frames,
+            state.live_bytes + state.reliable_bytes,
+        );
     }
 }
 
@@ -532,6 +574,7 @@ impl Stream for Outbound {
         let mut guard = queue.lock();
         let state = &mut *guard;
         if let Some(report) = state.lag_reports.pop_front() {
+            queue.counters.sent(report.len());
             return Poll::Ready(Some(Ok(Frame::own(report))));
         }
         if let Some(entry) = state.frames.pop_front() {
@@ -548,12 +591,15 @@ impl Stream for Outbound {
                     let report = frames::lagged(&meta.room, marks.delivered, dropped);
                     state.frames.push_front(entry);
                     state.waiting_since = Some(Instant::now());
+                    queue.counters.sent(report.len());
                     return Poll::Ready(Some(Ok(Frame::own(report))));
                 }
                 marks.delivered = marks.delivered.max(meta.offset);
             }
             let size = entry.frame.len();
             queue.budgets.release(size);
+            queue.counters.unqueued(1, size);
+            queue.counters.sent(size);
             if entry.live {
                 state.live_frames -= 1;
                 state.live_bytes -= size;
@@ -687,7 +733,9 @@ mod tests {
         use futures::StreamExt as _;
         let connection = ByteBudget::new(1000);
         let budgets = QueueBudgets::new(Some(connection.clone()), None);
-        let queue = |policy| SubscriberQueue::with_budgets(policy, 64, 1 << 20, budgets.clone());
+        let queue = |policy| {
+            SubscriberQueue::with_budgets(policy, 64, 1 << 20, budgets.clone(), Arc::default())
+        };
         // A stalled stream holds most of the budget.
         let stalled = queue(LagPolicy::Disconnect);
         let stalled_out = Outbound::new(stalled.clone());

@@ -191,6 +191,7 @@ async fn replay(
             }
             // Queued, and charged there: the page holds that much less.
             page_hold.give_back(size);
+            subscriber.queue.counters().replayed(1);
             cursor = message.offset;
         }
         if cursor == before {

@@ -242,6 +242,7 @@ mod tests {
             100,
             1 << 20,
             QueueBudgets::default(),
+            Arc::default(),
         );
         fresh.lock().subscribers.push(Subscriber {
             session_id: 1,

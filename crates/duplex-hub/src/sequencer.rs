@@ -20,6 +20,7 @@ use tracing::{debug, warn};
 
 use crate::HubError;
 use crate::config::HubConfig;
+use crate::counters::HubCounters;
 use crate::engine::{PublishCommand, PublishOutcome, now_unix_micros};
 
 /// The sequencer task: runs until every sender of `commands` is gone.
@@ -27,6 +28,7 @@ pub(crate) async fn run_sequencer(
     mut commands: mpsc::Receiver<PublishCommand>,
     store: Arc<dyn Store>,
     config: HubConfig,
+    counters: Arc<HubCounters>,
 ) {
     let mut batch = Vec::with_capacity(config.max_batch);
     while commands
@@ -34,13 +36,13 @@ pub(crate) async fn run_sequencer(
         .await
         > 0
     {
-        commit_batch(&mut batch, &*store).await;
+        commit_batch(&mut batch, &*store, &counters).await;
     }
     debug!("sequencer stopped");
 }
 
 /// Appends one batch, then delivers and acks it (see the module docs).
-async fn commit_batch(batch: &mut Vec<PublishCommand>, store: &dyn Store) {
+async fn commit_batch(batch: &mut Vec<PublishCommand>, store: &dyn Store, counters: &HubCounters) {
     let now = now_unix_micros();
     let records: Vec<NewMessage> = batch
         .iter()
@@ -57,7 +59,14 @@ async fn commit_batch(batch: &mut Vec<PublishCommand>, store: &dyn Store) {
             }
         })
         .collect();
+    let started = std::time::Instant::now();
     let appended = store.append(records).await;
+    // One clock read for the batch: every ack below is counted as made now.
+    let acked_at = std::time::Instant::now();
+    counters.committed(batch.len(), acked_at - started);
+    if appended.is_err() {
+        counters.publishes_failed(batch.len());
+    }
     let outcomes = match appended {
         Ok(outcomes) if outcomes.len() == batch.len() => outcomes,
         Ok(outcomes) => {
@@ -82,15 +91,23 @@ async fn commit_batch(batch: &mut Vec<PublishCommand>, store: &dyn Store) {
     };
     let mut duplicates = Vec::new();
     for (command, outcome) in batch.drain(..).zip(outcomes) {
-        let PublishCommand { room, input, reply } = command;
+        let PublishCommand {
+            room,
+            input,
+            reply,
+            queued_at,
+        } = command;
         let result = PublishOutcome {
             offset: outcome.offset,
             duplicate: outcome.duplicate,
         };
+        let latency = acked_at.saturating_duration_since(queued_at);
         if outcome.duplicate {
+            counters.acked_duplicate(latency);
             duplicates.push((reply, result));
             continue;
         }
+        counters.acked(input.payload.len(), latency);
         let message = StoredMessage {
             room: input.room,
             offset: outcome.offset,

@@ -310,6 +310,7 @@ impl Session {
         let after = match (join.after_offset, join.replay_last) {
             (Some(after), _) => {
                 check_resume(&room.name, after, bounds.map(|b| b.earliest), last)?;
+                self.engine.counters().resumed();
                 Some(after)
             }
             (None, 0) => None,

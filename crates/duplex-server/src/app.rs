@@ -13,6 +13,8 @@ use duplex_store::{MemoryStore, RedbStore, Store};
 
 use crate::auth::{AuthSetupError, Authenticator};
 use crate::config::{ServeConfig, StoreKind};
+use crate::health::Health;
+use crate::metrics::Metrics;
 
 /// Why the application could not be assembled.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +30,9 @@ pub enum AppError {
     /// The JWT settings are unusable (a key file missing or malformed).
     #[error("auth: {0}")]
     Auth(#[from] AuthSetupError),
+    /// The protobuf descriptors for reflection do not load (a build defect).
+    #[error("reflection: {0}")]
+    Reflection(tonic_reflection::server::Error),
 }
 
 /// The store, the token check and the hub, assembled once; cheap to clone (handles).
@@ -37,6 +42,13 @@ pub struct App {
     hub: Hub,
     /// Token verification shared by every transport, so each one checks the same way.
     auth: Arc<Authenticator>,
+    /// The registry `/metrics` renders and the server's counters every listener adds to.
+    metrics: Arc<Metrics>,
+    /// Serving or not (shutdown, store), for the health service and `/readyz`.
+    health: Health,
+    /// The standard services every gRPC listener serves beside ours: health and
+    /// reflection (v1 and v1alpha).
+    standard_services: tonic::service::Routes,
 }
 
 impl App {
@@ -63,7 +75,34 @@ impl App {
         };
         let auth = Arc::new(Authenticator::from_settings(&config.auth_settings())?);
         let hub = Hub::new(store, config.hub_config());
-        Ok(Self { hub, auth })
+        let metrics = Arc::new(Metrics::new(hub.clone(), config.lag_policy));
+        let (health, health_service) = Health::new(hub.clone()).await;
+        tokio::spawn(health.watch_store());
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(duplex_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let standard_services = tonic::service::Routes::new(health_service)
+            .add_service(reflection().build_v1().map_err(AppError::Reflection)?)
+            .add_service(reflection().build_v1alpha().map_err(AppError::Reflection)?);
+        Ok(Self {
+            hub,
+            auth,
+            metrics,
+            health,
+            standard_services,
+        })
+    }
+
+    /// Serving or not, for the health service and `/readyz`.
+    pub(crate) fn health(&self) -> &Health {
+        &self.health
+    }
+
+    /// Health and reflection, to serve beside the duplex services.
+    pub(crate) fn standard_services(&self) -> tonic::service::Routes {
+        self.standard_services.clone()
     }
 
     /// The engine behind the Hub service.
@@ -74,6 +113,16 @@ impl App {
     /// The token check every transport applies.
     pub fn auth(&self) -> &Arc<Authenticator> {
         &self.auth
+    }
+
+    /// The metrics registry and counters.
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The metrics in the Prometheus text format, as `/metrics` serves them.
+    pub fn render_metrics(&self) -> String {
+        self.metrics.render()
     }
 }
 

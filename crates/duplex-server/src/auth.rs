@@ -178,6 +178,11 @@ impl Authenticator {
         })
     }
 
+    /// Whether tokens are verified (`--jwt-secret-file` or `--jwt-public-key-file`).
+    pub fn verifies_tokens(&self) -> bool {
+        self.verifier.is_some()
+    }
+
     /// The caller's identity: from a verified token, or anonymous (named by the
     /// `duplex-name` header) when auth is off or anonymous calls are allowed.
     pub fn identify(&self, metadata: &HeaderMap) -> Result<Identity, AuthError> {

@@ -13,9 +13,10 @@
 //! and the next request message is read only then. Backpressure is end to end for free.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::{Buf as _, Bytes};
+use bytes::{Buf as _, BufMut as _, Bytes};
 use futures::StreamExt as _;
 use futures::future::{BoxFuture, Ready, ready};
 use futures::stream::Map;
@@ -26,20 +27,32 @@ use tonic::{Request, Response, Status, Streaming};
 
 use duplex_proto::chat::Msg;
 
+use crate::metrics::{ServerCounters, Service};
 use crate::status::{inbound_error, undecodable};
 
 const METHOD: &str = "/chat.Chat/Chat";
 
 /// The echo service. Cheap to clone; one value serves every connection.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ChatService {
     max_message_size: usize,
+    /// Where messages in and out are counted (`/metrics`), when served by a `Server`.
+    counters: Option<Arc<ServerCounters>>,
 }
 
 impl ChatService {
     /// Refuses inbound messages over `max_message_size` bytes with RESOURCE_EXHAUSTED.
     pub fn new(max_message_size: usize) -> Self {
-        Self { max_message_size }
+        Self {
+            max_message_size,
+            counters: None,
+        }
+    }
+
+    /// Counts every message in and out in `counters`.
+    pub(crate) fn with_counters(mut self, counters: Arc<ServerCounters>) -> Self {
+        self.counters = Some(counters);
+        self
     }
 }
 
@@ -66,8 +79,11 @@ where
             return Box::pin(ready(Ok(refused)));
         }
         let limit = self.max_message_size;
+        let codec = EchoCodec {
+            counters: self.counters.clone(),
+        };
         Box::pin(async move {
-            let mut grpc = Grpc::new(EchoCodec).max_decoding_message_size(limit);
+            let mut grpc = Grpc::new(codec).max_decoding_message_size(limit);
             Ok(grpc.streaming(ChatMethod, request).await)
         })
     }
@@ -157,8 +173,11 @@ fn encode_echo(text: &MsgText, buf: &mut impl bytes::BufMut) {
 }
 
 /// Decodes `Msg` to [`MsgText`] and encodes [`MsgText`] as its `Echo`.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct EchoCodec;
+#[derive(Debug, Clone, Default)]
+pub struct EchoCodec {
+    /// Where each message in and out is counted, if anywhere.
+    counters: Option<Arc<ServerCounters>>,
+}
 
 impl Codec for EchoCodec {
     type Encode = MsgText;
@@ -167,11 +186,11 @@ impl Codec for EchoCodec {
     type Decoder = EchoCodec;
 
     fn encoder(&mut self) -> EchoCodec {
-        EchoCodec
+        self.clone()
     }
 
     fn decoder(&mut self) -> EchoCodec {
-        EchoCodec
+        self.clone()
     }
 }
 
@@ -180,7 +199,11 @@ impl Encoder for EchoCodec {
     type Error = Status;
 
     fn encode(&mut self, text: MsgText, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        let room_before = buf.remaining_mut();
         encode_echo(&text, buf);
+        if let Some(counters) = &self.counters {
+            counters.chat_sent(room_before - buf.remaining_mut());
+        }
         Ok(())
     }
 }
@@ -190,6 +213,9 @@ impl Decoder for EchoCodec {
     type Error = Status;
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<MsgText>, Status> {
+        if let Some(counters) = &self.counters {
+            counters.received(Service::Chat, buf.remaining());
+        }
         let message = buf.copy_to_bytes(buf.remaining());
         decode_msg(message).map(Some).map_err(undecodable)
     }

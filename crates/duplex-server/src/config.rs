@@ -28,6 +28,11 @@ pub struct ServeConfig {
     #[arg(long = "cors-origin", value_name = "ORIGIN", value_parser = parse_cors_origin)]
     pub cors_origins: Vec<String>,
 
+    /// Serve Prometheus metrics at `/metrics` on the web listener (`--metrics false` turns
+    /// the route off; the counters are kept either way).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub metrics: bool,
+
     /// HTTP/2 initial flow-control window of each stream, in bytes (SETTINGS_INITIAL_WINDOW_SIZE).
     /// How much a peer may send on one stream before it must wait for our WINDOW_UPDATE.
     /// Raise it for large messages on high-latency links. Accepts suffixes: 64KiB, 1MiB.

@@ -43,6 +43,8 @@ use std::task::{Context, Poll, Waker, ready};
 use std::time::{Duration, Instant};
 
 use duplex_hub::{ByteBudget, QueueBudgets};
+
+use crate::metrics::{Refusal, ServerCounters};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
@@ -134,6 +136,8 @@ struct FromIp {
 pub(crate) struct ConnectionGate {
     limits: ConnectionLimits,
     counts: Mutex<Counts>,
+    /// Admissions, refusals, open connections and the guard's GOAWAYs, for `/metrics`.
+    counters: Arc<ServerCounters>,
 }
 
 /// One admitted connection's place in the counts; released on drop.
@@ -148,6 +152,7 @@ pub(crate) struct Admission {
 
 impl Drop for Admission {
     fn drop(&mut self) {
+        self.gate.counters.connection_closed();
         let mut counts = self.gate.lock();
         counts.total -= 1;
         if let Some(from_ip) = counts.per_ip.get_mut(&self.ip) {
@@ -173,11 +178,17 @@ impl Admission {
 
 impl ConnectionGate {
     /// A gate with nothing admitted yet.
-    pub(crate) fn new(limits: ConnectionLimits) -> Arc<Self> {
+    pub(crate) fn new(limits: ConnectionLimits, counters: Arc<ServerCounters>) -> Arc<Self> {
         Arc::new(Self {
             limits,
             counts: Mutex::new(Counts::default()),
+            counters,
         })
+    }
+
+    /// The counters admissions and refusals go to.
+    pub(crate) fn counters(&self) -> &Arc<ServerCounters> {
+        &self.counters
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
@@ -190,15 +201,18 @@ impl ConnectionGate {
         let ip = remote.map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
         let mut counts = self.lock();
         if counts.total >= self.limits.max_connections {
+            self.counters.refused(Refusal::MaxConnections);
             return Err(format!("{} connections open, the limit", counts.total));
         }
         let from_ip = counts.per_ip.get(&ip).map_or(0, |f| f.connections);
         if from_ip >= self.limits.max_connections_per_ip {
+            self.counters.refused(Refusal::MaxConnectionsPerIp);
             return Err(format!(
                 "{from_ip} connections open from {ip}, the limit per IP"
             ));
         }
         counts.total += 1;
+        self.counters.connection_opened();
         let from_ip = counts.per_ip.entry(ip).or_insert_with(|| FromIp {
             connections: 0,
             budget: ByteBudget::new(self.limits.ip_queue_bytes),
@@ -697,6 +711,10 @@ impl AsyncRead for GuardedStream {
             });
             if calm_down {
                 warn!(remote = ?this.admission.info.remote, "too many pings: GOAWAY ENHANCE_YOUR_CALM");
+                this.admission
+                    .gate
+                    .counters
+                    .goaway(crate::metrics::GoAway::TooManyPings);
                 this.goaway = Some(GoAway {
                     frame: goaway_frame(this.last_client_stream),
                     written: 0,

@@ -20,7 +20,7 @@ use duplex_hub::{
 };
 use duplex_proto::hub::{
     ClientFrame, HistoryRequest, HistoryResponse, PresenceRequest, PresenceResponse, PublishAck,
-    PublishRequest, SubscribeRequest,
+    PublishRequest, Stats, SubscribeRequest, WatchStatsRequest,
 };
 use futures::future::BoxFuture;
 use futures::stream::{Map, StreamExt as _};
@@ -29,8 +29,9 @@ use tonic::server::{Grpc, NamedService, ServerStreamingService, StreamingService
 use tonic::{Code, Request, Response, Status, Streaming};
 use tonic_prost::ProstCodec;
 
-use crate::auth::{Authenticator, peer_quota_key};
+use crate::auth::{AuthError, Authenticator, peer_quota_key};
 use crate::guard::ConnectionInfo;
+use crate::metrics::{AuthFailure, ServerCounters, Service};
 use crate::status::{auth_status, inbound_hub_error, status, undecodable};
 
 /// The Hub service: cheap to clone, one hub behind every connection.
@@ -40,17 +41,25 @@ pub(crate) struct HubService {
     auth: Arc<Authenticator>,
     max_message_size: usize,
     max_connection_age: Option<std::time::Duration>,
+    /// Where messages received and auth failures are counted (`/metrics`).
+    counters: Arc<ServerCounters>,
 }
 
 impl HubService {
     /// The service over `hub`, identifying callers with `auth`, refusing inbound messages
     /// over `max_message_size` bytes.
-    pub(crate) fn new(hub: Hub, auth: Arc<Authenticator>, max_message_size: usize) -> Self {
+    pub(crate) fn new(
+        hub: Hub,
+        auth: Arc<Authenticator>,
+        max_message_size: usize,
+        counters: Arc<ServerCounters>,
+    ) -> Self {
         Self {
             hub,
             auth,
             max_message_size,
             max_connection_age: None,
+            counters,
         }
     }
 
@@ -74,7 +83,14 @@ impl HubService {
         let mut identity = self
             .auth
             .identify(request.metadata().as_ref())
-            .map_err(auth_status)?;
+            .map_err(|error| {
+                self.counters.auth_failed(match &error {
+                    AuthError::MissingToken => AuthFailure::MissingToken,
+                    AuthError::MalformedHeader(_) => AuthFailure::MalformedHeader,
+                    AuthError::InvalidToken(_) => AuthFailure::InvalidToken,
+                });
+                auth_status(error)
+            })?;
         if !identity.is_verified() {
             identity.quota_key = peer_quota_key(peer(request));
         }
@@ -148,14 +164,15 @@ where
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let service = self.clone();
         let limit = self.max_message_size;
+        let counters = self.counters.clone();
         match request.uri().path() {
             "/duplex.v1.Hub/Connect" => Box::pin(async move {
-                let mut grpc = Grpc::new(PreEncodedCodec::<ClientFrame>::default())
+                let mut grpc = Grpc::new(PreEncodedCodec::<ClientFrame>::new(counters))
                     .max_decoding_message_size(limit);
                 Ok(grpc.streaming(Connect(service), request).await)
             }),
             "/duplex.v1.Hub/Subscribe" => Box::pin(async move {
-                let mut grpc = Grpc::new(PreEncodedCodec::<SubscribeRequest>::default())
+                let mut grpc = Grpc::new(PreEncodedCodec::<SubscribeRequest>::new(counters))
                     .max_decoding_message_size(limit);
                 let response = grpc.server_streaming(Subscribe(service), request).await;
                 Ok(oversize_as_resource_exhausted(response))
@@ -172,6 +189,11 @@ where
                 let response = grpc
                     .unary(Unary(service, PhantomData::<HistoryRequest>), request)
                     .await;
+                Ok(oversize_as_resource_exhausted(response))
+            }),
+            "/duplex.v1.Hub/WatchStats" => Box::pin(async move {
+                let mut grpc = Grpc::new(ProstCodec::default()).max_decoding_message_size(limit);
+                let response = grpc.server_streaming(WatchStats(service), request).await;
                 Ok(oversize_as_resource_exhausted(response))
             }),
             "/duplex.v1.Hub/Presence" => Box::pin(async move {
@@ -263,6 +285,125 @@ impl ServerStreamingService<SubscribeRequest> for Subscribe {
                 .map_err(status)?;
             Ok(Response::new(frame_stream(outbound)))
         })
+    }
+}
+
+/// `WatchStats`: server-wide figures once a second, for dashboards.
+struct WatchStats(HubService);
+
+/// How often `WatchStats` sends a tick.
+const STATS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The stream of `Stats` ticks of one `WatchStats` call.
+type StatsStream = futures::stream::BoxStream<'static, Result<Stats, Status>>;
+
+impl ServerStreamingService<WatchStatsRequest> for WatchStats {
+    type Response = Stats;
+    type ResponseStream = StatsStream;
+    type Future = BoxFuture<'static, Result<Response<StatsStream>, Status>>;
+
+    /// Any caller the server identifies may watch, with no room rights; with tokens
+    /// verified, only a caller with a valid token (not an anonymous one).
+    fn call(&mut self, request: Request<WatchStatsRequest>) -> Self::Future {
+        let service = self.0.clone();
+        let identity = self.0.identify(&request);
+        Box::pin(async move {
+            let identity = identity?;
+            if service.auth.verifies_tokens() && !identity.is_verified() {
+                service.counters.auth_failed(AuthFailure::MissingToken);
+                return Err(Status::unauthenticated(
+                    "WatchStats needs a valid token: send `authorization: Bearer <JWT>`",
+                ));
+            }
+            let mut ticks = tokio::time::interval(STATS_INTERVAL);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let figures = StatsFigures::take(&service);
+            let stream = futures::stream::unfold(
+                (service, ticks, figures, true),
+                |(service, mut ticks, before, first)| async move {
+                    ticks.tick().await;
+                    let now = StatsFigures::take(&service);
+                    let stats = if first {
+                        now.stats(&now)
+                    } else {
+                        now.stats(&before)
+                    };
+                    Some((Ok(stats), (service, ticks, now, false)))
+                },
+            );
+            Ok(Response::new(Box::pin(stream) as StatsStream))
+        })
+    }
+}
+
+/// The counters one `Stats` tick is computed from.
+struct StatsFigures {
+    at: std::time::Instant,
+    time_unix_micros: u64,
+    sessions: u64,
+    rooms: u64,
+    connections: u64,
+    published: u64,
+    sent: u64,
+    deliveries: u64,
+    lagged: u64,
+    disconnected: u64,
+    publish_ack: duplex_store::HistogramSnapshot,
+}
+
+impl StatsFigures {
+    fn take(service: &HubService) -> Self {
+        let hub = service.hub.counters();
+        let stats = service.hub.stats();
+        Self {
+            at: std::time::Instant::now(),
+            time_unix_micros: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| since.as_micros() as u64),
+            sessions: stats.sessions as u64,
+            rooms: stats.rooms as u64,
+            connections: service.counters.open_connections(),
+            published: hub.published(),
+            sent: hub.frames_sent() + service.counters.chat_messages_sent(),
+            deliveries: hub.deliveries(),
+            lagged: hub.lagged_subscribers(),
+            disconnected: hub.disconnected_lagged() + hub.disconnected_stalled(),
+            publish_ack: hub.publish_ack_nanos(),
+        }
+    }
+
+    /// The tick: gauges and totals now, rates and p99 over the interval since `before`
+    /// (zero when `before` is `self`, the first tick).
+    ///
+    /// `publish_ack_p99_seconds` is the upper bound of the histogram bucket holding the
+    /// interval's 99th percentile (bounds 50 µs … 10 s, about ×2.5 apart), not an
+    /// estimate inside it; one above the last bound reads as that bound.
+    fn stats(&self, before: &StatsFigures) -> Stats {
+        let seconds = self.at.duration_since(before.at).as_secs_f64();
+        let rate = |now: u64, then: u64| {
+            if seconds > 0.0 {
+                now.saturating_sub(then) as f64 / seconds
+            } else {
+                0.0
+            }
+        };
+        let acks = self.publish_ack.since(&before.publish_ack);
+        let last_bound = acks.bounds.last().copied().unwrap_or(0);
+        let p99 = acks
+            .quantile_upper_bound(0.99)
+            .map_or(0.0, |nanos| nanos.min(last_bound) as f64 * 1e-9);
+        Stats {
+            time_unix_micros: self.time_unix_micros,
+            sessions: self.sessions,
+            rooms: self.rooms,
+            connections: self.connections,
+            messages_in_per_second: rate(self.published, before.published),
+            messages_out_per_second: rate(self.sent, before.sent),
+            deliveries_per_second: rate(self.deliveries, before.deliveries),
+            lagged_subscribers_total: self.lagged,
+            disconnected_subscribers_total: self.disconnected,
+            publish_ack_p99_seconds: p99,
+        }
     }
 }
 
@@ -360,11 +501,12 @@ impl UnaryService<PresenceRequest> for Unary<PresenceRequest> {
 
 /// Decodes requests with prost; sends responses as bytes already encoded by the hub.
 #[derive(Debug)]
-pub(crate) struct PreEncodedCodec<D>(PhantomData<D>);
+pub(crate) struct PreEncodedCodec<D>(Arc<ServerCounters>, PhantomData<D>);
 
-impl<D> Default for PreEncodedCodec<D> {
-    fn default() -> Self {
-        Self(PhantomData)
+impl<D> PreEncodedCodec<D> {
+    /// The codec of one call, counting what it receives in `counters`.
+    pub(crate) fn new(counters: Arc<ServerCounters>) -> Self {
+        Self(counters, PhantomData)
     }
 }
 
@@ -379,7 +521,7 @@ impl<D: prost::Message + Default + Send + 'static> Codec for PreEncodedCodec<D> 
     }
 
     fn decoder(&mut self) -> SessionDecoder<D> {
-        SessionDecoder(PhantomData)
+        SessionDecoder(self.0.clone(), PhantomData)
     }
 }
 
@@ -419,13 +561,14 @@ fn session_buffers() -> BufferSettings {
 /// word it updates on every byte), and `bytes` fields (payloads) come out as slices of the
 /// message, not copies.
 #[derive(Debug)]
-pub(crate) struct SessionDecoder<D>(PhantomData<D>);
+pub(crate) struct SessionDecoder<D>(Arc<ServerCounters>, PhantomData<D>);
 
 impl<D: prost::Message + Default + Send + 'static> Decoder for SessionDecoder<D> {
     type Item = D;
     type Error = Status;
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<D>, Status> {
+        self.0.received(Service::Hub, buf.remaining());
         let message = buf.copy_to_bytes(buf.remaining());
         D::decode(message).map(Some).map_err(undecodable)
     }

@@ -45,6 +45,7 @@ use crate::edge::{
 };
 use crate::guard::{Admission, CONCURRENT_HANDSHAKES, ConnectionGate, GuardedStream};
 use crate::hub_service::HubService;
+use crate::metrics::{GoAway as GoAwayReason, Refusal, ServerCounters};
 use crate::web::WebServing;
 
 /// The TLS acceptor from the flags: a certificate and key, and a client CA for mTLS.
@@ -324,8 +325,9 @@ impl Server {
                 builder: http2_builder(&config),
                 // GOAWAY at the age; the guard cuts the connection at age + grace.
                 max_connection_age,
+                counters: app.metrics().counters().clone(),
             },
-            gate: ConnectionGate::new(config.connection_limits()),
+            gate: ConnectionGate::new(config.connection_limits(), app.metrics().counters().clone()),
             tls: listening.tls,
         };
         let gate = serving.gate.clone();
@@ -342,6 +344,13 @@ impl Server {
         let (inboxes, mut workers) = Workers::start(config.worker_count(), serving, graceful_rx)?;
         let stopped = {
             let mut drained = std::pin::pin!(workers.drained());
+            // Health goes NOT_SERVING first, while the listeners still accept: balancers
+            // and watchers see it before connections are refused.
+            let health = app.health().clone();
+            let shutdown = async move {
+                shutdown.await;
+                health.shutting_down().await;
+            };
             let accepting = accept(listening.listeners, &gate, &inboxes, tls, shutdown);
             let stopped = tokio::select! {
                 () = accepting => Ok(()),
@@ -389,12 +398,17 @@ pub(crate) fn edge_service(
     config: &ServeConfig,
     max_connection_age: Option<Duration>,
 ) -> EdgeService {
-    let routes = tonic::service::Routes::new(ChatService::new(config.max_message_size))
+    let counters = app.metrics().counters();
+    let chat = ChatService::new(config.max_message_size).with_counters(counters.clone());
+    let routes = app
+        .standard_services()
+        .add_service(chat)
         .add_service(
             HubService::new(
                 app.hub().clone(),
                 app.auth().clone(),
                 config.max_message_size,
+                counters.clone(),
             )
             .with_max_connection_age(max_connection_age),
         )
@@ -425,6 +439,8 @@ struct Http2 {
     builder: hyper::server::conn::http2::Builder<TokioExecutor>,
     /// GOAWAY after this long (the guard closes the connection a grace period later).
     max_connection_age: Option<Duration>,
+    /// Streams, GOAWAYs and keepalive timeouts are counted here.
+    counters: Arc<ServerCounters>,
 }
 
 /// hyper's HTTP/2 settings from the flags. Served by hyper directly rather than through
@@ -549,6 +565,7 @@ async fn accept(
         if let Some(handoff) = handoff
             && inbox.try_send(handoff).is_err()
         {
+            gate.counters().refused(Refusal::WorkerBacklog);
             span.in_scope(|| warn!("worker backlog full: connection refused"));
         }
     }
@@ -734,9 +751,12 @@ async fn serve_connection(
     use tonic::transport::server::Connected as _;
     let info = io.connect_info();
     let budgets = io.queue_budgets();
+    let counters = http2.counters.clone();
+    let stream_counters = counters.clone();
     let service = tower::ServiceExt::map_request(
         service,
         move |mut request: http::Request<hyper::body::Incoming>| {
+            stream_counters.stream_started(request.uri().path());
             request.extensions_mut().insert(info);
             request.extensions_mut().insert(budgets.clone());
             request.map(tonic::body::Body::new)
@@ -758,17 +778,23 @@ async fn serve_connection(
         tokio::select! {
             served = connection.as_mut() => {
                 if let Err(error) = served {
+                    // On HTTP/2 the only timeout hyper reports is the keepalive PING's.
+                    if error.is_timeout() {
+                        counters.keepalive_timeout();
+                    }
                     debug!(%error, "connection ended with an error");
                 }
                 return;
             }
             () = &mut age, if !going_away => {
                 going_away = true;
+                counters.goaway(GoAwayReason::MaxConnectionAge);
                 connection.as_mut().graceful_shutdown();
             }
             changed = drain.wait_for(|&draining| draining), if !going_away => {
                 going_away = true;
                 let _ = changed;
+                counters.goaway(GoAwayReason::Shutdown);
                 connection.as_mut().graceful_shutdown();
             }
         }

@@ -60,13 +60,47 @@ impl WebServing {
     }
 }
 
-/// Every route of the web listener.
+/// Every route of the web listener: `/healthz` (live: the process serves HTTP), `/readyz`
+/// (200 while serving and the store takes writes, else 503 with the reason), and
+/// `/metrics` unless `--metrics false`; `/ws`, gRPC-Web and the page.
 fn routes(app: &App, config: &ServeConfig) -> axum::Router {
-    axum::Router::new()
+    let health = app.health().clone();
+    let router = axum::Router::new()
         .route("/healthz", axum::routing::get(healthz))
+        .route(
+            "/readyz",
+            axum::routing::get(move || {
+                let ready = health.readiness();
+                async move {
+                    match ready {
+                        Ok(()) => (http::StatusCode::OK, "ready\n".to_owned()),
+                        Err(why) => (
+                            http::StatusCode::SERVICE_UNAVAILABLE,
+                            format!("not ready: {why}\n"),
+                        ),
+                    }
+                }
+            }),
+        )
         .merge(crate::websocket::routes(app, config))
         .merge(crate::grpc_web::routes(app, config))
-        .merge(crate::page::routes())
+        .merge(crate::page::routes());
+    if !config.metrics {
+        return router;
+    }
+    let metrics = app.metrics().clone();
+    router.route(
+        "/metrics",
+        axum::routing::get(move || {
+            let metrics = metrics.clone();
+            async move {
+                (
+                    [(http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+                    metrics.render(),
+                )
+            }
+        }),
+    )
 }
 
 /// A connection's place in the admission counts, shared by its requests: a WebSocket

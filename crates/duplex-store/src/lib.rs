@@ -57,6 +57,7 @@
 //! # }).unwrap();
 //! ```
 
+pub mod counters;
 mod dedupe;
 mod error;
 pub mod memory;
@@ -69,6 +70,7 @@ use std::time::Duration;
 
 pub use futures::future::BoxFuture;
 
+pub use counters::{Histogram, HistogramSnapshot, StoreCounters};
 pub use error::StoreError;
 pub use memory::MemoryStore;
 pub use redb_store::RedbStore;
@@ -369,6 +371,12 @@ pub trait Store: Send + Sync + 'static {
     /// Number of durable commits (fsyncs) done so far; for [`MemoryStore`], of appends.
     /// Lets tests check that every ack follows a commit.
     fn commits(&self) -> u64;
+
+    /// What the store counts for operators (fsync latency, failed commits, whether it
+    /// takes writes now); `None` for a store that counts nothing of its own.
+    fn counters(&self) -> Option<&StoreCounters> {
+        None
+    }
 }
 
 /// A shared store is a store, so the hub can hold an `Arc<dyn Store>` and still be
@@ -411,5 +419,9 @@ impl<S: Store + ?Sized> Store for Arc<S> {
 
     fn commits(&self) -> u64 {
         (**self).commits()
+    }
+
+    fn counters(&self) -> Option<&StoreCounters> {
+        (**self).counters()
     }
 }

@@ -81,6 +81,7 @@ use std::time::Duration;
 use redb::{Database, ReadableDatabase, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::counters::StoreCounters;
 use crate::writer::{WriteRequest, Writer};
 use crate::{
     Appended, BoxFuture, NewMessage, Offset, Retention, RoomBounds, Store, StoreError,
@@ -137,6 +138,8 @@ pub struct RedbStore {
     requests: Option<mpsc::Sender<WriteRequest>>,
     writer: Option<JoinHandle<()>>,
     commits: Arc<AtomicU64>,
+    /// fsync latency and failures, written by the writer thread.
+    counters: Arc<StoreCounters>,
     path: PathBuf,
 }
 
@@ -223,7 +226,14 @@ impl RedbStore {
         });
         let commits = Arc::new(AtomicU64::new(0));
         let (requests, receiver) = mpsc::channel(APPEND_QUEUE_CAPACITY);
-        let writer = Writer::new(db.clone(), retention, commits.clone(), receiver);
+        let counters = Arc::new(StoreCounters::default());
+        let writer = Writer::new(
+            db.clone(),
+            retention,
+            commits.clone(),
+            counters.clone(),
+            receiver,
+        );
         let writer = std::thread::Builder::new()
             .name("duplex-store-writer".into())
             .spawn(move || writer.run())
@@ -237,6 +247,7 @@ impl RedbStore {
             requests: Some(requests),
             writer: Some(writer),
             commits,
+            counters,
             path,
         })
     }
@@ -395,6 +406,10 @@ impl Store for RedbStore {
 
     fn commits(&self) -> u64 {
         self.commits.load(Ordering::Acquire)
+    }
+
+    fn counters(&self) -> Option<&StoreCounters> {
+        Some(&self.counters)
     }
 }
 

@@ -29,6 +29,7 @@ use std::time::Instant;
 use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::counters::StoreCounters;
 use crate::dedupe::{id_key, room_key};
 use crate::redb_store::{
     DEDUPE_BY_AGE, DEDUPE_BY_ROOM, MAX_REQUESTS_PER_COMMIT, MESSAGES, OpenDatabase,
@@ -72,6 +73,8 @@ pub(crate) struct Writer {
     db: Arc<OpenDatabase>,
     retention: Retention,
     commits: Arc<AtomicU64>,
+    /// fsync latency and failures, for operators and the health check.
+    counters: Arc<StoreCounters>,
     requests: mpsc::Receiver<WriteRequest>,
     /// When the database was last closed to be reopened and the last attempt failed:
     /// attempts are spaced by [`REOPEN_INTERVAL`].
@@ -85,12 +88,14 @@ impl Writer {
         db: Arc<OpenDatabase>,
         retention: Retention,
         commits: Arc<AtomicU64>,
+        counters: Arc<StoreCounters>,
         requests: mpsc::Receiver<WriteRequest>,
     ) -> Self {
         Writer {
             db,
             retention,
             commits,
+            counters,
             requests,
             failed_reopen_at: None,
             ids: None,
@@ -225,6 +230,7 @@ impl Writer {
                 }
             }
             Err(error) => {
+                self.counters.commit_failed();
                 tracing::error!(%error, requests, "store group commit failed");
                 for (_, done) in appends {
                     let _ = done.send(Err(error.clone()));
@@ -319,7 +325,9 @@ impl Writer {
                 rooms.insert(room.as_str(), (state.last, state.retained))?;
             }
         }
+        let started = Instant::now();
         txn.commit()?;
+        self.counters.committed(started.elapsed());
         self.commits.fetch_add(1, Ordering::AcqRel);
         Ok(outcomes)
     }
