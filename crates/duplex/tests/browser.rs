@@ -335,3 +335,20 @@ fn a_read_only_token_sees_a_visible_error_when_it_publishes() {
     script.go();
     script.finish();
 }
+#[test]
+fn the_dashboard_shows_live_rates_while_a_fanout_benchmark_runs() {
+    let (_server, grpc, web) = spawn_duplex_serve_web(&[]);
+    let mut script = BrowserScript::start("dashboard", web, &[]);
+    script.expect_step("watching");
+    // Open-loop and long enough for many ticks; killed (on drop) once the page has seen it.
+    let _bench = ChildGuard(
+        common::duplex()
+            .args(["bench", "fanout", "--quiet", "--addr", &grpc.to_string()])
+            .args(["--publishers", "2", "--subscribers", "6", "--rooms", "2"])
+            .args(["--rate", "200", "--duration", "120s"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("run duplex bench"),
+    );
+    script.finish();
+}
