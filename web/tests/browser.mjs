@@ -159,6 +159,10 @@ const scenarios = {
       await waitForMessage(page, "carol", "hello from carol");
       checkOrder(await shown(page), "three-way");
     }
+    const unlabelled = await bob.$$eval("input, button", (controls) =>
+      controls.filter((c) => (c.labels?.length ?? 0) === 0 && c.textContent.trim() === "").map((c) => c.id),
+    );
+    check(unlabelled.length === 0, `every control has a label: ${unlabelled.join(", ")}`);
     const width = await bob.evaluate(() => document.documentElement.scrollWidth);
     check(width <= 400, `the page fits 400 px without scrolling sideways (scrollWidth ${width})`);
     await alice.screenshot({ path: pathJoin(screenshots, "chat.png") });
@@ -197,7 +201,8 @@ const scenarios = {
     await page.screenshot({ path: pathJoin(screenshots, "resume.png") });
   },
 
-  /** A token that may read but not write: joining works, publishing shows the refusal. */
+  /** A token that may read but not write: joining works, publishing shows the refusal;
+   *  a token the server refuses is shown and not retried. */
   async "read-only"(browser) {
     const token = process.env.DUPLEX_TOKEN ?? fail("DUPLEX_TOKEN not set");
     const page = await openPage(browser, "reader");
@@ -214,6 +219,17 @@ const scenarios = {
     await waitForGo("someone with rights publishes");
     await waitForMessage(page, "writer", "still listening");
     await page.screenshot({ path: pathJoin(screenshots, "read-only.png") });
+    // A token the server refuses: the page says so and stops retrying.
+    const forged = await openPage(browser, "forged");
+    await forged.fill("#name", "mallory");
+    await forged.fill("#token", `${token.slice(0, -4)}AAAA`);
+    await forged.press("#room", "Enter");
+    await forged
+      .waitForSelector('#errors:has-text("UNAUTHENTICATED")')
+      .catch(async () => fail(`no visible UNAUTHENTICATED; errors: ${await forged.textContent("#errors")}`));
+    await forged.waitForTimeout(1500);
+    const status = await forged.textContent("#connection");
+    check(!status.includes("reconnect attempt"), `a refused token is not retried: ${status}`);
   },
 
   /** The dashboard shows non-zero rates while a fan-out benchmark runs. */

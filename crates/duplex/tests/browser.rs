@@ -307,7 +307,7 @@ fn a_page_resumes_after_a_server_restart_with_no_gap_or_duplicate() {
 }
 
 #[test]
-fn a_read_only_token_sees_a_visible_error_when_it_publishes() {
+fn a_read_only_token_sees_a_visible_error_on_publish_and_a_refused_one_is_not_retried() {
     let dir = tempfile::tempdir().unwrap();
     let secret = b"a-browser-test-secret-of-at-least-32-bytes";
     let secret_file = dir.path().join("secret");
