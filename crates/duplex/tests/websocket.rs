@@ -256,3 +256,24 @@ async fn a_websocket_keeps_its_place_in_the_per_ip_connection_cap_until_it_close
     second.publish("capped", "still served").await;
     assert_eq!(&second.messages(1).await[0].payload[..], b"still served");
 }
+
+#[tokio::test]
+async fn sigterm_sends_shutdown_then_session_end_unavailable_and_close_1001() {
+    let (mut server, _grpc, web) = spawn_duplex_serve_web(&["--shutdown-grace", "10s"]);
+    let mut session = WsSession::open(web, &["duplex.v1"]).await;
+    session.join("leaving", None).await;
+    server.signal("TERM");
+    let ended = session.ended().await;
+    assert!(
+        ended
+            .before
+            .iter()
+            .any(|frame| matches!(frame, Frame::Shutdown(_))),
+        "the shutdown frame first: {ended:?}"
+    );
+    let end = ended.end.expect("a session_end frame");
+    assert_eq!(end.code(), Code::Unavailable, "{end:?}");
+    assert_eq!(ended.close.map(|c| u16::from(c.code)), Some(1001));
+    let status = server.wait_for_exit(STEP).expect("the server exits");
+    assert!(status.success(), "{status:?}");
+}
