@@ -277,6 +277,11 @@ pub fn run(args: &BenchArgs) -> Result<Report, BenchError> {
             "--rate must be a positive number".into(),
         ));
     }
+    if args.transport == Transport::Ws && args.scenario != Scenario::Fanout {
+        return Err(BenchError::Arguments(
+            "--transport ws is for fanout (its subscribers); the other scenarios speak gRPC".into(),
+        ));
+    }
     clock::start();
     match args.scenario {
         Scenario::EchoPingpong | Scenario::EchoStream => echo::run(args),
