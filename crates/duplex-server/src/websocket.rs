@@ -14,11 +14,11 @@
 //!   Bearer` header (non-browser clients) works as well; the subprotocol wins.
 //! - **End of session**: what gRPC sends as grpc-status and grpc-message travels in a last
 //!   `ServerFrame` `session_end` (a close frame's reason holds 123 bytes at most), then the
-//!   server closes: 1001 when the
-//!   server goes away (connection age, shutdown), 1003 for a text message, 1007 for a binary
-//!   message that is not a `ClientFrame`, 1009 for a message over `--max-message-size`, 1008
-//!   for any other failure (bad token, lagged, idle), 1011 for an internal error. The close
-//!   reason is the code's name. A token the server refuses gets `session_end`
+//!   server closes: 1001 when the server goes away (connection age, shutdown: the hub's
+//!   `shutdown` frame comes first), 1003 for a text message, 1007 for a binary message that
+//!   is not a `ClientFrame`, 1009 for a message over `--max-message-size`, 1008 for any
+//!   other failure (bad token, lagged, idle), 1011 for an internal error. The close reason
+//!   is the code's name. A token the server refuses gets `session_end`
 //!   UNAUTHENTICATED and 1008. A client that closes first gets its close answered at once
 //!   (RFC 6455: nothing may follow it), so no `session_end`; its publishes already acked
 //!   are stored, the others may or may not be.
