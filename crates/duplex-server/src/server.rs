@@ -334,7 +334,8 @@ impl Server {
         let tls = serving.tls.is_some();
         let (graceful_tx, graceful_rx) = watch::channel(false);
         let mut web = web.map(|web| {
-            let serving = WebServing::new(&app, &config, gate.clone(), web.tls);
+            let serving =
+                WebServing::new(&app, &config, gate.clone(), web.tls, graceful_rx.clone());
             tokio::spawn(crate::web::serve(
                 web.listeners,
                 serving,

@@ -29,6 +29,7 @@ use tracing::{Instrument as _, debug, warn};
 use crate::app::App;
 use crate::config::ServeConfig;
 use crate::guard::{Admission, ConnectionGate, TLS_HANDSHAKE_TIMEOUT};
+use crate::websocket::{OpenSockets, SocketDrain};
 
 /// What the web listener serves, for every connection.
 #[derive(Clone)]
@@ -41,21 +42,31 @@ pub(crate) struct WebServing {
     pub(crate) gate: Arc<ConnectionGate>,
     /// TLS with ALPN `h2` and `http/1.1`, when the server has a certificate.
     pub(crate) tls: Option<TlsAcceptor>,
+    /// The WebSockets open (they outlive their HTTP connections): a drain waits for them.
+    pub(crate) websockets: Arc<OpenSockets>,
 }
 
 impl WebServing {
     /// The web listener's routes and protocol settings for `app` under `config`.
+    /// `graceful` turns true when the server drains: WebSockets then end their sessions.
     pub(crate) fn new(
         app: &App,
         config: &ServeConfig,
         gate: Arc<ConnectionGate>,
         tls: Option<TlsAcceptor>,
+        graceful: watch::Receiver<bool>,
     ) -> Self {
+        let websockets = Arc::new(OpenSockets::default());
+        let drain = SocketDrain {
+            graceful,
+            open: websockets.clone(),
+        };
         Self {
-            router: routes(app, config),
+            router: routes(app, config, drain),
             builder: builder(config),
             gate,
             tls,
+            websockets,
         }
     }
 }
@@ -63,7 +74,7 @@ impl WebServing {
 /// Every route of the web listener: `/healthz` (live: the process serves HTTP), `/readyz`
 /// (200 while serving and the store takes writes, else 503 with the reason), and
 /// `/metrics` unless `--metrics false`; `/ws`, gRPC-Web and the page.
-fn routes(app: &App, config: &ServeConfig) -> axum::Router {
+fn routes(app: &App, config: &ServeConfig, drain: SocketDrain) -> axum::Router {
     let health = app.health().clone();
     let router = axum::Router::new()
         .route("/healthz", axum::routing::get(healthz))
@@ -82,7 +93,7 @@ fn routes(app: &App, config: &ServeConfig) -> axum::Router {
                 }
             }),
         )
-        .merge(crate::websocket::routes(app, config))
+        .merge(crate::websocket::routes(app, config, drain))
         .merge(crate::grpc_web::routes(app, config))
         .merge(crate::page::routes());
     if !config.metrics {
@@ -186,6 +197,8 @@ pub(crate) async fn serve(
     }
     drop(incoming);
     while connections.join_next().await.is_some() {}
+    // WebSockets end their sessions when the drain starts; wait for their closes to go out.
+    serving.websockets.all_closed().await;
 }
 
 /// One web connection: TLS if configured, then HTTP/1.1 or HTTP/2 (with upgrades) until

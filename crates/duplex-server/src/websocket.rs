@@ -14,11 +14,11 @@
 //!   Bearer` header (non-browser clients) works as well; the subprotocol wins.
 //! - **End of session**: what gRPC sends as grpc-status and grpc-message travels in a last
 //!   `ServerFrame` `session_end` (a close frame's reason holds 123 bytes at most), then the
-//!   server closes: 1001 when the
-//!   server goes away (connection age, shutdown), 1003 for a text message, 1007 for a binary
-//!   message that is not a `ClientFrame`, 1009 for a message over `--max-message-size`, 1008
-//!   for any other failure (bad token, lagged, idle), 1011 for an internal error. The close
-//!   reason is the code's name. A token the server refuses gets `session_end`
+//!   server closes: 1001 when the server goes away (connection age, shutdown: the hub's
+//!   `shutdown` frame comes first), 1003 for a text message, 1007 for a binary message that
+//!   is not a `ClientFrame`, 1009 for a message over `--max-message-size`, 1008 for any
+//!   other failure (bad token, lagged, idle), 1011 for an internal error. The close reason
+//!   is the code's name. A token the server refuses gets `session_end`
 //!   UNAUTHENTICATED and 1008. A client that closes first gets its close answered at once
 //!   (RFC 6455: nothing may follow it), so no `session_end`; its publishes already acked
 //!   are stored, the others may or may not be.
@@ -108,10 +108,71 @@ pub(crate) struct WebSocketSessions {
     /// `--send-stall-timeout` (none when 0): a write that makes no progress this long drops
     /// the connection.
     send_stall_timeout: Option<Duration>,
+    /// The server's drain signal, and the count of open sockets it waits for.
+    drain: SocketDrain,
+}
+
+/// How WebSockets take part in a graceful shutdown: each watches `graceful` and, once it
+/// turns true, sends what its session has queued (the hub's `shutdown` frame among it),
+/// then `session_end` UNAVAILABLE and close 1001; the web listener waits for `open` to
+/// reach zero (within the grace period) before the server exits.
+#[derive(Clone, Debug)]
+pub(crate) struct SocketDrain {
+    /// Turns true when the server starts draining.
+    pub(crate) graceful: tokio::sync::watch::Receiver<bool>,
+    /// The sockets still open.
+    pub(crate) open: Arc<OpenSockets>,
+}
+
+/// A count of open WebSockets that can be waited on to reach zero.
+#[derive(Debug, Default)]
+pub(crate) struct OpenSockets {
+    /// Sockets open now.
+    count: std::sync::atomic::AtomicUsize,
+    /// Woken when the count reaches zero.
+    none_open: tokio::sync::Notify,
+}
+
+impl OpenSockets {
+    /// Counts one more open socket until the guard is dropped.
+    fn hold(self: &Arc<Self>) -> OpenSocket {
+        self.count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        OpenSocket(self.clone())
+    }
+
+    /// Returns once no socket is open.
+    pub(crate) async fn all_closed(&self) {
+        loop {
+            let notified = self.none_open.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            if self.count.load(std::sync::atomic::Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// One open socket's place in [`OpenSockets`].
+#[derive(Debug)]
+struct OpenSocket(Arc<OpenSockets>);
+
+impl Drop for OpenSocket {
+    fn drop(&mut self) {
+        if self
+            .0
+            .count
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel)
+            == 1
+        {
+            self.0.none_open.notify_waiters();
+        }
+    }
 }
 
 /// The `/ws` route over `app`'s hub and auth, bounded by `config`.
-pub(crate) fn routes(app: &App, config: &ServeConfig) -> axum::Router {
+pub(crate) fn routes(app: &App, config: &ServeConfig, drain: SocketDrain) -> axum::Router {
     let sessions = WebSocketSessions {
         hub: app.hub().clone(),
         auth: app.auth().clone(),
@@ -119,6 +180,7 @@ pub(crate) fn routes(app: &App, config: &ServeConfig) -> axum::Router {
         max_connection_age: Some(config.max_connection_age).filter(|age| !age.is_zero()),
         max_connection_age_grace: config.max_connection_age_grace,
         send_stall_timeout: Some(config.send_stall_timeout).filter(|t| !t.is_zero()),
+        drain,
     };
     axum::Router::new()
         .route("/ws", axum::routing::any(upgrade))
@@ -145,6 +207,7 @@ async fn upgrade(
     };
     let max = sessions.max_message_size;
     let hold = hold.map(|Extension(hold)| hold);
+    let open = sessions.drain.open.hold();
     upgrade
         .protocols([SUBPROTOCOL])
         .read_buffer_size(READ_BUFFER_BYTES)
@@ -156,6 +219,7 @@ async fn upgrade(
             sessions.run(socket, identity, origin, info).await;
             // The connection counts against the listener's limits until the socket is gone.
             drop(hold);
+            drop(open);
         })
 }
 
@@ -247,7 +311,14 @@ impl WebSocketSessions {
         };
         // One task reads commands (as for `Hub.Connect`); this one writes.
         tokio::spawn(session.drive(inbound));
-        let ending = send_frames(&mut sink, outbound, self.send_stall_timeout, cut_at).await;
+        let ending = send_frames(
+            &mut sink,
+            outbound,
+            self.send_stall_timeout,
+            cut_at,
+            self.drain.graceful.clone(),
+        )
+        .await;
         let Some(mut ending) = ending else {
             debug!("websocket: the client is gone or stopped reading");
             return;
@@ -307,10 +378,17 @@ async fn send_frames(
     mut outbound: Outbound,
     stall: Option<Duration>,
     cut_at: Option<tokio::time::Instant>,
+    mut graceful: tokio::sync::watch::Receiver<bool>,
 ) -> Option<Ending> {
     loop {
         let first = tokio::select! {
+            // Frames first: the hub queues its `shutdown` frame before the drain starts.
+            biased;
             next = outbound.next() => next,
+            _ = graceful.wait_for(|&draining| draining) => return Some(Ending::status(
+                Code::Unavailable,
+                "the server is shutting down: reconnect and resume".to_owned(),
+            )),
             () = sleep_until(cut_at) => return Some(Ending::status(
                 Code::Unavailable,
                 "the connection reached its maximum age (--max-connection-age): reconnect \

@@ -231,6 +231,124 @@ fn subscribe_over_grpc_web_streams_history_then_ends_with_a_trailer_frame() {
     );
 }
 
+/// Reads a streamed gRPC-Web answer as it arrives: chunked HTTP/1.1 in, complete gRPC-Web
+/// frames out (flag, payload), each as soon as its bytes are there.
+struct StreamedAnswer {
+    tcp: TcpStream,
+    /// Raw bytes not yet decoded (head, then chunk framing).
+    raw: Vec<u8>,
+    /// Body bytes not yet split into gRPC-Web frames.
+    body: Vec<u8>,
+    head_done: bool,
+}
+
+impl StreamedAnswer {
+    fn read_more(&mut self) {
+        let mut buffer = [0u8; 16 * 1024];
+        let read = self
+            .tcp
+            .read(&mut buffer)
+            .expect("the answer goes on in time");
+        assert!(read > 0, "the server ended the answer early");
+        self.raw.extend_from_slice(&buffer[..read]);
+    }
+
+    /// Moves complete chunks from `raw` to `body`.
+    fn dechunk_available(&mut self) {
+        if !self.head_done {
+            let Some(end) = self.raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+                return;
+            };
+            let head = String::from_utf8_lossy(&self.raw[..end]).to_lowercase();
+            assert!(head.starts_with("http/1.1 200"), "{head}");
+            assert!(head.contains("transfer-encoding: chunked"), "{head}");
+            self.raw.drain(..end + 4);
+            self.head_done = true;
+        }
+        while let Some(line_end) = self.raw.windows(2).position(|w| w == b"\r\n") {
+            let size = usize::from_str_radix(
+                std::str::from_utf8(&self.raw[..line_end]).unwrap().trim(),
+                16,
+            )
+            .expect("a hex chunk size");
+            if self.raw.len() < line_end + 2 + size + 2 {
+                return;
+            }
+            let start = line_end + 2;
+            self.body.extend_from_slice(&self.raw[start..start + size]);
+            self.raw.drain(..start + size + 2);
+        }
+    }
+
+    /// The next gRPC-Web frame: (flag, payload).
+    fn next_frame(&mut self) -> (u8, Vec<u8>) {
+        loop {
+            self.dechunk_available();
+            if self.body.len() >= 5 {
+                let length = u32::from_be_bytes(self.body[1..5].try_into().unwrap()) as usize;
+                if self.body.len() >= 5 + length {
+                    let flag = self.body[0];
+                    let payload = self.body[5..5 + length].to_vec();
+                    self.body.drain(..5 + length);
+                    return (flag, payload);
+                }
+            }
+            self.read_more();
+        }
+    }
+}
+
+#[test]
+fn live_messages_reach_a_grpc_web_subscriber_while_its_answer_streams() {
+    let (_server, _grpc, web) = spawn_duplex_serve_web(&[]);
+    let request = SubscribeRequest {
+        room: "web.live".into(),
+        after_offset: None,
+        name: String::new(),
+    };
+    let body = framed(&request.encode_to_vec());
+    let mut tcp = TcpStream::connect(web).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let head = format!(
+        "POST /duplex.v1.Hub/Subscribe HTTP/1.1\r\nHost: localhost\r\n\
+         Content-Type: application/grpc-web+proto\r\nX-Grpc-Web: 1\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    tcp.write_all(head.as_bytes()).unwrap();
+    tcp.write_all(&body).unwrap();
+    let mut answer = StreamedAnswer {
+        tcp,
+        raw: Vec::new(),
+        body: Vec::new(),
+        head_done: false,
+    };
+    // The join's answer arrives first, before anything is published.
+    let (flag, joined) = answer.next_frame();
+    assert_eq!(flag, 0);
+    assert!(
+        matches!(
+            ServerFrame::decode(&joined[..]).unwrap().frame,
+            Some(Frame::Joined(_))
+        ),
+        "joined first"
+    );
+    // Each publish reaches the open answer as it happens.
+    for n in 0..3 {
+        let text = format!("live-{n}");
+        assert_eq!(
+            publish(web, "web.live", &text, &[]).grpc_status(),
+            Some("0")
+        );
+        let (flag, frame) = answer.next_frame();
+        assert_eq!(flag, 0, "a message, not the trailer");
+        match ServerFrame::decode(&frame[..]).unwrap().frame {
+            Some(Frame::Message(message)) => assert_eq!(&message.payload[..], text.as_bytes()),
+            other => panic!("expected {text}, got {other:?}"),
+        }
+    }
+}
+
 /// Sends a CORS preflight for Publish from `origin` and returns the answer's head.
 fn preflight(web: SocketAddr, origin: &str) -> String {
     let mut tcp = TcpStream::connect(web).expect("connect");

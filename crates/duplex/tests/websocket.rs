@@ -226,3 +226,54 @@ async fn an_idle_websocket_session_ends_with_deadline_exceeded() {
     assert_eq!(end.code(), Code::DeadlineExceeded, "{end:?}");
     assert_eq!(ended.close.map(|c| u16::from(c.code)), Some(1008));
 }
+
+#[tokio::test]
+async fn a_websocket_keeps_its_place_in_the_per_ip_connection_cap_until_it_closes() {
+    let (_server, _grpc, web) = spawn_duplex_serve_web(&["--max-connections-per-ip", "2"]);
+    let mut first = WsSession::open(web, &["duplex.v1"]).await;
+    first.join("capped", None).await;
+    let mut second = WsSession::open(web, &["duplex.v1"]).await;
+    second.join("capped", None).await;
+    // Upgraded connections still count: a third from the IP is refused.
+    assert!(
+        WsSession::try_open(web, &["duplex.v1"]).await.is_err(),
+        "a third WebSocket from one IP is refused"
+    );
+    // Once one closes, its place is free again.
+    drop(first);
+    let deadline = std::time::Instant::now() + STEP;
+    loop {
+        if let Ok(mut third) = WsSession::try_open(web, &["duplex.v1"]).await {
+            third.join("capped", None).await;
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the place is never freed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    second.publish("capped", "still served").await;
+    assert_eq!(&second.messages(1).await[0].payload[..], b"still served");
+}
+
+#[tokio::test]
+async fn sigterm_sends_shutdown_then_session_end_unavailable_and_close_1001() {
+    let (mut server, _grpc, web) = spawn_duplex_serve_web(&["--shutdown-grace", "10s"]);
+    let mut session = WsSession::open(web, &["duplex.v1"]).await;
+    session.join("leaving", None).await;
+    server.signal("TERM");
+    let ended = session.ended().await;
+    assert!(
+        ended
+            .before
+            .iter()
+            .any(|frame| matches!(frame, Frame::Shutdown(_))),
+        "the shutdown frame first: {ended:?}"
+    );
+    let end = ended.end.expect("a session_end frame");
+    assert_eq!(end.code(), Code::Unavailable, "{end:?}");
+    assert_eq!(ended.close.map(|c| u16::from(c.code)), Some(1001));
+    let status = server.wait_for_exit(STEP).expect("the server exits");
+    assert!(status.success(), "{status:?}");
+}
