@@ -97,14 +97,15 @@ impl Health {
         self.inner.publish().await;
     }
 
-    /// Sets every status from the state now, then again every [`STORE_CHECK_INTERVAL`]
-    /// when the store's availability changes; returns once every other handle is gone.
+    /// Looks at the store every [`STORE_CHECK_INTERVAL`] and sets every status again when
+    /// its availability changed; returns once every other handle is gone.
     pub(crate) fn watch_store(&self) -> impl Future<Output = ()> + Send + 'static {
         let state: Weak<HealthState> = Arc::downgrade(&self.inner);
         async move {
             let mut ticker = tokio::time::interval(STORE_CHECK_INTERVAL);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut last = None;
+            // `Health::new` published the state at start.
+            let mut last = state.upgrade().map(|state| store_available(&state.hub));
             loop {
                 ticker.tick().await;
                 let Some(state) = state.upgrade() else {

@@ -254,8 +254,9 @@ async fn counters_move_as_clients_publish_and_subscribe() {
         after.value(
             "duplex_messages_sent_total",
             &[("service", "duplex.v1.Hub")]
-        ) >= (MESSAGES * 2) as f64,
-        "the messages to the reader and the acks to the writer"
+        ) >= (MESSAGES + 1) as f64,
+        "the reader's Joined and the messages it received (the writer's frames may still \
+         be on their way)"
     );
     assert_eq!(after.value("duplex_sessions", &[]), 2.0);
     assert_eq!(after.value("duplex_rooms", &[]), 1.0);

@@ -312,3 +312,113 @@ async fn an_empty_or_damaged_store_file_is_refused_unless_reset() {
          offset 1 |"
     );
 }
+
+/// GET `path` on the web listener `web` (HTTP/1.1, one request): (status, body).
+fn web_get(web: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read as _, Write as _};
+    let mut tcp = std::net::TcpStream::connect(web).expect("connect to the web listener");
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        tcp,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut reply = String::new();
+    tcp.read_to_string(&mut reply).expect("a reply");
+    let (head, body) = reply.split_once("\r\n\r\n").expect("a whole reply");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .expect("a status line");
+    (status, body.to_owned())
+}
+
+/// The health service's status for `service`, as its name (`SERVING`, `NOT_SERVING`).
+async fn health_status(channel: &Channel, service: &str) -> String {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let response = HealthClient::new(channel.clone())
+        .check(HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .expect("health check")
+        .into_inner();
+    response.status().as_str_name().to_owned()
+}
+
+/// Health follows the store: while its commits fail for a full disk, overall and
+/// `duplex.v1.Hub` are NOT_SERVING and `/readyz` answers 503 saying why (`chat.Chat`, which
+/// needs no store, stays SERVING); after a commit succeeds again they are back.
+#[tokio::test]
+async fn health_and_readyz_report_the_store_unavailable_while_the_disk_is_full() {
+    const SIZE: usize = 32 * 1024;
+    let fs = SmallFilesystem::mount("24m");
+    let data = fs.path().join("data");
+    let (_server, addr, mut stdout) =
+        common::spawn_listening(common::durable_serve_command(&data, &[]));
+    let web = common::read_web_addr(&mut stdout);
+    let mut client = hub_client(addr).await;
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    client.publish(publish_request(0, SIZE)).await.unwrap();
+    assert_eq!(health_status(&channel, "duplex.v1.Hub").await, "SERVING");
+    assert_eq!(web_get(web, "/readyz"), (200, "ready\n".to_owned()));
+
+    let filler = fill(fs.path(), 1 << 20);
+    let started = Instant::now();
+    let mut i = 1;
+    loop {
+        match client.publish(publish_request(i, SIZE)).await {
+            Ok(_) => i += 1,
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+                break;
+            }
+        }
+        assert!(
+            started.elapsed() < STEP && i < 2000,
+            "the disk never filled"
+        );
+    }
+    // The health task looks at the store four times a second.
+    let deadline = Instant::now() + STEP;
+    while health_status(&channel, "").await != "NOT_SERVING" {
+        assert!(Instant::now() < deadline, "health never left SERVING");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        health_status(&channel, "duplex.v1.Hub").await,
+        "NOT_SERVING"
+    );
+    assert_eq!(health_status(&channel, "chat.Chat").await, "SERVING");
+    let (status, body) = web_get(web, "/readyz");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("store unavailable"), "{body}");
+    let (_, metrics) = web_get(web, "/metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|line| line == "duplex_store_available 0"),
+        "the gauge says so too"
+    );
+
+    std::fs::remove_file(&filler).unwrap();
+    let freed = Instant::now();
+    while client.publish(publish_request(i, SIZE)).await.is_err() {
+        assert!(freed.elapsed() < STEP, "publishes never recovered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        i += 1;
+    }
+    let deadline = Instant::now() + STEP;
+    while health_status(&channel, "").await != "SERVING" {
+        assert!(Instant::now() < deadline, "health never came back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(health_status(&channel, "duplex.v1.Hub").await, "SERVING");
+    assert_eq!(web_get(web, "/readyz"), (200, "ready\n".to_owned()));
+}
