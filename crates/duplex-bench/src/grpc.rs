@@ -264,9 +264,19 @@ async fn next_body_event(mut body: RecvStream) -> Option<(Event, Phase)> {
 #[derive(Debug, Default)]
 pub(crate) struct MessageSplitter {
     partial: BytesMut,
+    /// Each chunk is one whole message, unframed (a WebSocket message).
+    whole: bool,
 }
 
 impl MessageSplitter {
+    /// A splitter for a transport whose every chunk is one message (WebSocket).
+    pub(crate) fn whole_messages() -> Self {
+        Self {
+            partial: BytesMut::new(),
+            whole: true,
+        }
+    }
+
     /// Feeds one chunk; calls `each` with every message it completes. Returns how many, or
     /// an error for a compressed message (the bench never asks for compression).
     pub(crate) fn push(
@@ -274,6 +284,10 @@ impl MessageSplitter {
         chunk: &[u8],
         mut each: impl FnMut(&[u8]),
     ) -> Result<usize, String> {
+        if self.whole {
+            each(chunk);
+            return Ok(1);
+        }
         let mut data = chunk;
         let mut count = 0;
         if !self.partial.is_empty() {

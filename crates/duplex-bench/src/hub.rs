@@ -29,7 +29,7 @@ use crate::grpc::{self, Connection, Dialer, Event, MessageSplitter, ServerFrame,
 use crate::progress::{Counters, Progress};
 use crate::report::{self, LatencySummary, Report, ServerUsage};
 use crate::runner::{self, Gate, Timing};
-use crate::{BenchArgs, BenchError, clock, os};
+use crate::{BenchArgs, BenchError, Transport, clock, os};
 
 const CONNECT_PATH: &str = "/duplex.v1.Hub/Connect";
 /// Sessions per connection in `idle` (the server allows 1000 streams per connection).
@@ -57,14 +57,35 @@ impl RoomGate {
     }
 }
 
-/// One session (one `Hub.Connect` stream).
+/// Where a session's commands go.
+enum Outgoing {
+    /// The request body of its `Hub.Connect` stream.
+    Grpc(SendStream<Bytes>),
+    /// Its WebSocket (`fanout --transport ws` subscribers).
+    WebSocket(crate::websocket::WsSender),
+}
+
+/// One session (one `Hub.Connect` stream, or one WebSocket).
 struct Session {
-    send: SendStream<Bytes>,
+    send: Outgoing,
     splitter: MessageSplitter,
     room: usize,
     opened_at: u64,
     joined: bool,
     ended: bool,
+}
+
+impl Session {
+    /// Sends gRPC-framed commands (`end`: and closes the sending side); errors with the
+    /// key the report counts.
+    fn send_data(&mut self, data: Bytes, end: bool) -> Result<(), String> {
+        match &mut self.send {
+            Outgoing::Grpc(send) => send
+                .send_data(data, end)
+                .map_err(|error| grpc::error_key(&error)),
+            Outgoing::WebSocket(socket) => socket.send(data, end),
+        }
+    }
 }
 
 /// Per-thread results of the room scenarios.
@@ -149,13 +170,42 @@ async fn open_session(
         .map_err(|e| grpc::error_key(&e))?;
     events.push(grpc::tagged_events(index, response));
     Ok(Session {
-        send,
+        send: Outgoing::Grpc(send),
         splitter: MessageSplitter::default(),
         room,
         opened_at,
         joined: false,
         ended: false,
     })
+}
+
+/// Opens a WebSocket session to `target` (the web listener) and sends its join.
+async fn open_ws_session(
+    plan: &FanoutPlan,
+    target: &str,
+    name: String,
+    join: Bytes,
+    room: usize,
+    index: usize,
+    events: &mut TaggedEvents,
+) -> Result<Session, String> {
+    let (sender, session_events) =
+        crate::websocket::open(target, plan.token.as_deref(), &name, plan.connect_timeout).await?;
+    let mut session = Session {
+        send: Outgoing::WebSocket(sender),
+        splitter: MessageSplitter::whole_messages(),
+        room,
+        opened_at: clock::now(),
+        joined: false,
+        ended: false,
+    };
+    session.send_data(join, false)?;
+    events.push(
+        session_events
+            .map(move |event| (index, event))
+            .boxed_local(),
+    );
+    Ok(session)
 }
 
 /// Reads until every session has its `joined` (recording each join's latency), or fails.
@@ -224,7 +274,7 @@ async fn close_sessions(
     counters: &Counters,
 ) {
     for session in sessions.iter_mut() {
-        let _ = session.send.send_data(Bytes::new(), true);
+        let _ = session.send_data(Bytes::new(), true);
     }
     let mut open = sessions.iter().filter(|s| !s.ended).count();
     while open > 0 {
@@ -248,6 +298,12 @@ async fn close_sessions(
 struct FanoutPlan {
     addr: String,
     dialer: Dialer,
+    /// `--transport ws`: the web listener subscribers open their WebSockets to.
+    web_target: Option<String>,
+    /// The token WebSocket subscribers offer (`duplex.bearer.…`).
+    token: Option<String>,
+    /// `--connect-timeout`, for WebSocket handshakes.
+    connect_timeout: Duration,
     rooms: Vec<RoomGate>,
     /// Subscriber s is on connection s % C and in room s % R.
     subscriber_connections: Vec<Vec<usize>>,
@@ -298,6 +354,9 @@ pub(crate) fn fanout(args: &BenchArgs) -> Result<Report, BenchError> {
     let plan = Arc::new(FanoutPlan {
         addr: args.addr.clone(),
         dialer: Dialer::new(args)?,
+        web_target: (args.transport == Transport::Ws).then(|| args.web_target.clone()),
+        token: args.token.clone(),
+        connect_timeout: args.connect_timeout,
         rooms,
         subscriber_connections: runner::round_robin(args.subscribers, connections),
         publishers: args.publishers,
@@ -432,6 +491,7 @@ pub(crate) fn fanout(args: &BenchArgs) -> Result<Report, BenchError> {
             "warmup_s": args.warmup.as_secs_f64(),
             "messages": args.messages,
             "threads": threads,
+            "transport": if plan.web_target.is_some() { "ws" } else { "grpc" },
         }),
         extra,
     })
@@ -468,6 +528,27 @@ async fn fanout_thread(
     let mut publishers = Vec::new();
     let setup = async {
         for &unit in units {
+            if unit < subscriber_connections
+                && let Some(target) = &plan.web_target
+            {
+                for &s in &plan.subscriber_connections[unit] {
+                    let room = s % plan.rooms.len();
+                    let join = grpc::join_frame(0, &plan.rooms[room].name, None, true);
+                    let index = subscribers.len();
+                    let session = open_ws_session(
+                        plan,
+                        target,
+                        format!("bench-sub-{s}"),
+                        join,
+                        room,
+                        index,
+                        &mut sub_events,
+                    )
+                    .await?;
+                    subscribers.push(session);
+                }
+                continue;
+            }
             let connection = Connection::open(&plan.addr, &plan.dialer)
                 .await
                 .map_err(|reason| format!("cannot connect to {}: {reason}", plan.addr))?;
@@ -727,12 +808,9 @@ async fn publish(plan: &FanoutPlan, timing: Timing, publisher: &mut Publisher) -
             }
         }
         if !buffer.is_empty()
-            && let Err(error) = publisher
-                .session
-                .send
-                .send_data(buffer.split().freeze(), false)
+            && let Err(key) = publisher.session.send_data(buffer.split().freeze(), false)
         {
-            tally.error(grpc::error_key(&error), &plan.counters);
+            tally.error(key, &plan.counters);
             break;
         }
         if stopping && waiting.is_empty() {
@@ -1058,10 +1136,7 @@ async fn store_history(
             grpc::put_publish(&mut buffer, sent, room, &template, clock::now(), None);
         }
         if !buffer.is_empty() {
-            session
-                .send
-                .send_data(buffer.split().freeze(), false)
-                .map_err(|e| grpc::error_key(&e))?;
+            session.send_data(buffer.split().freeze(), false)?;
         }
         let event = tokio::time::timeout(step, events.next())
             .await

@@ -30,6 +30,7 @@ mod os;
 mod progress;
 mod report;
 mod runner;
+mod websocket;
 
 use std::time::Duration;
 
@@ -63,6 +64,15 @@ impl Scenario {
             Scenario::Idle => "idle",
         }
     }
+}
+
+/// How `fanout` subscribers reach the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Transport {
+    /// `Hub.Connect` streams over HTTP/2 on the gRPC port.
+    Grpc,
+    /// WebSockets to `/ws` on the web listener, one binary message per frame.
+    Ws,
 }
 
 /// Arguments of `duplex bench`. `duplex bench --help` is the reference.
@@ -180,6 +190,18 @@ pub struct BenchArgs {
     #[arg(skip)]
     pub token: Option<String>,
 
+    /// `fanout`: how subscribers connect. `grpc`: `Hub.Connect` streams on `--addr`;
+    /// `ws`: one WebSocket per subscriber to `/ws` on `--web-target` (publishers stay on
+    /// gRPC). Each WebSocket is its own TCP connection: raise the server's
+    /// `--max-connections-per-ip` above the subscriber count.
+    #[arg(long, value_enum, default_value = "grpc")]
+    pub transport: Transport,
+
+    /// The server's web listener, HOST:PORT (what `duplex serve` prints as `web on URL`),
+    /// for `--transport ws`.
+    #[arg(long, default_value = "localhost:8080")]
+    pub web_target: String,
+
     /// Print the report as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
@@ -253,6 +275,11 @@ pub fn run(args: &BenchArgs) -> Result<Report, BenchError> {
     {
         return Err(BenchError::Arguments(
             "--rate must be a positive number".into(),
+        ));
+    }
+    if args.transport == Transport::Ws && args.scenario != Scenario::Fanout {
+        return Err(BenchError::Arguments(
+            "--transport ws is for fanout (its subscribers); the other scenarios speak gRPC".into(),
         ));
     }
     clock::start();

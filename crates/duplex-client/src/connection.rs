@@ -584,6 +584,8 @@ impl Connection {
             // after it starts at our own last offset; under the lossy policies the caller
             // chose to skip.
             Frame::Lagged(_) | Frame::Pong(_) => {}
+            // Sent on WebSocket sessions only; over gRPC the status ends the stream.
+            Frame::SessionEnd(_) => {}
         }
         None
     }

@@ -24,6 +24,13 @@ pub struct ServeConfig {
     #[arg(help_heading = "Web/ops")]
     pub web_listen: String,
 
+    /// Allow gRPC-Web calls from pages served by this origin (`https://app.example.com`),
+    /// repeatable: CORS on the web listener's gRPC-Web routes, off by default. A page
+    /// served by the web listener itself is same-origin and needs none.
+    #[arg(long = "cors-origin", value_name = "ORIGIN", value_parser = parse_cors_origin)]
+    #[arg(env = "DUPLEX_CORS_ORIGIN", value_delimiter = ',', help_heading = "Web/ops")]
+    pub cors_origins: Vec<String>,
+
     /// Serve Prometheus metrics at `/metrics` on the web listener (`--metrics false` turns
     /// the route off; the counters are kept either way).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
@@ -613,6 +620,23 @@ fn parse_web_listen_address(text: &str) -> Result<String, String> {
         "off" => Ok("off".to_owned()),
         address => parse_listen_address(address),
     }
+}
+
+/// An origin as browsers send it: `scheme://host[:port]`, no path, no trailing slash.
+fn parse_cors_origin(text: &str) -> Result<String, String> {
+    let origin = text.trim();
+    let rest = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"))
+        .ok_or_else(|| {
+            format!("`{origin}` is not an origin: it starts with http:// or https://")
+        })?;
+    if rest.is_empty() || rest.contains('/') || http::HeaderValue::from_str(origin).is_err() {
+        return Err(format!(
+            "`{origin}` is not an origin: scheme://host[:port], no path (e.g. https://app.example.com)"
+        ));
+    }
+    Ok(origin.to_owned())
 }
 
 /// Splits `host:port` and `[v6]:port`; `None` when there is no port.

@@ -72,13 +72,8 @@ impl HubService {
     /// When a session on `request`'s connection should be told to reconnect: a little
     /// before the connection's maximum age (a tenth of the age, at most a second).
     fn rotation_time<T>(&self, request: &Request<T>) -> Option<tokio::time::Instant> {
-        let age = self.max_connection_age?;
-        let extensions = request.extensions();
-        let info = extensions.get::<ConnectionInfo>().copied()?;
-        let lead = (age / 10).min(std::time::Duration::from_secs(1));
-        Some(tokio::time::Instant::from_std(
-            info.accepted_at + age - lead,
-        ))
+        let info = request.extensions().get::<ConnectionInfo>().copied();
+        rotation_instant(self.max_connection_age, info)
     }
 
     /// The caller's identity. An anonymous caller's publish rate budget is its peer's
@@ -105,6 +100,20 @@ impl HubService {
 
 impl NamedService for HubService {
     const NAME: &'static str = "duplex.v1.Hub";
+}
+
+/// When a session on a connection `info` with maximum `age` should be told to reconnect: a
+/// little before the age (a tenth of it, at most a second). `None` without either.
+pub(crate) fn rotation_instant(
+    age: Option<std::time::Duration>,
+    info: Option<ConnectionInfo>,
+) -> Option<tokio::time::Instant> {
+    let age = age?;
+    let info = info?;
+    let lead = (age / 10).min(std::time::Duration::from_secs(1));
+    Some(tokio::time::Instant::from_std(
+        info.accepted_at + age - lead,
+    ))
 }
 
 /// The client's address: as the connection guard recorded it, else as tonic saw it.

@@ -22,13 +22,16 @@ pub mod auth;
 pub mod chat;
 pub mod config;
 mod edge;
+mod grpc_web;
 mod guard;
 mod health;
 mod hub_service;
 mod metrics;
+mod page;
 mod server;
 mod status;
 mod web;
+mod websocket;
 
 pub use app::{App, AppError};
 pub use config::{RuntimeKind, ServeConfig, StoreKind, parse_size};

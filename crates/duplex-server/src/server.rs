@@ -334,7 +334,8 @@ impl Server {
         let tls = serving.tls.is_some();
         let (graceful_tx, graceful_rx) = watch::channel(false);
         let mut web = web.map(|web| {
-            let serving = WebServing::new(&app, &config, gate.clone(), web.tls);
+            let serving =
+                WebServing::new(&app, &config, gate.clone(), web.tls, graceful_rx.clone());
             tokio::spawn(crate::web::serve(
                 web.listeners,
                 serving,
@@ -389,11 +390,11 @@ impl Server {
 }
 
 /// The services every connection serves, behind the gRPC edge layers.
-type EdgeService = GrpcRequest<PathAlias<CallDeadline<tonic::service::Routes>>>;
+pub(crate) type EdgeService = GrpcRequest<PathAlias<CallDeadline<tonic::service::Routes>>>;
 
 /// The gRPC services of `app` behind the request layers: content-type and method checks,
 /// the `/Chat/Chat` alias, whole-call deadlines.
-fn edge_service(
+pub(crate) fn edge_service(
     app: &App,
     config: &ServeConfig,
     max_connection_age: Option<Duration>,

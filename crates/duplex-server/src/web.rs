@@ -29,6 +29,7 @@ use tracing::{Instrument as _, info, warn};
 use crate::app::App;
 use crate::config::ServeConfig;
 use crate::guard::{Admission, ConnectionGate, TLS_HANDSHAKE_TIMEOUT};
+use crate::websocket::{OpenSockets, SocketDrain};
 
 /// What the web listener serves, for every connection.
 #[derive(Clone)]
@@ -41,29 +42,39 @@ pub(crate) struct WebServing {
     pub(crate) gate: Arc<ConnectionGate>,
     /// TLS with ALPN `h2` and `http/1.1`, when the server has a certificate.
     pub(crate) tls: Option<TlsAcceptor>,
+    /// The WebSockets open (they outlive their HTTP connections): a drain waits for them.
+    pub(crate) websockets: Arc<OpenSockets>,
 }
 
 impl WebServing {
     /// The web listener's routes and protocol settings for `app` under `config`.
+    /// `graceful` turns true when the server drains: WebSockets then end their sessions.
     pub(crate) fn new(
         app: &App,
         config: &ServeConfig,
         gate: Arc<ConnectionGate>,
         tls: Option<TlsAcceptor>,
+        graceful: watch::Receiver<bool>,
     ) -> Self {
+        let websockets = Arc::new(OpenSockets::default());
+        let drain = SocketDrain {
+            graceful,
+            open: websockets.clone(),
+        };
         Self {
-            router: routes(app, config),
+            router: routes(app, config, drain),
             builder: builder(config),
             gate,
             tls,
+            websockets,
         }
     }
 }
 
 /// Every route of the web listener: `/healthz` (live: the process serves HTTP), `/readyz`
 /// (200 while serving and the store takes writes, else 503 with the reason), and
-/// `/metrics` unless `--metrics false`.
-fn routes(app: &App, config: &ServeConfig) -> axum::Router {
+/// `/metrics` unless `--metrics false`; `/ws`, gRPC-Web and the page.
+fn routes(app: &App, config: &ServeConfig, drain: SocketDrain) -> axum::Router {
     let health = app.health().clone();
     let router = axum::Router::new()
         .route("/healthz", axum::routing::get(healthz))
@@ -81,7 +92,10 @@ fn routes(app: &App, config: &ServeConfig) -> axum::Router {
                     }
                 }
             }),
-        );
+        )
+        .merge(crate::websocket::routes(app, config, drain))
+        .merge(crate::grpc_web::routes(app, config))
+        .merge(crate::page::routes());
     if !config.metrics {
         return router;
     }
@@ -98,6 +112,14 @@ fn routes(app: &App, config: &ServeConfig) -> axum::Router {
             }
         }),
     )
+}
+
+/// A connection's place in the admission counts, shared by its requests: a WebSocket
+/// outlives the HTTP connection it was upgraded from and holds the place until it closes.
+#[derive(Clone, Debug)]
+pub(crate) struct ConnectionHold {
+    /// Released when the connection and every WebSocket upgraded from it are gone.
+    _place: Arc<Admission>,
 }
 
 /// Liveness: the process serves HTTP.
@@ -175,6 +197,8 @@ pub(crate) async fn serve(
     }
     drop(incoming);
     while connections.join_next().await.is_some() {}
+    // WebSockets end their sessions when the drain starts; wait for their closes to go out.
+    serving.websockets.all_closed().await;
 }
 
 /// One web connection: TLS if configured, then HTTP/1.1 or HTTP/2 (with upgrades) until
@@ -188,12 +212,16 @@ async fn serve_connection(
     let started = std::time::Instant::now();
     let info = admission.info();
     let budgets = admission.budgets();
+    let hold = ConnectionHold {
+        _place: Arc::new(admission),
+    };
     let router = serving.router.clone();
     let service = tower::ServiceExt::map_request(
         router,
         move |mut request: http::Request<hyper::body::Incoming>| {
             request.extensions_mut().insert(info);
             request.extensions_mut().insert(budgets.clone());
+            request.extensions_mut().insert(hold.clone());
             request.map(axum::body::Body::new)
         },
     );
@@ -216,7 +244,6 @@ async fn serve_connection(
         Ok(()) => info!(duration_ms, reason = "closed", "web connection closed"),
         Err(error) => info!(duration_ms, reason = "error", %error, "web connection closed"),
     }
-    drop(admission);
 }
 
 /// Serves one connection's bytes until it ends; on drain, closes it gracefully.

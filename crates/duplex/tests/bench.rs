@@ -6,7 +6,7 @@ mod common;
 use std::process::Output;
 use std::time::Duration;
 
-use common::{STEP, duplex, spawn_duplex_serve};
+use common::{STEP, duplex, spawn_duplex_serve, spawn_duplex_serve_web};
 use serde_json::Value;
 
 /// Runs `duplex bench ARGS --json --quiet` and parses what it prints.
@@ -120,6 +120,34 @@ fn fanout_json_counts_one_delivery_per_subscriber_per_publish() {
     ]));
     assert_eq!(report["published"], 40);
     assert_eq!(report["acked"], 40);
+    assert_eq!(report["messages"], 200, "{report}");
+    assert_eq!(report["undelivered"], 0);
+    assert_eq!(report["errors_total"], 0, "{report}");
+    assert_eq!(report["latency_us"]["count"], 200);
+}
+
+#[test]
+fn fanout_over_websockets_counts_one_delivery_per_subscriber_per_publish() {
+    let (_server, addr, web) = spawn_duplex_serve_web(&[]);
+    let report = bench_json(&args(&[
+        "fanout",
+        "--addr",
+        &addr.to_string(),
+        "--transport",
+        "ws",
+        "--web-target",
+        &web.to_string(),
+        "--publishers",
+        "2",
+        "--subscribers",
+        "5",
+        "--rooms",
+        "1",
+        "--messages",
+        "40",
+    ]));
+    assert_eq!(report["config"]["transport"], "ws", "{report}");
+    assert_eq!(report["published"], 40);
     assert_eq!(report["messages"], 200, "{report}");
     assert_eq!(report["undelivered"], 0);
     assert_eq!(report["errors_total"], 0, "{report}");

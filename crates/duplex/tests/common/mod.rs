@@ -4,6 +4,7 @@
 
 pub(crate) mod raw;
 pub(crate) mod session;
+pub(crate) mod ws;
 
 use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;

@@ -1,0 +1,279 @@
+//! `/ws` on the web listener: a `Hub.Connect` session over a WebSocket, one binary message
+//! per frame, against a real `duplex serve` process — the same room order as a gRPC
+//! session, resume after reconnect, per-room rights by token, and the end status in a
+//! `session_end` frame before the close.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::session::Session;
+use common::ws::WsSession;
+use common::{STEP, spawn_duplex_serve_web};
+use duplex_proto::hub::client_frame::Command;
+use duplex_proto::hub::server_frame::Frame;
+use duplex_proto::hub::{Code, Ping};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tonic::transport::Channel;
+
+const SECRET: &[u8] = b"a-test-secret-of-at-least-32-bytes-length";
+
+async fn channel(addr: std::net::SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+fn token(sub: &str, read: &[&str], write: &[&str]) -> String {
+    let claims = serde_json::json!({
+        "sub": sub,
+        "exp": duplex_server::auth::unix_now() + 3600,
+        "rooms": { "read": read, "write": write },
+    });
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(SECRET),
+    )
+    .unwrap()
+}
+
+/// A server checking HS256 tokens with [`SECRET`]; the secret file lives as long as it.
+fn spawn_with_auth() -> (common::ChildGuard, std::net::SocketAddr, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    let (server, _grpc, web) =
+        spawn_duplex_serve_web(&["--jwt-secret-file", secret.to_str().unwrap()]);
+    (server, web, dir)
+}
+
+#[tokio::test]
+async fn a_websocket_session_and_a_grpc_session_see_one_room_order() {
+    let (_server, grpc, web) = spawn_duplex_serve_web(&[]);
+    let mut browser = WsSession::open(web, &["duplex.v1", "duplex.name.page"]).await;
+    assert_eq!(browser.protocol.as_deref(), Some("duplex.v1"));
+    browser.join("lobby", None).await;
+    let mut native = Session::open(&channel(grpc).await, "native").await;
+    native.join("lobby", None).await;
+
+    // Both publish, interleaved; both see every message in one order.
+    for n in 0..10 {
+        browser.publish("lobby", format!("ws-{n}")).await;
+        native.publish("lobby", format!("grpc-{n}")).await;
+    }
+    let seen_by_browser = browser.messages(20).await;
+    let seen_by_native = native.messages(20).await;
+    let order = |messages: &[duplex_proto::hub::Message]| {
+        messages
+            .iter()
+            .map(|m| (m.offset, m.payload.clone(), m.sender.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(order(&seen_by_browser), order(&seen_by_native));
+    assert!(
+        seen_by_browser
+            .windows(2)
+            .all(|w| w[0].offset < w[1].offset)
+    );
+    assert!(seen_by_native.iter().any(|m| m.sender == "page"));
+
+    // The client closes: the server answers the close at once (RFC 6455), with no
+    // session_end, since nothing may follow a close.
+    browser
+        .send_raw(Message::Close(Some(CloseFrame {
+            code: CloseCode::Normal,
+            reason: "bye".into(),
+        })))
+        .await;
+    let ended = browser.ended().await;
+    assert!(ended.end.is_none(), "{ended:?}");
+    assert_eq!(ended.close.map(|c| u16::from(c.code)), Some(1000));
+}
+
+#[tokio::test]
+async fn a_websocket_client_resumes_after_reconnect_with_no_gap_and_no_duplicate() {
+    let (_server, grpc, web) = spawn_duplex_serve_web(&[]);
+    let mut publisher = Session::open(&channel(grpc).await, "publisher").await;
+    publisher.join("feed", None).await;
+
+    let mut reader = WsSession::open(web, &["duplex.v1"]).await;
+    reader.join("feed", Some(0)).await;
+    for n in 0..30 {
+        publisher.publish("feed", format!("m{n}")).await;
+    }
+    let first = reader.messages(10).await;
+    let last_seen = first.last().unwrap().offset;
+    drop(reader);
+
+    // More messages while the reader is away, then a new socket resumes after the last
+    // offset it saw.
+    for n in 30..40 {
+        publisher.publish("feed", format!("m{n}")).await;
+    }
+    let mut reader = WsSession::open(web, &["duplex.v1"]).await;
+    reader.join("feed", Some(last_seen)).await;
+    let rest = reader.messages(30).await;
+
+    let texts: Vec<String> = first
+        .iter()
+        .chain(&rest)
+        .map(|m| String::from_utf8(m.payload.to_vec()).unwrap())
+        .collect();
+    let expected: Vec<String> = (0..40).map(|n| format!("m{n}")).collect();
+    assert_eq!(texts, expected, "no gap, no duplicate, in order");
+    let offsets: BTreeSet<u64> = first.iter().chain(&rest).map(|m| m.offset).collect();
+    assert_eq!(offsets.len(), 40);
+}
+
+#[tokio::test]
+async fn a_token_without_write_rights_gets_a_per_command_error_frame() {
+    let (_server, web, _dir) = spawn_with_auth();
+    let reader_token = token("reader", &["news"], &[]);
+    let bearer = format!("duplex.bearer.{reader_token}");
+    let mut session = WsSession::open(web, &["duplex.v1", &bearer]).await;
+    assert_eq!(
+        session.protocol.as_deref(),
+        Some("duplex.v1"),
+        "only duplex.v1 is echoed"
+    );
+    session.join("news", None).await;
+    let publish = session.publish("news", "not allowed").await;
+    match session.next_non_presence().await {
+        Frame::Error(error) => {
+            assert_eq!(error.command_id, publish);
+            assert_eq!(error.code(), Code::PermissionDenied, "{error:?}");
+        }
+        other => panic!("expected a command error, got {other:?}"),
+    }
+    // The session goes on.
+    let ping = session
+        .send(Command::Ping(Ping {
+            client_time_unix_micros: 1,
+        }))
+        .await;
+    match session.next_non_presence().await {
+        Frame::Pong(pong) => assert_eq!(pong.command_id, ping),
+        other => panic!("expected a pong, got {other:?}"),
+    }
+    // A token with write rights publishes; its sender is the token's subject.
+    let writer = format!("duplex.bearer.{}", token("writer", &["news"], &["news"]));
+    let mut writer = WsSession::open(web, &["duplex.v1", &writer]).await;
+    writer.join("news", None).await;
+    writer.publish("news", "hello").await;
+    let message = session.messages(1).await.remove(0);
+    assert_eq!(message.sender, "writer");
+}
+
+#[tokio::test]
+async fn a_refused_token_gets_session_end_unauthenticated_then_a_close() {
+    let (_server, web, _dir) = spawn_with_auth();
+    for protocols in [
+        vec!["duplex.v1", "duplex.bearer.not.a.jwt"],
+        vec!["duplex.v1"],
+    ] {
+        let session = WsSession::open(web, &protocols).await;
+        let ended = tokio::time::timeout(STEP, session.ended())
+            .await
+            .expect("ended in time");
+        let end = ended.end.expect("a session_end frame");
+        assert_eq!(end.code(), Code::Unauthenticated, "{end:?}");
+        assert!(!end.message.contains("not.a.jwt"), "{end:?}");
+        let close = ended.close.expect("a close frame");
+        assert_eq!(u16::from(close.code), 1008);
+        assert_eq!(close.reason.as_str(), "UNAUTHENTICATED");
+    }
+    // A valid token still gets in.
+    let good = format!("duplex.bearer.{}", token("ann", &["any"], &["any"]));
+    let mut session = WsSession::open(web, &["duplex.v1", &good]).await;
+    session.join("any", None).await;
+}
+
+#[tokio::test]
+async fn a_websocket_session_is_told_to_move_before_its_connection_age_then_closed_1001() {
+    let (_server, _grpc, web) = spawn_duplex_serve_web(&[
+        "--max-connection-age",
+        "2s",
+        "--max-connection-age-grace",
+        "1s",
+    ]);
+    let mut session = WsSession::open(web, &["duplex.v1"]).await;
+    session.join("aging", None).await;
+    let ended = session.ended().await;
+    assert!(
+        ended
+            .before
+            .iter()
+            .any(|frame| matches!(frame, Frame::Shutdown(_))),
+        "a shutdown frame first: {ended:?}"
+    );
+    let end = ended.end.expect("a session_end frame");
+    assert_eq!(end.code(), Code::Unavailable, "{end:?}");
+    assert_eq!(ended.close.map(|c| u16::from(c.code)), Some(1001));
+}
+
+#[tokio::test]
+async fn an_idle_websocket_session_ends_with_deadline_exceeded() {
+    let (_server, _grpc, web) = spawn_duplex_serve_web(&["--idle-timeout", "1s"]);
+    let session = WsSession::open(web, &["duplex.v1"]).await;
+    let ended = session.ended().await;
+    let end = ended.end.expect("a session_end frame");
+    assert_eq!(end.code(), Code::DeadlineExceeded, "{end:?}");
+    assert_eq!(ended.close.map(|c| u16::from(c.code)), Some(1008));
+}
+
+#[tokio::test]
+async fn a_websocket_keeps_its_place_in_the_per_ip_connection_cap_until_it_closes() {
+    let (_server, _grpc, web) = spawn_duplex_serve_web(&["--max-connections-per-ip", "2"]);
+    let mut first = WsSession::open(web, &["duplex.v1"]).await;
+    first.join("capped", None).await;
+    let mut second = WsSession::open(web, &["duplex.v1"]).await;
+    second.join("capped", None).await;
+    // Upgraded connections still count: a third from the IP is refused.
+    assert!(
+        WsSession::try_open(web, &["duplex.v1"]).await.is_err(),
+        "a third WebSocket from one IP is refused"
+    );
+    // Once one closes, its place is free again.
+    drop(first);
+    let deadline = std::time::Instant::now() + STEP;
+    loop {
+        if let Ok(mut third) = WsSession::try_open(web, &["duplex.v1"]).await {
+            third.join("capped", None).await;
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the place is never freed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    second.publish("capped", "still served").await;
+    assert_eq!(&second.messages(1).await[0].payload[..], b"still served");
+}
+
+#[tokio::test]
+async fn sigterm_sends_shutdown_then_session_end_unavailable_and_close_1001() {
+    let (mut server, _grpc, web) = spawn_duplex_serve_web(&["--shutdown-grace", "10s"]);
+    let mut session = WsSession::open(web, &["duplex.v1"]).await;
+    session.join("leaving", None).await;
+    server.signal("TERM");
+    let ended = session.ended().await;
+    assert!(
+        ended
+            .before
+            .iter()
+            .any(|frame| matches!(frame, Frame::Shutdown(_))),
+        "the shutdown frame first: {ended:?}"
+    );
+    let end = ended.end.expect("a session_end frame");
+    assert_eq!(end.code(), Code::Unavailable, "{end:?}");
+    assert_eq!(ended.close.map(|c| u16::from(c.code)), Some(1001));
+    let status = server.wait_for_exit(STEP).expect("the server exits");
+    assert!(status.success(), "{status:?}");
+}
