@@ -20,7 +20,7 @@ use duplex_proto::hub::{ClientFrame, Join, Member, Publish};
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{Stream, StreamExt as _};
-use tracing::{Instrument as _, debug};
+use tracing::{Instrument as _, info};
 
 use crate::HubError;
 use crate::deadlines::{Deadlines, Due};
@@ -60,6 +60,39 @@ pub struct Session {
     /// The session's tracing span (id, name, peer): every log line of the session carries
     /// it, since its driver runs inside it. Enabled with `debug` logging for `duplex_hub`.
     span: tracing::Span,
+    /// The session's `session ended` line, logged when the session is dropped.
+    end: EndLine,
+}
+
+/// A session's `session ended` info line, logged once, when the session is dropped, with
+/// its id, peer, age and why it ended. The driver sets the reason where it returns; a
+/// session dropped before that was stopped by the server (the end of the shutdown grace,
+/// a `Subscribe` whose join failed).
+struct EndLine {
+    /// The session's id, as in its `session started` line.
+    id: u64,
+    /// The client's address, when the transport knows it.
+    peer: Option<SocketAddr>,
+    /// When the session opened.
+    started: std::time::Instant,
+    /// Why it ended: a fixed phrase, so log queries can match it.
+    reason: &'static str,
+    /// The inbound stream's error, when that is the reason (a status, never a payload).
+    error: Option<String>,
+}
+
+impl Drop for EndLine {
+    fn drop(&mut self) {
+        let duration_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        info!(
+            session = self.id,
+            peer = self.peer.map(tracing::field::display),
+            duration_ms,
+            reason = self.reason,
+            error = self.error.as_deref(),
+            "session ended"
+        );
+    }
 }
 
 impl std::fmt::Debug for Session {
@@ -93,8 +126,23 @@ impl Session {
         if let Some(peer) = peer {
             span.record("peer", tracing::field::display(peer));
         }
+        // Once per session (never per message), at info: sessions are what an operator
+        // counts and looks for. The name is a token's subject or a chosen name, not a secret.
+        info!(
+            session = id,
+            peer = peer.map(tracing::field::display),
+            name = %identity.name,
+            "session started"
+        );
         Self {
             span,
+            end: EndLine {
+                id,
+                peer,
+                started: std::time::Instant::now(),
+                reason: "stopped by the server",
+                error: None,
+            },
             id,
             member: Member {
                 name: identity.name,
@@ -172,7 +220,7 @@ impl Session {
         tokio::pin!(timer);
         loop {
             if !inbound_open && pending.is_empty() {
-                debug!("session ended: the client closed its side and every ack was sent");
+                self.end.reason = "client closed its side";
                 self.queue.finish(None);
                 return;
             }
@@ -188,14 +236,15 @@ impl Session {
                         }
                     }
                     Some(Err(error)) => {
-                        debug!(%error, "session ended: its inbound stream failed");
+                        self.end.reason = "inbound stream failed";
+                        self.end.error = Some(error.to_string());
                         self.queue.finish(Some(error));
                         return;
                     }
                 },
                 Some(()) = pending.next(), if !pending.is_empty() => {}
                 () = self.queue.closed() => {
-                    debug!("session ended: the client went away or fell behind");
+                    self.end.reason = "client went away or fell behind";
                     return;
                 }
                 () = &mut timer => {
@@ -205,12 +254,12 @@ impl Session {
                             let error = HubError::Unauthenticated(
                                 "token expired: reconnect with a fresh token and resume".into(),
                             );
-                            debug!("session ended: its token expired");
+                            self.end.reason = "token expired";
                             self.queue.finish(Some(error));
                             return;
                         }
                         Some(Due::Idle(timeout)) => {
-                            debug!(?timeout, "session ended: idle");
+                            self.end.reason = "idle";
                             self.queue.finish(Some(HubError::IdleTimeout(timeout)));
                             return;
                         }

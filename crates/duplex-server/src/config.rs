@@ -14,24 +14,32 @@ pub struct ServeConfig {
     /// both exist); `0.0.0.0` or `[::]` is every interface. Port 0 picks a free port; the
     /// chosen addresses are printed as `listening on ADDR`.
     #[arg(long, default_value = "localhost:50051", env = "DUPLEX_LISTEN", value_parser = parse_listen_address)]
+    #[arg(help_heading = "Listen")]
     pub listen: String,
 
     /// Address of the web listener, as HOST:PORT, or `off`: HTTP/1.1 and HTTP/2 for
     /// browsers and operators (health probes today), beside the gRPC port. Same TLS, same
     /// connection limits. Printed at start as `web on URL`.
     #[arg(long, default_value = "localhost:8080", env = "DUPLEX_WEB_LISTEN", value_parser = parse_web_listen_address)]
+    #[arg(help_heading = "Web/ops")]
     pub web_listen: String,
 
     /// Allow gRPC-Web calls from pages served by this origin (`https://app.example.com`),
-    /// repeatable: CORS on the web listener's gRPC-Web routes, off by default. A page
-    /// served by the web listener itself is same-origin and needs none.
+    /// repeatable or comma-separated: CORS on the web listener's gRPC-Web routes, off by
+    /// default. A page served by the web listener itself is same-origin and needs none.
     #[arg(long = "cors-origin", value_name = "ORIGIN", value_parser = parse_cors_origin)]
+    #[arg(
+        value_delimiter = ',',
+        env = "DUPLEX_CORS_ORIGIN",
+        help_heading = "Web/ops"
+    )]
     pub cors_origins: Vec<String>,
 
     /// HTTP/2 initial flow-control window of each stream, in bytes (SETTINGS_INITIAL_WINDOW_SIZE).
     /// How much a peer may send on one stream before it must wait for our WINDOW_UPDATE.
     /// Raise it for large messages on high-latency links. Accepts suffixes: 64KiB, 1MiB.
     #[arg(long, default_value = "1MiB", value_parser = parse_window)]
+    #[arg(env = "DUPLEX_INITIAL_STREAM_WINDOW", help_heading = "HTTP/2")]
     pub initial_stream_window: u32,
 
     /// Bytes h2 may buffer for sending on one stream beyond what the socket takes. With a
@@ -39,59 +47,71 @@ pub struct ServeConfig {
     /// stream holds in HTTP/2; past it the stream's queue backs up and its lag policy and
     /// the send-stall timeout apply. hyper's default is 400KiB.
     #[arg(long, default_value = "64KiB", value_parser = parse_size)]
+    #[arg(env = "DUPLEX_MAX_SEND_BUFFER", help_heading = "HTTP/2")]
     pub max_send_buffer: usize,
 
     /// HTTP/2 initial flow-control window of the whole connection, in bytes: the budget
     /// all streams of one connection share before a connection-level WINDOW_UPDATE.
     /// 64KiB-1 (HTTP/2's own starting value, which can only grow) to 2GiB-1.
     #[arg(long, default_value = "2MiB", value_parser = parse_connection_window)]
+    #[arg(env = "DUPLEX_INITIAL_CONNECTION_WINDOW", help_heading = "HTTP/2")]
     pub initial_connection_window: u32,
 
     /// Size both windows from the measured bandwidth-delay product (BDP pings) instead of
     /// the fixed values above, which it then overrides.
     #[arg(long)]
+    #[arg(env = "DUPLEX_ADAPTIVE_WINDOW", help_heading = "HTTP/2")]
     pub adaptive_window: bool,
 
     /// Largest HTTP/2 frame payload we accept (SETTINGS_MAX_FRAME_SIZE), 16KiB to 16MiB-1.
     /// Bigger frames mean fewer frame headers for large messages.
     #[arg(long, default_value = "16KiB", value_parser = parse_frame_size)]
+    #[arg(env = "DUPLEX_MAX_FRAME_SIZE", help_heading = "HTTP/2")]
     pub max_frame_size: u32,
 
     /// Most concurrent streams (calls) one connection may hold open
     /// (SETTINGS_MAX_CONCURRENT_STREAMS). Bounds the work one client can pin on the server.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(env = "DUPLEX_MAX_CONCURRENT_STREAMS", help_heading = "HTTP/2")]
     pub max_concurrent_streams: u32,
 
     /// Send an HTTP/2 PING on a connection after this long without traffic from the peer, to
     /// find dead peers that TCP alone would keep for hours. `0s` turns it off.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    #[arg(env = "DUPLEX_KEEPALIVE_INTERVAL", help_heading = "HTTP/2")]
     pub keepalive_interval: Duration,
 
     /// Close the connection when a keepalive PING is not acknowledged within this time.
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    #[arg(env = "DUPLEX_KEEPALIVE_TIMEOUT", help_heading = "HTTP/2")]
     pub keepalive_timeout: Duration,
 
     /// Largest header list (after HPACK decoding) a request may carry, in bytes
     /// (SETTINGS_MAX_HEADER_LIST_SIZE): bounds what an HPACK bomb can make us hold.
     #[arg(long, default_value = "16KiB", value_parser = parse_size)]
+    #[arg(env = "DUPLEX_MAX_HEADER_LIST_SIZE", help_heading = "HTTP/2")]
     pub max_header_list_size: usize,
 
     /// Largest gRPC message accepted, in bytes. A bigger one fails its call with
     /// RESOURCE_EXHAUSTED; other calls go on. 4MiB is the gRPC-wide default; 1KiB to 1GiB.
     #[arg(long, default_value = "4MiB", value_parser = parse_message_size)]
+    #[arg(env = "DUPLEX_MAX_MESSAGE_SIZE", help_heading = "HTTP/2")]
     pub max_message_size: usize,
 
     /// Disable Nagle's algorithm on accepted sockets, so small messages leave at once.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(env = "DUPLEX_TCP_NODELAY", help_heading = "Listen")]
     pub tcp_nodelay: bool,
 
     /// Where room history lives: `redb` (embedded, durable: a publish is acked only after
     /// fsync) or `memory` (bounded, lost on exit; for tests and demos).
     #[arg(long, default_value = "redb")]
+    #[arg(env = "DUPLEX_STORE", help_heading = "Store")]
     pub store: StoreKind,
 
     /// Directory of the embedded store.
     #[arg(long, default_value = "./duplex-data", env = "DUPLEX_DATA_DIR")]
+    #[arg(help_heading = "Store")]
     pub data_dir: std::path::PathBuf,
 
     /// With `--store memory`: bytes the store may hold in all (messages with their strings,
@@ -99,32 +119,38 @@ pub struct ServeConfig {
     /// any room are evicted, as retention would; a publish is refused (RESOURCE_EXHAUSTED)
     /// only when room names alone fill it.
     #[arg(long, default_value = "512MiB", value_parser = parse_size)]
+    #[arg(env = "DUPLEX_MEMORY_STORE_BYTES", help_heading = "Store")]
     pub memory_store_bytes: usize,
 
     /// Keep at most this many messages per room (older ones are removed). 0 = no count limit
     /// (the memory store still caps each room).
     #[arg(long, default_value_t = 1_000_000)]
+    #[arg(env = "DUPLEX_RETENTION_MESSAGES", help_heading = "Store")]
     pub retention_messages: u64,
 
     /// Remove messages older than this (e.g. 7d, 12h). 0s = no age limit.
     #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+    #[arg(env = "DUPLEX_RETENTION_AGE", help_heading = "Store")]
     pub retention_age: Duration,
 
     /// A publish that repeats a client message id already published to the same room less
     /// than this long ago is acked as a duplicate with the original's offset and not stored
     /// again (also across restarts with `--store redb`). 0s turns dedupe off.
     #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+    #[arg(env = "DUPLEX_DEDUPE_WINDOW", help_heading = "Store")]
     pub dedupe_window: Duration,
 
     /// Most client ids the dedupe index remembers per room; past it the room's oldest are
     /// forgotten early (its window shrinks: a retry of a forgotten id is stored again).
     #[arg(long, default_value_t = duplex_store::DEFAULT_DEDUPE_IDS_PER_ROOM)]
+    #[arg(env = "DUPLEX_DEDUPE_MAX_IDS_PER_ROOM", help_heading = "Store")]
     pub dedupe_max_ids_per_room: u64,
 
     /// Most client ids the dedupe index remembers in all (with redb about 130 bytes of file
     /// and 50–90 bytes of memory each; with `--store memory` about 160 bytes of memory);
     /// past it the oldest of any room are forgotten early.
     #[arg(long, default_value_t = duplex_store::DEFAULT_DEDUPE_IDS)]
+    #[arg(env = "DUPLEX_DEDUPE_MAX_IDS", help_heading = "Store")]
     pub dedupe_max_ids: u64,
 
     /// Start even when the store's database file exists but is empty (truncated) or cannot
@@ -132,12 +158,14 @@ pub struct ServeConfig {
     /// and an empty store begins, whose offsets restart at 1. Without it the server refuses
     /// to start on such a file; a missing file (a fresh data directory) is created anyway.
     #[arg(long)]
+    #[arg(env = "DUPLEX_RESET_STORE", help_heading = "Store")]
     pub reset_store: bool,
 
     /// What happens to a subscriber whose outbound queue is full: `disconnect` (a `lagged`
     /// frame with the last offset delivered, then RESOURCE_EXHAUSTED; the client resumes
     /// from history and loses nothing), `drop-oldest`, or `latest-per-key`.
     #[arg(long, default_value = "disconnect")]
+    #[arg(env = "DUPLEX_LAG_POLICY", help_heading = "Hub")]
     pub lag_policy: duplex_hub::LagPolicy,
 
     /// Bytes all subscriber queues (and replay pages) of one connection may hold together.
@@ -145,24 +173,29 @@ pub struct ServeConfig {
     /// --queue-bytes; this bounds their sum. Past it a stream's lag policy fires as when
     /// its own queue is full (a replay waits instead).
     #[arg(long, default_value = "32MiB", value_parser = parse_nonzero_size)]
+    #[arg(env = "DUPLEX_CONNECTION_QUEUE_BYTES", help_heading = "Limits")]
     pub connection_queue_bytes: usize,
 
     /// Bytes all subscriber queues (and replay pages) of all connections from one client
     /// IP may hold together (--max-connections-per-ip connections share it).
     #[arg(long, default_value = "256MiB", value_parser = parse_nonzero_size)]
+    #[arg(env = "DUPLEX_IP_QUEUE_BYTES", help_heading = "Limits")]
     pub ip_queue_bytes: usize,
 
     /// Live frames one subscriber may have queued before its lag policy fires.
     #[arg(long, default_value_t = 4096, value_parser = at_least_one)]
+    #[arg(env = "DUPLEX_QUEUE_FRAMES", help_heading = "Hub")]
     pub queue_frames: usize,
 
     /// Bytes one subscriber may have queued before its lag policy fires.
     #[arg(long, default_value = "8MiB", value_parser = parse_nonzero_size)]
+    #[arg(env = "DUPLEX_QUEUE_BYTES", help_heading = "Hub")]
     pub queue_bytes: usize,
 
     /// Largest payload one publish may carry. Over it, that publish gets RESOURCE_EXHAUSTED
     /// and the session goes on (a whole gRPC message over --max-message-size ends the call).
     #[arg(long, default_value = "1MiB", value_parser = parse_nonzero_size)]
+    #[arg(env = "DUPLEX_MAX_PAYLOAD", help_heading = "Limits")]
     pub max_payload: usize,
 
     /// Publishes per second one identity may sustain (token bucket), counted across all
@@ -170,21 +203,25 @@ pub struct ServeConfig {
     /// /64 for IPv6) when anonymous. Over it a publish gets RESOURCE_EXHAUSTED and the
     /// session goes on. 0 = no limit.
     #[arg(long, default_value_t = 5000)]
+    #[arg(env = "DUPLEX_PUBLISH_RATE", help_heading = "Limits")]
     pub publish_rate: u32,
 
     /// Publishes one identity may make at once above --publish-rate.
     #[arg(long, default_value_t = 10_000)]
+    #[arg(env = "DUPLEX_PUBLISH_BURST", help_heading = "Limits")]
     pub publish_burst: u32,
 
     /// Identities the publish rate limiter tracks at once (about 200 bytes each). Idle
     /// ones are forgotten first; when all are busy, a new identity's publish gets
     /// RESOURCE_EXHAUSTED until one refills.
     #[arg(long, default_value_t = 100_000)]
+    #[arg(env = "DUPLEX_PUBLISH_RATE_IDENTITIES", help_heading = "Limits")]
     pub publish_rate_identities: usize,
 
     /// End a `Hub.Connect` session that sends nothing (not even a ping) for this long,
     /// with DEADLINE_EXCEEDED. `duplex-client` pings every 30s. 0s = never.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    #[arg(env = "DUPLEX_IDLE_TIMEOUT", help_heading = "Hub")]
     pub idle_timeout: Duration,
 
     /// End a stream (a `Hub.Connect` session or a `Subscribe`) whose oldest queued frame has
@@ -192,6 +229,7 @@ pub struct ServeConfig {
     /// socket never read): a `lagged` frame per room, then RESOURCE_EXHAUSTED, and its queue
     /// and replay are freed. 0s = never.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(env = "DUPLEX_SEND_STALL_TIMEOUT", help_heading = "Hub")]
     pub send_stall_timeout: Duration,
 
     /// Members a room lists in `joined`, `Presence` and presence events. Past it members
@@ -200,81 +238,98 @@ pub struct ServeConfig {
     /// list (names are at most 133 bytes) always fits one message well under a client's
     /// default 4 MiB receive limit: no list needs paging.
     #[arg(long, default_value_t = 1000, value_parser = parse_presence_listed)]
+    #[arg(env = "DUPLEX_MAX_PRESENCE_LISTED", help_heading = "Hub")]
     pub max_presence_listed: usize,
 
     /// Rooms one session may have joined at once.
     #[arg(long, default_value_t = 100, value_parser = at_least_one)]
+    #[arg(env = "DUPLEX_MAX_ROOMS_PER_SESSION", help_heading = "Hub")]
     pub max_rooms_per_session: usize,
 
     /// Publishes one session may have waiting for durability. Past it the server stops
     /// reading that session's stream, so HTTP/2 flow control pushes back on the publisher.
     #[arg(long, default_value_t = 256, value_parser = at_least_one)]
+    #[arg(env = "DUPLEX_PUBLISH_WINDOW", help_heading = "Hub")]
     pub publish_window: usize,
 
     /// Connections open at once; more are closed on accept.
     #[arg(long, default_value_t = 10_000, value_parser = at_least_one)]
+    #[arg(env = "DUPLEX_MAX_CONNECTIONS", help_heading = "Limits")]
     pub max_connections: usize,
 
     /// Connections open at once from one client IP address. Each connection may pin up to
     /// its connection window of unread request data (a client that never reads replies),
     /// so this times --initial-connection-window bounds what one address can make us hold.
     #[arg(long, default_value_t = 100, value_parser = at_least_one)]
+    #[arg(env = "DUPLEX_MAX_CONNECTIONS_PER_IP", help_heading = "Limits")]
     pub max_connections_per_ip: usize,
 
     /// Close a connection that has not sent the HTTP/2 preface within this time
     /// (slowloris). With TLS the handshake has its own 10s limit first.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(env = "DUPLEX_PREFACE_TIMEOUT", help_heading = "Limits")]
     pub preface_timeout: Duration,
 
     /// PING policy, as grpc-go enforces it: a client sending PINGs closer together than
     /// this while the server sends no data collects strikes; past 2 it gets GOAWAY
     /// ENHANCE_YOUR_CALM "too_many_pings" (TLS connections too: the guard terminates TLS).
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    #[arg(env = "DUPLEX_MIN_PING_INTERVAL", help_heading = "HTTP/2")]
     pub min_ping_interval: Duration,
 
     /// Close each connection after this long (GOAWAY, then --max-connection-age-grace), so
     /// long-lived streams rebalance across servers. Hub sessions get a `shutdown` frame
     /// just before, and duplex-client reconnects and resumes. 0s = never.
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    #[arg(env = "DUPLEX_MAX_CONNECTION_AGE", help_heading = "HTTP/2")]
     pub max_connection_age: Duration,
 
     /// After --max-connection-age, how long calls may go on before the connection is cut.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(env = "DUPLEX_MAX_CONNECTION_AGE_GRACE", help_heading = "HTTP/2")]
     pub max_connection_age_grace: Duration,
 
     /// Serve TLS with this certificate chain (PEM). Needs --tls-key.
     #[arg(long, requires = "tls_key")]
+    #[arg(env = "DUPLEX_TLS_CERT", help_heading = "TLS")]
     pub tls_cert: Option<std::path::PathBuf>,
 
     /// Private key (PEM) of --tls-cert.
     #[arg(long, requires = "tls_cert")]
+    #[arg(env = "DUPLEX_TLS_KEY", help_heading = "TLS")]
     pub tls_key: Option<std::path::PathBuf>,
 
     /// Mutual TLS: require every client to present a certificate signed by this CA (PEM).
     #[arg(long, requires = "tls_cert")]
+    #[arg(env = "DUPLEX_TLS_CLIENT_CA", help_heading = "TLS")]
     pub tls_client_ca: Option<std::path::PathBuf>,
 
     /// Serve plaintext on a non-loopback address. Without it, duplex refuses: anyone on the
     /// path could read and alter the traffic. Use it only behind a proxy that terminates TLS.
     #[arg(long)]
+    #[arg(env = "DUPLEX_INSECURE", help_heading = "Listen")]
     pub insecure: bool,
 
     /// Require bearer tokens (JWT, HS256) on the Hub service, verified with the secret in
     /// this file (at least 32 bytes). Tokens carry `sub`, `exp` and room rights.
     #[arg(long)]
+    #[arg(env = "DUPLEX_JWT_SECRET_FILE", help_heading = "Auth")]
     pub jwt_secret_file: Option<std::path::PathBuf>,
 
     /// Require bearer tokens verified with this PEM public key: an RSA key means RS256,
     /// an EC P-256 key ES256.
     #[arg(long)]
+    #[arg(env = "DUPLEX_JWT_PUBLIC_KEY_FILE", help_heading = "Auth")]
     pub jwt_public_key_file: Option<std::path::PathBuf>,
 
     /// Accept only tokens with this `iss` claim.
     #[arg(long)]
+    #[arg(env = "DUPLEX_JWT_ISSUER", help_heading = "Auth")]
     pub jwt_issuer: Option<String>,
 
     /// Accept only tokens with this `aud` claim.
     #[arg(long)]
+    #[arg(env = "DUPLEX_JWT_AUDIENCE", help_heading = "Auth")]
     pub jwt_audience: Option<String>,
 
     /// With a JWT key configured, still accept calls without a token. They get the
@@ -282,16 +337,19 @@ pub struct ServeConfig {
     /// a token's, and their `duplex-name` is prefixed `anon:` so it cannot pass for a
     /// token's subject.
     #[arg(long)]
+    #[arg(env = "DUPLEX_ALLOW_ANONYMOUS", help_heading = "Auth")]
     pub allow_anonymous: bool,
 
     /// With --allow-anonymous: room patterns (`lobby`, `game.*`, `*`; comma-separated)
     /// callers without a token may read: join, subscribe, history, presence.
     #[arg(long, value_delimiter = ',', default_value = "*")]
+    #[arg(env = "DUPLEX_ANONYMOUS_READ", help_heading = "Auth")]
     pub anonymous_read: Vec<String>,
 
     /// With --allow-anonymous: room patterns (comma-separated) callers without a token may
     /// publish to. None by default: anonymous callers are read-only.
     #[arg(long, value_delimiter = ',')]
+    #[arg(env = "DUPLEX_ANONYMOUS_WRITE", help_heading = "Auth")]
     pub anonymous_write: Vec<String>,
 
     /// Connection workers: threads that each run a single-threaded runtime and serve the
@@ -299,17 +357,20 @@ pub struct ServeConfig {
     /// handlers and writes then stay on one thread: no wake-ups across threads per message.
     /// 0 = one per core; 1 = serve every connection on the main runtime (see --runtime).
     #[arg(long, default_value_t = 0)]
+    #[arg(env = "DUPLEX_WORKERS", help_heading = "Runtime")]
     pub workers: usize,
 
     /// The main runtime (acceptor, hub sequencer, store): `multi-thread` (tokio's
     /// work-stealing pool, one thread per core) or `current-thread` (one thread). With
     /// `--workers 1` it also runs every connection.
     #[arg(long, default_value = "multi-thread")]
+    #[arg(env = "DUPLEX_RUNTIME", help_heading = "Runtime")]
     pub runtime: RuntimeKind,
 
     /// On SIGINT/SIGTERM: stop accepting, then give open calls this long to finish before
     /// closing them and exiting 0.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(env = "DUPLEX_SHUTDOWN_GRACE", help_heading = "Runtime")]
     pub shutdown_grace: Duration,
 }
 
@@ -344,6 +405,17 @@ impl RuntimeKind {
 }
 
 impl ServeConfig {
+    /// Checks what clap checks only for flags and env variables, not for values from a
+    /// config file (they reach clap as defaults): TLS settings that need one another.
+    pub fn check(&self) -> Result<(), String> {
+        match (&self.tls_cert, &self.tls_key, &self.tls_client_ca) {
+            (Some(_), None, _) => Err("tls-cert needs tls-key (its private key)".into()),
+            (None, Some(_), _) => Err("tls-key needs tls-cert".into()),
+            (None, None, Some(_)) => Err("tls-client-ca needs tls-cert and tls-key".into()),
+            _ => Ok(()),
+        }
+    }
+
     /// The hub's bounds and policies from these flags.
     pub fn hub_config(&self) -> duplex_hub::HubConfig {
         duplex_hub::HubConfig {

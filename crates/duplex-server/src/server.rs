@@ -33,7 +33,7 @@ use tokio_rustls::rustls::pki_types::pem::PemObject as _;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::TcpIncoming;
-use tracing::{Instrument as _, Span, debug, info, warn};
+use tracing::{Instrument as _, Span, info, warn};
 
 use duplex_hub::Hub;
 
@@ -372,7 +372,7 @@ impl Server {
             }
             stopped
         };
-        workers.stop();
+        workers.stop().await;
         if let Some(web) = web {
             web.abort();
         }
@@ -579,6 +579,10 @@ enum WorkerEnds {
         finished: Vec<oneshot::Receiver<()>>,
         /// Dropping these ends every worker (and the connections it holds) at once.
         hard_stops: Vec<oneshot::Sender<()>>,
+        /// Each resolves once its worker's runtime is gone, with every task it held
+        /// dropped (so the connections and sessions cut at the end of the grace have
+        /// logged their end).
+        exited: Vec<oneshot::Receiver<()>>,
     },
 }
 
@@ -604,10 +608,12 @@ impl Workers {
         let mut inboxes = Vec::with_capacity(count);
         let mut finished = Vec::with_capacity(count);
         let mut hard_stops = Vec::with_capacity(count);
+        let mut exited = Vec::with_capacity(count);
         for index in 0..count {
             let (inbox, handoffs) = mpsc::channel::<Handoff>(WORKER_INBOX);
             let (done_tx, done_rx) = oneshot::channel::<()>();
             let (hard_stop, hard_stopped) = oneshot::channel::<()>();
+            let (exit_tx, exit_rx) = oneshot::channel::<()>();
             let serving = serving.clone();
             let graceful = graceful.clone();
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -625,11 +631,15 @@ impl Workers {
                             _ = hard_stopped => {}
                         }
                     });
+                    // Drops the tasks still held (connections, sessions), which log their end.
+                    drop(runtime);
+                    let _ = exit_tx.send(());
                 })
                 .map_err(ServeError::Worker)?;
             inboxes.push(inbox);
             finished.push(done_rx);
             hard_stops.push(hard_stop);
+            exited.push(exit_rx);
         }
         Ok((
             inboxes,
@@ -637,16 +647,32 @@ impl Workers {
                 ends: WorkerEnds::Threads {
                     finished,
                     hard_stops,
+                    exited,
                 },
             },
         ))
     }
 
-    /// Ends every worker now, with the connections it still holds (as dropping `self` does).
-    fn stop(self) {
+    /// Ends every worker now, with the connections it still holds (as dropping `self` does),
+    /// and waits (at most [`STOP_WAIT`]) for their tasks to be gone, so each connection and
+    /// session cut here logs its end before the process exits.
+    async fn stop(self) {
         match self.ends {
-            WorkerEnds::Inline(worker) => drop(worker),
-            WorkerEnds::Threads { hard_stops, .. } => drop(hard_stops),
+            WorkerEnds::Inline(worker) => {
+                // The connections' tasks are aborted; sessions on this runtime then see
+                // their streams fail. Give both a moment to run and log.
+                drop(worker);
+                tokio::time::sleep(STOP_WAIT / 10).await;
+            }
+            WorkerEnds::Threads {
+                hard_stops, exited, ..
+            } => {
+                drop(hard_stops);
+                let deadline = tokio::time::Instant::now() + STOP_WAIT;
+                for exit in exited {
+                    let _ = tokio::time::timeout_at(deadline, exit).await;
+                }
+            }
         }
     }
 
@@ -663,6 +689,9 @@ impl Workers {
         }
     }
 }
+
+/// How long stopping the workers waits for their tasks to be dropped (each logs its end).
+const STOP_WAIT: Duration = Duration::from_secs(1);
 
 /// One worker: takes the connections its inbox brings, runs each one's TLS handshake and
 /// guard (concurrently, so a slow one does not hold up the next) and serves HTTP/2 on it,
@@ -713,7 +742,8 @@ async fn serve_worker(
                     connections.spawn(connection.instrument(span));
                 }
                 Some((Err(error), span)) => {
-                    span.in_scope(|| debug!(%error, "connection dropped before HTTP/2"));
+                    // The connection's one end line (see `serve_connection` for the others).
+                    span.in_scope(|| info!(reason = "before HTTP/2", %error, "connection closed"));
                 }
                 None => break,
             },
@@ -754,26 +784,72 @@ async fn serve_connection(
         }
     };
     let mut age = std::pin::pin!(age);
-    let mut going_away = false;
+    // Logs the end if the connection is dropped mid-way (cut at the end of the grace).
+    let mut end = ConnectionEnd::new();
     loop {
         tokio::select! {
             served = connection.as_mut() => {
-                if let Err(error) = served {
-                    debug!(%error, "connection ended with an error");
+                match served {
+                    Ok(()) => end.reason = end.going_away.unwrap_or("client closed"),
+                    Err(error) => {
+                        end.reason = "error";
+                        end.error = Some(error.to_string());
+                    }
                 }
                 return;
             }
-            () = &mut age, if !going_away => {
-                going_away = true;
+            () = &mut age, if end.going_away.is_none() => {
+                end.going_away = Some("max connection age");
                 connection.as_mut().graceful_shutdown();
             }
-            changed = drain.wait_for(|&draining| draining), if !going_away => {
-                going_away = true;
+            changed = drain.wait_for(|&draining| draining), if end.going_away.is_none() => {
+                end.going_away = Some("server shutdown");
                 let _ = changed;
                 connection.as_mut().graceful_shutdown();
             }
         }
     }
+}
+
+/// A connection's `connection closed` info line, logged once when its task ends or is
+/// dropped, inside the connection span (number, peer, local), with how long it lived and
+/// why it ended.
+struct ConnectionEnd {
+    /// When HTTP/2 began on it.
+    started: std::time::Instant,
+    /// Why the server sent GOAWAY, once it has; until then an end is the client's doing.
+    going_away: Option<&'static str>,
+    /// Why it ended; a dropped connection was cut by the server at the end of the grace.
+    reason: &'static str,
+    /// The error it ended with, if any (hyper's or h2's; no request data).
+    error: Option<String>,
+}
+
+impl ConnectionEnd {
+    fn new() -> Self {
+        Self {
+            started: std::time::Instant::now(),
+            going_away: None,
+            reason: "cut after the shutdown grace",
+            error: None,
+        }
+    }
+}
+
+impl Drop for ConnectionEnd {
+    fn drop(&mut self) {
+        info!(
+            duration_ms = millis(self.started.elapsed()),
+            reason = self.reason,
+            error = self.error.as_deref(),
+            "connection closed"
+        );
+    }
+}
+
+/// A duration in whole milliseconds, for log fields (saturating).
+pub(crate) fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl std::fmt::Debug for Server {

@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tonic::transport::server::TcpIncoming;
-use tracing::{Instrument as _, debug, warn};
+use tracing::{Instrument as _, info, warn};
 
 use crate::app::App;
 use crate::config::ServeConfig;
@@ -174,6 +174,7 @@ async fn serve_connection(
     serving: WebServing,
     mut drain: watch::Receiver<bool>,
 ) {
+    let started = std::time::Instant::now();
     let info = admission.info();
     let budgets = admission.budgets();
     let hold = ConnectionHold {
@@ -202,8 +203,11 @@ async fn serve_connection(
             }
         }
     };
-    if let Err(error) = outcome {
-        debug!(%error, "web connection ended with an error");
+    // One line per web connection end, in its span (peer).
+    let duration_ms = crate::server::millis(started.elapsed());
+    match outcome {
+        Ok(()) => info!(duration_ms, reason = "closed", "web connection closed"),
+        Err(error) => info!(duration_ms, reason = "error", %error, "web connection closed"),
     }
 }
 

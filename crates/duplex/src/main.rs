@@ -4,6 +4,7 @@ mod address;
 mod bench;
 mod cert;
 mod chat;
+mod config_file;
 mod echo;
 mod serve;
 mod tap;
@@ -12,7 +13,7 @@ mod token;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 
 /// Real-time bidirectional streaming over gRPC / HTTP/2.
 #[derive(Debug, Parser)]
@@ -20,6 +21,28 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+
+    /// Log lines on stderr as `text` (for a person) or `json` (one object per line, for a
+    /// log pipeline). RUST_LOG filters either (default `info`, e.g. `info,duplex_hub=debug`).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "DUPLEX_LOG_FORMAT",
+        help_heading = "Logs"
+    )]
+    log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// One human-readable line per event, spans as `name{field=value}:` prefixes.
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `target`, the event's fields
+    /// (`message` among them) and `spans`, the fields of each enclosing span.
+    Json,
 }
 
 // `serve`'s config is large next to the other variants; it is parsed once at start-up.
@@ -28,7 +51,7 @@ struct Cli {
 enum Command {
     /// Run the server: the article's Chat echo and the Hub's rooms (history, resume, auth,
     /// limits) over gRPC, on `localhost:50051` by default.
-    Serve(duplex_server::ServeConfig),
+    Serve(serve::ServeArgs),
     /// The article's client: send each stdin line as a Msg, print each reply as `server: <<line>>`.
     Echo(echo::EchoArgs),
     /// Chat in a room: type to publish, see others live; reconnects and resumes by itself.
@@ -52,28 +75,42 @@ enum Command {
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    use std::io::IsTerminal as _;
+    // flag > env > config file > default: the file's values become clap's defaults.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let (command, config_file) = match config_file::layer(Cli::command(), &args) {
+        Ok(layered) => layered,
+        Err(error) => {
+            eprintln!("error: {}", explain(&error));
+            return ExitCode::from(2);
+        }
+    };
+    let matches = command.clone().get_matches_from(&args);
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
+    init_logging(cli.log_format);
 
-    let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        // Colour codes only for a person at a terminal, never into log files or pipes.
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    if let Command::Serve(args) = &cli.command
+        && let Err(problem) = args.config.check()
+    {
+        eprintln!("error: {problem}");
+        return ExitCode::from(2);
+    }
 
     // Commands that need no runtime.
     let command = match cli.command {
         Command::Token(args) => return finish(token::run(args)),
         Command::Cert(args) => return finish(cert::run(args)),
+        Command::Serve(args) if args.print_config => {
+            print!(
+                "{}",
+                config_file::render(&command, &matches, config_file.as_ref())
+            );
+            return ExitCode::SUCCESS;
+        }
         command => command,
     };
 
     let runtime = match &command {
-        Command::Serve(config) => config.runtime.build(),
+        Command::Serve(args) => args.config.runtime.build(),
         _ => tokio::runtime::Runtime::new(),
     };
     let runtime = match runtime {
@@ -85,7 +122,7 @@ fn main() -> ExitCode {
     };
     let outcome = runtime.block_on(async {
         match command {
-            Command::Serve(config) => serve::run(config).await,
+            Command::Serve(args) => serve::run(args.config).await,
             Command::Echo(args) => echo::run(args).await,
             Command::Chat(args) => chat::run(args).await,
             Command::Tap(args) => tap::run(args).await,
@@ -96,6 +133,65 @@ fn main() -> ExitCode {
     // stdin is read on a blocking thread that cannot be cancelled: don't wait for it.
     runtime.shutdown_background();
     finish(outcome)
+}
+
+/// Targets whose trace lines would print what logs must never hold, capped below trace
+/// whatever RUST_LOG asks: tungstenite logs every WebSocket frame with its payload in hex
+/// at trace (`received frame`, `Sending frame`).
+const CAPPED_TARGETS: &[(&str, &str)] = &[
+    ("tungstenite", "tungstenite=debug"),
+    ("tokio_tungstenite", "tokio_tungstenite=debug"),
+];
+
+/// The log filter from RUST_LOG (`info` when unset or invalid), with [`CAPPED_TARGETS`]
+/// capped: RUST_LOG's own directives for them (or their modules) are dropped first, so
+/// `tungstenite::protocol=trace` cannot lift the cap either.
+fn log_filter(rust_log: Option<&str>) -> tracing_subscriber::EnvFilter {
+    let kept: Vec<&str> = rust_log
+        .unwrap_or("info")
+        .split(',')
+        .map(str::trim)
+        .filter(|directive| {
+            !directive.is_empty()
+                && !CAPPED_TARGETS
+                    .iter()
+                    .any(|(target, _)| directive.starts_with(target))
+        })
+        .collect();
+    let mut filter = tracing_subscriber::EnvFilter::try_new(kept.join(","))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    for (_, cap) in CAPPED_TARGETS {
+        if let Ok(directive) = cap.parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
+    filter
+}
+
+/// Logs to stderr as `format` says, filtered by RUST_LOG (see [`log_filter`]).
+fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal as _;
+
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let filter = log_filter(rust_log.as_deref());
+    match format {
+        LogFormat::Text => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            // Colour codes only for a person at a terminal, never into log files or pipes.
+            .with_ansi(std::io::stderr().is_terminal())
+            .init(),
+        // `.json()` on the builder, not a JSON event format alone: spans then get JSON
+        // fields too (tokio-rs/tracing#3327).
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(true)
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init(),
+    }
 }
 
 /// The exit status, after printing the error (each cause once) if there is one.
@@ -137,4 +233,33 @@ fn explain(error: &anyhow::Error) -> String {
         );
     }
     line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rust_log_cannot_lift_the_cap_on_targets_that_would_log_payloads() {
+        for rust_log in [
+            "trace",
+            "trace,tungstenite=trace",
+            "trace,tungstenite::protocol=trace,tokio_tungstenite=trace",
+        ] {
+            let filter = log_filter(Some(rust_log)).to_string();
+            assert!(
+                !filter.contains("tungstenite=trace"),
+                "{rust_log}: {filter}"
+            );
+            assert!(!filter.contains("protocol=trace"), "{rust_log}: {filter}");
+            assert!(filter.contains("tungstenite=debug"), "{rust_log}: {filter}");
+            assert!(
+                filter.contains("tokio_tungstenite=debug"),
+                "{rust_log}: {filter}"
+            );
+        }
+        let filter = log_filter(Some("duplex_hub=debug,warn")).to_string();
+        assert!(filter.contains("duplex_hub=debug"), "{filter}");
+        assert!(log_filter(None).to_string().contains("info"));
+    }
 }

@@ -8,6 +8,29 @@ use duplex_server::{ServeConfig, Server, StoreKind};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::info;
 
+/// `duplex serve`'s arguments: the server's settings and how to read them.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ServeArgs {
+    #[command(flatten)]
+    pub(crate) config: ServeConfig,
+
+    /// Read settings from this TOML file: `key = value` lines, keys being the flags without
+    /// `--` (`max-connections = 20000`, `keepalive-interval = "30s"`; snake_case keys are
+    /// accepted too). A flag, then a DUPLEX_* environment variable, overrides the file.
+    #[arg(
+        long = "config",
+        value_name = "FILE",
+        env = "DUPLEX_CONFIG",
+        help_heading = "Configuration"
+    )]
+    pub(crate) config_file: Option<std::path::PathBuf>,
+
+    /// Print the effective configuration as TOML (loadable with --config), each value
+    /// followed by where it came from (flag, env, file, default), and exit.
+    #[arg(long, help_heading = "Configuration")]
+    pub(crate) print_config: bool,
+}
+
 /// Serves `config` until SIGINT or SIGTERM, then drains and returns.
 pub(crate) async fn run(config: ServeConfig) -> anyhow::Result<()> {
     let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
