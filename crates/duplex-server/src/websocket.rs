@@ -390,21 +390,35 @@ async fn send_frames(
     cut_at: Option<tokio::time::Instant>,
     mut graceful: tokio::sync::watch::Receiver<bool>,
 ) -> Option<Ending> {
+    let draining = || {
+        Ending::status(
+            Code::Unavailable,
+            "the server is shutting down: reconnect and resume".to_owned(),
+        )
+    };
     loop {
-        let first = tokio::select! {
-            // Frames first: the hub queues its `shutdown` frame before the drain starts.
-            biased;
-            next = outbound.next() => next,
-            _ = graceful.wait_for(|&draining| draining) => return Some(Ending::status(
-                Code::Unavailable,
-                "the server is shutting down: reconnect and resume".to_owned(),
-            )),
-            () = sleep_until(cut_at) => return Some(Ending::status(
-                Code::Unavailable,
-                "the connection reached its maximum age (--max-connection-age): reconnect \
-                 and resume"
-                    .to_owned(),
-            )),
+        // Draining: one last batch of what is queued now (the hub's `shutdown` frame among
+        // it), then the end, so a session whose queue never empties ends too (the
+        // `select!` below sees the signal only when the queue is empty).
+        let last_batch = *graceful.borrow();
+        let first = if last_batch {
+            match outbound.next().now_or_never() {
+                Some(next) => next,
+                None => return Some(draining()),
+            }
+        } else {
+            tokio::select! {
+                // Frames first: the hub queues its `shutdown` frame before the drain starts.
+                biased;
+                next = outbound.next() => next,
+                _ = graceful.wait_for(|&draining| draining) => return Some(draining()),
+                () = sleep_until(cut_at) => return Some(Ending::status(
+                    Code::Unavailable,
+                    "the connection reached its maximum age (--max-connection-age): reconnect \
+                     and resume"
+                        .to_owned(),
+                )),
+            }
         };
         let mut ended = None;
         let batch = async {
@@ -444,6 +458,9 @@ async fn send_frames(
         }
         if ended.is_some() {
             return ended;
+        }
+        if last_batch {
+            return Some(draining());
         }
     }
 }

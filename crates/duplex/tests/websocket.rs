@@ -75,7 +75,11 @@ async fn a_websocket_session_and_a_grpc_session_see_one_room_order() {
             .map(|m| (m.offset, m.payload.clone(), m.sender.clone()))
             .collect::<Vec<_>>()
     };
-    assert_eq!(order(&seen_by_browser), order(&seen_by_native));
+    assert_eq!(
+        order(&seen_by_browser),
+        order(&seen_by_native),
+        "one order for both"
+    );
     assert!(
         seen_by_browser
             .windows(2)
@@ -93,7 +97,11 @@ async fn a_websocket_session_and_a_grpc_session_see_one_room_order() {
         .await;
     let ended = browser.ended().await;
     assert!(ended.end.is_none(), "{ended:?}");
-    assert_eq!(ended.close.map(|c| u16::from(c.code)), Some(1000));
+    assert_eq!(
+        ended.close.as_ref().map(|c| u16::from(c.code)),
+        Some(1000),
+        "{ended:?}"
+    );
 }
 
 #[tokio::test]
