@@ -25,8 +25,8 @@ pub struct ServeConfig {
     pub web_listen: String,
 
     /// Allow gRPC-Web calls from pages served by this origin (`https://app.example.com`),
-    /// repeatable: CORS on the web listener's gRPC-Web routes, off by default. A page
-    /// served by the web listener itself is same-origin and needs none.
+    /// repeatable or comma-separated: CORS on the web listener's gRPC-Web routes, off by
+    /// default. A page served by the web listener itself is same-origin and needs none.
     #[arg(long = "cors-origin", value_name = "ORIGIN", value_parser = parse_cors_origin)]
     #[arg(env = "DUPLEX_CORS_ORIGIN", value_delimiter = ',', help_heading = "Web/ops")]
     pub cors_origins: Vec<String>,

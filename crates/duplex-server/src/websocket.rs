@@ -216,7 +216,15 @@ async fn upgrade(
         .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| async move {
-            sessions.run(socket, identity, origin, info).await;
+            let started = std::time::Instant::now();
+            let reason = sessions.run(socket, identity, origin, info).await;
+            // The web connection's own `closed` line came at the upgrade; this is the end.
+            tracing::info!(
+                peer = peer.map(tracing::field::display),
+                duration_ms = crate::server::millis(started.elapsed()),
+                reason,
+                "websocket closed"
+            );
             // The connection counts against the listener's limits until the socket is gone.
             drop(hold);
             drop(open);
@@ -274,21 +282,22 @@ impl WebSocketSessions {
     }
 
     /// One WebSocket: the session's commands from the socket, its frames to it, and the
-    /// `session_end` and close when it ends.
+    /// `session_end` and close when it ends. Returns why it ended, for the log: the end
+    /// status's name, or `client gone` when nothing more could be written.
     async fn run(
         self,
         socket: WebSocket,
         identity: Result<Identity, AuthError>,
         origin: SessionOrigin,
         info: Option<ConnectionInfo>,
-    ) {
+    ) -> &'static str {
         let (mut sink, stream) = socket.split();
         let identity = match identity {
             Ok(identity) => identity,
             Err(error) => {
                 let ending = Ending::status(Code::Unauthenticated, error.to_string());
                 close(&mut sink, Some(stream), &ending).await;
-                return;
+                return ending.code.as_str_name();
             }
         };
         let (mut session, outbound) = self.hub.open_session_from(identity, origin);
@@ -321,7 +330,7 @@ impl WebSocketSessions {
         .await;
         let Some(mut ending) = ending else {
             debug!("websocket: the client is gone or stopped reading");
-            return;
+            return "client gone";
         };
         // The session hands back the read half (and what the client did wrong, if it did)
         // as it ends, which it does right after its outbound side.
@@ -335,6 +344,7 @@ impl WebSocketSessions {
             _ => None,
         };
         close(&mut sink, stream, &ending).await;
+        ending.code.as_str_name()
     }
 }
 
@@ -380,21 +390,35 @@ async fn send_frames(
     cut_at: Option<tokio::time::Instant>,
     mut graceful: tokio::sync::watch::Receiver<bool>,
 ) -> Option<Ending> {
+    let draining = || {
+        Ending::status(
+            Code::Unavailable,
+            "the server is shutting down: reconnect and resume".to_owned(),
+        )
+    };
     loop {
-        let first = tokio::select! {
-            // Frames first: the hub queues its `shutdown` frame before the drain starts.
-            biased;
-            next = outbound.next() => next,
-            _ = graceful.wait_for(|&draining| draining) => return Some(Ending::status(
-                Code::Unavailable,
-                "the server is shutting down: reconnect and resume".to_owned(),
-            )),
-            () = sleep_until(cut_at) => return Some(Ending::status(
-                Code::Unavailable,
-                "the connection reached its maximum age (--max-connection-age): reconnect \
-                 and resume"
-                    .to_owned(),
-            )),
+        // Draining: one last batch of what is queued now (the hub's `shutdown` frame among
+        // it), then the end, so a session whose queue never empties ends too (the
+        // `select!` below sees the signal only when the queue is empty).
+        let last_batch = *graceful.borrow();
+        let first = if last_batch {
+            match outbound.next().now_or_never() {
+                Some(next) => next,
+                None => return Some(draining()),
+            }
+        } else {
+            tokio::select! {
+                // Frames first: the hub queues its `shutdown` frame before the drain starts.
+                biased;
+                next = outbound.next() => next,
+                _ = graceful.wait_for(|&draining| draining) => return Some(draining()),
+                () = sleep_until(cut_at) => return Some(Ending::status(
+                    Code::Unavailable,
+                    "the connection reached its maximum age (--max-connection-age): reconnect \
+                     and resume"
+                        .to_owned(),
+                )),
+            }
         };
         let mut ended = None;
         let batch = async {
@@ -434,6 +458,9 @@ async fn send_frames(
         }
         if ended.is_some() {
             return ended;
+        }
+        if last_batch {
+            return Some(draining());
         }
     }
 }

@@ -419,3 +419,25 @@ fn cors_is_off_by_default_and_on_for_the_listed_origins() {
     let answer = preflight(web, "https://evil.example.com");
     assert!(!answer.contains("access-control-allow-origin"), "{answer}");
 }
+
+#[test]
+fn cors_origins_also_come_from_the_environment_comma_separated() {
+    let mut command = common::duplex();
+    command
+        .args(["serve", "--listen", "127.0.0.1:0", "--store", "memory"])
+        .env(
+            "DUPLEX_CORS_ORIGIN",
+            "https://one.example.com,https://two.example.com",
+        );
+    let (_server, _grpc, mut stdout) = common::spawn_listening(command);
+    let web = common::read_web_addr(&mut stdout);
+    for origin in ["https://one.example.com", "https://two.example.com"] {
+        let answer = preflight(web, origin);
+        assert!(
+            answer.contains(&format!("access-control-allow-origin: {origin}")),
+            "{answer}"
+        );
+    }
+    let answer = preflight(web, "https://three.example.com");
+    assert!(!answer.contains("access-control-allow-origin"), "{answer}");
+}

@@ -75,7 +75,11 @@ async fn a_websocket_session_and_a_grpc_session_see_one_room_order() {
             .map(|m| (m.offset, m.payload.clone(), m.sender.clone()))
             .collect::<Vec<_>>()
     };
-    assert_eq!(order(&seen_by_browser), order(&seen_by_native));
+    assert_eq!(
+        order(&seen_by_browser),
+        order(&seen_by_native),
+        "one order for both"
+    );
     assert!(
         seen_by_browser
             .windows(2)
@@ -93,7 +97,11 @@ async fn a_websocket_session_and_a_grpc_session_see_one_room_order() {
         .await;
     let ended = browser.ended().await;
     assert!(ended.end.is_none(), "{ended:?}");
-    assert_eq!(ended.close.map(|c| u16::from(c.code)), Some(1000));
+    assert_eq!(
+        ended.close.as_ref().map(|c| u16::from(c.code)),
+        Some(1000),
+        "{ended:?}"
+    );
 }
 
 #[tokio::test]
@@ -276,4 +284,121 @@ async fn sigterm_sends_shutdown_then_session_end_unavailable_and_close_1001() {
     assert_eq!(ended.close.map(|c| u16::from(c.code)), Some(1001));
     let status = server.wait_for_exit(STEP).expect("the server exits");
     assert!(status.success(), "{status:?}");
+}
+
+/// One masked binary WebSocket frame from a client (RFC 6455 §5.2), payload under 64 KiB.
+fn masked_binary_frame(payload: &[u8]) -> Vec<u8> {
+    let mask = [0x12u8, 0x34, 0x56, 0x78];
+    let mut frame = vec![0x82u8];
+    if payload.len() < 126 {
+        frame.push(0x80 | payload.len() as u8);
+    } else {
+        frame.push(0x80 | 126);
+        frame.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    }
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
+/// The payload of the first complete unmasked server frame in `buffer`, if there is one,
+/// and the bytes it took.
+fn server_frame_payload(buffer: &[u8]) -> Option<(u8, Vec<u8>, usize)> {
+    if buffer.len() < 2 {
+        return None;
+    }
+    let opcode = buffer[0] & 0x0f;
+    let (length, start) = match buffer[1] & 0x7f {
+        126 if buffer.len() >= 4 => (u16::from_be_bytes([buffer[2], buffer[3]]) as usize, 4),
+        127 if buffer.len() >= 10 => (
+            u64::from_be_bytes(buffer[2..10].try_into().unwrap()) as usize,
+            10,
+        ),
+        126 | 127 => return None,
+        short => (short as usize, 2),
+    };
+    (buffer.len() >= start + length).then(|| {
+        (
+            opcode,
+            buffer[start..start + length].to_vec(),
+            start + length,
+        )
+    })
+}
+
+#[tokio::test]
+async fn a_websocket_over_http2_extended_connect_runs_a_session() {
+    use prost::Message as _;
+    let (_server, _grpc, web) = spawn_duplex_serve_web(&[]);
+    let tcp = tokio::net::TcpStream::connect(web).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    tokio::spawn(connection);
+    let mut client = tokio::time::timeout(STEP, client.ready())
+        .await
+        .expect("ready in time")
+        .unwrap();
+    // A first request's answer comes after the server's SETTINGS, which must announce
+    // SETTINGS_ENABLE_CONNECT_PROTOCOL (RFC 8441).
+    let health = http::Request::get(format!("http://{web}/healthz"))
+        .body(())
+        .unwrap();
+    let (health, _) = client.send_request(health, true).unwrap();
+    let health = tokio::time::timeout(STEP, health)
+        .await
+        .expect("healthz in time")
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    assert!(client.is_extended_connect_protocol_enabled());
+    let mut request = http::Request::builder()
+        .method(http::Method::CONNECT)
+        .uri(format!("http://{web}/ws"))
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-protocol", "duplex.v1")
+        .body(())
+        .unwrap();
+    request
+        .extensions_mut()
+        .insert(h2::ext::Protocol::from_static("websocket"));
+    let (response, mut send) = client.send_request(request, false).unwrap();
+    let response = tokio::time::timeout(STEP, response)
+        .await
+        .expect("an answer in time")
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["sec-websocket-protocol"], "duplex.v1");
+    let mut body = response.into_body();
+
+    let join = duplex_proto::hub::ClientFrame {
+        command_id: 1,
+        command: Some(Command::Join(duplex_proto::hub::Join {
+            room: "over-h2".into(),
+            ..Default::default()
+        })),
+    };
+    send.send_data(masked_binary_frame(&join.encode_to_vec()).into(), false)
+        .unwrap();
+    let mut buffer = Vec::new();
+    let joined = loop {
+        if let Some((opcode, payload, used)) = server_frame_payload(&buffer) {
+            buffer.drain(..used);
+            assert_eq!(opcode, 2, "binary frames only");
+            match duplex_proto::hub::ServerFrame::decode(&payload[..])
+                .unwrap()
+                .frame
+            {
+                Some(Frame::Joined(joined)) => break joined,
+                Some(Frame::Presence(_)) => continue,
+                other => panic!("expected joined, got {other:?}"),
+            }
+        }
+        let data = tokio::time::timeout(STEP, body.data())
+            .await
+            .expect("data in time")
+            .expect("the stream open")
+            .unwrap();
+        let _ = body.flow_control().release_capacity(data.len());
+        buffer.extend_from_slice(&data);
+    };
+    assert_eq!(joined.command_id, 1);
+    assert_eq!(joined.room, "over-h2");
 }
