@@ -28,7 +28,11 @@ pub struct ServeConfig {
     /// repeatable or comma-separated: CORS on the web listener's gRPC-Web routes, off by
     /// default. A page served by the web listener itself is same-origin and needs none.
     #[arg(long = "cors-origin", value_name = "ORIGIN", value_parser = parse_cors_origin)]
-    #[arg(env = "DUPLEX_CORS_ORIGIN", value_delimiter = ',', help_heading = "Web/ops")]
+    #[arg(
+        env = "DUPLEX_CORS_ORIGIN",
+        value_delimiter = ',',
+        help_heading = "Web/ops"
+    )]
     pub cors_origins: Vec<String>,
 
     /// Serve Prometheus metrics at `/metrics` on the web listener (`--metrics false` turns

@@ -8,7 +8,8 @@
 //! `GrpcRequestLayer`, which answers 415 to `application/grpc-web` and 405 to a preflight
 //! `OPTIONS`. tonic-web has no CORS of its own; the one here allows the headers a gRPC-Web
 //! client sends and exposes the status headers it reads, since a trailers-only error
-//! arrives as headers.
+//! arrives as headers. Native gRPC (`application/grpc`) is refused here: it belongs on the
+//! gRPC port, behind the frame guard.
 
 use std::time::Duration;
 
@@ -35,6 +36,32 @@ pub(crate) fn routes(app: &App, config: &ServeConfig) -> axum::Router {
         .route_service("/duplex.v1.Hub/{method}", service.clone())
         .route_service("/chat.Chat/{method}", service.clone())
         .route_service("/Chat/{method}", service)
+        .layer(axum::middleware::from_fn(refuse_native_grpc))
+}
+
+/// Native gRPC belongs on the gRPC port, behind its frame guard (PING policy, DATA
+/// merging, GOAWAY on abuse); tonic-web would pass it through to the services here, over
+/// an HTTP/2 connection no guard reads. Answered 415 with where to go instead.
+async fn refuse_native_grpc(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let content_type = request
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default();
+    if content_type.starts_with("application/grpc")
+        && !content_type.starts_with("application/grpc-web")
+    {
+        return (
+            http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "native gRPC is served on the gRPC port (--listen); this listener takes gRPC-Web\n",
+        )
+            .into_response();
+    }
+    next.run(request).await
 }
 
 /// CORS for gRPC-Web calls from `origins` (none: off).

@@ -441,3 +441,31 @@ fn cors_origins_also_come_from_the_environment_comma_separated() {
     let answer = preflight(web, "https://three.example.com");
     assert!(!answer.contains("access-control-allow-origin"), "{answer}");
 }
+
+#[tokio::test]
+async fn native_grpc_on_the_web_listener_is_refused_and_served_on_the_grpc_port() {
+    let (_server, grpc, web) = spawn_duplex_serve_web(&[]);
+    let request = || PublishRequest {
+        room: "native".into(),
+        payload: b"hi".to_vec().into(),
+        ..Default::default()
+    };
+    // HTTP/2 with prior knowledge, as any gRPC client speaks it: the web listener takes
+    // the connection (it serves h2c for the page) but not the call.
+    let mut on_web = common::hub_client(web, 1 << 20).await;
+    let refused = on_web
+        .publish(request())
+        .await
+        .expect_err("native gRPC on the web listener is refused");
+    assert_ne!(refused.code(), tonic::Code::Ok);
+    assert!(
+        refused.message().contains("415") || refused.message().contains("gRPC port"),
+        "{refused:?}"
+    );
+    let mut on_grpc = common::hub_client(grpc, 1 << 20).await;
+    let ack = on_grpc
+        .publish(request())
+        .await
+        .expect("served on the gRPC port");
+    assert_eq!(ack.into_inner().offset, 1);
+}
