@@ -7,8 +7,10 @@
 //!   deliveries per batch or per message, alone: uncontended atomics on lines no other
 //!   thread writes;
 //! - subscriber queues are pushed by the sequencer and popped by every worker thread, so
-//!   queue depth and frames sent are [`ShardedCounter`]s: each thread adds to its own
-//!   cache line and a scrape sums the lines;
+//!   frames queued, sent and discarded are [`ShardedCounter`]s: each thread adds to its own
+//!   cache line and a scrape sums the lines. Queue depth is not a gauge moved per frame but
+//!   queued − sent − discarded, read at scrape time; a fan-out counts what it queued once
+//!   per message ([`Tally`]), not once per subscriber, and a sent frame costs two adds;
 //! - rare events (lag, disconnects, resumes) are one shared atomic each; replayed
 //!   messages, counted per message on the workers, are sharded too.
 
@@ -72,6 +74,34 @@ impl ShardedCounter {
     }
 }
 
+/// What one fan-out queued, counted as it goes and reported once ([`Tally::report`]):
+/// per message, not per subscriber.
+#[derive(Debug, Default)]
+pub(crate) struct Tally {
+    /// Frames queued.
+    frames: usize,
+    /// Their bytes.
+    bytes: usize,
+    /// Of them, room messages (deliveries); the rest are events such as presence.
+    deliveries: u64,
+}
+
+impl Tally {
+    /// One frame of `bytes` queued; a delivery if it carries a room message.
+    #[inline]
+    pub(crate) fn queued(&mut self, bytes: usize, delivery: bool) {
+        self.frames += 1;
+        self.bytes += bytes;
+        self.deliveries += u64::from(delivery);
+    }
+
+    /// Adds what was counted to `counters`.
+    pub(crate) fn report(self, counters: &HubCounters) {
+        counters.queued(self.frames, self.bytes);
+        counters.delivered(self.deliveries);
+    }
+}
+
 /// The engine's counters; see the module docs. One per hub, shared by its sequencer,
 /// rooms and subscriber queues.
 #[derive(Debug)]
@@ -92,10 +122,15 @@ pub struct HubCounters {
     commit_messages: Histogram,
     /// Room messages put into subscriber queues.
     deliveries: AtomicU64,
-    /// Frames queued for every subscriber now (gauge).
+    /// Frames put into subscriber queues since start.
     queued_frames: ShardedCounter,
-    /// Their bytes (gauge).
+    /// Their bytes.
     queued_bytes: ShardedCounter,
+    /// Frames that left subscriber queues unsent (dropped by a lag policy, cleared when a
+    /// session ended).
+    discarded_frames: ShardedCounter,
+    /// Their bytes.
+    discarded_bytes: ShardedCounter,
     /// Frames handed to transports (every service and transport of the hub).
     frames_sent: ShardedCounter,
     /// Their bytes.
@@ -134,6 +169,8 @@ impl Default for HubCounters {
             deliveries: AtomicU64::new(0),
             queued_frames: ShardedCounter::default(),
             queued_bytes: ShardedCounter::default(),
+            discarded_frames: ShardedCounter::default(),
+            discarded_bytes: ShardedCounter::default(),
             frames_sent: ShardedCounter::default(),
             bytes_sent: ShardedCounter::default(),
             lagged_subscribers: AtomicU64::new(0),
@@ -192,23 +229,25 @@ impl HubCounters {
         }
     }
 
-    /// A frame of `bytes` was queued for a subscriber.
+    /// `frames` frames of `bytes` in all were put into subscriber queues.
     #[inline]
-    pub(crate) fn queued(&self, bytes: usize) {
-        self.queued_frames.add(1);
-        self.queued_bytes.add(bytes as u64);
-    }
-
-    /// `frames` frames of `bytes` in all left subscriber queues (sent, dropped, cleared).
-    #[inline]
-    pub(crate) fn unqueued(&self, frames: usize, bytes: usize) {
+    pub(crate) fn queued(&self, frames: usize, bytes: usize) {
         if frames > 0 {
-            self.queued_frames.sub(frames as u64);
-            self.queued_bytes.sub(bytes as u64);
+            self.queued_frames.add(frames as u64);
+            self.queued_bytes.add(bytes as u64);
         }
     }
 
-    /// A frame of `bytes` was handed to a transport.
+    /// `frames` frames of `bytes` in all left subscriber queues unsent (dropped, cleared).
+    #[inline]
+    pub(crate) fn discarded(&self, frames: usize, bytes: usize) {
+        if frames > 0 {
+            self.discarded_frames.add(frames as u64);
+            self.discarded_bytes.add(bytes as u64);
+        }
+    }
+
+    /// A queued frame of `bytes` was handed to a transport (it left its queue).
     #[inline]
     pub(crate) fn sent(&self, bytes: usize) {
         self.frames_sent.add(1);
@@ -292,14 +331,22 @@ impl HubCounters {
         read(&self.deliveries)
     }
 
-    /// Frames queued for every subscriber now.
+    /// Frames queued for every subscriber now: queued − sent − discarded, each summed
+    /// over its shards (a read racing a frame's way through may see it twice or not at all
+    /// for that moment).
     pub fn queued_frames(&self) -> i64 {
-        self.queued_frames.value()
+        self.queued_frames
+            .value()
+            .wrapping_sub(self.frames_sent.value())
+            .wrapping_sub(self.discarded_frames.value())
     }
 
     /// Their bytes.
     pub fn queued_bytes(&self) -> i64 {
-        self.queued_bytes.value()
+        self.queued_bytes
+            .value()
+            .wrapping_sub(self.bytes_sent.value())
+            .wrapping_sub(self.discarded_bytes.value())
     }
 
     /// Frames handed to transports since start.

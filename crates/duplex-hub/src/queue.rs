@@ -27,7 +27,7 @@ use tokio::sync::Notify;
 use crate::HubError;
 use crate::budget::QueueBudgets;
 use crate::config::LagPolicy;
-use crate::counters::HubCounters;
+use crate::counters::{HubCounters, Tally};
 use crate::frames;
 
 /// A room message as fanned out: its encoded frame and where it belongs (for lag accounting
@@ -236,7 +236,7 @@ impl SubscriberQueue {
     }
 
     /// Queues a fanned-out frame without waiting; applies the lag policy when full.
-    pub(crate) fn push_live(&self, frame: Frame) -> LivePush {
+    pub(crate) fn push_live(&self, frame: Frame, tally: &mut Tally) -> LivePush {
         let mut state = self.lock();
         if state.consumer_gone || state.ending.is_some() {
             return LivePush::Detach;
@@ -287,10 +287,7 @@ impl SubscriberQueue {
             return LivePush::Queued;
         }
         start_waiting(&mut state);
-        self.counters.queued(size);
-        if frame.meta().is_some() {
-            self.counters.delivered(1);
-        }
+        tally.queued(size, frame.meta().is_some());
         state.live_frames += 1;
         state.live_bytes += size;
         state.frames.push_back(Entry { frame, live: true });
@@ -363,7 +360,7 @@ impl SubscriberQueue {
             return TryPush::Full(frame);
         }
         start_waiting(&mut state);
-        self.counters.queued(size);
+        self.counters.queued(1, size);
         state.reliable_frames += 1;
         state.reliable_bytes += size;
         state.frames.push_back(Entry { frame, live: false });
@@ -377,7 +374,7 @@ impl SubscriberQueue {
         if state.ending.is_none() && !state.consumer_gone {
             start_waiting(&mut state);
             self.budgets.force_charge(bytes.len());
-            self.counters.queued(bytes.len());
+            self.counters.queued(1, bytes.len());
             state.reliable_frames += 1;
             state.reliable_bytes += bytes.len();
             state.frames.push_back(Entry {
@@ -458,7 +455,7 @@ impl SubscriberQueue {
         state.frames.clear();
         self.budgets
             .release(state.live_bytes + state.reliable_bytes);
-        self.counters.unqueued(
+        self.counters.discarded(
             state.live_frames + state.reliable_frames,
             state.live_bytes + state.reliable_bytes,
         );
@@ -522,7 +519,7 @@ impl SubscriberQueue {
             state.live_frames -= 1;
             state.live_bytes -= entry.frame.len();
             self.budgets.release(entry.frame.len());
-            self.counters.unqueued(1, entry.frame.len());
+            self.counters.discarded(1, entry.frame.len());
             if let Some(meta) = entry.frame.meta() {
                 state.rooms.entry(meta.room.clone()).or_default().dropped += 1;
                 self.counters.message_dropped();
@@ -540,7 +537,7 @@ impl Drop for SubscriberQueue {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         self.budgets
             .release(state.live_bytes + state.reliable_bytes);
-        self.counters.unqueued(
+        self.counters.discarded(
             state.live_frames + state.reliable_frames,
             state.live_bytes + state.reliable_bytes,
         );
@@ -574,6 +571,8 @@ impl Stream for Outbound {
         let mut guard = queue.lock();
         let state = &mut *guard;
         if let Some(report) = state.lag_reports.pop_front() {
+            // Made and sent at once: it passes through the counts.
+            queue.counters.queued(1, report.len());
             queue.counters.sent(report.len());
             return Poll::Ready(Some(Ok(Frame::own(report))));
         }
@@ -591,6 +590,7 @@ impl Stream for Outbound {
                     let report = frames::lagged(&meta.room, marks.delivered, dropped);
                     state.frames.push_front(entry);
                     state.waiting_since = Some(Instant::now());
+                    queue.counters.queued(1, report.len());
                     queue.counters.sent(report.len());
                     return Poll::Ready(Some(Ok(Frame::own(report))));
                 }
@@ -598,7 +598,6 @@ impl Stream for Outbound {
             }
             let size = entry.frame.len();
             queue.budgets.release(size);
-            queue.counters.unqueued(1, size);
             queue.counters.sent(size);
             if entry.live {
                 state.live_frames -= 1;
@@ -664,11 +663,14 @@ mod tests {
         for policy in [LagPolicy::DropOldest, LagPolicy::LatestPerKey] {
             let queue = SubscriberQueue::new(policy, 8, 1000);
             for offset in 1..=8 {
-                assert_eq!(queue.push_live(live("r", offset, 1, "")), LivePush::Queued);
+                assert_eq!(
+                    queue.push_live(live("r", offset, 1, ""), &mut Tally::default()),
+                    LivePush::Queued
+                );
             }
             for offset in 9..=16 {
                 assert_eq!(
-                    queue.push_live(live("r", offset, 900, "")),
+                    queue.push_live(live("r", offset, 900, ""), &mut Tally::default()),
                     LivePush::Queued
                 );
             }
@@ -684,7 +686,7 @@ mod tests {
     async fn replies_get_in_while_a_busy_room_fills_the_live_bound() {
         let queue = SubscriberQueue::new(LagPolicy::DropOldest, 4, 1 << 20);
         for offset in 1..=100 {
-            queue.push_live(live("busy", offset, 10, ""));
+            queue.push_live(live("busy", offset, 10, ""), &mut Tally::default());
         }
         let ack = Frame::own(Bytes::from_static(b"ack"));
         let pushed = tokio::time::timeout(
@@ -707,8 +709,8 @@ mod tests {
         let start = Instant::now();
         // Nothing waits: never stalled, however long.
         assert!(!queue.end_if_stalled(start + timeout * 10, timeout));
-        queue.push_live(live("r", 1, 10, ""));
-        queue.push_live(live("r", 2, 10, ""));
+        queue.push_live(live("r", 1, 10, ""), &mut Tally::default());
+        queue.push_live(live("r", 2, 10, ""), &mut Tally::default());
         let waited_from = Instant::now();
         assert!(!queue.end_if_stalled(waited_from + timeout / 2, timeout));
         // The reader takes one: the rest waits from then.
@@ -739,19 +741,31 @@ mod tests {
         // A stalled stream holds most of the budget.
         let stalled = queue(LagPolicy::Disconnect);
         let stalled_out = Outbound::new(stalled.clone());
-        assert_eq!(stalled.push_live(live("r", 1, 900, "")), LivePush::Queued);
+        assert_eq!(
+            stalled.push_live(live("r", 1, 900, ""), &mut Tally::default()),
+            LivePush::Queued
+        );
         // A lossy stream beside it: the frame that does not fit is dropped, its own
         // older frames first.
         let lossy = queue(LagPolicy::DropOldest);
         let mut lossy_out = Outbound::new(lossy.clone());
-        assert_eq!(lossy.push_live(live("r", 1, 60, "")), LivePush::Queued);
-        assert_eq!(lossy.push_live(live("r", 2, 60, "")), LivePush::Queued);
+        assert_eq!(
+            lossy.push_live(live("r", 1, 60, ""), &mut Tally::default()),
+            LivePush::Queued
+        );
+        assert_eq!(
+            lossy.push_live(live("r", 2, 60, ""), &mut Tally::default()),
+            LivePush::Queued
+        );
         assert_eq!(lossy.depth(), (1, 60), "the older frame made room");
         assert!(connection.used() <= 1000);
         // A `disconnect` stream whose push does not fit lags out, as with a full queue.
         let strict = queue(LagPolicy::Disconnect);
         let strict_out = Outbound::new(strict.clone());
-        assert_eq!(strict.push_live(live("r", 1, 200, "")), LivePush::Detach);
+        assert_eq!(
+            strict.push_live(live("r", 1, 200, ""), &mut Tally::default()),
+            LivePush::Detach
+        );
         assert!(strict.is_closed());
         // Sending gives the bytes back (after the report of the frame dropped); a dropped
         // stream gives back what it held.
@@ -761,7 +775,10 @@ mod tests {
         assert_eq!(connection.used(), 900);
         drop(stalled_out);
         assert_eq!(connection.used(), 0);
-        assert_eq!(strict.push_live(live("r", 2, 200, "")), LivePush::Detach);
+        assert_eq!(
+            strict.push_live(live("r", 2, 200, ""), &mut Tally::default()),
+            LivePush::Detach
+        );
         drop(strict_out);
     }
 

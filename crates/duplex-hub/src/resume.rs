@@ -22,6 +22,7 @@ use duplex_proto::hub::Member;
 use duplex_store::Offset;
 
 use crate::HubError;
+use crate::counters::Tally;
 use crate::frames;
 use crate::queue::{Frame, MessageFrame, coalescing_key};
 use crate::room::{Room, RoomState, Subscriber};
@@ -83,11 +84,14 @@ pub(crate) fn presence_since(room: &Room, seen: &PresenceSeen) -> Vec<Frame> {
 /// Registers `subscriber` for live delivery and presence events: first the presence
 /// changes it missed since `seen`, then everything live. Under the room lock (`state`).
 fn register(room: &Room, state: &mut RoomState, subscriber: Subscriber, seen: &PresenceSeen) {
+    let mut tally = Tally::default();
     for event in presence_since(room, seen) {
-        if subscriber.queue.push_live(event) != crate::queue::LivePush::Queued {
+        if subscriber.queue.push_live(event, &mut tally) != crate::queue::LivePush::Queued {
+            tally.report(subscriber.queue.counters());
             return; // lagged out or gone: nothing to register
         }
     }
+    tally.report(subscriber.queue.counters());
     state.subscribers.push(subscriber);
 }
 

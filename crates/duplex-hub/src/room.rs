@@ -40,6 +40,7 @@ use duplex_store::{Offset, Store, StoredMessage};
 use tokio::sync::OnceCell;
 
 use crate::HubError;
+use crate::counters::Tally;
 use crate::feed::{FeedHandle, LiveFeed, RoomDelivery};
 use crate::frames;
 use crate::presence::{Presence, PresenceEvents};
@@ -175,10 +176,15 @@ impl Room {
     /// Sends `frame` to every subscriber but `except`, detaching those that lagged out or
     /// went away.
     pub(crate) fn broadcast(state: &mut RoomState, frame: &Frame, except: Option<u64>) {
+        let mut tally = Tally::default();
         state.subscribers.retain(|subscriber| {
             Some(subscriber.session_id) == except
-                || subscriber.queue.push_live(frame.clone()) == LivePush::Queued
+                || subscriber.queue.push_live(frame.clone(), &mut tally) == LivePush::Queued
         });
+        // Whoever queued a frame is still subscribed, so there is a queue to count with.
+        if let Some(subscriber) = state.subscribers.first() {
+            tally.report(subscriber.queue.counters());
+        }
     }
 }
 
