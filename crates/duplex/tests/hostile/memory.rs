@@ -379,13 +379,15 @@ async fn history_pages_are_capped_in_bytes_and_say_where_the_next_starts() {
 /// (not the receive buffer it arrived in), and the store as a whole stays under
 /// `--memory-store-bytes`, evicting its oldest messages across rooms.
 ///
-/// Scale: 4,000 one-byte publishes to distinct rooms, then 256 MiB of 256 KiB messages
+/// Scale: 8,000 one-byte publishes to distinct rooms, then 256 MiB of 256 KiB messages
 /// under a 48 MiB bound. Before the fix (release build) a 1-byte publish kept 10.4 KB of
 /// RSS (its receive buffer) and nothing bounded the store's total: the 256 MiB took
-/// +354 MiB. After: 1.6–2.6 KB and +101–115 MiB.
+/// +354 MiB. After: 1.6–2.6 KB and +101–115 MiB. With 4,000 rooms the allocator's own
+/// growth (a few MiB, whenever it happens to come) was up to half of the figure and one
+/// loaded run read 4.2 KB; 8,000 rooms halve that share (0.8–1.9 KB, debug, under load).
 #[tokio::test]
 async fn stored_messages_cost_their_payload_and_the_memory_store_is_bounded() {
-    const TINY_ROOMS: usize = 4_000;
+    const TINY_ROOMS: usize = 8_000;
     const BIG_MESSAGES: usize = 1024;
     const BIG_PAYLOAD: usize = 256 * 1024;
     // The store counts ~300 bytes for each tiny room and its message; RSS shows 1.6–2.6 KB,
@@ -438,7 +440,7 @@ async fn stored_messages_cost_their_payload_and_the_memory_store_is_bounded() {
     target.check_alive_and_serving().await;
     let probe = probe_started.elapsed();
     report(
-        "memory store: 4,000 one-byte unary publishes to distinct rooms, then 1024 × 256 KiB \
+        "memory store: 8,000 one-byte unary publishes to distinct rooms, then 1024 × 256 KiB \
          (--memory-store-bytes 48MiB)",
         "≤ payload + ~200 B kept per message; the store stays under its bound, oldest evicted",
         &format!(
