@@ -48,14 +48,6 @@ fn write_file(dir: &Path, name: &str, contents: &[u8]) -> String {
     path.to_str().unwrap().to_owned()
 }
 
-async fn channel(addr: std::net::SocketAddr) -> Channel {
-    Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
-}
-
 /// Opens a session with `token` (if any); returns the session or the status it failed with.
 async fn open(
     channel: &Channel,
@@ -126,7 +118,7 @@ async fn hs256_tokens_authenticate_and_room_rights_are_enforced() {
     let dir = tempfile::tempdir().unwrap();
     let secret = write_file(dir.path(), "secret", SECRET);
     let (_server, addr) = spawn_duplex_serve(&["--jwt-secret-file", &secret]);
-    let channel = channel(addr).await;
+    let channel = common::connect(addr).await;
     let in_an_hour = now() + 3600;
 
     // Denied at the door.
@@ -256,7 +248,7 @@ async fn a_session_ends_when_its_token_expires() {
     let dir = tempfile::tempdir().unwrap();
     let secret = write_file(dir.path(), "secret", SECRET);
     let (_server, addr) = spawn_duplex_serve(&["--jwt-secret-file", &secret]);
-    let channel = channel(addr).await;
+    let channel = common::connect(addr).await;
     // jsonwebtoken allows 5 s of leeway at the door; the session itself ends at `exp`.
     let token = hs256(&claims("brief", now() + 2, &["*"], &["*"]), SECRET);
     let started = Instant::now();
@@ -316,7 +308,7 @@ async fn rs256_and_es256_public_keys_verify_and_pin_the_algorithm() {
         (ec_public, &es_token, &rs_token),
     ] {
         let (_server, addr) = spawn_duplex_serve(&["--jwt-public-key-file", &key]);
-        let channel = channel(addr).await;
+        let channel = common::connect(addr).await;
         let mut session = open(&channel, Some(good), "bob")
             .await
             .expect("a good token");
@@ -408,7 +400,7 @@ async fn a_configured_audience_and_issuer_must_be_in_the_token() {
         "--jwt-issuer",
         "https://issuer.example",
     ]);
-    let channel = channel(addr).await;
+    let channel = common::connect(addr).await;
     let exp = now() + 3600;
     let rooms = serde_json::json!({ "read": ["*"], "write": ["*"] });
     let token = |claims: serde_json::Value| hs256(&claims, SECRET);
@@ -437,7 +429,7 @@ async fn a_token_with_critical_extensions_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let secret = write_file(dir.path(), "secret", SECRET);
     let (_server, addr) = spawn_duplex_serve(&["--jwt-secret-file", &secret]);
-    let channel = channel(addr).await;
+    let channel = common::connect(addr).await;
     let claims = claims("alice", now() + 3600, &["*"], &["*"]);
     let mut header = Header::new(Algorithm::HS256);
     header.crit = Some(vec!["urn:example:must-understand".into()]);
@@ -474,7 +466,7 @@ async fn anonymous_callers_get_their_own_rights_and_cannot_take_a_name() {
         "--anonymous-write",
         "guest.*",
     ]);
-    let channel = channel(addr).await;
+    let channel = common::connect(addr).await;
     let mut client = HubClient::new(channel.clone());
 
     // Reading works (the default anonymous read is every room); writing only in guest.*.
@@ -543,7 +535,7 @@ async fn every_unary_and_subscribe_call_is_denied_outside_the_tokens_rooms() {
     let dir = tempfile::tempdir().unwrap();
     let secret = write_file(dir.path(), "secret", SECRET);
     let (_server, addr) = spawn_duplex_serve(&["--jwt-secret-file", &secret]);
-    let mut client = HubClient::new(channel(addr).await);
+    let mut client = HubClient::new(common::connect(addr).await);
     // Reads the lobby, writes nowhere.
     let token = hs256(&claims("carol", now() + 3600, &["lobby"], &[]), SECRET);
 

@@ -9,9 +9,8 @@ use std::io::{BufReader, Read as _};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{ChildStdout, Command};
-use std::time::{Duration, Instant};
 
-use common::{ChildGuard, STEP, duplex, run_with_input, spawn_listening};
+use common::{ChildGuard, STEP, duplex, log_lines_once, run_with_input, spawn_listening};
 
 /// Starts `duplex serve` on a picked loopback port with `RUST_LOG=filter`, its log going to
 /// `log`; returns it with its address and its stdout (kept open while the test runs).
@@ -27,18 +26,6 @@ fn serve_logging(
         .env("RUST_LOG", filter)
         .stderr(std::fs::File::create(log).unwrap());
     spawn_listening(command)
-}
-
-/// The log's lines once one of them contains `needle` (or all of them after `STEP`).
-fn log_lines_once(log: &Path, needle: &str) -> Vec<String> {
-    let start = Instant::now();
-    loop {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        if text.contains(needle) || start.elapsed() > STEP {
-            return text.lines().map(str::to_owned).collect();
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]

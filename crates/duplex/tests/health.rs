@@ -143,14 +143,6 @@ fn python_reflection_v1alpha_lists_the_services_and_resolves_their_methods() {
     }
 }
 
-async fn channel(addr: SocketAddr) -> Channel {
-    Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .expect("connect")
-}
-
 /// One request on a v1 reflection stream, and its answer.
 async fn reflect(
     client: &mut ServerReflectionClient<Channel>,
@@ -177,7 +169,7 @@ async fn reflect(
 #[tokio::test]
 async fn reflection_v1_lists_services_and_serves_the_hub_descriptor() {
     let (_server, addr) = spawn_duplex_serve(&[]);
-    let mut client = ServerReflectionClient::new(channel(addr).await);
+    let mut client = ServerReflectionClient::new(common::connect(addr).await);
     let MessageResponse::ListServicesResponse(list) =
         reflect(&mut client, MessageRequest::ListServices(String::new())).await
     else {
@@ -221,7 +213,7 @@ async fn reflection_v1_lists_services_and_serves_the_hub_descriptor() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_stats_ticks_show_publishes_while_a_client_publishes() {
     let (_server, addr) = spawn_duplex_serve(&[]);
-    let mut stats = duplex_proto::hub::hub_client::HubClient::new(channel(addr).await)
+    let mut stats = duplex_proto::hub::hub_client::HubClient::new(common::connect(addr).await)
         .watch_stats(WatchStatsRequest {})
         .await
         .expect("WatchStats answers")
@@ -240,7 +232,7 @@ async fn watch_stats_ticks_show_publishes_while_a_client_publishes() {
     let stop = Arc::new(AtomicBool::new(false));
     let publishing = {
         let stop = stop.clone();
-        let channel = channel(addr).await;
+        let channel = common::connect(addr).await;
         tokio::spawn(async move {
             let mut session = Session::open(&channel, "publisher").await;
             session.join("watched", None).await;
@@ -295,7 +287,7 @@ async fn watch_stats_needs_a_valid_token_when_tokens_are_verified() {
         secret_path.to_str().unwrap(),
         "--allow-anonymous",
     ]);
-    let mut client = duplex_proto::hub::hub_client::HubClient::new(channel(addr).await);
+    let mut client = duplex_proto::hub::hub_client::HubClient::new(common::connect(addr).await);
     let status = client
         .watch_stats(WatchStatsRequest {})
         .await

@@ -143,21 +143,6 @@ async fn publishes_into_cold_rooms_do_not_stall_other_rooms() {
 
 const SECRET: &[u8] = b"a-test-secret-of-at-least-32-bytes-length";
 
-/// An HS256 token for `sub` that may read and write every room for an hour.
-fn token(sub: &str) -> String {
-    let claims = serde_json::json!({
-        "sub": sub,
-        "exp": duplex_server::auth::unix_now() + 3600,
-        "rooms": { "read": ["*"], "write": ["*"] },
-    });
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET),
-    )
-    .unwrap()
-}
-
 async fn open_session(channel: &Channel, token: &str) -> Session {
     let (commands, rx) = mpsc::channel(1024);
     let frames = HubClient::new(channel.clone())
@@ -324,4 +309,9 @@ async fn anonymous_sessions_from_one_address_share_one_publish_budget() {
         "anonymous sessions from one address share one budget: {acked} acked, at most \
          {allowed} allowed"
     );
+}
+
+/// An HS256 token for `sub` that may read and write every room for an hour.
+fn token(sub: &str) -> String {
+    common::hs256_token(SECRET, sub, &["*"], &["*"])
 }

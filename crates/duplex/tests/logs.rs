@@ -4,11 +4,8 @@
 
 mod common;
 
-use std::path::Path;
-use std::time::{Duration, Instant};
-
 use common::session::Session;
-use common::{STEP, duplex, spawn_listening, with_bearer};
+use common::{STEP, duplex, log_lines_once, spawn_listening, with_bearer};
 use duplex_proto::hub::PublishRequest;
 use duplex_proto::hub::hub_client::HubClient;
 use duplex_proto::hub::server_frame::Frame;
@@ -27,21 +24,6 @@ fn unique(label: &str) -> String {
     format!("{label}-{nanos:x}-{:x}", std::process::id())
 }
 
-/// An HS256 token for `sub` that may read and write every room for an hour.
-fn token(sub: &str) -> String {
-    let claims = serde_json::json!({
-        "sub": sub,
-        "exp": duplex_server::auth::unix_now() + 3600,
-        "rooms": { "read": ["*"], "write": ["*"] },
-    });
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET),
-    )
-    .unwrap()
-}
-
 /// Opens a `Hub.Connect` session carrying `token`.
 async fn open_with_token(channel: &Channel, token: &str) -> Session {
     let (commands, rx) = mpsc::channel(64);
@@ -55,18 +37,6 @@ async fn open_with_token(channel: &Channel, token: &str) -> Session {
         commands,
         frames,
         next_command: 1,
-    }
-}
-
-/// The log's lines once one of them contains `needle` (or all of them after `STEP`).
-fn log_lines_once(log: &Path, needle: &str) -> Vec<String> {
-    let start = Instant::now();
-    loop {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        if text.contains(needle) || start.elapsed() > STEP {
-            return text.lines().map(str::to_owned).collect();
-        }
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -273,4 +243,9 @@ fn calls_cut_after_the_shutdown_grace_log_their_session_and_connection_end() {
         closed.contains("connection{number=1 peer=127.0.0.1:"),
         "{closed}"
     );
+}
+
+/// An HS256 token for `sub` that may read and write every room for an hour.
+fn token(sub: &str) -> String {
+    common::hs256_token(SECRET, sub, &["*"], &["*"])
 }

@@ -15,7 +15,6 @@ use common::session::Session;
 use common::{STEP, spawn_duplex_serve_web, with_bearer};
 use duplex_proto::hub::PublishRequest;
 use tonic::Code;
-use tonic::transport::Channel;
 
 /// One scrape: every sample by name and its labels (sorted), and the content type.
 struct Scrape {
@@ -179,14 +178,6 @@ fn scrape_until(web: SocketAddr, what: &str, done: impl Fn(&Scrape) -> bool) -> 
     }
 }
 
-async fn channel(addr: SocketAddr) -> Channel {
-    Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .expect("connect")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counters_move_as_clients_publish_and_subscribe() {
     let (_server, grpc, web) = spawn_duplex_serve_web(&[]);
@@ -206,7 +197,7 @@ async fn counters_move_as_clients_publish_and_subscribe() {
     }
     assert!(before.value("process_resident_memory_bytes", &[]) > 0.0);
 
-    let channel = channel(grpc).await;
+    let channel = common::connect(grpc).await;
     let mut subscriber = Session::open(&channel, "reader").await;
     subscriber.join("metrics-room", None).await;
     let mut publisher = Session::open(&channel, "writer").await;
@@ -293,7 +284,7 @@ async fn counters_move_as_clients_publish_and_subscribe() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_that_never_reads_is_counted_as_lagged_and_disconnected() {
     let (_server, grpc, web) = spawn_duplex_serve_web(&["--queue-frames", "2"]);
-    let channel = channel(grpc).await;
+    let channel = common::connect(grpc).await;
     // Joins, then never reads again: h2's windows fill, then its queue of 2 frames.
     let mut stalled = Session::open(&channel, "stalled").await;
     stalled.join("busy", None).await;

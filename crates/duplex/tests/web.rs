@@ -4,33 +4,22 @@
 mod common;
 
 use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::spawn_duplex_serve_web;
 
-/// Sends `request` on a fresh connection to `addr` and returns everything the server
-/// sends until it closes (or 10 s pass).
-fn exchange(addr: SocketAddr, request: &str) -> String {
-    let mut tcp = TcpStream::connect(addr).expect("connect");
-    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    tcp.write_all(request.as_bytes()).unwrap();
-    let mut reply = Vec::new();
-    let _ = tcp.read_to_end(&mut reply);
-    String::from_utf8_lossy(&reply).into_owned()
-}
-
 #[test]
 fn the_web_listener_answers_healthz_over_http1() {
     let (_server, _grpc, web) = spawn_duplex_serve_web(&[]);
-    let reply = exchange(
+    let reply = common::http_exchange(
         web,
         "GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
     );
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
     assert!(reply.ends_with("ok\n"), "{reply}");
 
-    let reply = exchange(
+    let reply = common::http_exchange(
         web,
         "GET /no-such-page HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
     );
@@ -79,7 +68,7 @@ fn the_per_ip_connection_cap_counts_both_listeners() {
     // With them gone the web listener serves again (the places are released on close).
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let reply = exchange(
+        let reply = common::http_exchange(
             web,
             "GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
         );

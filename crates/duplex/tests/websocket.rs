@@ -13,35 +13,11 @@ use common::{STEP, spawn_duplex_serve_web};
 use duplex_proto::hub::client_frame::Command;
 use duplex_proto::hub::server_frame::Frame;
 use duplex_proto::hub::{Code, Ping};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tonic::transport::Channel;
 
 const SECRET: &[u8] = b"a-test-secret-of-at-least-32-bytes-length";
-
-async fn channel(addr: std::net::SocketAddr) -> Channel {
-    Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
-}
-
-fn token(sub: &str, read: &[&str], write: &[&str]) -> String {
-    let claims = serde_json::json!({
-        "sub": sub,
-        "exp": duplex_server::auth::unix_now() + 3600,
-        "rooms": { "read": read, "write": write },
-    });
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(SECRET),
-    )
-    .unwrap()
-}
 
 /// A server checking HS256 tokens with [`SECRET`]; the secret file lives as long as it.
 fn spawn_with_auth() -> (common::ChildGuard, std::net::SocketAddr, tempfile::TempDir) {
@@ -59,7 +35,7 @@ async fn a_websocket_session_and_a_grpc_session_see_one_room_order() {
     let mut browser = WsSession::open(web, &["duplex.v1", "duplex.name.page"]).await;
     assert_eq!(browser.protocol.as_deref(), Some("duplex.v1"));
     browser.join("lobby", None).await;
-    let mut native = Session::open(&channel(grpc).await, "native").await;
+    let mut native = Session::open(&common::connect(grpc).await, "native").await;
     native.join("lobby", None).await;
 
     // Both publish, interleaved; both see every message in one order.
@@ -107,7 +83,7 @@ async fn a_websocket_session_and_a_grpc_session_see_one_room_order() {
 #[tokio::test]
 async fn a_websocket_client_resumes_after_reconnect_with_no_gap_and_no_duplicate() {
     let (_server, grpc, web) = spawn_duplex_serve_web(&[]);
-    let mut publisher = Session::open(&channel(grpc).await, "publisher").await;
+    let mut publisher = Session::open(&common::connect(grpc).await, "publisher").await;
     publisher.join("feed", None).await;
 
     let mut reader = WsSession::open(web, &["duplex.v1"]).await;
@@ -142,7 +118,7 @@ async fn a_websocket_client_resumes_after_reconnect_with_no_gap_and_no_duplicate
 #[tokio::test]
 async fn a_token_without_write_rights_gets_a_per_command_error_frame() {
     let (_server, web, _dir) = spawn_with_auth();
-    let reader_token = token("reader", &["news"], &[]);
+    let reader_token = common::hs256_token(SECRET, "reader", &["news"], &[]);
     let bearer = format!("duplex.bearer.{reader_token}");
     let mut session = WsSession::open(web, &["duplex.v1", &bearer]).await;
     assert_eq!(
@@ -170,7 +146,10 @@ async fn a_token_without_write_rights_gets_a_per_command_error_frame() {
         other => panic!("expected a pong, got {other:?}"),
     }
     // A token with write rights publishes; its sender is the token's subject.
-    let writer = format!("duplex.bearer.{}", token("writer", &["news"], &["news"]));
+    let writer = format!(
+        "duplex.bearer.{}",
+        common::hs256_token(SECRET, "writer", &["news"], &["news"])
+    );
     let mut writer = WsSession::open(web, &["duplex.v1", &writer]).await;
     writer.join("news", None).await;
     writer.publish("news", "hello").await;
@@ -197,7 +176,10 @@ async fn a_refused_token_gets_session_end_unauthenticated_then_a_close() {
         assert_eq!(close.reason.as_str(), "UNAUTHENTICATED");
     }
     // A valid token still gets in.
-    let good = format!("duplex.bearer.{}", token("ann", &["any"], &["any"]));
+    let good = format!(
+        "duplex.bearer.{}",
+        common::hs256_token(SECRET, "ann", &["any"], &["any"])
+    );
     let mut session = WsSession::open(web, &["duplex.v1", &good]).await;
     session.join("any", None).await;
 }

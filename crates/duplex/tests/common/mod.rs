@@ -400,3 +400,60 @@ pub(crate) async fn hub_client(
         .expect("connect to the server");
     duplex_proto::hub::hub_client::HubClient::new(channel).max_decoding_message_size(max_message)
 }
+
+/// A channel on a fresh connection to `addr` (plaintext).
+pub(crate) async fn connect(addr: SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect to the server")
+}
+
+/// An HS256 token for `sub` signed with `secret`, with these room rights, valid an hour.
+pub(crate) fn hs256_token(secret: &[u8], sub: &str, read: &[&str], write: &[&str]) -> String {
+    let claims = serde_json::json!({
+        "sub": sub,
+        "exp": duplex_server::auth::unix_now() + 3600,
+        "rooms": { "read": read, "write": write },
+    });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret),
+    )
+    .unwrap()
+}
+
+/// Sends `request` (raw HTTP/1.1, head and body) on a fresh connection to `addr` and
+/// returns all the server sends until it closes (waiting at most [`STEP`] for each read).
+pub(crate) fn http_exchange(addr: SocketAddr, request: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut tcp = std::net::TcpStream::connect(addr).expect("connect");
+    tcp.set_read_timeout(Some(STEP)).unwrap();
+    tcp.write_all(request.as_bytes()).unwrap();
+    let mut reply = Vec::new();
+    let _ = tcp.read_to_end(&mut reply);
+    String::from_utf8_lossy(&reply).into_owned()
+}
+
+/// `GET path` on a fresh HTTP/1.1 connection (`Connection: close`): the whole reply.
+pub(crate) fn http_get(addr: SocketAddr, path: &str) -> String {
+    http_exchange(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"),
+    )
+}
+
+/// The lines of the log file `log` once one of them contains `needle` (or all of them
+/// after [`STEP`]).
+pub(crate) fn log_lines_once(log: &std::path::Path, needle: &str) -> Vec<String> {
+    let start = std::time::Instant::now();
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.contains(needle) || start.elapsed() > STEP {
+            return text.lines().map(str::to_owned).collect();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
