@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::session::SessionSteps as _;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 

@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::session::SessionSteps as _;
+
 use std::io::{BufRead as _, BufReader, Read as _};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};

@@ -18,6 +18,8 @@
 //! updated to the fixed behaviour.
 
 mod common;
+
+use common::session::SessionSteps as _;
 /// Memory an attacker can pin through the Hub: stalled replays, History pages, stored
 /// payloads, presence (issue 10).
 #[path = "hostile/memory.rs"]

@@ -8,6 +8,8 @@
 
 mod common;
 
+use common::session::SessionSteps as _;
+
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;

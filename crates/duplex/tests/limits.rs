@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::session::SessionSteps as _;
+
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;

@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::session::SessionSteps as _;
+
 use common::session::Session;
 use common::{STEP, duplex, log_lines_once, spawn_listening, with_bearer};
 use duplex_proto::hub::PublishRequest;

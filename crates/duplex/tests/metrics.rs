@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::session::SessionSteps as _;
+
 use std::collections::BTreeMap;
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};

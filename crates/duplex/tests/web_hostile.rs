@@ -9,6 +9,8 @@
 
 mod common;
 
+use common::session::SessionSteps as _;
+
 use std::io::Write as _;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};

@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::session::SessionSteps as _;
+
 use std::collections::BTreeSet;
 
 use common::session::Session;

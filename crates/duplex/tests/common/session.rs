@@ -37,32 +37,27 @@ impl Session {
             next_command: 1,
         }
     }
+}
 
-    pub(crate) async fn send(&mut self, command: Command) -> u64 {
-        let command_id = self.next_command;
-        self.next_command += 1;
-        self.commands
-            .send(ClientFrame {
-                command_id,
-                command: Some(command),
-            })
-            .await
-            .expect("session open");
-        command_id
-    }
+pub(crate) fn texts(messages: &[duplex_proto::hub::Message]) -> Vec<String> {
+    messages
+        .iter()
+        .map(|m| String::from_utf8(m.payload.to_vec()).unwrap())
+        .collect()
+}
 
-    pub(crate) async fn next(&mut self) -> Frame {
-        timeout(STEP, self.frames.message())
-            .await
-            .expect("a frame in time")
-            .expect("stream healthy")
-            .expect("stream open")
-            .frame
-            .expect("frame set")
-    }
+/// The steps a test takes on a Hub session, whatever carries it (`Hub.Connect` here, `/ws`
+/// in `ws.rs`): a transport says how a command goes out and a frame comes in; joining,
+/// publishing and collecting messages are the same over both.
+pub(crate) trait SessionSteps {
+    /// Sends one command; returns its id.
+    async fn send(&mut self, command: Command) -> u64;
+
+    /// The next frame; panics when none comes within [`STEP`].
+    async fn next(&mut self) -> Frame;
 
     /// The next frame that is not a presence event.
-    pub(crate) async fn next_non_presence(&mut self) -> Frame {
+    async fn next_non_presence(&mut self) -> Frame {
         loop {
             match self.next().await {
                 Frame::Presence(_) => continue,
@@ -71,11 +66,7 @@ impl Session {
         }
     }
 
-    pub(crate) async fn join(
-        &mut self,
-        room: &str,
-        after: Option<u64>,
-    ) -> duplex_proto::hub::Joined {
+    async fn join(&mut self, room: &str, after: Option<u64>) -> duplex_proto::hub::Joined {
         self.send(Command::Join(Join {
             room: room.into(),
             after_offset: after,
@@ -89,7 +80,7 @@ impl Session {
         }
     }
 
-    pub(crate) async fn publish(&mut self, room: &str, payload: impl Into<Bytes>) -> u64 {
+    async fn publish(&mut self, room: &str, payload: impl Into<Bytes>) -> u64 {
         self.send(Command::Publish(Publish {
             room: room.into(),
             payload: payload.into(),
@@ -99,7 +90,7 @@ impl Session {
     }
 
     /// Collects `count` messages (skipping acks and presence).
-    pub(crate) async fn messages(&mut self, count: usize) -> Vec<duplex_proto::hub::Message> {
+    async fn messages(&mut self, count: usize) -> Vec<duplex_proto::hub::Message> {
         let mut messages = Vec::with_capacity(count);
         while messages.len() < count {
             if let Frame::Message(message) = self.next().await {
@@ -110,9 +101,27 @@ impl Session {
     }
 }
 
-pub(crate) fn texts(messages: &[duplex_proto::hub::Message]) -> Vec<String> {
-    messages
-        .iter()
-        .map(|m| String::from_utf8(m.payload.to_vec()).unwrap())
-        .collect()
+impl SessionSteps for Session {
+    async fn send(&mut self, command: Command) -> u64 {
+        let command_id = self.next_command;
+        self.next_command += 1;
+        self.commands
+            .send(ClientFrame {
+                command_id,
+                command: Some(command),
+            })
+            .await
+            .expect("session open");
+        command_id
+    }
+
+    async fn next(&mut self) -> Frame {
+        timeout(STEP, self.frames.message())
+            .await
+            .expect("a frame in time")
+            .expect("stream healthy")
+            .expect("stream open")
+            .frame
+            .expect("frame set")
+    }
 }

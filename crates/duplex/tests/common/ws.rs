@@ -4,9 +4,8 @@
 
 use std::net::SocketAddr;
 
-use bytes::Bytes;
 use duplex_proto::hub::server_frame::Frame;
-use duplex_proto::hub::{ClientFrame, Join, Publish, SessionEnd, client_frame::Command};
+use duplex_proto::hub::{ClientFrame, SessionEnd, client_frame::Command};
 use futures::{SinkExt as _, StreamExt as _};
 use prost::Message as _;
 use tokio::net::TcpStream;
@@ -17,6 +16,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use super::STEP;
+use super::session::SessionSteps;
 
 /// The socket type of a test client.
 pub(crate) type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -39,6 +39,14 @@ pub(crate) struct Ended {
 }
 
 impl WsSession {
+    /// Sends any message as is.
+    pub(crate) async fn send_raw(&mut self, message: Message) {
+        timeout(STEP, self.socket.send(message))
+            .await
+            .expect("sent in time")
+            .expect("the socket takes the message");
+    }
+
     /// Opens `/ws` on `web` offering `protocols` (e.g. `duplex.v1`, `duplex.bearer.TOKEN`).
     pub(crate) async fn open(web: SocketAddr, protocols: &[&str]) -> Self {
         Self::try_open(web, protocols)
@@ -72,96 +80,6 @@ impl WsSession {
         })
     }
 
-    /// Sends one command; returns its id.
-    pub(crate) async fn send(&mut self, command: Command) -> u64 {
-        let command_id = self.next_command;
-        self.next_command += 1;
-        let frame = ClientFrame {
-            command_id,
-            command: Some(command),
-        };
-        self.send_raw(Message::Binary(frame.encode_to_vec().into()))
-            .await;
-        command_id
-    }
-
-    /// Sends any message as is.
-    pub(crate) async fn send_raw(&mut self, message: Message) {
-        timeout(STEP, self.socket.send(message))
-            .await
-            .expect("sent in time")
-            .expect("the socket takes the message");
-    }
-
-    /// The next `ServerFrame` (pings skipped); panics at a close or after [`STEP`].
-    pub(crate) async fn next(&mut self) -> Frame {
-        loop {
-            let message = timeout(STEP, self.socket.next())
-                .await
-                .expect("a frame in time")
-                .expect("the socket open")
-                .expect("the socket healthy");
-            match message {
-                Message::Binary(bytes) => {
-                    return duplex_proto::hub::ServerFrame::decode(bytes)
-                        .expect("one ServerFrame per message")
-                        .frame
-                        .expect("frame set");
-                }
-                Message::Ping(_) | Message::Pong(_) => continue,
-                other => panic!("expected a binary frame, got {other:?}"),
-            }
-        }
-    }
-
-    /// The next frame that is not a presence event.
-    pub(crate) async fn next_non_presence(&mut self) -> Frame {
-        loop {
-            match self.next().await {
-                Frame::Presence(_) => continue,
-                frame => return frame,
-            }
-        }
-    }
-
-    pub(crate) async fn join(
-        &mut self,
-        room: &str,
-        after: Option<u64>,
-    ) -> duplex_proto::hub::Joined {
-        self.send(Command::Join(Join {
-            room: room.into(),
-            after_offset: after,
-            hidden: false,
-            replay_last: 0,
-        }))
-        .await;
-        match self.next_non_presence().await {
-            Frame::Joined(joined) => joined,
-            other => panic!("expected joined, got {other:?}"),
-        }
-    }
-
-    pub(crate) async fn publish(&mut self, room: &str, payload: impl Into<Bytes>) -> u64 {
-        self.send(Command::Publish(Publish {
-            room: room.into(),
-            payload: payload.into(),
-            ..Default::default()
-        }))
-        .await
-    }
-
-    /// Collects `count` messages (skipping acks and presence).
-    pub(crate) async fn messages(&mut self, count: usize) -> Vec<duplex_proto::hub::Message> {
-        let mut messages = Vec::with_capacity(count);
-        while messages.len() < count {
-            if let Frame::Message(message) = self.next().await {
-                messages.push(message);
-            }
-        }
-        messages
-    }
-
     /// Reads until the server closes (within [`STEP`]): the frames before, the
     /// `session_end`, the close frame. Panics if the socket stays open.
     pub(crate) async fn ended(mut self) -> Ended {
@@ -193,6 +111,42 @@ impl WsSession {
                 }
                 Some(Ok(_)) => {}
                 Some(Err(_)) | None => return ended,
+            }
+        }
+    }
+}
+
+impl SessionSteps for WsSession {
+    /// Sends one command; returns its id.
+    async fn send(&mut self, command: Command) -> u64 {
+        let command_id = self.next_command;
+        self.next_command += 1;
+        let frame = ClientFrame {
+            command_id,
+            command: Some(command),
+        };
+        self.send_raw(Message::Binary(frame.encode_to_vec().into()))
+            .await;
+        command_id
+    }
+
+    /// The next `ServerFrame` (pings skipped); panics at a close or after [`STEP`].
+    async fn next(&mut self) -> Frame {
+        loop {
+            let message = timeout(STEP, self.socket.next())
+                .await
+                .expect("a frame in time")
+                .expect("the socket open")
+                .expect("the socket healthy");
+            match message {
+                Message::Binary(bytes) => {
+                    return duplex_proto::hub::ServerFrame::decode(bytes)
+                        .expect("one ServerFrame per message")
+                        .frame
+                        .expect("frame set");
+                }
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("expected a binary frame, got {other:?}"),
             }
         }
     }
