@@ -29,7 +29,7 @@ use tonic::server::{Grpc, NamedService, ServerStreamingService, StreamingService
 use tonic::{Code, Request, Response, Status, Streaming};
 use tonic_prost::ProstCodec;
 
-use crate::auth::{AuthError, Authenticator, peer_quota_key};
+use crate::auth::{Authenticator, peer_quota_key};
 use crate::guard::ConnectionInfo;
 use crate::metrics::{AuthFailure, ServerCounters, Service};
 use crate::status::{auth_status, inbound_hub_error, status, undecodable};
@@ -84,11 +84,7 @@ impl HubService {
             .auth
             .identify(request.metadata().as_ref())
             .map_err(|error| {
-                self.counters.auth_failed(match &error {
-                    AuthError::MissingToken => AuthFailure::MissingToken,
-                    AuthError::MalformedHeader(_) => AuthFailure::MalformedHeader,
-                    AuthError::InvalidToken(_) => AuthFailure::InvalidToken,
-                });
+                self.counters.auth_failed(AuthFailure::from(&error));
                 auth_status(error)
             })?;
         if !identity.is_verified() {

@@ -104,6 +104,17 @@ pub(crate) enum AuthFailure {
 
 const AUTH_FAILURES: [&str; 3] = ["missing_token", "malformed_header", "invalid_token"];
 
+impl From<&crate::auth::AuthError> for AuthFailure {
+    fn from(error: &crate::auth::AuthError) -> Self {
+        use crate::auth::AuthError;
+        match error {
+            AuthError::MissingToken => AuthFailure::MissingToken,
+            AuthError::MalformedHeader(_) => AuthFailure::MalformedHeader,
+            AuthError::InvalidToken(_) => AuthFailure::InvalidToken,
+        }
+    }
+}
+
 /// Why the server sent GOAWAY, as the `reason` label.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum GoAway {

@@ -110,6 +110,8 @@ pub(crate) struct WebSocketSessions {
     send_stall_timeout: Option<Duration>,
     /// The server's drain signal, and the count of open sockets it waits for.
     drain: SocketDrain,
+    /// Auth failures are counted here as on the gRPC port.
+    counters: Arc<crate::metrics::ServerCounters>,
 }
 
 /// How WebSockets take part in a graceful shutdown: each watches `graceful` and, once it
@@ -181,6 +183,7 @@ pub(crate) fn routes(app: &App, config: &ServeConfig, drain: SocketDrain) -> axu
         max_connection_age_grace: config.max_connection_age_grace,
         send_stall_timeout: Some(config.send_stall_timeout).filter(|t| !t.is_zero()),
         drain,
+        counters: app.metrics().counters().clone(),
     };
     axum::Router::new()
         .route("/ws", axum::routing::any(upgrade))
@@ -274,7 +277,10 @@ impl WebSocketSessions {
         headers: &HeaderMap,
         peer: Option<std::net::SocketAddr>,
     ) -> Result<Identity, AuthError> {
-        let mut identity = self.auth.identify(&auth_metadata(headers))?;
+        let mut identity = self
+            .auth
+            .identify(&auth_metadata(headers))
+            .inspect_err(|error| self.counters.auth_failed(error.into()))?;
         if !identity.is_verified() {
             identity.quota_key = peer_quota_key(peer);
         }

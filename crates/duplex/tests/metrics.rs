@@ -412,6 +412,15 @@ async fn bad_and_missing_tokens_are_counted_as_auth_failures() {
             .expect_err("a bad token");
         assert_eq!(status.code(), Code::Unauthenticated);
     }
+    // A WebSocket offering a bad token is refused and counted the same way.
+    let refused = common::ws::WsSession::open(web, &["duplex.v1", "duplex.bearer.not.a.token"])
+        .await
+        .ended()
+        .await;
+    assert_eq!(
+        refused.end.map(|end| end.code),
+        Some(duplex_proto::hub::Code::Unauthenticated as i32)
+    );
     let scraped = scrape(web);
     assert_eq!(
         scraped.value("duplex_auth_failures_total", &[("reason", "missing_token")]),
@@ -419,7 +428,7 @@ async fn bad_and_missing_tokens_are_counted_as_auth_failures() {
     );
     assert_eq!(
         scraped.value("duplex_auth_failures_total", &[("reason", "invalid_token")]),
-        2.0
+        3.0
     );
     assert_eq!(scraped.value("duplex_messages_published_total", &[]), 0.0);
 }
