@@ -24,9 +24,10 @@ pub struct ServeConfig {
     #[arg(help_heading = "Web/ops")]
     pub web_listen: String,
 
-    /// Allow gRPC-Web calls from pages served by this origin (`https://app.example.com`),
-    /// repeatable or comma-separated: CORS on the web listener's gRPC-Web routes, off by
-    /// default. A page served by the web listener itself is same-origin and needs none.
+    /// Allow pages served by this origin (`https://app.example.com`) to call gRPC-Web and
+    /// open `/ws` sessions, repeatable or comma-separated: CORS on the web listener's
+    /// gRPC-Web routes, off by default; `/ws` refuses other sites' pages (403). A page
+    /// served by the web listener itself is same-origin and needs none.
     #[arg(long = "cors-origin", value_name = "ORIGIN", value_parser = parse_cors_origin)]
     #[arg(
         env = "DUPLEX_CORS_ORIGIN",

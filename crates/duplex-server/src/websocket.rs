@@ -112,6 +112,9 @@ pub(crate) struct WebSocketSessions {
     drain: SocketDrain,
     /// Auth failures are counted here as on the gRPC port.
     counters: Arc<crate::metrics::ServerCounters>,
+    /// `--cors-origin`: pages from these origins may open sessions, besides pages the web
+    /// listener serves itself.
+    allowed_origins: Arc<[String]>,
 }
 
 /// How WebSockets take part in a graceful shutdown: each watches `graceful` and, once it
@@ -184,6 +187,7 @@ pub(crate) fn routes(app: &App, config: &ServeConfig, drain: SocketDrain) -> axu
         send_stall_timeout: Some(config.send_stall_timeout).filter(|t| !t.is_zero()),
         drain,
         counters: app.metrics().counters().clone(),
+        allowed_origins: config.cors_origins.clone().into(),
     };
     axum::Router::new()
         .route("/ws", axum::routing::any(upgrade))
@@ -192,17 +196,31 @@ pub(crate) fn routes(app: &App, config: &ServeConfig, drain: SocketDrain) -> axu
 
 /// Accepts the WebSocket (the token is checked after the upgrade, so the refusal reaches a
 /// browser as a `session_end` it can read, not an HTTP status it cannot) and runs the
-/// session on it.
+/// session on it. A page from another site is refused first (403), see [`origin_allowed`].
 async fn upgrade(
     State(sessions): State<WebSocketSessions>,
     upgrade: WebSocketUpgrade,
     info: Option<Extension<ConnectionInfo>>,
     budgets: Option<Extension<QueueBudgets>>,
     hold: Option<Extension<ConnectionHold>>,
+    uri: http::Uri,
     headers: HeaderMap,
 ) -> Response {
+    use axum::response::IntoResponse as _;
     let info = info.map(|Extension(info)| info);
     let peer = info.and_then(|info| info.remote);
+    if !origin_allowed(&headers, &uri, &sessions.allowed_origins) {
+        tracing::warn!(
+            peer = peer.map(tracing::field::display),
+            origin = ?headers.get(http::header::ORIGIN),
+            "websocket refused: a page from another origin"
+        );
+        return (
+            http::StatusCode::FORBIDDEN,
+            "a page from this origin may not open sessions here (see --cors-origin)\n",
+        )
+            .into_response();
+    }
     let identity = sessions.identify(&headers, peer);
     let origin = SessionOrigin {
         budgets: budgets.map(|Extension(b)| b).unwrap_or_default(),
@@ -232,6 +250,32 @@ async fn upgrade(
             drop(hold);
             drop(open);
         })
+}
+
+/// Whether the page that opens this WebSocket may: browsers send `Origin` and let any page
+/// open a WebSocket anywhere, so without this check a site the user visits could use the
+/// user's browser (and its network position: a server on localhost with auth off) to read
+/// and write rooms. Allowed: no `Origin` (not a browser), the listener's own origin (the
+/// page it serves), and each `--cors-origin`.
+fn origin_allowed(headers: &HeaderMap, uri: &http::Uri, allowed: &[String]) -> bool {
+    let Some(origin) = headers.get(http::header::ORIGIN) else {
+        return true;
+    };
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    if allowed.iter().any(|allowed| allowed == origin) {
+        return true;
+    }
+    // HTTP/1.1 names the listener in `Host`, HTTP/2's extended CONNECT in `:authority`.
+    let host = headers
+        .get(http::header::HOST)
+        .and_then(|host| host.to_str().ok())
+        .or_else(|| uri.authority().map(|authority| authority.as_str()));
+    let origin_host = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"));
+    origin_host.is_some() && origin_host == host
 }
 
 /// The subprotocols a client offered, in order.

@@ -386,3 +386,32 @@ async fn a_websocket_over_http2_extended_connect_runs_a_session() {
     assert_eq!(joined.command_id, 1);
     assert_eq!(joined.room, "over-h2");
 }
+
+#[tokio::test]
+async fn a_page_from_another_origin_is_refused_and_the_own_and_listed_origins_are_not() {
+    let (_server, _grpc, web) =
+        spawn_duplex_serve_web(&["--cors-origin", "https://app.example.com"]);
+    let from = |origin: String| async move {
+        WsSession::try_open_with(web, &["duplex.v1"], &[("origin", &origin)]).await
+    };
+    match from("https://evil.example".into()).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 403)
+        }
+        other => panic!(
+            "another site's page must be refused, got {:?}",
+            other.map(|_| ())
+        ),
+    }
+    // The page the listener serves itself, a listed origin, and a client that is not a
+    // browser (no Origin) all get sessions.
+    for mut session in [
+        from(format!("http://{web}")).await.expect("own origin"),
+        from("https://app.example.com".into())
+            .await
+            .expect("a --cors-origin"),
+        WsSession::open(web, &["duplex.v1"]).await,
+    ] {
+        session.join("origins", None).await;
+    }
+}

@@ -59,7 +59,21 @@ impl WsSession {
         web: SocketAddr,
         protocols: &[&str],
     ) -> Result<Self, tungstenite::Error> {
+        Self::try_open_with(web, protocols, &[]).await
+    }
+
+    /// Opens `/ws` with extra request headers (`origin`, as a browser sends it).
+    pub(crate) async fn try_open_with(
+        web: SocketAddr,
+        protocols: &[&str],
+        headers: &[(&'static str, &str)],
+    ) -> Result<Self, tungstenite::Error> {
         let mut request = format!("ws://{web}/ws").into_client_request()?;
+        for (name, value) in headers {
+            request
+                .headers_mut()
+                .insert(*name, value.parse().expect("a header value"));
+        }
         if !protocols.is_empty() {
             request.headers_mut().insert(
                 "sec-websocket-protocol",
