@@ -215,6 +215,8 @@ async fn serve_connection(
     let hold = ConnectionHold {
         _place: Arc::new(admission),
     };
+    // Still held once the connection is served: a WebSocket was upgraded from it.
+    let place = Arc::downgrade(&hold._place);
     let router = serving.router.clone();
     let service = tower::ServiceExt::map_request(
         router,
@@ -241,6 +243,11 @@ async fn serve_connection(
     // One line per web connection end, in its span (peer).
     let duration_ms = crate::server::millis(started.elapsed());
     match outcome {
+        Ok(()) if place.strong_count() > 0 => info!(
+            duration_ms,
+            reason = "upgraded to a WebSocket (its own line says when it closes)",
+            "web connection closed"
+        ),
         Ok(()) => info!(duration_ms, reason = "closed", "web connection closed"),
         Err(error) => info!(duration_ms, reason = "error", %error, "web connection closed"),
     }

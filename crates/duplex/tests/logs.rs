@@ -56,7 +56,8 @@ async fn a_json_log_at_trace_level_parses_line_by_line_and_holds_no_payload_or_t
         .args(["--log-format", "json"])
         .env("RUST_LOG", "trace")
         .stderr(std::fs::File::create(&log).unwrap());
-    let (mut server, addr, _stdout) = spawn_listening(command);
+    let (mut server, addr, mut stdout) = spawn_listening(command);
+    let web = common::read_web_addr(&mut stdout);
 
     let token = token("alice");
     let streamed = unique("streamed-secret");
@@ -98,6 +99,20 @@ async fn a_json_log_at_trace_level_parses_line_by_line_and_holds_no_payload_or_t
     drop(frames);
     drop(channel);
 
+    // The same over a WebSocket, whose library (tungstenite) would log payloads in hex at
+    // trace if its cap did not hold.
+    let over_websocket = unique("websocket-secret");
+    let bearer = format!("duplex.bearer.{token}");
+    let mut socket = common::ws::WsSession::open(web, &["duplex.v1", &bearer]).await;
+    socket.join("vault", None).await;
+    socket.publish("vault", over_websocket.clone()).await;
+    assert_eq!(
+        socket.messages(1).await[0].payload,
+        over_websocket.as_bytes()
+    );
+    drop(socket);
+    log_lines_once(&log, "websocket closed");
+
     // The client's close reaches the server before it is told to stop.
     log_lines_once(&log, "session ended");
     let lines = log_lines_once(&log, "connection closed");
@@ -127,16 +142,19 @@ async fn a_json_log_at_trace_level_parses_line_by_line_and_holds_no_payload_or_t
     for (what, needle) in [
         ("the streamed payload", streamed.as_str()),
         ("the unary payload", unary.as_str()),
+        ("the WebSocket payload", over_websocket.as_str()),
         ("the token", token.as_str()),
         ("the token's signature", signature),
     ] {
         assert!(!text.contains(needle), "{what} is in the log");
     }
     // Neither the payloads as hex nor the secret behind the token.
-    assert!(
-        !text.contains(&hex(streamed.as_bytes())),
-        "payload as hex in the log"
-    );
+    for payload in [&streamed, &over_websocket] {
+        assert!(
+            !text.contains(&hex(payload.as_bytes())),
+            "payload as hex in the log"
+        );
+    }
     assert!(!text.contains(std::str::from_utf8(SECRET).unwrap()));
 
     // The session's start and end, with its id, peer and reason.
@@ -170,6 +188,17 @@ async fn a_json_log_at_trace_level_parses_line_by_line_and_holds_no_payload_or_t
         .and_then(|spans| spans.iter().find(|span| span["name"] == "connection"))
         .unwrap_or_else(|| panic!("no connection span: {closed}"));
     assert_eq!(span["peer"], started["peer"], "{closed}");
+
+    // The web connection the WebSocket came from says it was upgraded, not closed.
+    assert!(
+        events
+            .iter()
+            .any(|event| event["message"] == "web connection closed"
+                && event["reason"]
+                    .as_str()
+                    .is_some_and(|reason| reason.starts_with("upgraded to a WebSocket"))),
+        "no upgraded web connection line:\n{text}"
+    );
 }
 
 /// Lower-case hex of `bytes`, as tungstenite prints payloads.
