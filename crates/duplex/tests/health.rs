@@ -7,7 +7,7 @@ mod common;
 
 use common::session::SessionSteps as _;
 
-use std::io::{BufRead as _, BufReader, Read as _};
+use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use common::session::Session;
-use common::{ChildGuard, STEP, repo_root, spawn_duplex_serve, with_bearer};
+use common::{ChildGuard, STEP, repo_root, run_with_input, spawn_duplex_serve, with_bearer};
 use duplex_proto::hub::WatchStatsRequest;
 use futures::StreamExt as _;
 use prost::Message as _;
@@ -38,27 +38,6 @@ fn probe(script: &str, addr: SocketAddr, args: &[&str]) -> Command {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     command
-}
-
-/// Runs `command` to its end (bounded by 2 × [`STEP`]); returns (success, stdout, stderr).
-fn run(mut command: Command) -> (bool, String, String) {
-    let mut child = ChildGuard(command.spawn().expect("spawn the probe"));
-    let mut stdout = child.0.stdout.take().unwrap();
-    let mut stderr = child.0.stderr.take().unwrap();
-    let out = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stdout.read_to_string(&mut text);
-        text
-    });
-    let err = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stderr.read_to_string(&mut text);
-        text
-    });
-    let status = child
-        .wait_for_exit(2 * STEP)
-        .expect("the probe finishes in time");
-    (status.success(), out.join().unwrap(), err.join().unwrap())
 }
 
 #[test]
@@ -106,8 +85,9 @@ fn a_python_health_watch_sees_not_serving_after_sigterm_before_its_stream_ends()
 #[test]
 fn python_health_checks_know_our_services_and_not_others() {
     let (_server, addr) = spawn_duplex_serve(&[]);
-    let (ok, stdout, stderr) = run(probe("health_probe.py", addr, &["--scenario", "check"]));
-    assert!(ok, "{stdout}\n{stderr}");
+    let (code, stdout, stderr) =
+        run_with_input(probe("health_probe.py", addr, &["--scenario", "check"]), "");
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
     assert_eq!(
         stdout.lines().collect::<Vec<_>>(),
         [
@@ -123,8 +103,8 @@ fn python_health_checks_know_our_services_and_not_others() {
 #[test]
 fn python_reflection_v1alpha_lists_the_services_and_resolves_their_methods() {
     let (_server, addr) = spawn_duplex_serve(&[]);
-    let (ok, stdout, stderr) = run(probe("reflection_probe.py", addr, &[]));
-    assert!(ok, "{stdout}\n{stderr}");
+    let (code, stdout, stderr) = run_with_input(probe("reflection_probe.py", addr, &[]), "");
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
     let lines: Vec<&str> = stdout.lines().collect();
     for service in [
         "service chat.Chat",

@@ -19,8 +19,6 @@ use duplex_proto::hub::PublishRequest;
 use duplex_proto::hub::hub_client::HubClient;
 use duplex_proto::hub::server_frame::Frame;
 use duplex_store::{NewMessage, RedbStore, Retention, Store};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
 async fn hub_client(addr: std::net::SocketAddr) -> HubClient<Channel> {
@@ -145,20 +143,6 @@ async fn publishes_into_cold_rooms_do_not_stall_other_rooms() {
 
 const SECRET: &[u8] = b"a-test-secret-of-at-least-32-bytes-length";
 
-async fn open_session(channel: &Channel, token: &str) -> Session {
-    let (commands, rx) = mpsc::channel(1024);
-    let frames = HubClient::new(channel.clone())
-        .connect(with_bearer(ReceiverStream::new(rx), token))
-        .await
-        .expect("open a session")
-        .into_inner();
-    Session {
-        commands,
-        frames,
-        next_command: 1,
-    }
-}
-
 /// Acked and rate-limited publishes a session got answers for, of `sent`.
 async fn session_outcomes(session: &mut Session, sent: usize) -> (usize, usize) {
     let (mut acked, mut limited) = (0, 0);
@@ -209,7 +193,7 @@ async fn the_publish_rate_is_per_identity_across_sessions_and_unary_calls() {
     let started = Instant::now();
     let mut sessions = Vec::new();
     for _ in 0..2 {
-        let mut session = open_session(&channel, &alice).await;
+        let mut session = Session::open_with_token(&channel, &alice).await;
         session.join("room", None).await;
         sessions.push(session);
     }

@@ -6,11 +6,10 @@
 
 mod common;
 
-use std::io::Read as _;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 
-use common::{ChildGuard, STEP, repo_root, spawn_duplex_serve, spawn_duplex_serve_durable};
+use common::{STEP, repo_root, spawn_duplex_serve, spawn_duplex_serve_durable};
 
 /// Messages published by the client; it resumes from the middle.
 const COUNT: usize = 200;
@@ -34,30 +33,9 @@ fn run_publish_resume(addr: SocketAddr, room: &str) -> (Option<i32>, String, Str
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = ChildGuard(
-        command
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {command:?}: {e}")),
-    );
-    // Drain both pipes on threads so a chatty client cannot block on a full pipe.
-    let mut stdout = child.0.stdout.take().unwrap();
-    let mut stderr = child.0.stderr.take().unwrap();
-    let out = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stdout.read_to_string(&mut text);
-        text
-    });
-    let err = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stderr.read_to_string(&mut text);
-        text
-    });
     // Every wait inside the client is bounded by STEP (--step-timeout), so a stuck step ends
     // it well before this; the bound catches a client stuck anywhere else.
-    let Some(status) = child.wait_for_exit(STEP * 6) else {
-        panic!("{command:?} did not exit within {:?}", STEP * 6);
-    };
-    (status.code(), out.join().unwrap(), err.join().unwrap())
+    common::run_with_input_within(command, "", STEP * 6)
 }
 
 /// The client's report when every check passed. A fresh room numbers its messages from 1

@@ -11,8 +11,6 @@ use common::{STEP, duplex, log_lines_once, spawn_listening, with_bearer};
 use duplex_proto::hub::PublishRequest;
 use duplex_proto::hub::hub_client::HubClient;
 use duplex_proto::hub::server_frame::Frame;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
 const SECRET: &[u8] = b"a-test-secret-of-at-least-32-bytes-length";
@@ -24,22 +22,6 @@ fn unique(label: &str) -> String {
         .unwrap()
         .as_nanos();
     format!("{label}-{nanos:x}-{:x}", std::process::id())
-}
-
-/// Opens a `Hub.Connect` session carrying `token`.
-async fn open_with_token(channel: &Channel, token: &str) -> Session {
-    let (commands, rx) = mpsc::channel(64);
-    let request = with_bearer(ReceiverStream::new(rx), token);
-    let frames = HubClient::new(channel.clone())
-        .connect(request)
-        .await
-        .expect("open a session")
-        .into_inner();
-    Session {
-        commands,
-        frames,
-        next_command: 1,
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -68,7 +50,7 @@ async fn a_json_log_at_trace_level_parses_line_by_line_and_holds_no_payload_or_t
         .await
         .unwrap();
     // A session that publishes and gets its message back, then closes its side.
-    let mut session = open_with_token(&channel, &token).await;
+    let mut session = Session::open_with_token(&channel, &token).await;
     session.join("vault", None).await;
     session.publish("vault", streamed.clone()).await;
     let delivered = session.messages(1).await;

@@ -196,17 +196,7 @@ async fn a_websocket_session_is_told_to_move_before_its_connection_age_then_clos
     ]);
     let mut session = WsSession::open(web, &["duplex.v1"]).await;
     session.join("aging", None).await;
-    let ended = session.ended().await;
-    assert!(
-        ended
-            .before
-            .iter()
-            .any(|frame| matches!(frame, Frame::Shutdown(_))),
-        "a shutdown frame first: {ended:?}"
-    );
-    let end = ended.end.expect("a session_end frame");
-    assert_eq!(end.code(), Code::Unavailable, "{end:?}");
-    assert_eq!(ended.close.map(|c| u16::from(c.code)), Some(1001));
+    assert_told_to_move(session.ended().await);
 }
 
 #[tokio::test]
@@ -255,19 +245,24 @@ async fn sigterm_sends_shutdown_then_session_end_unavailable_and_close_1001() {
     let mut session = WsSession::open(web, &["duplex.v1"]).await;
     session.join("leaving", None).await;
     server.signal("TERM");
-    let ended = session.ended().await;
+    assert_told_to_move(session.ended().await);
+    let status = server.wait_for_exit(STEP).expect("the server exits");
+    assert!(status.success(), "{status:?}");
+}
+
+/// How a session the server moves away (shutdown, connection age) ends: a `shutdown`
+/// frame, then `session_end` UNAVAILABLE, then close 1001 (going away).
+fn assert_told_to_move(ended: common::ws::Ended) {
     assert!(
         ended
             .before
             .iter()
             .any(|frame| matches!(frame, Frame::Shutdown(_))),
-        "the shutdown frame first: {ended:?}"
+        "a shutdown frame first: {ended:?}"
     );
     let end = ended.end.expect("a session_end frame");
     assert_eq!(end.code(), Code::Unavailable, "{end:?}");
     assert_eq!(ended.close.map(|c| u16::from(c.code)), Some(1001));
-    let status = server.wait_for_exit(STEP).expect("the server exits");
-    assert!(status.success(), "{status:?}");
 }
 
 /// One masked binary WebSocket frame from a client (RFC 6455 §5.2), payload under 64 KiB.

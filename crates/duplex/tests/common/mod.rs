@@ -278,7 +278,16 @@ pub(crate) fn python() -> Command {
 
 /// Runs `command` with `input` on stdin, written and read concurrently as a pipe would be;
 /// returns (exit code, stdout, stderr). Kills it if it runs past `2 × STEP`.
-pub(crate) fn run_with_input(mut command: Command, input: &str) -> (Option<i32>, String, String) {
+pub(crate) fn run_with_input(command: Command, input: &str) -> (Option<i32>, String, String) {
+    run_with_input_within(command, input, STEP * 2)
+}
+
+/// [`run_with_input`], killing the program if it runs past `limit`.
+pub(crate) fn run_with_input_within(
+    mut command: Command,
+    input: &str,
+    limit: Duration,
+) -> (Option<i32>, String, String) {
     use std::io::Write as _;
 
     let mut child = command
@@ -298,7 +307,7 @@ pub(crate) fn run_with_input(mut command: Command, input: &str) -> (Option<i32>,
     std::thread::spawn(move || {
         let _ = done_tx.send(child.wait_with_output());
     });
-    let Ok(output) = done_rx.recv_timeout(STEP * 2) else {
+    let Ok(output) = done_rx.recv_timeout(limit) else {
         let _ = Command::new("kill")
             .arg("-KILL")
             .arg(pid.to_string())

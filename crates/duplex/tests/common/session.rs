@@ -20,12 +20,30 @@ pub(crate) struct Session {
 }
 
 impl Session {
+    /// Opens a session shown in presence as `name`.
     pub(crate) async fn open(channel: &Channel, name: &str) -> Self {
+        Self::open_as(channel, |commands| {
+            let mut request = tonic::Request::new(commands);
+            request
+                .metadata_mut()
+                .insert("duplex-name", name.parse().unwrap());
+            request
+        })
+        .await
+    }
+
+    /// Opens a session carrying the bearer `token`.
+    pub(crate) async fn open_with_token(channel: &Channel, token: &str) -> Self {
+        Self::open_as(channel, |commands| super::with_bearer(commands, token)).await
+    }
+
+    /// Opens a session whose call is the request `dress` makes around its commands.
+    async fn open_as(
+        channel: &Channel,
+        dress: impl FnOnce(ReceiverStream<ClientFrame>) -> tonic::Request<ReceiverStream<ClientFrame>>,
+    ) -> Self {
         let (commands, rx) = mpsc::channel(1024);
-        let mut request = tonic::Request::new(ReceiverStream::new(rx));
-        request
-            .metadata_mut()
-            .insert("duplex-name", name.parse().unwrap());
+        let request = dress(ReceiverStream::new(rx));
         let frames = HubClient::new(channel.clone())
             .connect(request)
             .await
