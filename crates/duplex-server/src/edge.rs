@@ -103,7 +103,7 @@ fn trailers_only(http: http::StatusCode, status: Status) -> Response<Body> {
 }
 
 /// `application/grpc`, or it followed by `+format` or `;parameters`.
-fn is_grpc_content_type(value: Option<&http::HeaderValue>) -> bool {
+pub(crate) fn is_grpc_content_type(value: Option<&http::HeaderValue>) -> bool {
     let Some(value) = value else { return false };
     let value = value.as_bytes();
     let Some(rest) = value.strip_prefix(b"application/grpc") else {

@@ -47,14 +47,7 @@ async fn refuse_native_grpc(
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use axum::response::IntoResponse as _;
-    let content_type = request
-        .headers()
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .unwrap_or_default();
-    if content_type.starts_with("application/grpc")
-        && !content_type.starts_with("application/grpc-web")
-    {
+    if crate::edge::is_grpc_content_type(request.headers().get(http::header::CONTENT_TYPE)) {
         return (
             http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "native gRPC is served on the gRPC port (--listen); this listener takes gRPC-Web\n",

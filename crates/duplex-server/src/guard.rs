@@ -243,14 +243,7 @@ impl ConnectionGate {
     ) -> io::Result<GuardedStream> {
         let inner = match tls {
             None => Transport::Plain(tcp),
-            Some(acceptor) => {
-                let accepted = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
-                    .await
-                    .map_err(|_| {
-                        io::Error::new(io::ErrorKind::TimedOut, "TLS handshake too slow")
-                    })??;
-                Transport::Tls(Box::new(accepted))
-            }
+            Some(acceptor) => Transport::Tls(Box::new(tls_handshake(acceptor, tcp).await?)),
         };
         let hard_close = self.limits.hard_close_after.map(|after| {
             Box::pin(tokio::time::sleep_until(
@@ -275,6 +268,16 @@ impl ConnectionGate {
             admission,
         })
     }
+}
+
+/// The server side of a TLS handshake on `tcp`, bounded by [`TLS_HANDSHAKE_TIMEOUT`].
+pub(crate) async fn tls_handshake(
+    acceptor: &TlsAcceptor,
+    tcp: TcpStream,
+) -> io::Result<tokio_rustls::server::TlsStream<TcpStream>> {
+    tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake too slow"))?
 }
 
 /// How long a client has to finish the TLS handshake.

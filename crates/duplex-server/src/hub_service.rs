@@ -29,7 +29,7 @@ use tonic::server::{Grpc, NamedService, ServerStreamingService, StreamingService
 use tonic::{Code, Request, Response, Status, Streaming};
 use tonic_prost::ProstCodec;
 
-use crate::auth::{Authenticator, peer_quota_key};
+use crate::auth::{AuthError, Authenticator, peer_quota_key};
 use crate::guard::ConnectionInfo;
 use crate::metrics::{AuthFailure, ServerCounters, Service};
 use crate::status::{auth_status, inbound_hub_error, status, undecodable};
@@ -76,21 +76,15 @@ impl HubService {
         rotation_instant(self.max_connection_age, info)
     }
 
-    /// The caller's identity. An anonymous caller's publish rate budget is its peer's
-    /// address (its /64 for IPv6, which hands a client a whole /64), since it has no
-    /// verified name: `duplex-name` is whatever the client says.
+    /// The caller's identity ([`identify_caller`]); a refusal is UNAUTHENTICATED.
     fn identify<T>(&self, request: &Request<T>) -> Result<Identity, Status> {
-        let mut identity = self
-            .auth
-            .identify(request.metadata().as_ref())
-            .map_err(|error| {
-                self.counters.auth_failed(AuthFailure::from(&error));
-                auth_status(error)
-            })?;
-        if !identity.is_verified() {
-            identity.quota_key = peer_quota_key(peer(request));
-        }
-        Ok(identity)
+        identify_caller(
+            &self.auth,
+            &self.counters,
+            request.metadata().as_ref(),
+            peer(request),
+        )
+        .map_err(auth_status)
     }
 }
 
@@ -113,6 +107,26 @@ pub(crate) fn rotation_instant(
 }
 
 /// The client's address: as the connection guard recorded it, else as tonic saw it.
+/// The identity of a caller whose credentials are in `headers` (the gRPC metadata, or what
+/// a WebSocket's subprotocols carry), a refusal counted by its reason. An anonymous
+/// caller's publish rate budget is its peer's address (its /64 for IPv6, which hands a
+/// client a whole /64), since it has no verified name: `duplex-name` is whatever the
+/// client says.
+pub(crate) fn identify_caller(
+    auth: &Authenticator,
+    counters: &ServerCounters,
+    headers: &http::HeaderMap,
+    peer: Option<std::net::SocketAddr>,
+) -> Result<Identity, AuthError> {
+    let mut identity = auth
+        .identify(headers)
+        .inspect_err(|error| counters.auth_failed(AuthFailure::from(error)))?;
+    if !identity.is_verified() {
+        identity.quota_key = peer_quota_key(peer);
+    }
+    Ok(identity)
+}
+
 fn peer<T>(request: &Request<T>) -> Option<std::net::SocketAddr> {
     request
         .extensions()

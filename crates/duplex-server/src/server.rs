@@ -470,26 +470,26 @@ fn http2_builder(config: &ServeConfig) -> hyper::server::conn::http2::Builder<To
 /// to [`ACCEPT_BACKOFF_MAX`]; a successful accept starts it over. Out of descriptors, an
 /// accept loop that does not pause spins a core and starves the connections it serves.
 #[derive(Debug)]
-struct AcceptBackoff {
+pub(crate) struct AcceptBackoff {
     /// The pause the next failure gets.
     next: Duration,
 }
 
 impl AcceptBackoff {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             next: ACCEPT_BACKOFF_FIRST,
         }
     }
 
     /// The pause after this failure.
-    fn failed(&mut self) -> Duration {
+    pub(crate) fn failed(&mut self) -> Duration {
         let pause = self.next;
         self.next = (self.next * 2).min(ACCEPT_BACKOFF_MAX);
         pause
     }
 
-    fn succeeded(&mut self) {
+    pub(crate) fn succeeded(&mut self) {
         self.next = ACCEPT_BACKOFF_FIRST;
     }
 }

@@ -13,7 +13,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::stream;
 use futures::{FutureExt as _, StreamExt as _};
@@ -28,7 +27,8 @@ use tracing::{Instrument as _, info, warn};
 
 use crate::app::App;
 use crate::config::ServeConfig;
-use crate::guard::{Admission, ConnectionGate, TLS_HANDSHAKE_TIMEOUT};
+use crate::guard::{Admission, ConnectionGate, tls_handshake};
+use crate::server::AcceptBackoff;
 use crate::websocket::{OpenSockets, SocketDrain};
 
 /// What the web listener serves, for every connection.
@@ -159,6 +159,7 @@ pub(crate) async fn serve(
     let mut incoming = stream::select_all(listeners);
     let mut connections = JoinSet::new();
     let mut accepted = 0u64;
+    let mut backoff = AcceptBackoff::new();
     // What each connection watches for its graceful close: the same signal.
     let drain = graceful.clone();
     loop {
@@ -167,11 +168,16 @@ pub(crate) async fn serve(
             next = incoming.next() => match next {
                 None => break,
                 Some(Err(error)) => {
-                    warn!(%error, "web listener: accept failed");
-                    // Out of descriptors: let connections close before trying again.
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    // Out of descriptors and the like: pause as the gRPC listener does.
+                    let pause = backoff.failed();
+                    warn!(%error, ?pause, "web listener: accept failed");
+                    tokio::select! {
+                        () = graceful.wait_for(|&draining| draining).map(drop) => break,
+                        () = tokio::time::sleep(pause) => {}
+                    }
                 }
                 Some(Ok(tcp)) => {
+                    backoff.succeeded();
                     accepted += 1;
                     let span = tracing::info_span!(
                         "web_connection",
@@ -230,15 +236,10 @@ async fn serve_connection(
     let service = TowerToHyperService::new(service);
     let outcome = match serving.tls {
         None => serve_io(TokioIo::new(tcp), &serving.builder, service, &mut drain).await,
-        Some(acceptor) => {
-            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => {
-                    serve_io(TokioIo::new(tls), &serving.builder, service, &mut drain).await
-                }
-                Ok(Err(error)) => Err(error.into()),
-                Err(_) => Err("TLS handshake too slow".into()),
-            }
-        }
+        Some(acceptor) => match tls_handshake(&acceptor, tcp).await {
+            Ok(tls) => serve_io(TokioIo::new(tls), &serving.builder, service, &mut drain).await,
+            Err(error) => Err(error.into()),
+        },
     };
     // One line per web connection end, in its span (peer).
     let duration_ms = crate::server::millis(started.elapsed());

@@ -48,7 +48,7 @@ use tokio::sync::oneshot;
 use tracing::debug;
 
 use crate::app::App;
-use crate::auth::{AuthError, Authenticator, NAME_HEADER, peer_quota_key};
+use crate::auth::{AuthError, Authenticator, NAME_HEADER};
 use crate::config::ServeConfig;
 use crate::guard::ConnectionInfo;
 use crate::hub_service::rotation_instant;
@@ -314,21 +314,19 @@ fn auth_metadata(headers: &HeaderMap) -> HeaderMap {
 }
 
 impl WebSocketSessions {
-    /// The caller's identity, checked as the gRPC port checks it. An anonymous caller's
-    /// publish budget is its address (see `HubService::identify`).
+    /// The caller's identity, checked and counted as on the gRPC port
+    /// ([`identify_caller`](crate::hub_service::identify_caller)).
     fn identify(
         &self,
         headers: &HeaderMap,
         peer: Option<std::net::SocketAddr>,
     ) -> Result<Identity, AuthError> {
-        let mut identity = self
-            .auth
-            .identify(&auth_metadata(headers))
-            .inspect_err(|error| self.counters.auth_failed(error.into()))?;
-        if !identity.is_verified() {
-            identity.quota_key = peer_quota_key(peer);
-        }
-        Ok(identity)
+        crate::hub_service::identify_caller(
+            &self.auth,
+            &self.counters,
+            &auth_metadata(headers),
+            peer,
+        )
     }
 
     /// One WebSocket: the session's commands from the socket, its frames to it, and the
