@@ -85,14 +85,14 @@ pub(crate) fn presence_since(room: &Room, seen: &PresenceSeen) -> Vec<Frame> {
 /// changes it missed since `seen`, then everything live. Under the room lock (`state`).
 fn register(room: &Room, state: &mut RoomState, subscriber: Subscriber, seen: &PresenceSeen) {
     let mut tally = Tally::default();
-    for event in presence_since(room, seen) {
-        if subscriber.queue.push_live(event, &mut tally) != crate::queue::LivePush::Queued {
-            tally.report(subscriber.queue.counters());
-            return; // lagged out or gone: nothing to register
-        }
-    }
+    // Stops at the first push that finds the subscriber lagged out or gone.
+    let caught_up = presence_since(room, seen).into_iter().all(|event| {
+        subscriber.queue.push_live(event, &mut tally) == crate::queue::LivePush::Queued
+    });
     tally.report(subscriber.queue.counters());
-    state.subscribers.push(subscriber);
+    if caught_up {
+        state.subscribers.push(subscriber);
+    }
 }
 
 /// How much of a room's history a replay reads and holds at once.
