@@ -36,6 +36,8 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use foldhash::fast::RandomState as FastHash;
+
 use crate::dedupe::{id_key, room_key};
 use crate::redb_store::PRUNE_PER_COMMIT;
 use crate::{
@@ -122,13 +124,13 @@ impl RoomLog {
 #[derive(Debug, Default)]
 struct IdIndex {
     /// Id key → offset and time of the message that first carried it.
-    ids: HashMap<u128, (Offset, i64)>,
+    ids: HashMap<u128, (Offset, i64), FastHash>,
     /// Every remembered id, in insertion order (the hub's times: oldest first).
     by_age: VecDeque<(i64, u128, u64)>,
     /// Per room key: its ids in insertion order.
-    by_room: HashMap<u64, VecDeque<(i64, u128)>>,
+    by_room: HashMap<u64, VecDeque<(i64, u128)>, FastHash>,
     /// Per room key: how many of its ids are live (`by_room` may hold stale slots).
-    counts: HashMap<u64, u64>,
+    counts: HashMap<u64, u64, FastHash>,
 }
 
 impl IdIndex {
@@ -297,7 +299,7 @@ impl MemoryStore {
         let rooms = &mut *rooms;
         // Decide every message first (duplicates, within the batch too, and the bytes the
         // rest need), so the batch is stored whole or not at all.
-        let mut seen: HashMap<u128, usize> = HashMap::new();
+        let mut seen: HashMap<u128, usize, FastHash> = HashMap::default();
         let mut plan = Vec::with_capacity(batch.len());
         let mut needed = 0;
         let mut new_rooms: Vec<&str> = Vec::new();
