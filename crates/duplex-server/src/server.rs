@@ -48,10 +48,10 @@ use crate::hub_service::HubService;
 use crate::metrics::{GoAway as GoAwayReason, Refusal, ServerCounters};
 use crate::web::WebServing;
 
-/// The TLS acceptor from the flags: a certificate and key, and a client CA for mTLS.
-/// TLS is terminated by the connection guard, so the PING policy and the preface timeout
-/// see HTTP/2 on TLS connections too.
-fn tls_acceptor(config: &ServeConfig, alpn: &[&[u8]]) -> Result<Option<TlsAcceptor>, ServeError> {
+/// The TLS settings from the flags: a certificate and key, and a client CA for mTLS, read
+/// once for both listeners. TLS is terminated by the connection guard, so the PING policy
+/// and the preface timeout see HTTP/2 on TLS connections too.
+fn tls_settings(config: &ServeConfig) -> Result<Option<rustls::ServerConfig>, ServeError> {
     let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
         return Ok(None);
     };
@@ -85,14 +85,20 @@ fn tls_acceptor(config: &ServeConfig, alpn: &[&[u8]]) -> Result<Option<TlsAccept
             builder.with_client_cert_verifier(verifier)
         }
     };
-    let mut tls = builder.with_single_cert(chain, key_der).map_err(|e| {
+    let tls = builder.with_single_cert(chain, key_der).map_err(|e| {
         invalid(
             key,
             format!("the certificate and key do not fit together: {e}"),
         )
     })?;
+    Ok(Some(tls))
+}
+
+/// An acceptor for `tls` offering the `alpn` protocols.
+fn tls_acceptor(tls: &rustls::ServerConfig, alpn: &[&[u8]]) -> TlsAcceptor {
+    let mut tls = tls.clone();
     tls.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
-    Ok(Some(TlsAcceptor::from(Arc::new(tls))))
+    TlsAcceptor::from(Arc::new(tls))
 }
 
 /// h2's cap on streams a peer may make us reset for protocol errors before the connection
@@ -173,10 +179,14 @@ struct Listening {
 }
 
 impl Listening {
-    /// Resolves `listen` and binds every address it names, with TLS from `config` offering
-    /// the `alpn` protocols. With port 0 the first address picks the port and the others
-    /// reuse it, so `localhost:0` still means one port on every loopback address.
-    async fn bind(listen: &str, config: &ServeConfig, alpn: &[&[u8]]) -> Result<Self, ServeError> {
+    /// Resolves `listen` and binds every address it names, to be served with `tls`. With
+    /// port 0 the first address picks the port and the others reuse it, so `localhost:0`
+    /// still means one port on every loopback address.
+    async fn bind(
+        listen: &str,
+        config: &ServeConfig,
+        tls: Option<TlsAcceptor>,
+    ) -> Result<Self, ServeError> {
         let mut addresses: Vec<SocketAddr> = tokio::net::lookup_host(listen)
             .await
             .map_err(|source| ServeError::Resolve {
@@ -194,7 +204,6 @@ impl Listening {
         {
             return Err(ServeError::PlaintextOnNetwork(*open));
         }
-        let tls = tls_acceptor(config, alpn)?;
 
         let mut listeners = Vec::new();
         let mut local_addrs = Vec::new();
@@ -272,9 +281,13 @@ impl Server {
     async fn bind_sockets(
         config: &ServeConfig,
     ) -> Result<(Listening, Option<Listening>), ServeError> {
-        let grpc = Listening::bind(&config.listen, config, &[b"h2"]).await?;
+        let tls = tls_settings(config)?;
+        let acceptor = |alpn: &[&[u8]]| tls.as_ref().map(|tls| tls_acceptor(tls, alpn));
+        let grpc = Listening::bind(&config.listen, config, acceptor(&[b"h2"])).await?;
         let web = match config.web_address() {
-            Some(address) => Some(Listening::bind(address, config, &[b"h2", b"http/1.1"]).await?),
+            Some(address) => {
+                Some(Listening::bind(address, config, acceptor(&[b"h2", b"http/1.1"])).await?)
+            }
             None => None,
         };
         Ok((grpc, web))
