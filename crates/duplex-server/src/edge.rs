@@ -115,6 +115,16 @@ pub(crate) fn is_grpc_content_type(value: Option<&http::HeaderValue>) -> bool {
 /// Path prefixes of package-less service names and the packaged names they stand for.
 const PATH_ALIASES: &[(&str, &str)] = &[("/Chat/", "/chat.Chat/")];
 
+/// Whether `path` is `canonical`, directly or through an alias in `PATH_ALIASES` (for
+/// whoever sees a request before [`PathAliasLayer`] rewrites it). Allocates nothing.
+pub(crate) fn names_path(path: &str, canonical: &str) -> bool {
+    path == canonical
+        || PATH_ALIASES.iter().any(|(alias, target)| {
+            path.strip_prefix(alias)
+                .is_some_and(|rest| canonical.strip_prefix(target) == Some(rest))
+        })
+}
+
 /// Rewrites request paths listed in `PATH_ALIASES` before routing.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct PathAliasLayer;
@@ -309,6 +319,15 @@ fn deadline_trailers() -> HeaderMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_aliased_path_names_its_canonical_method() {
+        assert!(names_path("/chat.Chat/Chat", "/chat.Chat/Chat"));
+        assert!(names_path("/Chat/Chat", "/chat.Chat/Chat"));
+        assert!(!names_path("/Chat/Chat", "/duplex.v1.Hub/Connect"));
+        assert!(!names_path("/Chat/Other", "/chat.Chat/Chat"));
+        assert!(!names_path("/chat.Chat/Chat", "/Chat/Chat"));
+    }
 
     #[test]
     fn grpc_timeout_units() {

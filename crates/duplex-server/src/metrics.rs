@@ -31,9 +31,8 @@ pub(crate) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8"
 /// The gRPC methods streams are counted by (`service`, `method` labels); anything else
 /// counts as `other`. Fixed, so a client naming made-up methods adds no series.
 const METHODS: &[(&str, &str, &str)] = &[
+    // The article's package-less `/Chat/Chat` counts here too (`edge::names_path`).
     ("/chat.Chat/Chat", "chat.Chat", "Chat"),
-    // The article's package-less path, served as chat.Chat/Chat.
-    ("/Chat/Chat", "chat.Chat", "Chat"),
     ("/duplex.v1.Hub/Connect", "duplex.v1.Hub", "Connect"),
     ("/duplex.v1.Hub/Subscribe", "duplex.v1.Hub", "Subscribe"),
     ("/duplex.v1.Hub/Publish", "duplex.v1.Hub", "Publish"),
@@ -178,7 +177,7 @@ impl ServerCounters {
     pub(crate) fn stream_started(&self, path: &str) {
         let index = METHODS
             .iter()
-            .position(|(known, _, _)| *known == path)
+            .position(|(known, _, _)| crate::edge::names_path(path, known))
             .unwrap_or(METHODS.len());
         self.streams[index].add(1);
     }
@@ -415,14 +414,7 @@ impl Collector for DuplexCollector {
                 MetricType::Counter,
             )?;
             for (index, count) in server.streams.iter().enumerate() {
-                // The alias shares its canonical method's series.
-                if index == 1 {
-                    continue;
-                }
-                let mut value = count.total();
-                if index == 0 {
-                    value += server.streams[1].total();
-                }
+                let value = count.total();
                 let (service, method) = METHODS
                     .get(index)
                     .map_or(("other", "other"), |(_, service, method)| {
@@ -759,5 +751,20 @@ mod process {
             )?)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_package_less_chat_path_counts_as_chat_chat() {
+        let counters = ServerCounters::default();
+        counters.stream_started("/Chat/Chat");
+        counters.stream_started("/chat.Chat/Chat");
+        counters.stream_started("/made.Up/Method");
+        assert_eq!(counters.streams[0].total(), 2, "chat.Chat/Chat");
+        assert_eq!(counters.streams[METHODS.len()].total(), 1, "other");
     }
 }
