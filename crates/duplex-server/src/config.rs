@@ -448,14 +448,19 @@ impl ServeConfig {
         }
     }
 
+    /// `--max-connection-age`, `None` when 0 (never).
+    pub fn max_connection_age(&self) -> Option<std::time::Duration> {
+        Some(self.max_connection_age).filter(|age| !age.is_zero())
+    }
+
     /// Connection admission bounds from these flags.
     pub fn connection_limits(&self) -> crate::guard::ConnectionLimits {
         crate::guard::ConnectionLimits {
             max_connections: self.max_connections,
             max_connections_per_ip: self.max_connections_per_ip,
             preface_timeout: self.preface_timeout,
-            hard_close_after: Some(self.max_connection_age)
-                .filter(|age| !age.is_zero())
+            hard_close_after: self
+                .max_connection_age()
                 .map(|age| age + self.max_connection_age_grace),
             min_ping_interval: self.min_ping_interval,
             connection_queue_bytes: self.connection_queue_bytes,

@@ -331,7 +331,7 @@ impl Server {
             listening,
             web,
         } = self;
-        let max_connection_age = Some(config.max_connection_age).filter(|age| !age.is_zero());
+        let max_connection_age = config.max_connection_age();
         let serving = Serving {
             service: edge_service(&app, &config, max_connection_age),
             http2: Http2 {

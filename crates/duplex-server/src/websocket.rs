@@ -103,8 +103,9 @@ pub(crate) struct WebSocketSessions {
     max_message_size: usize,
     /// `--max-connection-age` (none when 0): sessions get `shutdown` just before it.
     max_connection_age: Option<Duration>,
-    /// `--max-connection-age-grace`: after age + grace the socket is closed (1001).
-    max_connection_age_grace: Duration,
+    /// Age + `--max-connection-age-grace` (none without an age): then the socket is closed
+    /// (1001), as the guard cuts a gRPC connection.
+    hard_close_after: Option<Duration>,
     /// `--send-stall-timeout` (none when 0): a write that makes no progress this long drops
     /// the connection.
     send_stall_timeout: Option<Duration>,
@@ -182,8 +183,8 @@ pub(crate) fn routes(app: &App, config: &ServeConfig, drain: SocketDrain) -> axu
         hub: app.hub().clone(),
         auth: app.auth().clone(),
         max_message_size: config.max_message_size,
-        max_connection_age: Some(config.max_connection_age).filter(|age| !age.is_zero()),
-        max_connection_age_grace: config.max_connection_age_grace,
+        max_connection_age: config.max_connection_age(),
+        hard_close_after: config.connection_limits().hard_close_after,
         send_stall_timeout: Some(config.send_stall_timeout).filter(|t| !t.is_zero()),
         drain,
         counters: app.metrics().counters().clone(),
@@ -354,10 +355,10 @@ impl WebSocketSessions {
             session.rotate_at(at);
         }
         // After age + grace the connection goes, as on the gRPC port (GOAWAY, then the cut).
-        let cut_at = match (self.max_connection_age, info) {
-            (Some(age), Some(info)) => Some(tokio::time::Instant::from_std(
-                info.accepted_at + age + self.max_connection_age_grace,
-            )),
+        let cut_at = match (self.hard_close_after, info) {
+            (Some(after), Some(info)) => {
+                Some(tokio::time::Instant::from_std(info.accepted_at + after))
+            }
             _ => None,
         };
         let (handed_back, returned) = oneshot::channel();
