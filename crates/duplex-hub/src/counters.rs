@@ -247,6 +247,14 @@ impl HubCounters {
         }
     }
 
+    /// A frame of `bytes` made and handed to a transport at once (a `lagged` report): it
+    /// passes through the counts, queued and sent.
+    #[inline]
+    pub(crate) fn passed_through(&self, bytes: usize) {
+        self.queued(1, bytes);
+        self.sent(bytes);
+    }
+
     /// A queued frame of `bytes` was handed to a transport (it left its queue).
     #[inline]
     pub(crate) fn sent(&self, bytes: usize) {

@@ -571,9 +571,7 @@ impl Stream for Outbound {
         let mut guard = queue.lock();
         let state = &mut *guard;
         if let Some(report) = state.lag_reports.pop_front() {
-            // Made and sent at once: it passes through the counts.
-            queue.counters.queued(1, report.len());
-            queue.counters.sent(report.len());
+            queue.counters.passed_through(report.len());
             return Poll::Ready(Some(Ok(Frame::own(report))));
         }
         if let Some(entry) = state.frames.pop_front() {
@@ -590,8 +588,7 @@ impl Stream for Outbound {
                     let report = frames::lagged(&meta.room, marks.delivered, dropped);
                     state.frames.push_front(entry);
                     state.waiting_since = Some(Instant::now());
-                    queue.counters.queued(1, report.len());
-                    queue.counters.sent(report.len());
+                    queue.counters.passed_through(report.len());
                     return Poll::Ready(Some(Ok(Frame::own(report))));
                 }
                 marks.delivered = marks.delivered.max(meta.offset);
