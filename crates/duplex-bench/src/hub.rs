@@ -515,6 +515,13 @@ struct Publisher {
     events: TaggedEvents,
 }
 
+/// One HTTP/2 connection to the server under test.
+async fn connect(plan: &FanoutPlan) -> Result<Connection, String> {
+    Connection::open(&plan.addr, &plan.dialer)
+        .await
+        .map_err(|reason| format!("cannot connect to {}: {reason}", plan.addr))
+}
+
 async fn fanout_thread(
     plan: &FanoutPlan,
     units: &[usize],
@@ -528,47 +535,32 @@ async fn fanout_thread(
     let mut publishers = Vec::new();
     let setup = async {
         for &unit in units {
-            if unit < subscriber_connections
-                && let Some(target) = &plan.web_target
-            {
-                for &s in &plan.subscriber_connections[unit] {
-                    let room = s % plan.rooms.len();
-                    let join = grpc::join_frame(0, &plan.rooms[room].name, None, true);
-                    let index = subscribers.len();
-                    let session = open_ws_session(
-                        plan,
-                        target,
-                        format!("bench-sub-{s}"),
-                        join,
-                        room,
-                        index,
-                        &mut sub_events,
-                    )
-                    .await?;
-                    subscribers.push(session);
-                }
-                continue;
-            }
-            let connection = Connection::open(&plan.addr, &plan.dialer)
-                .await
-                .map_err(|reason| format!("cannot connect to {}: {reason}", plan.addr))?;
             if unit < subscriber_connections {
+                // Subscribers: sessions on one HTTP/2 connection, or one WebSocket each.
+                let connection = match &plan.web_target {
+                    Some(_) => None,
+                    None => Some(connect(plan).await?),
+                };
                 for &s in &plan.subscriber_connections[unit] {
                     let room = s % plan.rooms.len();
                     let join = grpc::join_frame(0, &plan.rooms[room].name, None, true);
                     let index = subscribers.len();
-                    let session = open_session(
-                        &connection,
-                        format!("bench-sub-{s}"),
-                        join,
-                        room,
-                        index,
-                        &mut sub_events,
-                    )
-                    .await?;
+                    let name = format!("bench-sub-{s}");
+                    let events = &mut sub_events;
+                    let session = match (&plan.web_target, &connection) {
+                        (Some(target), _) => {
+                            open_ws_session(plan, target, name, join, room, index, events).await?
+                        }
+                        (None, Some(connection)) => {
+                            open_session(connection, name, join, room, index, events).await?
+                        }
+                        (None, None) => unreachable!("gRPC subscribers have their connection"),
+                    };
                     subscribers.push(session);
                 }
+                links.extend(connection);
             } else {
+                let connection = connect(plan).await?;
                 let index = unit - subscriber_connections;
                 let room = index % plan.rooms.len();
                 let join = grpc::join_frame(0, &plan.rooms[room].name, None, true);
@@ -588,8 +580,8 @@ async fn fanout_thread(
                     session,
                     events,
                 });
+                links.push(connection);
             }
-            links.push(connection);
         }
         let mut unused = 0;
         await_joined(&mut subscribers, &mut sub_events, None, &mut unused).await?;
