@@ -8,6 +8,26 @@
 
 use sha2::{Digest, Sha256};
 
+use crate::redb_store::PRUNE_PER_COMMIT;
+use crate::{Dedupe, NewMessage};
+
+/// The index keys of `message` (its id's, its room's), or `None` when it is not
+/// remembered: dedupe is off or it carries no client id.
+pub(crate) fn message_keys(dedupe: &Dedupe, message: &NewMessage) -> Option<(u128, u64)> {
+    (dedupe.is_on() && !message.client_id.is_empty()).then(|| {
+        (
+            id_key(&message.room, &message.client_id),
+            room_key(&message.room),
+        )
+    })
+}
+
+/// How many expired ids one append may prune: [`PRUNE_PER_COMMIT`], or twice the ids it
+/// added if more, so pruning always outpaces remembering.
+pub(crate) fn prune_budget(remembered: u64) -> u64 {
+    PRUNE_PER_COMMIT.max(2 * remembered)
+}
+
 /// The index key of `id` in `room`: the first 16 bytes of SHA-256(len(room) ‖ room ‖ id),
 /// the room's length (4 bytes, little endian) keeping ("ab", "c") apart from ("a", "bc").
 pub(crate) fn id_key(room: &str, id: &str) -> u128 {

@@ -38,8 +38,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use foldhash::fast::RandomState as FastHash;
 
-use crate::dedupe::{id_key, room_key};
-use crate::redb_store::PRUNE_PER_COMMIT;
+use crate::dedupe::{message_keys, prune_budget};
 use crate::{
     Appended, BoxFuture, MAX_RETENTION_DELETES_PER_RUN, MESSAGE_OVERHEAD, NewMessage, Offset,
     PageBudget, Retention, RoomBounds, Store, StoreError, StoredMessage, record,
@@ -304,13 +303,7 @@ impl MemoryStore {
         let mut needed = 0;
         let mut new_rooms: Vec<&str> = Vec::new();
         for (index, message) in batch.iter().enumerate() {
-            let remember = dedupe.is_on() && !message.client_id.is_empty();
-            let key = remember.then(|| {
-                (
-                    id_key(&message.room, &message.client_id),
-                    room_key(&message.room),
-                )
-            });
+            let key = message_keys(&dedupe, message);
             if let Some((id, _)) = key {
                 if let Some(&first) = seen.get(&id) {
                     plan.push(Plan::RepeatOf(first));
@@ -401,7 +394,7 @@ impl MemoryStore {
             });
         }
         if dedupe.is_on() {
-            let budget = PRUNE_PER_COMMIT.max(2 * remembered);
+            let budget = prune_budget(remembered);
             let cutoff = newest.saturating_sub(dedupe.window_micros());
             rooms.ids.prune(cutoff, budget, dedupe.max_ids);
         }

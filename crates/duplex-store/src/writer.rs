@@ -30,10 +30,10 @@ use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::counters::StoreCounters;
-use crate::dedupe::{id_key, room_key};
+use crate::dedupe::{message_keys, prune_budget};
 use crate::redb_store::{
     DEDUPE_BY_AGE, DEDUPE_BY_ROOM, MAX_REQUESTS_PER_COMMIT, MESSAGES, OpenDatabase,
-    PRUNE_PER_COMMIT, REOPEN_INTERVAL, ROOMS,
+    REOPEN_INTERVAL, ROOMS,
 };
 use crate::{
     Appended, Dedupe, MAX_RETENTION_DELETES_PER_RUN, NewMessage, Offset, Retention, StoreError,
@@ -264,13 +264,7 @@ impl Writer {
                 let mut outcome = Vec::with_capacity(batch.len());
                 for message in batch {
                     newest = newest.max(message.time_unix_micros);
-                    let remember = dedupe.is_on() && !message.client_id.is_empty();
-                    let keys = remember.then(|| {
-                        (
-                            id_key(&message.room, &message.client_id),
-                            room_key(&message.room),
-                        )
-                    });
+                    let keys = message_keys(&dedupe, message);
                     if let Some((id, _)) = keys
                         && let Some(original) = index.lookup(id, message.time_unix_micros, &dedupe)
                     {
@@ -310,7 +304,7 @@ impl Writer {
                 return Ok(outcomes); // only duplicates: dropping `txn` aborts it
             }
             if dedupe.is_on() {
-                let budget = PRUNE_PER_COMMIT.max(2 * remembered);
+                let budget = prune_budget(remembered);
                 index.prune(newest.saturating_sub(dedupe.window_micros()), budget)?;
                 index.bound_total(dedupe.max_ids)?;
             }
