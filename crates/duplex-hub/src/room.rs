@@ -195,10 +195,10 @@ mod tests {
     use crate::config::LagPolicy;
     use duplex_store::{MemoryStore, NewMessage, Retention};
 
-    fn message(offset: Offset) -> StoredMessage {
-        StoredMessage {
+    /// A one-byte message for room `r`, as published.
+    fn new_message() -> NewMessage {
+        NewMessage {
             room: "r".into(),
-            offset,
             time_unix_micros: 0,
             sender: String::new(),
             content_type: String::new(),
@@ -208,22 +208,17 @@ mod tests {
         }
     }
 
+    /// That message as stored at `offset`.
+    fn message(offset: Offset) -> StoredMessage {
+        StoredMessage::from_new(new_message(), offset)
+    }
+
     /// `deliver` fans out only offsets past `delivered`, and the load of where live starts
     /// only ever moves `delivered` forward, whichever of the two runs first.
     #[tokio::test]
     async fn deliver_ignores_what_is_at_or_below_delivered() {
         let store = MemoryStore::new(Retention::default());
-        let stored = (1..=10)
-            .map(|_| NewMessage {
-                room: "r".into(),
-                time_unix_micros: 0,
-                sender: String::new(),
-                content_type: String::new(),
-                client_id: String::new(),
-                key: String::new(),
-                payload: bytes::Bytes::from_static(b"x"),
-            })
-            .collect();
+        let stored = (1..=10).map(|_| new_message()).collect();
         store.append(stored).await.unwrap();
 
         let room = Arc::new(Room::new(

@@ -187,16 +187,7 @@ mod tests {
 
     /// `message` as decoding its record stored at ("lobby", 7) must give it back.
     fn stored_at_7(message: NewMessage) -> StoredMessage {
-        StoredMessage {
-            room: message.room,
-            offset: 7,
-            time_unix_micros: message.time_unix_micros,
-            sender: message.sender,
-            content_type: message.content_type,
-            client_id: message.client_id,
-            key: message.key,
-            payload: message.payload,
-        }
+        StoredMessage::from_new(message, 7)
     }
 
     #[test]
