@@ -76,6 +76,17 @@ impl std::fmt::Debug for FeedHandle {
 
 /// A source of live messages that this process did not append (see the module docs).
 pub trait LiveFeed: Send + Sync + 'static {
+    /// Whether this feed also delivers the messages this process appends. Then the
+    /// sequencer acks them but leaves their delivery to the feed. A shared log must say
+    /// yes: its offsets are assigned across processes, so the sequencer could get offset
+    /// `N` acked while another node's `N-1` is still on its way through the feed, and a
+    /// local delivery of `N` first would make the room skip `N-1` (`deliver` ignores
+    /// offsets at or below what it delivered). The feed delivers each room in the log's
+    /// order instead. The local feed says no: the sequencer is the only source.
+    fn delivers_own_appends(&self) -> bool {
+        false
+    }
+
     /// Starts delivering `room`'s messages with offsets above `after`, in offset order, to
     /// `delivery`, until the returned handle is dropped. Called once per room load, in the
     /// joining session's task (never in the sequencer).

@@ -134,6 +134,7 @@ impl Hub {
         tokio::spawn(run_sequencer(
             commands,
             store.clone(),
+            !feed.delivers_own_appends(),
             config.clone(),
             counters.clone(),
         ));

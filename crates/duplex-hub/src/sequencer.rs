@@ -11,6 +11,12 @@
 //! once it is durable, and each room keeps the log's one total order. The sequencer never
 //! reads the store, and when an append fails nothing was stored: every publish of the
 //! batch gets the error and there is nothing to undo.
+//!
+//! Over a shared log (a cluster) the sequencer appends and acks but does not deliver: the
+//! live feed delivers every message of a room, this node's too, in the log's order (see
+//! [`LiveFeed::delivers_own_appends`](crate::LiveFeed::delivers_own_appends)). A failed
+//! append there may have stored part of the batch: the publishers get UNAVAILABLE, and a
+//! retry with the same client message id is deduped by the log.
 
 use std::sync::Arc;
 
@@ -23,10 +29,13 @@ use crate::config::HubConfig;
 use crate::counters::HubCounters;
 use crate::engine::{PublishCommand, PublishOutcome, now_unix_micros};
 
-/// The sequencer task: runs until every sender of `commands` is gone.
+/// The sequencer task: runs until every sender of `commands` is gone. With
+/// `deliver` false it only appends and acks: the live feed delivers this process's appends
+/// too ([`LiveFeed::delivers_own_appends`](crate::LiveFeed::delivers_own_appends)).
 pub(crate) async fn run_sequencer(
     mut commands: mpsc::Receiver<PublishCommand>,
     store: Arc<dyn Store>,
+    deliver: bool,
     config: HubConfig,
     counters: Arc<HubCounters>,
 ) {
@@ -36,13 +45,18 @@ pub(crate) async fn run_sequencer(
         .await
         > 0
     {
-        commit_batch(&mut batch, &*store, &counters).await;
+        commit_batch(&mut batch, &*store, deliver, &counters).await;
     }
     debug!("sequencer stopped");
 }
 
 /// Appends one batch, then delivers and acks it (see the module docs).
-async fn commit_batch(batch: &mut Vec<PublishCommand>, store: &dyn Store, counters: &HubCounters) {
+async fn commit_batch(
+    batch: &mut Vec<PublishCommand>,
+    store: &dyn Store,
+    deliver: bool,
+    counters: &HubCounters,
+) {
     let now = now_unix_micros();
     let records: Vec<NewMessage> = batch
         .iter()
@@ -108,6 +122,11 @@ async fn commit_batch(batch: &mut Vec<PublishCommand>, store: &dyn Store, counte
             continue;
         }
         counters.acked(input.payload.len(), latency);
+        if !deliver {
+            drop(room);
+            let _ = reply.send(Ok(result));
+            continue;
+        }
         let message = StoredMessage {
             room: input.room,
             offset: outcome.offset,

@@ -61,7 +61,7 @@ pub mod counters;
 mod dedupe;
 mod error;
 pub mod memory;
-mod record;
+pub mod record;
 pub mod redb_store;
 mod writer;
 

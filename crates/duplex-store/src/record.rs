@@ -1,4 +1,5 @@
-//! The on-disk encoding of one message, as the value of the redb messages table.
+//! The encoding of one message without its room and offset: the value of the redb messages
+//! table, and the body of a message in a cluster's JetStream stream.
 //!
 //! The room and offset are the table key, so the record holds the rest:
 //!
@@ -21,7 +22,7 @@ use crate::{NewMessage, Offset, StoreError, StoredMessage};
 const RECORD_VERSION: u8 = 1;
 
 /// The length of `encode(message)`, without encoding it.
-pub(crate) fn encoded_len(message: &NewMessage) -> usize {
+pub fn encoded_len(message: &NewMessage) -> usize {
     let fields = [
         message.sender.len(),
         message.content_type.len(),
@@ -43,7 +44,7 @@ fn varint_len(value: u64) -> usize {
 
 /// Encodes everything of `message` but its room and offset, into a buffer of exactly its
 /// length (the memory store keeps it as is).
-pub(crate) fn encode(message: &NewMessage) -> Vec<u8> {
+pub fn encode(message: &NewMessage) -> Vec<u8> {
     let mut out = Vec::with_capacity(encoded_len(message));
     out.push(RECORD_VERSION);
     out.extend_from_slice(&message.time_unix_micros.to_le_bytes());
@@ -61,7 +62,7 @@ pub(crate) fn encode(message: &NewMessage) -> Vec<u8> {
 }
 
 /// Decodes a record stored under (`room`, `offset`).
-pub(crate) fn decode(
+pub fn decode(
     room: &str,
     offset: Offset,
     bytes: &[u8],
@@ -104,7 +105,7 @@ pub(crate) fn decode(
 }
 
 /// Reads just the time of a record, for age retention.
-pub(crate) fn decode_time(room: &str, offset: Offset, bytes: &[u8]) -> Result<i64, StoreError> {
+pub fn decode_time(room: &str, offset: Offset, bytes: &[u8]) -> Result<i64, StoreError> {
     match bytes {
         [RECORD_VERSION, rest @ ..] if rest.len() >= 8 => {
             Ok(i64::from_le_bytes(rest[..8].try_into().expect("8 bytes")))

@@ -2,6 +2,7 @@
 
 #![allow(dead_code)] // each test file uses a different part of the harness
 
+pub(crate) mod nats;
 pub(crate) mod raw;
 pub(crate) mod session;
 pub(crate) mod ws;

@@ -1,0 +1,332 @@
+//! [`Cluster`]: one node's connection to NATS, and the room stream it works on.
+//!
+//! [`Cluster::connect`] connects (retrying until [`ClusterConfig::startup_timeout`]: the
+//! servers may still be starting), checks JetStream is there, and creates the room stream
+//! or updates it to this node's settings (retrying while a fresh cluster elects its
+//! JetStream meta leader, which answers 10008 "temporarily unavailable" for a few
+//! seconds). After that the client reconnects on its own for as long as the node runs;
+//! [`Cluster::connection`] reports each loss and each return, so the log, the feed and
+//! presence can fail fast while NATS is gone and catch up when it is back.
+//!
+//! The stream (see `lib.rs` for why this shape): subjects `<prefix>.room.>`, one per room;
+//! `republish` of every stored message to `<prefix>.live.<token>` for live delivery;
+//! `allow_direct` for reads; retention per room by count (`max_messages_per_subject`,
+//! discarding the oldest) and by age; `duplicate_window` for dedupe by `Nats-Msg-Id`.
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, stream};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::config::{ClusterConfig, StreamStorage};
+use crate::subject::Subjects;
+
+/// Bytes a message's record and NATS headers may add to its payload: the record's time and
+/// length prefixes, sender (a JWT name), content type (≤ 256), client id and key (≤ 128
+/// each), and a `Nats-Msg-Id` of the room and client id. A payload is capped at the
+/// servers' `max_payload` less this, so NATS never refuses what duplex accepted.
+pub const RECORD_ALLOWANCE: usize = 4096;
+
+/// Why a node could not join the cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// No NATS server answered within the startup timeout.
+    #[error("cannot connect to NATS at {servers}: {reason}")]
+    Connect {
+        /// The URLs tried.
+        servers: String,
+        /// What the last attempt reported.
+        reason: String,
+    },
+    /// The credentials file could not be read.
+    #[error("cannot read the NATS credentials file {path}: {source}")]
+    Credentials {
+        /// The file.
+        path: String,
+        /// What reading it reported.
+        source: std::io::Error,
+    },
+    /// The servers answered, but JetStream did not (not enabled, or no leader in time).
+    #[error(
+        "JetStream did not answer on {servers}: {reason} (is nats-server started with -js, or `jetstream {{}}` in its config?)"
+    )]
+    JetStream {
+        /// The URLs tried.
+        servers: String,
+        /// What the last attempt reported.
+        reason: String,
+    },
+    /// The stream exists with settings this node cannot change to (or could not create it).
+    #[error("cannot create or update the JetStream stream {stream}: {reason}")]
+    Stream {
+        /// The stream's name.
+        stream: String,
+        /// What JetStream answered.
+        reason: String,
+    },
+    /// The servers' `max_payload` leaves no room for a message.
+    #[error(
+        "the NATS servers accept messages of at most {server_max_payload} bytes, too small for duplex messages (raise max_payload in the nats-server config)"
+    )]
+    PayloadLimit {
+        /// What the servers announced.
+        server_max_payload: usize,
+    },
+}
+
+/// Whether the node is connected to NATS now, and how many times it has connected: a
+/// change of `connects` is a reconnect, after which anything published while it was gone
+/// must be read back (core NATS does not replay).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ConnectionState {
+    /// Connected now.
+    pub connected: bool,
+    /// Connections made so far (1 after the first).
+    pub connects: u64,
+}
+
+/// One node's handle on the cluster: the NATS client, its JetStream context and the
+/// deployment's names. Cheap to clone (handles).
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    client: async_nats::Client,
+    jetstream: jetstream::Context,
+    config: ClusterConfig,
+    subjects: Subjects,
+    /// What the client's event callback reports; see [`ConnectionState`].
+    connection: watch::Receiver<ConnectionState>,
+    /// The largest payload a publish may carry here: `config.max_payload`, lowered to what
+    /// the servers accept less [`RECORD_ALLOWANCE`].
+    max_payload: usize,
+}
+
+impl Cluster {
+    /// Connects to `config.servers` and makes sure the room stream exists with `config`'s
+    /// settings (see the module docs).
+    pub async fn connect(config: ClusterConfig) -> Result<Self, ClusterError> {
+        let deadline = Instant::now() + config.startup_timeout;
+        let servers = config.servers.join(",");
+        let (state_tx, connection) = watch::channel(ConnectionState::default());
+        let client = loop {
+            match connect_options(&config, state_tx.clone())
+                .await?
+                .connect(config.servers.as_slice())
+                .await
+            {
+                Ok(client) => break client,
+                Err(error) if Instant::now() < deadline => {
+                    warn!(%error, %servers, "NATS not reachable yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(error) => {
+                    return Err(ClusterError::Connect {
+                        servers,
+                        reason: error.to_string(),
+                    });
+                }
+            }
+        };
+        // The callback may not have run yet for the first connection.
+        state_tx.send_if_modified(|state| {
+            let first = state.connects == 0;
+            if first {
+                *state = ConnectionState {
+                    connected: true,
+                    connects: 1,
+                };
+            }
+            first
+        });
+        let server_max_payload = client.server_info().max_payload;
+        let max_payload = config
+            .max_payload
+            .min(server_max_payload.saturating_sub(RECORD_ALLOWANCE));
+        if max_payload == 0 {
+            return Err(ClusterError::PayloadLimit { server_max_payload });
+        }
+        if max_payload < config.max_payload {
+            warn!(
+                requested = config.max_payload,
+                allowed = max_payload,
+                server_max_payload,
+                "payloads capped below --max-payload: the NATS servers' max_payload is smaller"
+            );
+        }
+        let jetstream = jetstream::ContextBuilder::new()
+            .timeout(config.request_timeout)
+            .build(client.clone());
+        let cluster = Cluster {
+            subjects: Subjects::new(&config.prefix),
+            client,
+            jetstream,
+            config,
+            connection,
+            max_payload,
+        };
+        cluster.ensure_stream(deadline).await?;
+        info!(
+            servers = %cluster.config.servers.join(","),
+            stream = %cluster.config.stream,
+            replicas = cluster.config.replicas,
+            node = %cluster.config.node,
+            "joined the cluster"
+        );
+        Ok(cluster)
+    }
+
+    /// Creates the room stream, or updates it to this node's settings, retrying until
+    /// `deadline` while JetStream is not answering yet.
+    async fn ensure_stream(&self, deadline: Instant) -> Result<(), ClusterError> {
+        let settings = self.stream_config();
+        loop {
+            let error = match self
+                .jetstream
+                .create_or_update_stream(settings.clone())
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(error) => error,
+            };
+            use jetstream::context::CreateStreamErrorKind as Kind;
+            let retry = match error.kind() {
+                Kind::JetStreamUnavailable | Kind::TimedOut => true,
+                // 10008: "JetStream system temporarily unavailable" while the meta leader
+                // is elected.
+                Kind::JetStream(inner) => inner.error_code().0 == 10008,
+                _ => false,
+            };
+            if retry && Instant::now() < deadline {
+                warn!(%error, "JetStream not ready yet; retrying");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                continue;
+            }
+            return Err(if retry {
+                ClusterError::JetStream {
+                    servers: self.config.servers.join(","),
+                    reason: error.to_string(),
+                }
+            } else {
+                ClusterError::Stream {
+                    stream: self.config.stream.clone(),
+                    reason: error.to_string(),
+                }
+            });
+        }
+    }
+
+    /// The room stream's settings (see the module docs).
+    fn stream_config(&self) -> stream::Config {
+        let config = &self.config;
+        stream::Config {
+            name: config.stream.clone(),
+            description: Some(
+                "duplex rooms: one subject per room, offset = stream sequence".into(),
+            ),
+            subjects: vec![self.subjects.all_rooms()],
+            max_messages_per_subject: config
+                .max_messages_per_room
+                .map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX)),
+            max_age: config.max_age.unwrap_or(Duration::ZERO),
+            discard: stream::DiscardPolicy::Old,
+            storage: match config.storage {
+                StreamStorage::File => stream::StorageType::File,
+                StreamStorage::Memory => stream::StorageType::Memory,
+            },
+            num_replicas: config.replicas,
+            duplicate_window: config.duplicate_window,
+            allow_direct: true,
+            republish: Some(stream::Republish {
+                source: self.subjects.all_rooms(),
+                destination: self.subjects.all_live(),
+                headers_only: false,
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// The NATS client (for subscriptions and raw requests).
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    /// The JetStream context, with [`ClusterConfig::request_timeout`] on every request.
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.jetstream
+    }
+
+    /// The settings this node joined with.
+    pub fn config(&self) -> &ClusterConfig {
+        &self.config
+    }
+
+    /// The deployment's subjects.
+    pub fn subjects(&self) -> &Subjects {
+        &self.subjects
+    }
+
+    /// Connection losses and returns, as they happen (see [`ConnectionState`]).
+    pub fn connection(&self) -> watch::Receiver<ConnectionState> {
+        self.connection.clone()
+    }
+
+    /// The largest payload a publish may carry on this cluster (see
+    /// [`RECORD_ALLOWANCE`]).
+    pub fn max_payload(&self) -> usize {
+        self.max_payload
+    }
+}
+
+/// The client options of `config`, reporting connection events to `state`.
+async fn connect_options(
+    config: &ClusterConfig,
+    state: watch::Sender<ConnectionState>,
+) -> Result<async_nats::ConnectOptions, ClusterError> {
+    let mut options = async_nats::ConnectOptions::new()
+        .name(format!("duplex {}", config.node))
+        .connection_timeout(Duration::from_secs(2))
+        .request_timeout(Some(config.request_timeout))
+        .max_reconnects(None)
+        .event_callback(move |event| {
+            let state = state.clone();
+            async move {
+                match event {
+                    async_nats::Event::Connected => {
+                        info!("connected to NATS");
+                        state.send_modify(|s| {
+                            s.connected = true;
+                            s.connects += 1;
+                        });
+                    }
+                    async_nats::Event::Disconnected => {
+                        warn!("lost the connection to NATS; reconnecting");
+                        state.send_modify(|s| s.connected = false);
+                    }
+                    async_nats::Event::SlowConsumer(sid) => {
+                        warn!(sid, "NATS subscription fell behind: messages dropped (gaps are read back from the stream)");
+                    }
+                    other => info!(event = %other, "NATS"),
+                }
+            }
+        });
+    if let Some(path) = &config.creds {
+        options =
+            options
+                .credentials_file(path)
+                .await
+                .map_err(|source| ClusterError::Credentials {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+    }
+    if let Some(ca) = &config.ca {
+        options = options.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    if let Some((cert, key)) = &config.client_cert {
+        options = options.add_client_certificate(cert.clone(), key.clone());
+    }
+    if config.require_tls {
+        options = options.require_tls(true);
+    }
+    Ok(options)
+}
