@@ -544,6 +544,16 @@ impl Encoder for PreEncoded {
     type Error = Status;
 
     fn encode(&mut self, item: Frame, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        // tonic sends its buffer off whole at SESSION_YIELD_BYTES and, while h2 still holds
+        // that chunk, starts the next one at SESSION_BUFFER_BYTES and doubles it: a burst
+        // (a replay, a busy room) reallocated and copied its bytes 7 times per 32 KiB sent.
+        // Once a burst has BURST_BYTES pending, the buffer grows to a whole chunk at once
+        // (later calls find the room and reserve nothing). Idle sessions never get there
+        // and keep their small buffer.
+        let pending = pending_len(buf);
+        if pending >= BURST_BYTES {
+            buf.reserve((SESSION_YIELD_BYTES + item.len()).saturating_sub(pending));
+        }
         buf.put_slice(&item);
         Ok(())
     }
@@ -561,6 +571,17 @@ const SESSION_BUFFER_BYTES: usize = 256;
 
 /// Encoded replies are sent once this many bytes are ready (tonic's default).
 const SESSION_YIELD_BYTES: usize = 32 * 1024;
+
+/// Bytes pending in a session's encode buffer past which it is in a burst (see
+/// [`PreEncoded`]'s `encode`).
+const BURST_BYTES: usize = 1024;
+
+/// How many bytes `buf` holds. tonic does not say; its `BytesMut` reports its spare room
+/// as `isize::MAX - len` (0 here if that ever changes, which only turns the burst growth
+/// off).
+fn pending_len(buf: &EncodeBuf<'_>) -> usize {
+    (isize::MAX as usize).saturating_sub(buf.remaining_mut())
+}
 
 fn session_buffers() -> BufferSettings {
     BufferSettings::new(SESSION_BUFFER_BYTES, SESSION_YIELD_BYTES)
