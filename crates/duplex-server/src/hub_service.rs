@@ -565,9 +565,13 @@ impl Encoder for PreEncoded {
 
 /// Initial size of a session stream's encode and decode buffers. tonic allocates 8 KiB each
 /// way when a call starts, which is most of what an idle session costs; both buffers grow on
-/// demand when traffic comes, so starting small costs a busy session a few reallocations and
-/// saves an idle one about 15 KiB of RSS (measured by `duplex bench idle`).
-const SESSION_BUFFER_BYTES: usize = 256;
+/// demand when traffic comes (a burst of sends grows to a whole chunk at once, see
+/// [`PreEncoded`]), so starting small costs a busy session a few reallocations and saves an
+/// idle one about 15 KiB of RSS at 256 bytes, and 0.3-0.4 KiB more at 64 (`duplex bench
+/// idle`, 50k sessions: 6071/6200 -> 5788/5758 bytes each): an idle session's buffers
+/// keep what its `join` and `joined` frames needed. Not 0: tonic divides by it when it
+/// compresses.
+const SESSION_BUFFER_BYTES: usize = 64;
 
 /// Encoded replies are sent once this many bytes are ready (tonic's default).
 const SESSION_YIELD_BYTES: usize = 32 * 1024;
