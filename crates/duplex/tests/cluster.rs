@@ -742,7 +742,7 @@ async fn room_names_with_every_special_character_round_trip_and_oversized_payloa
             .unwrap_or_else(|e| panic!("publish to {name:?}: {e:?}"));
     }
     let mut received = collect(&mut session, names.len()).await;
-    received.sort_by(|a, b| a.offset.cmp(&b.offset));
+    received.sort_by_key(|m| m.offset);
     for (name, message) in names.iter().zip(&received) {
         assert_eq!(message.room, *name);
         assert_eq!(text(message), format!("to {name}"));
