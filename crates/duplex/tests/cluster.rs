@@ -780,3 +780,88 @@ async fn room_names_with_every_special_character_round_trip_and_oversized_payloa
         .expect("the largest payload is stored");
     assert_eq!(stream_messages().await, before + 1);
 }
+
+/// A loopback port nobody listens on now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn scripts_cluster_runs_three_nodes_that_share_rooms_and_stops_them_all() {
+    use std::io::BufRead as _;
+    let ports = |n: usize| {
+        (0..n)
+            .map(|_| free_port().to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = std::process::Command::new(common::repo_root().join("scripts/cluster"));
+    command
+        .arg("--dir")
+        .arg(dir.path())
+        .args(["--nats-ports", &ports(3), "--route-ports", &ports(3)])
+        .args(["--grpc-ports", &ports(3), "--web-ports", &ports(3)])
+        .env("DUPLEX_BIN", env!("CARGO_BIN_EXE_duplex"))
+        .env("DUPLEX_NATS_SERVER", common::nats::nats_server_bin())
+        .stdout(std::process::Stdio::piped());
+    let mut script = ChildGuard(command.spawn().expect("run scripts/cluster"));
+    let stdout = std::io::BufReader::new(script.0.stdout.take().unwrap());
+    let lines = std::thread::spawn(move || {
+        let mut lines = Vec::new();
+        for line in stdout.lines() {
+            let line = line.unwrap();
+            let ready = line.starts_with("cluster ready");
+            lines.push(line);
+            if ready {
+                break;
+            }
+        }
+        lines
+    });
+    let deadline = Instant::now() + 3 * STEP;
+    while !lines.is_finished() {
+        assert!(
+            Instant::now() < deadline,
+            "scripts/cluster not ready in time"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let lines = lines.join().unwrap();
+    let grpc: Vec<SocketAddr> = lines
+        .iter()
+        .filter_map(|line| line.split(" grpc ").nth(1))
+        .map(|rest| rest.split(' ').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(grpc.len(), 3, "{lines:?}");
+    assert!(lines.iter().any(|l| l.contains(" web http://127.0.0.1:")));
+
+    // Published on node 1, read on node 3.
+    let first = common::connect(grpc[0]).await;
+    let third = common::connect(grpc[2]).await;
+    let mut reader = Session::open(&third, "reader").await;
+    reader.join("across", Some(0)).await;
+    publish(&first, "across", "from node 1", "")
+        .await
+        .expect("publish on node 1");
+    let got = collect(&mut reader, 1).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(text(&got[0]), "from node 1");
+
+    // Ctrl-C (or TERM) stops every process the script started.
+    script.signal("INT");
+    assert!(
+        script.wait_for_exit(STEP).is_some(),
+        "scripts/cluster exits"
+    );
+    for addr in grpc {
+        assert!(
+            std::net::TcpStream::connect(addr).is_err(),
+            "{addr} still listening"
+        );
+    }
+}
