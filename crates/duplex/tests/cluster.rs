@@ -654,6 +654,24 @@ async fn nats_servers_killed_and_restarted_lose_no_acked_message() {
     let refused = refused.expect("a publish fails while every NATS server is down");
     assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
     assert!(refused.message().contains("NATS"), "{refused:?}");
+    // Sessions are told, and stay open (messages that arrive meanwhile are kept).
+    let mut seen = Vec::new();
+    let told = tokio::time::timeout(STEP, async {
+        loop {
+            match reader.frames.message().await {
+                Ok(Some(frame)) => match frame.frame {
+                    Some(Frame::Message(message)) => seen.push(message),
+                    Some(Frame::Error(error)) if error.command_id == 0 => return error,
+                    _ => {}
+                },
+                other => panic!("the reader's session ended: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("sessions are told that NATS is gone");
+    assert_eq!(told.code, duplex_proto::hub::Code::Unavailable as i32);
+    assert!(told.message.contains("NATS"), "{told:?}");
     // The node reports it: health NOT_SERVING while NATS is gone.
     let health = tonic_health::pb::health_client::HealthClient::new(writer.clone());
     let serving = |mut health: tonic_health::pb::health_client::HealthClient<Channel>| async move {
@@ -707,10 +725,19 @@ async fn nats_servers_killed_and_restarted_lose_no_acked_message() {
         acked.len()
     );
     assert_eq!((lost, duplicated), (0, 0));
-    assert_eq!(stored.len(), acked.len());
+    // Nothing else was stored, but maybe the refused outage publish: one sent just before
+    // the servers died may be stored without its ack reaching the node.
+    assert!(
+        stored
+            .iter()
+            .all(|m| acked.contains_key(&m.client_message_id)
+                || m.client_message_id.starts_with("outage-")),
+        "unexpected messages stored"
+    );
     // The reader on the other node got everything, in order, once: its feed read back
     // what was published while its node was away from NATS.
-    let seen = collect(&mut reader, stored.len()).await;
+    let rest = stored.len() - seen.len();
+    seen.extend(collect(&mut reader, rest).await);
     assert_eq!(offsets(&seen), offsets(&stored));
 }
 
