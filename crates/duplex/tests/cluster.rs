@@ -131,6 +131,35 @@ async fn the_log_assigns_stream_sequences_dedupes_and_reads_rooms_back() {
 }
 
 #[tokio::test]
+async fn a_room_emptied_by_retention_reads_empty_and_keeps_its_last_offset() {
+    let nats = NatsCluster::single();
+    let mut config = config(&nats, 1);
+    config.max_age = Some(Duration::from_secs(1));
+    let cluster = Cluster::connect(config).await.expect("join");
+    let log = duplex_cluster::JetStreamLog::new(cluster);
+    let offset = log
+        .append(vec![message("brief", "", "gone soon")])
+        .await
+        .unwrap()[0]
+        .offset;
+    let deadline = Instant::now() + STEP;
+    while log.bounds("brief").await.unwrap().is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "max_age did not remove the message"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The node saw `offset`, but the stream's leader says the room ends before it: an
+    // empty answer, at once, not a wait for a replica to catch up.
+    let started = Instant::now();
+    assert!(log.read_after("brief", 0, 10).await.unwrap().is_empty());
+    assert!(started.elapsed() < Duration::from_secs(4));
+    // Offsets never go back: live delivery and a resume still start after `offset`.
+    assert!(log.last_offset("brief").await.unwrap() >= offset);
+}
+
+#[tokio::test]
 async fn reads_right_after_a_paused_replica_resumes_reach_what_the_node_saw() {
     // nats-server 2.15 has no `min_last_seq`: a direct get is answered by whichever
     // replica gets it (the one on the client's own server first), caught up or not. A
