@@ -14,7 +14,10 @@
 //!   [`StoreError::Unavailable`], though part of it may be stored: the publishers get
 //!   UNAVAILABLE and a retry with the same client id is deduped by the stream. While the
 //!   client knows it is disconnected an append fails at once instead of waiting for a
-//!   timeout.
+//!   timeout. On a replicated stream a repeat of an id whose original is still being
+//!   stored (in the same batch, or a retry racing its original on another node) is
+//!   refused with 10158 rather than deduped; it is published again, alone, until
+//!   JetStream answers it as a duplicate with the original's sequence.
 //! - **Reads** (`read_after`, `read_page`, `bounds`): raw direct gets on
 //!   `$JS.API.DIRECT.GET.<stream>`, a batch (`next_by_subj`, `batch`, `max_bytes`) read up
 //!   to its `204 EOB` status. Any replica may answer a direct get, and a follower may be
@@ -61,7 +64,7 @@ use tracing::debug;
 use crate::cluster::Cluster;
 use crate::subject::room_token;
 
-/// Most messages one history read asks a replica for when the caller gives no byte bound.
+/// Most messages one direct get asks a replica for; a longer read takes several.
 const MAX_READ_BATCH: usize = 1000;
 
 /// The room stream as the hub's log; see the module docs.
