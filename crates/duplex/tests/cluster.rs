@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::nats::NatsCluster;
 use common::session::{Session, SessionSteps as _};
-use common::{ChildGuard, STEP, duplex, spawn_listening};
+use common::{ChildGuard, STEP, duplex, free_port, spawn_listening};
 use duplex_cluster::{Cluster, ClusterConfig};
 use duplex_proto::hub::hub_client::HubClient;
 use duplex_proto::hub::server_frame::Frame;
@@ -299,7 +299,21 @@ impl Node {
     async fn channel(&self) -> Channel {
         common::connect(self.addr).await
     }
+}
 
+/// Three nodes named node0..node2 on `nats` with three replicas, and a channel to each.
+async fn three_nodes(nats: &NatsCluster) -> (Vec<Node>, Vec<Channel>) {
+    let nodes: Vec<Node> = (0..3)
+        .map(|i| Node::start(nats, 3, &format!("node{i}"), &[]))
+        .collect();
+    let mut channels = Vec::new();
+    for node in &nodes {
+        channels.push(node.channel().await);
+    }
+    (nodes, channels)
+}
+
+impl Node {
     fn kill(&mut self) {
         self.process.signal("KILL");
         self.process.wait_for_exit(STEP);
@@ -402,13 +416,7 @@ async fn burst(channels: &[Channel], room: &str, tag: &str, per_node: usize) {
 #[tokio::test]
 async fn nodes_share_one_order_per_room_and_resume_elsewhere_without_gap_or_duplicate() {
     let nats = NatsCluster::start(3);
-    let mut nodes: Vec<Node> = (0..3)
-        .map(|i| Node::start(&nats, 3, &format!("node{i}"), &[]))
-        .collect();
-    let mut channels = Vec::new();
-    for node in &nodes {
-        channels.push(node.channel().await);
-    }
+    let (mut nodes, channels) = three_nodes(&nats).await;
     let room = "chat.one";
     let mut sessions = Vec::new();
     for (i, channel) in channels.iter().enumerate() {
@@ -559,13 +567,7 @@ async fn read_all_resuming(
 #[tokio::test]
 async fn a_duplex_node_killed_mid_burst_loses_and_duplicates_no_acked_message() {
     let nats = NatsCluster::start(3);
-    let mut nodes: Vec<Node> = (0..3)
-        .map(|i| Node::start(&nats, 3, &format!("node{i}"), &[]))
-        .collect();
-    let mut channels = Vec::new();
-    for node in &nodes {
-        channels.push(node.channel().await);
-    }
+    let (mut nodes, channels) = three_nodes(&nats).await;
     let room = "burst";
     // A reader on the node that dies, and one on a node that stays.
     let mut doomed_reader = Session::open(&channels[0], "doomed").await;
@@ -874,15 +876,6 @@ async fn room_names_with_every_special_character_round_trip_and_oversized_payloa
         .await
         .expect("the largest payload is stored");
     assert_eq!(stream_messages().await, before + 1);
-}
-
-/// A loopback port nobody listens on now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[tokio::test]
