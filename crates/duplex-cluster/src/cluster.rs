@@ -14,6 +14,7 @@
 //! discarding the oldest) and by age; `duplicate_window` for dedupe by `Nats-Msg-Id`.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -66,7 +67,7 @@ impl RoomMarks {
 }
 
 /// Most PubAcks one node waits for at once; a bigger batch waits for room.
-const MAX_ACKS_IN_FLIGHT: usize = 4096;
+pub(crate) const MAX_ACKS_IN_FLIGHT: usize = 4096;
 
 /// What a cluster puts behind the hub's seams (see [`Cluster::seams`]).
 #[derive(Clone)]
@@ -168,9 +169,8 @@ impl Cluster {
     pub async fn connect(config: ClusterConfig) -> Result<Self, ClusterError> {
         let deadline = Instant::now() + config.startup_timeout;
         let servers = config.servers.join(",");
-        let (state_tx, connection) = watch::channel(ConnectionState::default());
         let client = loop {
-            match connect_options(&config, state_tx.clone())
+            match connect_options(&config)
                 .await?
                 .connect(config.servers.as_slice())
                 .await
@@ -188,17 +188,7 @@ impl Cluster {
                 }
             }
         };
-        // The callback may not have run yet for the first connection.
-        state_tx.send_if_modified(|state| {
-            let first = state.connects == 0;
-            if first {
-                *state = ConnectionState {
-                    connected: true,
-                    connects: 1,
-                };
-            }
-            first
-        });
+        let connection = watch_connection(client.clone());
         let server_max_payload = client.server_info().max_payload;
         let max_payload = config
             .max_payload
@@ -383,33 +373,76 @@ impl Cluster {
     }
 }
 
-/// The client options of `config`, reporting connection events to `state`.
+/// How often the connection's state is read for [`Cluster::connection`].
+const CONNECTION_POLL: Duration = Duration::from_millis(100);
+
+/// Slow-consumer warnings: at most one per this long (a slow room subscription reports
+/// every message it drops).
+const SLOW_CONSUMER_WARNING_EVERY: Duration = Duration::from_secs(10);
+
+/// Follows the client's connection state in a task, for [`Cluster::connection`]. Read
+/// from the client itself ([`async_nats::Client::connection_state`] and its count of
+/// connects), not from its events: async-nats hands events over a bounded channel with
+/// `try_send`, so a burst of slow-consumer events (the moment a server is likely to cut
+/// the node off) can drop a `Disconnected` or `Connected`, and a node would stay marked
+/// unavailable, or miss a catch-up, for good.
+fn watch_connection(client: async_nats::Client) -> watch::Receiver<ConnectionState> {
+    let read = |client: &async_nats::Client| ConnectionState {
+        connected: client.connection_state() == async_nats::connection::State::Connected,
+        connects: client.statistics().connects.load(Ordering::Relaxed),
+    };
+    let (sender, receiver) = watch::channel(read(&client));
+    tokio::spawn(async move {
+        let mut poll = tokio::time::interval(CONNECTION_POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = poll.tick() => {}
+                () = sender.closed() => return,
+            }
+            let now = read(&client);
+            sender.send_if_modified(|state| {
+                let changed = *state != now;
+                if changed {
+                    if now.connected {
+                        info!(connects = now.connects, "connected to NATS");
+                    } else {
+                        warn!("lost the connection to NATS; reconnecting");
+                    }
+                    *state = now;
+                }
+                changed
+            });
+        }
+    });
+    receiver
+}
+
+/// The client options of `config`; its events are only logged (see [`watch_connection`]).
 async fn connect_options(
     config: &ClusterConfig,
-    state: watch::Sender<ConnectionState>,
 ) -> Result<async_nats::ConnectOptions, ClusterError> {
+    let last_slow_warning = Arc::new(std::sync::Mutex::new(None::<Instant>));
     let mut options = async_nats::ConnectOptions::new()
         .name(format!("duplex {}", config.node))
         .connection_timeout(Duration::from_secs(2))
         .request_timeout(Some(config.request_timeout))
+        .subscription_capacity(config.live_buffer)
         .max_reconnects(None)
         .event_callback(move |event| {
-            let state = state.clone();
+            let last_slow_warning = last_slow_warning.clone();
             async move {
                 match event {
-                    async_nats::Event::Connected => {
-                        info!("connected to NATS");
-                        state.send_modify(|s| {
-                            s.connected = true;
-                            s.connects += 1;
-                        });
-                    }
-                    async_nats::Event::Disconnected => {
-                        warn!("lost the connection to NATS; reconnecting");
-                        state.send_modify(|s| s.connected = false);
-                    }
+                    // Logged by `watch_connection`, which sees every change.
+                    async_nats::Event::Connected | async_nats::Event::Disconnected => {}
                     async_nats::Event::SlowConsumer(sid) => {
-                        warn!(sid, "NATS subscription fell behind: messages dropped (gaps are read back from the stream)");
+                        let mut last = last_slow_warning
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner());
+                        if last.is_none_or(|at| at.elapsed() >= SLOW_CONSUMER_WARNING_EVERY) {
+                            *last = Some(Instant::now());
+                            warn!(sid, "a NATS subscription fell behind and dropped messages (gaps are read back from the stream; warned at most every 10 s)");
+                        }
                     }
                     other => info!(event = %other, "NATS"),
                 }

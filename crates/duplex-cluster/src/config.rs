@@ -3,6 +3,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// Default [`ClusterConfig::live_buffer`].
+pub const DEFAULT_LIVE_BUFFER: usize = 4096;
+
 /// Where JetStream keeps the room stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum StreamStorage {
@@ -57,6 +60,11 @@ pub struct ClusterConfig {
     /// How long a node waits at start for NATS and for the stream (a cluster elects its
     /// JetStream leader for a few seconds after it starts).
     pub startup_timeout: Duration,
+    /// Messages a room's live subscription (and a history read's replies) may hold before
+    /// NATS drops more (async-nats' `subscription_capacity`; its default is 65 536). A drop
+    /// is repaired from the stream, so this bounds memory, not correctness; it must stay
+    /// above a history read's batch (1000), whose replies share it.
+    pub live_buffer: usize,
     /// How often this node refreshes its presence entries; an entry not refreshed for
     /// three of these expires, so a dead node's members leave everywhere.
     pub presence_heartbeat: Duration,
@@ -84,6 +92,7 @@ impl ClusterConfig {
             max_payload: 1 << 20,
             request_timeout: Duration::from_secs(5),
             startup_timeout: Duration::from_secs(30),
+            live_buffer: DEFAULT_LIVE_BUFFER,
             presence_heartbeat: Duration::from_secs(5),
         }
     }

@@ -19,6 +19,9 @@
 //!    of a room's last message shows no gap until the next one, and this finds it. A room
 //!    that stays quiet is checked less and less often (the pause doubles up to
 //!    [`MAX_QUIET_CHECK`]), so idle rooms cost NATS little; any live message resets it.
+//!    The first check comes [`FIRST_CHECK`] after the start and after each reconnect: a
+//!    new subscription's interest takes a moment to reach the other NATS servers, and what
+//!    is stored meanwhile comes neither live nor in the first read.
 //!
 //! Every message is delivered through [`RoomDelivery::deliver`] in offset order, this
 //! node's own appends too ([`LiveFeed::delivers_own_appends`]), decoded once per node; the
@@ -29,6 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::Subscriber;
+use async_nats::header::{NATS_LAST_SEQUENCE, NATS_SEQUENCE};
 use duplex_hub::{FeedHandle, HubError, LiveFeed, RoomDelivery};
 use duplex_store::{BoxFuture, Offset, Store as _, record};
 use futures::StreamExt as _;
@@ -44,6 +48,9 @@ pub(crate) const QUIET_CHECK: Duration = Duration::from_secs(3);
 
 /// The longest pause between two checks of a room that stays quiet.
 pub(crate) const MAX_QUIET_CHECK: Duration = Duration::from_secs(60);
+
+/// When a room's task first checks the stream after its start or a reconnect.
+pub(crate) const FIRST_CHECK: Duration = Duration::from_millis(250);
 
 /// Most messages one catch-up read brings; a longer gap takes several.
 const CATCH_UP_PAGE: usize = 512;
@@ -147,12 +154,18 @@ impl RoomFollower {
         if self.catch_up().await == Flow::Stop {
             return;
         }
-        let mut quiet = QUIET_CHECK;
+        // The first check comes soon: the subscription's interest may take a moment to
+        // reach the other NATS servers, and a message stored meanwhile reaches neither the
+        // first read nor the live subject.
+        let mut quiet = FIRST_CHECK;
+        let check = tokio::time::sleep(quiet);
+        tokio::pin!(check);
         loop {
             let flow = tokio::select! {
                 message = live.next() => match message {
                     Some(message) => {
                         quiet = QUIET_CHECK;
+                        check.as_mut().reset(tokio::time::Instant::now() + quiet);
                         self.live(message).await
                     }
                     None => {
@@ -165,10 +178,18 @@ impl RoomFollower {
                         return;
                     }
                     let connected = connection.borrow_and_update().connected;
-                    if connected { self.catch_up().await } else { Flow::Continue }
+                    if connected {
+                        // Back from an outage: check soon again, not after a long quiet.
+                        quiet = FIRST_CHECK;
+                        check.as_mut().reset(tokio::time::Instant::now() + quiet);
+                        self.catch_up().await
+                    } else {
+                        Flow::Continue
+                    }
                 }
-                () = tokio::time::sleep(quiet) => {
-                    quiet = (quiet * 2).min(MAX_QUIET_CHECK);
+                () = &mut check => {
+                    quiet = (quiet * 2).clamp(QUIET_CHECK, MAX_QUIET_CHECK);
+                    check.as_mut().reset(tokio::time::Instant::now() + quiet);
                     self.catch_up().await
                 }
             };
@@ -180,14 +201,14 @@ impl RoomFollower {
 
     /// One republished message (see the module docs, step 2).
     async fn live(&mut self, message: async_nats::Message) -> Flow {
-        let header = |name: &str| {
+        let header = |name: async_nats::HeaderName| {
             message
                 .headers
                 .as_ref()
                 .and_then(|h| h.get(name))
                 .and_then(|v| v.as_str().parse::<u64>().ok())
         };
-        let (Some(seq), previous) = (header("Nats-Sequence"), header("Nats-Last-Sequence")) else {
+        let (Some(seq), previous) = (header(NATS_SEQUENCE), header(NATS_LAST_SEQUENCE)) else {
             warn!(room = %self.room, "live message without Nats-Sequence ignored");
             return Flow::Continue;
         };

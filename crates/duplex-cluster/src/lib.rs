@@ -27,7 +27,7 @@ mod log;
 pub mod subject;
 
 pub use cluster::{Cluster, ClusterError, ConnectionState, RECORD_ALLOWANCE, Seams};
-pub use config::{ClusterConfig, StreamStorage};
+pub use config::{ClusterConfig, DEFAULT_LIVE_BUFFER, StreamStorage};
 pub use feed::RepublishFeed;
 pub use log::JetStreamLog;
 pub use subject::Subjects;

@@ -47,12 +47,13 @@
 //! - **Availability** ([`Store::counters`]) follows the NATS connection, so health turns
 //!   NOT_SERVING and `/readyz` 503 while the node has no NATS.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::ErrorCode;
-use async_nats::jetstream::context::{PublishError, PublishErrorKind};
+use async_nats::jetstream::context::{PublishAckFuture, PublishError, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::publish::PublishAck;
 use async_nats::jetstream::stream::LastRawMessageErrorKind;
@@ -63,13 +64,26 @@ use duplex_store::{
 };
 use futures::StreamExt as _;
 use tokio::task::AbortHandle;
-use tracing::debug;
+use tracing::{debug, warn};
 
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, MAX_ACKS_IN_FLIGHT};
 use crate::subject::room_token;
 
 /// Most messages one direct get asks a replica for; a longer read takes several.
 const MAX_READ_BATCH: usize = 1000;
+
+/// The header a direct get answer carries with how many messages the replica has after it
+/// (async-nats has no constant for it).
+const NUM_PENDING: &str = "Nats-Num-Pending";
+
+/// What one direct get brought.
+#[derive(Debug, Default)]
+struct DirectReplies {
+    /// (offset, record) of each message, in order.
+    messages: Vec<(Offset, Bytes)>,
+    /// The last answer said more messages follow it (a batch stopped at its bound).
+    more: bool,
+}
 
 /// The room stream as the hub's log; see the module docs.
 #[derive(Debug)]
@@ -144,39 +158,56 @@ impl JetStreamLog {
         result
     }
 
-    /// Sends every publish of `batch`, then awaits every PubAck (see the module docs).
+    /// Sends every publish of `batch`, then awaits every PubAck (see the module docs). At
+    /// most [`MAX_ACKS_IN_FLIGHT`] are awaited at once: async-nats holds a permit per ack
+    /// until its future is awaited, so sending more first would wait forever.
     async fn publish_all(&self, batch: &[NewMessage]) -> Result<Vec<Appended>, StoreError> {
         let jetstream = self.cluster.jetstream();
         let subjects = self.cluster.subjects();
-        let mut pending = Vec::with_capacity(batch.len());
+        let dedupe = !self.cluster.config().duplicate_window.is_zero();
+        let mut appended = Vec::with_capacity(batch.len());
+        let mut pending = VecDeque::with_capacity(batch.len().min(MAX_ACKS_IN_FLIGHT));
         for message in batch {
+            if pending.len() >= MAX_ACKS_IN_FLIGHT
+                && let Some((ack, message)) = pending.pop_front()
+            {
+                appended.push(self.acked(ack, message).await?);
+            }
             let ack = jetstream
-                .send_publish(subjects.room(&message.room), publish_of(message))
+                .send_publish(subjects.room(&message.room), publish_of(message, dedupe))
                 .await
                 .map_err(|error| publish_failed(error.kind(), &error))?;
-            pending.push(ack);
+            pending.push_back((ack, message));
         }
-        let mut appended = Vec::with_capacity(batch.len());
-        for (ack, message) in pending.into_iter().zip(batch) {
-            let ack = match ack.await {
-                Ok(ack) => ack,
-                // In a cluster, a repeat of an id whose original is still being stored
-                // (within this batch, or a client retrying on another node meanwhile) is
-                // refused, not deduped: ask again once the original is through.
-                Err(error) if id_in_process(&error) => self.publish_repeat(message).await?,
-                Err(error) => return Err(publish_failed(error.kind(), &error)),
-            };
-            self.cluster.saw(&message.room, ack.sequence);
-            appended.push(Appended {
-                offset: ack.sequence,
-                // JetStream does not say when a duplicate's original was stored; the
-                // engine uses this time only for a local delivery, which a cluster's
-                // feed does instead, from the stored record.
-                time_unix_micros: message.time_unix_micros,
-                duplicate: ack.duplicate,
-            });
+        for (ack, message) in pending {
+            appended.push(self.acked(ack, message).await?);
         }
         Ok(appended)
+    }
+
+    /// Awaits the PubAck of `message`'s publish.
+    async fn acked(
+        &self,
+        ack: PublishAckFuture,
+        message: &NewMessage,
+    ) -> Result<Appended, StoreError> {
+        let ack = match ack.await {
+            Ok(ack) => ack,
+            // In a cluster, a repeat of an id whose original is still being stored
+            // (within this batch, or a client retrying on another node meanwhile) is
+            // refused, not deduped: ask again once the original is through.
+            Err(error) if id_in_process(&error) => self.publish_repeat(message).await?,
+            Err(error) => return Err(publish_failed(error.kind(), &error)),
+        };
+        self.cluster.saw(&message.room, ack.sequence);
+        Ok(Appended {
+            offset: ack.sequence,
+            // JetStream does not say when a duplicate's original was stored; the engine
+            // uses this time only for a local delivery, which a cluster's feed does
+            // instead, from the stored record.
+            time_unix_micros: message.time_unix_micros,
+            duplicate: ack.duplicate,
+        })
     }
 
     /// Publishes `message` again, one at a time, until JetStream is through with the
@@ -191,7 +222,7 @@ impl JetStreamLog {
                 .jetstream()
                 .send_publish(
                     self.cluster.subjects().room(&message.room),
-                    publish_of(message),
+                    publish_of(message, !self.cluster.config().duplicate_window.is_zero()),
                 )
                 .await
                 .map_err(|error| publish_failed(error.kind(), &error))?;
@@ -223,8 +254,7 @@ impl JetStreamLog {
         let mut pause = Duration::from_millis(1);
         loop {
             let known = self.cluster.seen(room);
-            let (messages, full) = self.read_once(room, after, limit, max_bytes).await?;
-            let reached = messages.last().map_or(after, |m| m.offset);
+            let (messages, full, reached) = self.read_once(room, after, limit, max_bytes).await?;
             if full || reached >= known {
                 return Ok(messages);
             }
@@ -249,15 +279,16 @@ impl JetStreamLog {
         }
     }
 
-    /// One batch direct get for [`read`](Self::read): the page, and whether it stopped
-    /// at its count or byte bound (rather than at the end of what the replica has).
+    /// One batch direct get for [`read`](Self::read): the page, whether it stopped at its
+    /// count or byte bound (rather than at the end of what the replica has), and the last
+    /// offset it went through (an unreadable message is skipped but counts as read).
     async fn read_once(
         &self,
         room: &str,
         after: Offset,
         limit: usize,
         max_bytes: Option<usize>,
-    ) -> Result<(Vec<StoredMessage>, bool), StoreError> {
+    ) -> Result<(Vec<StoredMessage>, bool, Offset), StoreError> {
         let subject = self.cluster.subjects().room(room);
         let batch = limit.min(MAX_READ_BATCH);
         let mut request = serde_json::json!({
@@ -266,16 +297,28 @@ impl JetStreamLog {
             "batch": batch,
         });
         if let Some(max_bytes) = max_bytes {
-            // The server counts stored bytes (record and subject), not ours; the page is
-            // trimmed to our own count below. At least one message comes back.
+            // The server counts stored bytes (record, subject, headers), not ours; the page
+            // is trimmed to our own count below. At least one message comes back.
             request["max_bytes"] = max_bytes.max(1).into();
         }
         let replies = self.direct_get(request, true).await?;
-        let mut full = replies.len() >= batch;
+        // The replica says whether more follow what it sent (its own bound stopped it).
+        let mut full = replies.more;
         let mut budget = max_bytes.unwrap_or(usize::MAX);
-        let mut messages = Vec::with_capacity(replies.len());
-        for (offset, body) in replies {
-            let message = record::decode(room, offset, &body)?;
+        let mut messages = Vec::with_capacity(replies.messages.len());
+        let mut reached = after;
+        for (offset, body) in replies.messages {
+            let message = match record::decode(room, offset, &body) {
+                Ok(message) => message,
+                Err(error) => {
+                    // Not a record this build wrote (another version, or a foreign
+                    // publisher on the room's subject): skipped, so one bad message cannot
+                    // stop the room's history and live delivery on every node.
+                    warn!(room, offset, %error, "skipping an unreadable message in the room stream");
+                    reached = offset;
+                    continue;
+                }
+            };
             let size = message.size();
             if !messages.is_empty() && size > budget {
                 full = true;
@@ -283,17 +326,13 @@ impl JetStreamLog {
             }
             budget = budget.saturating_sub(size);
             messages.push(message);
+            reached = offset;
             if messages.len() >= limit {
                 full = true;
                 break;
             }
         }
-        if max_bytes.is_some_and(|max| max.saturating_sub(budget) * 2 >= max) {
-            // Over half the byte bound: the server may have stopped at its own count of
-            // it. Not a sign of a replica behind.
-            full = true;
-        }
-        Ok((messages, full))
+        Ok((messages, full, reached))
     }
 
     /// The last message's sequence on `subject`, if any.
@@ -302,6 +341,7 @@ impl JetStreamLog {
         Ok(self
             .direct_get(request, false)
             .await?
+            .messages
             .first()
             .map(|(seq, _)| *seq))
     }
@@ -313,7 +353,7 @@ impl JetStreamLog {
         &self,
         request: serde_json::Value,
         batch: bool,
-    ) -> Result<Vec<(Offset, Bytes)>, StoreError> {
+    ) -> Result<DirectReplies, StoreError> {
         self.check_connected()?;
         let client = self.cluster.client();
         let inbox = client.new_inbox();
@@ -328,7 +368,7 @@ impl JetStreamLog {
             .map_err(|error| unavailable("send a direct get", &error))?;
         let timeout = self.cluster.config().request_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut out = Vec::new();
+        let mut out = DirectReplies::default();
         loop {
             let reply = match tokio::time::timeout_at(deadline, replies.next()).await {
                 Ok(Some(reply)) => reply,
@@ -345,9 +385,8 @@ impl JetStreamLog {
             };
             match reply.status.map(u16::from) {
                 None | Some(200) => {
-                    let seq = reply
-                        .headers
-                        .as_ref()
+                    let headers = reply.headers.as_ref();
+                    let seq = headers
                         .and_then(|h| h.get(async_nats::header::NATS_SEQUENCE))
                         .and_then(|v| v.as_str().parse::<u64>().ok())
                         .ok_or_else(|| {
@@ -355,7 +394,13 @@ impl JetStreamLog {
                                 "a direct get answer carried no Nats-Sequence".into(),
                             )
                         })?;
-                    out.push((seq, reply.payload));
+                    // Messages the replica has after this one (within the request's
+                    // filter): above 0 on the last one means its bound stopped the batch.
+                    out.more = headers
+                        .and_then(|h| h.get(NUM_PENDING))
+                        .and_then(|v| v.as_str().parse::<u64>().ok())
+                        .is_some_and(|pending| pending > 0);
+                    out.messages.push((seq, reply.payload));
                     if !batch {
                         return Ok(out);
                     }
@@ -399,16 +444,23 @@ impl JetStreamLog {
         self.check_connected()?;
         let subject = self.cluster.subjects().room(room);
         Ok(match self.leader_last(&subject).await? {
-            Some(last) => last,
+            Some(last) => {
+                // The room loads at this offset: a replay up to it must not take a
+                // replica that is behind for the room's end.
+                self.cluster.saw(room, last);
+                last
+            }
             None => self.cluster.seen(room),
         })
     }
 }
 
-/// The publish of `message`: its record, and its message id when it has a client id.
-fn publish_of(message: &NewMessage) -> PublishMessage {
+/// The publish of `message`: its record, and its message id when it has a client id and
+/// `dedupe` is on (`--dedupe-window 0s` turns it off: JetStream would read a zero window as
+/// its default of two minutes).
+fn publish_of(message: &NewMessage, dedupe: bool) -> PublishMessage {
     let publish = PublishMessage::build().payload(Bytes::from(record::encode(message)));
-    if message.client_id.is_empty() {
+    if message.client_id.is_empty() || !dedupe {
         return publish;
     }
     publish.message_id(format!(
@@ -476,7 +528,7 @@ impl Store for JetStreamLog {
         Box::pin(async move {
             let subject = self.cluster.subjects().room(&room);
             let first = serde_json::json!({ "seq": 1, "next_by_subj": subject });
-            let Some((earliest, _)) = self.direct_get(first, false).await?.first().cloned() else {
+            let Some(&(earliest, _)) = self.direct_get(first, false).await?.messages.first() else {
                 return Ok(None);
             };
             // A replica behind may not have the newest: what this node has seen counts too.

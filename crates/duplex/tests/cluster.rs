@@ -953,3 +953,49 @@ async fn scripts_cluster_runs_three_nodes_that_share_rooms_and_stops_them_all() 
         );
     }
 }
+
+/// A message on a room's subject that duplex did not write (a foreign publisher, another
+/// version's record) is skipped by live delivery, resume and history alike, instead of
+/// stopping the room on every node.
+#[tokio::test]
+async fn a_message_duplex_cannot_read_is_skipped_and_the_room_goes_on() {
+    let nats = NatsCluster::single();
+    let node = Node::start(&nats, 1, "node0", &[]);
+    let channel = node.channel().await;
+    let room = "mixed";
+    let mut reader = Session::open(&channel, "reader").await;
+    reader.join(room, None).await;
+    publish(&channel, room, "before", "")
+        .await
+        .expect("publish");
+
+    let foreign = async_nats::connect(nats.urls()).await.unwrap();
+    let subject = duplex_cluster::Subjects::new("duplex").room(room);
+    let stored = async_nats::jetstream::new(foreign)
+        .publish(subject, "not a duplex record".into())
+        .await
+        .unwrap()
+        .await
+        .expect("JetStream stores it");
+
+    let after = publish(&channel, room, "after", "")
+        .await
+        .expect("publish")
+        .offset;
+    assert!(after > stored.sequence);
+    let live = reader.messages(2).await;
+    assert_eq!(common::session::texts(&live), ["before", "after"]);
+
+    let mut resumer = Session::open(&channel, "resumer").await;
+    resumer.join(room, Some(0)).await;
+    assert_eq!(
+        common::session::texts(&resumer.messages(2).await),
+        ["before", "after"]
+    );
+    let texts: Vec<String> = history(&channel, room)
+        .await
+        .iter()
+        .map(|m| String::from_utf8(m.payload.to_vec()).unwrap())
+        .collect();
+    assert_eq!(texts, ["before", "after"]);
+}
