@@ -37,21 +37,34 @@ const IDLE_SESSIONS_PER_CONNECTION: usize = 500;
 /// Longest a session setup (open + join) may take before the run gives up.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A room of the run and how far its messages got.
-struct RoomGate {
-    name: String,
-    subscribers: u64,
+/// A room of the run (or a NATS subject, [`crate::nats`]) and how far its messages got.
+pub(crate) struct RoomGate {
+    /// The room's name (the subject's).
+    pub(crate) name: String,
+    /// Subscribers that receive each of its messages.
+    pub(crate) subscribers: u64,
     /// Publishes sent (all, warmup included).
-    published: AtomicU64,
+    pub(crate) published: AtomicU64,
     /// Deliveries received by this room's subscribers (all, warmup included).
-    delivered: AtomicU64,
+    pub(crate) delivered: AtomicU64,
     /// Woken when deliveries advance, for publishers waiting on the window.
-    advanced: Notify,
+    pub(crate) advanced: Notify,
 }
 
 impl RoomGate {
+    /// A room with `subscribers` subscribers and nothing sent yet.
+    pub(crate) fn new(name: String, subscribers: u64) -> Self {
+        Self {
+            name,
+            subscribers,
+            published: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+            advanced: Notify::new(),
+        }
+    }
+
     /// Deliveries still on their way.
-    fn outstanding(&self) -> u64 {
+    pub(crate) fn outstanding(&self) -> u64 {
         (self.published.load(Ordering::Acquire) * self.subscribers)
             .saturating_sub(self.delivered.load(Ordering::Acquire))
     }
@@ -88,27 +101,27 @@ impl Session {
     }
 }
 
-/// Per-thread results of the room scenarios.
+/// Per-thread results of the room scenarios (and of the NATS ones, [`crate::nats`]).
 #[derive(Default)]
-struct Tally {
-    deliveries: Option<Histogram<u64>>,
-    acks: Option<Histogram<u64>>,
+pub(crate) struct Tally {
+    pub(crate) deliveries: Option<Histogram<u64>>,
+    pub(crate) acks: Option<Histogram<u64>>,
     joins: Option<Histogram<u64>>,
     /// Deliveries of messages published in the measurement.
-    delivered: u64,
+    pub(crate) delivered: u64,
     /// Publishes sent and acked in the measurement.
-    published: u64,
-    acked: u64,
-    last_delivery: u64,
-    last_ack: u64,
+    pub(crate) published: u64,
+    pub(crate) acked: u64,
+    pub(crate) last_delivery: u64,
+    pub(crate) last_ack: u64,
     first_open: u64,
     last_joined: u64,
     sessions: u64,
-    errors: BTreeMap<String, u64>,
+    pub(crate) errors: BTreeMap<String, u64>,
 }
 
 impl Tally {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             deliveries: Some(report::histogram()),
             acks: Some(report::histogram()),
@@ -118,12 +131,12 @@ impl Tally {
         }
     }
 
-    fn error(&mut self, key: impl Into<String>, counters: &Counters) {
+    pub(crate) fn error(&mut self, key: impl Into<String>, counters: &Counters) {
         *self.errors.entry(key.into()).or_default() += 1;
         counters.error();
     }
 
-    fn merge(&mut self, other: Tally) {
+    pub(crate) fn merge(&mut self, other: Tally) {
         for (mine, theirs) in [
             (&mut self.deliveries, other.deliveries),
             (&mut self.acks, other.acks),
@@ -146,7 +159,7 @@ impl Tally {
 }
 
 /// A name unique to this run, so runs against one server never share rooms.
-fn run_tag() -> String {
+pub(crate) fn run_tag() -> String {
     let wall = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
@@ -335,14 +348,11 @@ pub(crate) fn fanout(args: &BenchArgs) -> Result<Report, BenchError> {
     }
     let tag = run_tag();
     let rooms: Vec<RoomGate> = (0..args.rooms)
-        .map(|r| RoomGate {
-            name: format!("bench.{tag}.{r}"),
-            subscribers: (0..args.subscribers)
+        .map(|r| {
+            let subscribers = (0..args.subscribers)
                 .filter(|s| s % args.rooms == r)
-                .count() as u64,
-            published: AtomicU64::new(0),
-            delivered: AtomicU64::new(0),
-            advanced: Notify::new(),
+                .count() as u64;
+            RoomGate::new(format!("bench.{tag}.{r}"), subscribers)
         })
         .collect();
     let connections = args.connections.min(args.subscribers.max(1));
@@ -497,7 +507,8 @@ pub(crate) fn fanout(args: &BenchArgs) -> Result<Report, BenchError> {
     })
 }
 
-fn usage(
+/// The server's usage between two samples, when `--server-pid` was given.
+pub(crate) fn usage(
     args: &BenchArgs,
     before: Option<os::ProcSample>,
     after: Option<os::ProcSample>,

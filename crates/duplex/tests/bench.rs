@@ -6,6 +6,7 @@ mod common;
 use std::process::Output;
 use std::time::Duration;
 
+use common::nats::NatsCluster;
 use common::{STEP, duplex, spawn_duplex_serve, spawn_duplex_serve_web};
 use serde_json::Value;
 
@@ -152,6 +153,132 @@ fn fanout_over_websockets_counts_one_delivery_per_subscriber_per_publish() {
     assert_eq!(report["undelivered"], 0);
     assert_eq!(report["errors_total"], 0, "{report}");
     assert_eq!(report["latency_us"]["count"], 200);
+}
+
+#[test]
+fn nats_fanout_counts_one_delivery_per_subscription_per_publish() {
+    let nats = NatsCluster::single();
+    let pid = nats.nodes[0].pid().unwrap().to_string();
+    let report = bench_json(&args(&[
+        "nats-fanout",
+        "--nats",
+        &nats.urls(),
+        "--publishers",
+        "2",
+        "--subscribers",
+        "7",
+        "--connections",
+        "3",
+        "--window",
+        "4",
+        "--messages",
+        "60",
+        "--server-pid",
+        &pid,
+    ]));
+    assert_eq!(report["scenario"], "nats-fanout");
+    assert_eq!(report["published"], 60, "{report}");
+    // Every subscription, whichever connection it is on, gets every publish once.
+    assert_eq!(report["messages"], 60 * 7, "{report}");
+    assert_eq!(report["undelivered"], 0, "{report}");
+    assert_eq!(report["errors_total"], 0, "{report}");
+    assert_eq!(report["latency_us"]["count"], 420);
+    assert_eq!(report["config"]["connections"], 3);
+    assert!(
+        report["server"]["cpu_us_per_message"].as_f64().is_some(),
+        "{report}"
+    );
+}
+
+#[test]
+fn nats_publish_gets_increasing_sequences_from_a_real_stream() {
+    let nats = NatsCluster::single();
+    let report = bench_json(&args(&[
+        "nats-publish",
+        "--nats",
+        &nats.urls(),
+        "--publishers",
+        "3",
+        "--subjects",
+        "2",
+        "--in-flight",
+        "16",
+        "--messages",
+        "300",
+        "--keep-stream",
+    ]));
+    assert_eq!(report["scenario"], "nats-publish");
+    assert_eq!(report["published"], 300, "{report}");
+    assert_eq!(report["acked"], 300, "{report}");
+    assert_eq!(report["messages"], 300, "{report}");
+    assert_eq!(report["errors_total"], 0, "{report}");
+    assert_eq!(report["sequence_regressions"], 0, "{report}");
+    assert_eq!(report["first_seq"], 1, "{report}");
+    assert_eq!(report["last_seq"], 300, "{report}");
+    assert_eq!(report["stream_messages"], 300, "{report}");
+    assert_eq!(report["latency_us"]["count"], 300);
+
+    // The stream as NATS itself reports it, through another client.
+    let stream = report["stream"].as_str().unwrap().to_owned();
+    let url = nats.nodes[0].url();
+    let info = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async move {
+            let client = async_nats::connect(url).await.unwrap();
+            let jetstream = async_nats::jetstream::new(client);
+            let mut stream = jetstream.get_stream(&stream).await.unwrap();
+            stream.info().await.unwrap().clone()
+        });
+    assert_eq!(info.state.messages, 300);
+    assert_eq!(info.state.last_sequence, 300);
+    assert_eq!(
+        info.config.storage,
+        async_nats::jetstream::stream::StorageType::File
+    );
+    assert_eq!(info.config.subjects.len(), 1);
+}
+
+#[test]
+fn nats_publish_deletes_its_stream_and_fails_clearly_without_a_server() {
+    let nats = NatsCluster::single();
+    let report = bench_json(&args(&[
+        "nats-publish",
+        "--nats",
+        &nats.urls(),
+        "--messages",
+        "20",
+    ]));
+    assert_eq!(report["acked"], 20, "{report}");
+    let stream = report["stream"].as_str().unwrap().to_owned();
+    let url = nats.nodes[0].url();
+    let names: Vec<String> = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async move {
+            use futures::TryStreamExt as _;
+            let client = async_nats::connect(url).await.unwrap();
+            let jetstream = async_nats::jetstream::new(client);
+            jetstream.stream_names().try_collect().await.unwrap()
+        });
+    assert!(!names.contains(&stream), "{names:?} still has {stream}");
+
+    let output = duplex()
+        .args([
+            "bench",
+            "nats-publish",
+            "--quiet",
+            "--nats",
+            "nats://127.0.0.1:1",
+        ])
+        .args(["--connect-timeout", "2s"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("127.0.0.1:1"), "{stderr}");
 }
 
 #[test]
