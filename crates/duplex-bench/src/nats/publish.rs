@@ -10,6 +10,11 @@
 //! connection's publishes are stored in the order sent); any that does not is counted in
 //! `sequence_regressions`.
 //!
+//! An ack counts (rate and latency) when it arrives during the measurement, whenever its
+//! publish was sent: with `sync_interval: always` JetStream acks a few hundred publishes a
+//! second on a VM disk, so 16 × 256 publishes in flight take seconds, and counting only the
+//! acks of publishes sent after the warmup would count none.
+//!
 //! The stream is created before the run and deleted after it (see [`super`]).
 
 use std::collections::VecDeque;
@@ -177,6 +182,17 @@ pub(crate) fn publish(args: &BenchArgs) -> Result<Report, BenchError> {
     if !args.keep_stream {
         block_on(control.delete_stream(&stream))?.map_err(BenchError::Setup)?;
     }
+    // A run that ended with its time counted the acks that arrived within it: its length is
+    // the measurement's (acks can arrive in bursts, so the last one says little); a run that
+    // ended at its --messages ran until its last ack.
+    let limit_reached = args
+        .messages
+        .is_some_and(|limit| plan.claimed.load(Ordering::Relaxed) >= limit);
+    let measured_until = if limit_reached {
+        total.tally.last_ack
+    } else {
+        timing.measure_end
+    };
     let PublishTally {
         tally,
         first_seq,
@@ -204,7 +220,7 @@ pub(crate) fn publish(args: &BenchArgs) -> Result<Report, BenchError> {
         addr: addrs.join(","),
         unit: "acked publishes",
         messages: tally.acked,
-        elapsed: Duration::from_nanos(tally.last_ack.saturating_sub(timing.measure_start)),
+        elapsed: Duration::from_nanos(measured_until.saturating_sub(timing.measure_start)),
         latency: tally.acks.as_ref().and_then(LatencySummary::of),
         corrected: args.rate.is_some(),
         ack_latency: None,
@@ -550,8 +566,8 @@ async fn publish_loop(
                         *first_seq = Some(first_seq.map_or(seq, |f| f.min(seq)));
                         *last_seq = (*last_seq).max(seq);
                         acked_now += 1;
-                        if stamp >= timing.measure_start {
-                            let now = clock::now();
+                        let now = clock::now();
+                        if now >= timing.measure_start && now < timing.measure_end {
                             report::record(&mut acks, now.saturating_sub(stamp));
                             tally.acked += 1;
                             tally.last_ack = now;
