@@ -58,10 +58,9 @@ impl Dialer {
                     .with_root_certificates(roots)
                     .with_no_client_auth();
                 config.alpn_protocols = vec![b"h2".to_vec()];
-                let host = args
-                    .addr
-                    .rsplit_once(':')
-                    .map_or(args.addr.as_str(), |(host, _)| host);
+                // Several servers: the first one's host (--tls-domain names another).
+                let first = args.addr.split(',').next().unwrap_or_default().trim();
+                let host = first.rsplit_once(':').map_or(first, |(host, _)| host);
                 let name = args
                     .tls_domain
                     .clone()

@@ -309,7 +309,8 @@ async fn close_sessions(
 // ---------------------------------------------------------------------------------- fanout
 
 struct FanoutPlan {
-    addr: String,
+    /// The servers (several: the nodes of a cluster); see [`server_for`].
+    addrs: Vec<String>,
     dialer: Dialer,
     /// `--transport ws`: the web listener subscribers open their WebSockets to.
     web_target: Option<String>,
@@ -362,7 +363,7 @@ pub(crate) fn fanout(args: &BenchArgs) -> Result<Report, BenchError> {
     }
     let counters = Arc::new(Counters::default());
     let plan = Arc::new(FanoutPlan {
-        addr: args.addr.clone(),
+        addrs: args.addrs(),
         dialer: Dialer::new(args)?,
         web_target: (args.transport == Transport::Ws).then(|| args.web_target.clone()),
         token: args.token.clone(),
@@ -526,11 +527,19 @@ struct Publisher {
     events: TaggedEvents,
 }
 
-/// One HTTP/2 connection to the server under test.
-async fn connect(plan: &FanoutPlan) -> Result<Connection, String> {
-    Connection::open(&plan.addr, &plan.dialer)
+/// The server of the `index`-th connection of a kind (subscriber connection c, publisher
+/// p): round-robin over `addrs`, so with the nodes of a cluster, subscribers and publishers
+/// are spread over every node.
+fn server_for(addrs: &[String], index: usize) -> &str {
+    &addrs[index % addrs.len()]
+}
+
+/// One HTTP/2 connection to the server under test (`index`: see [`server_for`]).
+async fn connect(plan: &FanoutPlan, index: usize) -> Result<Connection, String> {
+    let addr = server_for(&plan.addrs, index);
+    Connection::open(addr, &plan.dialer)
         .await
-        .map_err(|reason| format!("cannot connect to {}: {reason}", plan.addr))
+        .map_err(|reason| format!("cannot connect to {addr}: {reason}"))
 }
 
 async fn fanout_thread(
@@ -550,7 +559,7 @@ async fn fanout_thread(
                 // Subscribers: sessions on one HTTP/2 connection, or one WebSocket each.
                 let connection = match &plan.web_target {
                     Some(_) => None,
-                    None => Some(connect(plan).await?),
+                    None => Some(connect(plan, unit).await?),
                 };
                 for &s in &plan.subscriber_connections[unit] {
                     let room = s % plan.rooms.len();
@@ -571,8 +580,8 @@ async fn fanout_thread(
                 }
                 links.extend(connection);
             } else {
-                let connection = connect(plan).await?;
                 let index = unit - subscriber_connections;
+                let connection = connect(plan, index).await?;
                 let room = index % plan.rooms.len();
                 let join = grpc::join_frame(0, &plan.rooms[room].name, None, true);
                 let mut events = SelectAll::new();
@@ -920,7 +929,11 @@ pub(crate) fn resume(args: &BenchArgs) -> Result<Report, BenchError> {
     let history = args.history.max(1);
     let room = format!("bench.{}.resume", run_tag());
     let counters = Arc::new(Counters::default());
-    let addr = args.addr.clone();
+    // With several servers (a cluster's nodes), history is stored through the first and
+    // replayed from the last: resume on another node than the one that took the publishes.
+    let addrs = args.addrs();
+    let store_addr = addrs.first().cloned().unwrap_or_default();
+    let addr = addrs.last().cloned().unwrap_or_default();
     let dialer = Dialer::new(args)?;
     let in_flight = args.in_flight();
     let size = args.size();
@@ -928,7 +941,8 @@ pub(crate) fn resume(args: &BenchArgs) -> Result<Report, BenchError> {
     let thread_room = room.clone();
     let thread_counters = counters.clone();
     let pool = runner::spawn(1, move |_, gate| {
-        let (addr, dialer, room, counters) = (
+        let (store_addr, addr, dialer, room, counters) = (
+            store_addr.clone(),
             addr.clone(),
             dialer.clone(),
             thread_room.clone(),
@@ -936,7 +950,15 @@ pub(crate) fn resume(args: &BenchArgs) -> Result<Report, BenchError> {
         );
         async move {
             resume_thread(
-                &addr, &dialer, &room, history, in_flight, size, drain, &counters, gate,
+                (&store_addr, &addr),
+                &dialer,
+                &room,
+                history,
+                in_flight,
+                size,
+                drain,
+                &counters,
+                gate,
             )
             .await
         }
@@ -997,9 +1019,11 @@ struct Replay {
     first: Option<u64>,
 }
 
+/// Stores the history through `addrs.0`, then replays it from `addrs.1` (the same server,
+/// or another node of a cluster).
 #[allow(clippy::too_many_arguments)]
 async fn resume_thread(
-    addr: &str,
+    (store_addr, addr): (&str, &str),
     dialer: &Dialer,
     room: &str,
     history: u64,
@@ -1011,7 +1035,10 @@ async fn resume_thread(
 ) -> (Tally, Replay) {
     let mut tally = Tally::new();
     let mut replay = Replay::default();
-    let stored = store_history(addr, dialer, room, history, in_flight, size, &mut tally).await;
+    let stored = store_history(
+        store_addr, dialer, room, history, in_flight, size, &mut tally,
+    )
+    .await;
     let reader = match stored {
         Ok(seconds) => {
             replay.store_seconds = seconds;

@@ -95,6 +95,9 @@ pub struct BenchArgs {
     pub scenario: Scenario,
 
     /// Server address: HOST:PORT, a host alone (port 50051) or a port alone (localhost).
+    /// Fanout and resume also take several, comma-separated (the nodes of a cluster):
+    /// fanout puts subscriber connection c on the c-th and publisher p on the p-th (modulo
+    /// their count); resume stores through the first and replays from the last.
     #[arg(long, default_value = "localhost:50051", env = "DUPLEX_ADDR")]
     pub addr: String,
 
@@ -264,6 +267,16 @@ impl BenchArgs {
         args
     }
 
+    /// The servers in `--addr`, in order.
+    pub(crate) fn addrs(&self) -> Vec<String> {
+        self.addr
+            .split(',')
+            .map(str::trim)
+            .filter(|addr| !addr.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// Messages in flight per stream (echo) or per publisher (fanout).
     pub(crate) fn in_flight(&self) -> usize {
         match self.scenario {
@@ -314,6 +327,16 @@ pub fn run(args: &BenchArgs) -> Result<Report, BenchError> {
         return Err(BenchError::Arguments(
             "--rate must be a positive number".into(),
         ));
+    }
+    let addrs = args.addrs();
+    if addrs.is_empty() {
+        return Err(BenchError::Arguments("--addr is empty".into()));
+    }
+    if addrs.len() > 1 && !matches!(args.scenario, Scenario::Fanout | Scenario::Resume) {
+        return Err(BenchError::Arguments(format!(
+            "several --addr are for fanout and resume; {} takes one",
+            args.scenario.name()
+        )));
     }
     if args.transport == Transport::Ws && args.scenario != Scenario::Fanout {
         return Err(BenchError::Arguments(
