@@ -431,7 +431,7 @@ pub(crate) fn fanout(args: &BenchArgs) -> Result<Report, BenchError> {
             break;
         }
     }
-    let server_after = args.server_pid.and_then(|pid| os::sample(Some(pid)));
+    let server_after = os::ServerSample::read(&args.server_pid);
     let client_after = os::sample(None).unwrap_or_default();
     pool.stop();
     let results = pool.join();
@@ -485,7 +485,7 @@ pub(crate) fn fanout(args: &BenchArgs) -> Result<Report, BenchError> {
         corrected: args.rate.is_some(),
         ack_latency: tally.acks.as_ref().and_then(LatencySummary::of),
         errors: tally.errors,
-        server: usage(args, server_before, server_after),
+        server: usage(server_before, server_after),
         client_cpu: client_after.cpu.saturating_sub(client_before.cpu),
         config: json!({
             "publishers": args.publishers,
@@ -508,16 +508,12 @@ pub(crate) fn fanout(args: &BenchArgs) -> Result<Report, BenchError> {
     })
 }
 
-/// The server's usage between two samples, when `--server-pid` was given.
+/// The servers' usage between two samples, when `--server-pid` was given.
 pub(crate) fn usage(
-    args: &BenchArgs,
-    before: Option<os::ProcSample>,
-    after: Option<os::ProcSample>,
+    before: Option<os::ServerSample>,
+    after: Option<os::ServerSample>,
 ) -> Option<ServerUsage> {
-    match (args.server_pid, before, after) {
-        (Some(pid), Some(before), Some(after)) => Some(ServerUsage::between(pid, before, after)),
-        _ => None,
-    }
+    ServerUsage::between(&before?, &after?)
 }
 
 struct Publisher {
@@ -972,7 +968,7 @@ pub(crate) fn resume(args: &BenchArgs) -> Result<Report, BenchError> {
     let (timing, server_before, client_before) = start_measurement(args, |t| pool.start(t));
     let progress = Progress::start("resume", "replayed", counters, args.duration, args.quiet);
     let mut results = pool.join();
-    let server_after = args.server_pid.and_then(|pid| os::sample(Some(pid)));
+    let server_after = os::ServerSample::read(&args.server_pid);
     let client_after = os::sample(None).unwrap_or_default();
     drop(progress);
     let (tally, replay) = results.pop().unwrap_or_default();
@@ -1001,7 +997,7 @@ pub(crate) fn resume(args: &BenchArgs) -> Result<Report, BenchError> {
         corrected: false,
         ack_latency: tally.acks.as_ref().and_then(LatencySummary::of),
         errors: tally.errors,
-        server: usage(args, server_before, server_after),
+        server: usage(server_before, server_after),
         client_cpu: client_after.cpu.saturating_sub(client_before.cpu),
         config: json!({
             "history": history,
@@ -1225,10 +1221,7 @@ pub(crate) fn idle(args: &BenchArgs) -> Result<Report, BenchError> {
     let per_connection = Arc::new(runner::round_robin(sessions, connections));
     let layout = Arc::new(runner::round_robin(connections, threads));
     let counters = Arc::new(Counters::default());
-    let server_before = args.server_pid.and_then(|pid| {
-        os::reset_peak(pid);
-        os::sample(Some(pid))
-    });
+    let server_before = os::ServerSample::reset_and_read(&args.server_pid);
     let client_before = os::sample(None).unwrap_or_default();
     let opened_at = clock::now();
     let (addr, dialer) = (args.addr.clone(), Dialer::new(args)?);
@@ -1259,7 +1252,7 @@ pub(crate) fn idle(args: &BenchArgs) -> Result<Report, BenchError> {
     let joined_at = clock::now();
     // Let the server finish what the joins started before reading its RSS.
     std::thread::sleep(Duration::from_millis(500));
-    let held = args.server_pid.and_then(|pid| os::sample(Some(pid)));
+    let held = os::ServerSample::read(&args.server_pid);
     let now = clock::now();
     pool.start(Timing {
         start: now,
@@ -1267,7 +1260,7 @@ pub(crate) fn idle(args: &BenchArgs) -> Result<Report, BenchError> {
         measure_end: now + clock::nanos(args.duration),
     });
     std::thread::sleep(args.duration);
-    let server_after = args.server_pid.and_then(|pid| os::sample(Some(pid)));
+    let server_after = os::ServerSample::read(&args.server_pid);
     let client_after = os::sample(None).unwrap_or_default();
     pool.stop();
     let results = pool.join();
@@ -1278,7 +1271,10 @@ pub(crate) fn idle(args: &BenchArgs) -> Result<Report, BenchError> {
     }
     let mut extra = serde_json::Map::new();
     extra.insert("sessions".into(), json!(tally.sessions));
-    if let (Some(before), Some(held)) = (server_before, held) {
+    if let (Some(before), Some(held)) = (
+        server_before.as_ref().map(os::ServerSample::total),
+        held.as_ref().map(os::ServerSample::total),
+    ) {
         let growth = held.rss.saturating_sub(before.rss);
         extra.insert("server_rss_before_kib".into(), json!(before.rss / 1024));
         extra.insert("server_rss_held_kib".into(), json!(held.rss / 1024));
@@ -1287,7 +1283,7 @@ pub(crate) fn idle(args: &BenchArgs) -> Result<Report, BenchError> {
             json!(growth / tally.sessions.max(1)),
         );
     }
-    if let Some(after) = server_after {
+    if let Some(after) = server_after.as_ref().map(os::ServerSample::total) {
         extra.insert("server_rss_end_kib".into(), json!(after.rss / 1024));
     }
     Ok(Report {
@@ -1300,7 +1296,7 @@ pub(crate) fn idle(args: &BenchArgs) -> Result<Report, BenchError> {
         corrected: false,
         ack_latency: None,
         errors: tally.errors,
-        server: usage(args, server_before, server_after),
+        server: usage(server_before, server_after),
         client_cpu: client_after.cpu.saturating_sub(client_before.cpu),
         config: json!({
             "sessions": sessions,

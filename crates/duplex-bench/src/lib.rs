@@ -180,8 +180,10 @@ pub struct BenchArgs {
     pub sessions: usize,
 
     /// The server's process id: report its CPU time per message and its RSS (from /proc).
-    #[arg(long)]
-    pub server_pid: Option<u32>,
+    /// Several (comma-separated or repeated: a cluster's nodes and NATS servers): their sum,
+    /// and each one's in `server.processes`.
+    #[arg(long, value_delimiter = ',')]
+    pub server_pid: Vec<u32>,
 
     /// Client threads, each a single-threaded runtime owning some connections.
     #[arg(long, default_value_t = 1)]

@@ -158,7 +158,9 @@ fn fanout_over_websockets_counts_one_delivery_per_subscriber_per_publish() {
 #[test]
 fn nats_fanout_counts_one_delivery_per_subscription_per_publish() {
     let nats = NatsCluster::single();
-    let pid = nats.nodes[0].pid().unwrap().to_string();
+    // Two processes measured (as for a cluster's nodes): nats-server and this test.
+    let nats_pid = nats.nodes[0].pid().unwrap();
+    let pids = format!("{nats_pid},{}", std::process::id());
     let report = bench_json(&args(&[
         "nats-fanout",
         "--nats",
@@ -174,7 +176,7 @@ fn nats_fanout_counts_one_delivery_per_subscription_per_publish() {
         "--messages",
         "60",
         "--server-pid",
-        &pid,
+        &pids,
     ]));
     assert_eq!(report["scenario"], "nats-fanout");
     assert_eq!(report["published"], 60, "{report}");
@@ -186,6 +188,20 @@ fn nats_fanout_counts_one_delivery_per_subscription_per_publish() {
     assert_eq!(report["config"]["connections"], 3);
     assert!(
         report["server"]["cpu_us_per_message"].as_f64().is_some(),
+        "{report}"
+    );
+    let processes = report["server"]["processes"]
+        .as_array()
+        .expect("one entry each");
+    let listed: Vec<u64> = processes
+        .iter()
+        .map(|p| p["pid"].as_u64().unwrap())
+        .collect();
+    assert_eq!(listed, [u64::from(nats_pid), u64::from(std::process::id())]);
+    let sum: f64 = processes.iter().map(|p| p["cpu_s"].as_f64().unwrap()).sum();
+    let total = report["server"]["cpu_s"].as_f64().unwrap();
+    assert!(
+        (sum - total).abs() < 0.02 * processes.len() as f64,
         "{report}"
     );
 }

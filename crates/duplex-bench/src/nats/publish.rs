@@ -169,7 +169,7 @@ pub(crate) fn publish(args: &BenchArgs) -> Result<Report, BenchError> {
         args.quiet,
     );
     let results = pool.join();
-    let server_after = args.server_pid.and_then(|pid| os::sample(Some(pid)));
+    let server_after = os::ServerSample::read(&args.server_pid);
     let client_after = os::sample(None).unwrap_or_default();
     drop(progress);
 
@@ -225,7 +225,7 @@ pub(crate) fn publish(args: &BenchArgs) -> Result<Report, BenchError> {
         corrected: args.rate.is_some(),
         ack_latency: None,
         errors: tally.errors,
-        server: usage(args, server_before, server_after),
+        server: usage(server_before, server_after),
         client_cpu: client_after.cpu.saturating_sub(client_before.cpu),
         config: json!({
             "publishers": args.publishers,
