@@ -22,8 +22,12 @@
 
 mod cluster;
 mod config;
+mod feed;
+mod log;
 pub mod subject;
 
-pub use cluster::{Cluster, ClusterError, ConnectionState, RECORD_ALLOWANCE};
+pub use cluster::{Cluster, ClusterError, ConnectionState, RECORD_ALLOWANCE, Seams};
 pub use config::{ClusterConfig, StreamStorage};
+pub use feed::RepublishFeed;
+pub use log::JetStreamLog;
 pub use subject::Subjects;
