@@ -500,7 +500,7 @@ fn varint_field(message: &[u8], number: u64) -> u64 {
 pub(crate) enum ServerFrame<'a> {
     Message { offset: u64, payload: &'a [u8] },
     Joined { command_id: u64, last_offset: u64 },
-    PublishAck { command_id: u64 },
+    PublishAck { command_id: u64, offset: u64 },
     Error { command_id: u64, code: i32 },
     Lagged,
     Shutdown,
@@ -531,6 +531,7 @@ pub(crate) fn server_frame(message: &[u8]) -> ServerFrame<'_> {
         },
         5 => ServerFrame::PublishAck {
             command_id: varint_field(inner, 1),
+            offset: varint_field(inner, 3),
         },
         6 => ServerFrame::Error {
             command_id: varint_field(inner, 1),
@@ -626,7 +627,10 @@ mod tests {
         .encode_to_vec();
         assert_eq!(
             server_frame(&ack),
-            ServerFrame::PublishAck { command_id: 9 }
+            ServerFrame::PublishAck {
+                command_id: 9,
+                offset: 1
+            }
         );
     }
 }

@@ -856,7 +856,7 @@ async fn publish(plan: &FanoutPlan, timing: Timing, publisher: &mut Publisher) -
                     let mut problems: Vec<&'static str> = Vec::new();
                     let split = publisher.session.splitter.push(&data, |message| {
                         let (command, failed) = match grpc::server_frame(message) {
-                            ServerFrame::PublishAck { command_id } => (command_id, None),
+                            ServerFrame::PublishAck { command_id, .. } => (command_id, None),
                             ServerFrame::Error { command_id, code } => {
                                 (command_id, Some(grpc::code_name(code)))
                             }
@@ -1012,6 +1012,8 @@ pub(crate) fn resume(args: &BenchArgs) -> Result<Report, BenchError> {
 #[derive(Default)]
 struct Replay {
     store_seconds: f64,
+    /// The offset of the first stored message (the replay joins from just before it).
+    first_offset: u64,
     first: Option<u64>,
 }
 
@@ -1036,8 +1038,9 @@ async fn resume_thread(
     )
     .await;
     let reader = match stored {
-        Ok(seconds) => {
+        Ok((seconds, first_offset)) => {
             replay.store_seconds = seconds;
+            replay.first_offset = first_offset;
             Connection::open(addr, dialer)
                 .await
                 .map_err(|reason| format!("cannot connect to {addr}: {reason}"))
@@ -1058,7 +1061,9 @@ async fn resume_thread(
         return (tally, replay);
     };
     let mut events = SelectAll::new();
-    let join = grpc::join_frame(1, room, Some(0), true);
+    // From just before the first stored message (offset 1 on one node; in a cluster the
+    // room's offsets are stream sequences, which start wherever the stream was).
+    let join = grpc::join_frame(1, room, Some(replay.first_offset.saturating_sub(1)), true);
     let mut session =
         match open_session(&connection, "bench-resume".into(), join, 0, 0, &mut events).await {
             Ok(session) => session,
@@ -1069,7 +1074,10 @@ async fn resume_thread(
         };
     let deadline = clock::instant(timing.measure_end + drain);
     let mut last_offset = None;
-    while last_offset.is_none_or(|last| tally.delivered < last) {
+    // Replayed until the room's last offset at the join (offsets are not dense in a cluster:
+    // they are stream sequences shared with other rooms, so count by offset, not by number).
+    let mut seen_offset = 0;
+    while last_offset.is_none_or(|last| seen_offset < last) {
         let Ok(Some((_, event))) = tokio::time::timeout_at(deadline, events.next()).await else {
             tally.error("DEADLINE", counters);
             break;
@@ -1087,7 +1095,10 @@ async fn resume_thread(
                     session
                         .splitter
                         .push(&data, |message| match grpc::server_frame(message) {
-                            ServerFrame::Message { .. } => messages += 1,
+                            ServerFrame::Message { offset, .. } => {
+                                messages += 1;
+                                seen_offset = seen_offset.max(offset);
+                            }
                             ServerFrame::Joined { last_offset: l, .. } => last_offset = Some(l),
                             ServerFrame::Error { code, .. } => problems.push(grpc::code_name(code)),
                             ServerFrame::Lagged => problems.push("LAGGED"),
@@ -1125,7 +1136,7 @@ async fn resume_thread(
 }
 
 /// Publishes `history` messages to `room` with `in_flight` waiting for acks; returns the
-/// seconds it took.
+/// seconds it took and the offset of the first one stored.
 async fn store_history(
     addr: &str,
     dialer: &Dialer,
@@ -1134,7 +1145,7 @@ async fn store_history(
     in_flight: usize,
     size: usize,
     tally: &mut Tally,
-) -> Result<f64, String> {
+) -> Result<(f64, u64), String> {
     let connection = Connection::open(addr, dialer)
         .await
         .map_err(|reason| format!("cannot connect to {addr}: {reason}"))?;
@@ -1154,6 +1165,7 @@ async fn store_history(
     let started = clock::now();
     let mut sent = 0u64;
     let mut acked = 0u64;
+    let mut first_offset = u64::MAX;
     let mut buffer = BytesMut::new();
     let step = tokio::time::Duration::from_secs(30);
     while acked < history {
@@ -1176,7 +1188,10 @@ async fn store_history(
                 session
                     .splitter
                     .push(&data, |message| match grpc::server_frame(message) {
-                        ServerFrame::PublishAck { .. } => acked += 1,
+                        ServerFrame::PublishAck { offset, .. } => {
+                            acked += 1;
+                            first_offset = first_offset.min(offset);
+                        }
                         ServerFrame::Error { code, .. } => {
                             failure = Some(grpc::code_name(code));
                         }
@@ -1199,7 +1214,7 @@ async fn store_history(
         &counters,
     )
     .await;
-    Ok(seconds)
+    Ok((seconds, first_offset))
 }
 
 // ---------------------------------------------------------------------------------- idle

@@ -298,6 +298,48 @@ fn nats_publish_deletes_its_stream_and_fails_clearly_without_a_server() {
 }
 
 #[test]
+fn fanout_and_resume_spread_over_the_nodes_of_a_cluster() {
+    let nats = NatsCluster::single();
+    let node = |name: &str| {
+        let mut command = duplex();
+        command
+            .args(["serve", "--listen", "127.0.0.1:0", "--cluster"])
+            .arg(nats.urls())
+            .args(["--node-name", name]);
+        let (process, addr, _stdout) = common::spawn_listening(command);
+        (process, addr)
+    };
+    let (_a, a) = node("a");
+    let (_b, b) = node("b");
+    let both = format!("{a},{b}");
+    // Subscriber connection c and publisher p go to node c % 2 and p % 2: every subscriber
+    // on either node gets every publish of either node.
+    let report = bench_json(&args(&[
+        "fanout",
+        "--addr",
+        &both,
+        "--publishers",
+        "2",
+        "--subscribers",
+        "6",
+        "--connections",
+        "2",
+        "--messages",
+        "40",
+    ]));
+    assert_eq!(report["published"], 40, "{report}");
+    assert_eq!(report["acked"], 40, "{report}");
+    assert_eq!(report["messages"], 40 * 6, "{report}");
+    assert_eq!(report["undelivered"], 0, "{report}");
+    assert_eq!(report["errors_total"], 0, "{report}");
+
+    // Stored through node a, replayed from node b.
+    let report = bench_json(&args(&["resume", "--addr", &both, "--history", "300"]));
+    assert_eq!(report["messages"], 300, "{report}");
+    assert_eq!(report["errors_total"], 0, "{report}");
+}
+
+#[test]
 fn text_report_without_json_names_the_scenario_and_the_errors() {
     let (_server, addr) = spawn_duplex_serve(&[]);
     let output = duplex()
