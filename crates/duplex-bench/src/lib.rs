@@ -5,7 +5,7 @@
 //! (P publishers, S subscribers over C connections, R rooms), `resume` (one subscriber
 //! catches up K stored messages) and `idle` (S joined sessions held; server RSS per session).
 //! Two more measure NATS with the same shape, as the peer users would pick instead for rooms
-//! ([`nats`]): `nats-fanout` (core NATS) and `nats-publish` (JetStream).
+//! (module `nats`): `nats-fanout` (core NATS) and `nats-publish` (JetStream).
 //!
 //! The client is built to cost less than the server it measures, so that on a small machine
 //! the figures are the server's: it speaks HTTP/2 with the `h2` crate directly, sends
