@@ -17,6 +17,7 @@ use std::time::{Duration, SystemTime};
 
 use duplex_proto::hub::client_frame::Command;
 use duplex_proto::hub::{ClientFrame, Join, Member, Publish};
+use duplex_store::{Offset, Store};
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{Stream, StreamExt as _};
@@ -354,7 +355,12 @@ impl Session {
         let store = self.engine.store().clone();
         room.ensure_loaded(&*store).await?;
         let bounds = store.bounds(&room.name).await?;
-        let last = room.lock().delivered;
+        let mut last = room.lock().delivered;
+        if let Some(after) = join.after_offset
+            && after > last
+        {
+            last = wait_for_delivery(&room, &*store, after).await?;
+        }
         let earliest = bounds.map_or(0, |b| b.earliest);
         let after = match (join.after_offset, join.replay_last) {
             (Some(after), _) => {
@@ -518,5 +524,33 @@ impl Drop for Session {
             self.engine.release_room(&name);
         }
         self.engine.forget_session(self.id);
+    }
+}
+
+/// How long a resume waits for this node's live feed to deliver an offset the log already
+/// has (see [`wait_for_delivery`]).
+const FEED_CATCH_UP: Duration = Duration::from_secs(2);
+
+/// A resume from `after`, beyond what `room` has delivered here. Over a shared log (a
+/// cluster) that is expected: the client saw `after` on another node, and this node's feed
+/// has not brought it yet. When the log has it, wait (at most [`FEED_CATCH_UP`]) for the
+/// feed to deliver it, so the resume replays nothing twice and skips nothing; when the log
+/// does not, the offset is beyond the room's end. Returns the room's delivered offset then:
+/// still below `after` means `check_resume` refuses the resume as beyond the end.
+async fn wait_for_delivery(
+    room: &Room,
+    store: &dyn Store,
+    after: Offset,
+) -> Result<Offset, HubError> {
+    if store.last_offset(&room.name).await? < after {
+        return Ok(room.lock().delivered);
+    }
+    let deadline = tokio::time::Instant::now() + FEED_CATCH_UP;
+    loop {
+        let delivered = room.lock().delivered;
+        if delivered >= after || tokio::time::Instant::now() >= deadline {
+            return Ok(delivered);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }

@@ -553,6 +553,77 @@ async fn messages_from_the_live_feed_reach_subscribers_once() {
     assert!(nothing_more.is_err(), "no duplicate: {nothing_more:?}");
 }
 
+/// A resume from an offset the log has but this node's feed has not delivered yet (a
+/// client that saw it on another node of a cluster) waits for the feed instead of being
+/// refused as beyond the room's end, and then replays nothing twice.
+#[tokio::test]
+async fn a_resume_ahead_of_the_live_feed_waits_for_it() {
+    let store = Arc::new(MemoryStore::new(Default::default()));
+    let feed = Arc::new(RecordingFeed::default());
+    let hub = Hub::with_feed(store.clone(), feed.clone(), HubConfig::default());
+    let _watcher = watch_room_r(&hub).await;
+    let delivery = feed.followed.lock().unwrap()[0].2.clone();
+    // "Another node" appends 1..=3; this node's feed has not brought them yet.
+    let messages: Vec<NewMessage> = (1..=3)
+        .map(|n| NewMessage {
+            room: "r".into(),
+            time_unix_micros: 0,
+            sender: "elsewhere".into(),
+            content_type: String::new(),
+            client_id: String::new(),
+            key: String::new(),
+            payload: bytes::Bytes::from(format!("remote {n}")),
+        })
+        .collect();
+    let appended = store.append(messages.clone()).await.unwrap();
+    let stored: Vec<StoredMessage> = messages
+        .into_iter()
+        .zip(&appended)
+        .map(|(message, appended)| StoredMessage::from_new(message, appended.offset))
+        .collect();
+
+    let (session, mut outbound) = hub.open_session(duplex_hub::Identity::anonymous("resumer"));
+    let resume = ClientFrame {
+        command_id: 1,
+        command: Some(Command::Join(Join {
+            room: "r".into(),
+            after_offset: Some(3),
+            hidden: true,
+            replay_last: 0,
+        })),
+    };
+    tokio::spawn(
+        session.drive(futures::stream::iter([Ok(resume)]).chain(futures::stream::pending())),
+    );
+    // The feed catches up a moment later.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for message in &stored {
+        assert!(delivery.deliver(message));
+    }
+    let first = tokio::time::timeout(Duration::from_secs(20), outbound.next())
+        .await
+        .expect("an answer within the step")
+        .unwrap()
+        .unwrap();
+    match ServerFrame::decode(&first[..]).unwrap().frame {
+        Some(Frame::Joined(joined)) => assert_eq!(joined.last_offset, 3),
+        other => panic!("expected joined, got {other:?}"),
+    }
+    let mut next = stored[2].clone();
+    next.offset = 4;
+    next.payload = bytes::Bytes::from_static(b"remote 4");
+    assert!(delivery.deliver(&next));
+    let frame = tokio::time::timeout(Duration::from_secs(20), outbound.next())
+        .await
+        .expect("the next live message within the step")
+        .unwrap()
+        .unwrap();
+    match ServerFrame::decode(&frame[..]).unwrap().frame {
+        Some(Frame::Message(message)) => assert_eq!(message.offset, 4, "nothing replayed twice"),
+        other => panic!("expected message 4, got {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn every_call_checks_the_callers_rights_and_the_room_name() {
     let hub = Hub::new(

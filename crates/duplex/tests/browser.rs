@@ -18,7 +18,9 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{ChatTerminal, ChildGuard, STEP, repo_root, spawn_duplex_serve_web, spawn_listening};
+use common::{
+    ChatTerminal, ChildGuard, STEP, free_port, repo_root, spawn_duplex_serve_web, spawn_listening,
+};
 use duplex_proto::hub::PublishRequest;
 
 /// How long a browser step may take: Chromium on a loaded 2-core machine is slow to start.
@@ -149,15 +151,6 @@ fn expect_all(terminal: &ChatTerminal, needles: &[&str]) {
         let seen = terminal.expect(first);
         missing.retain(|needle| !seen.iter().any(|line| line.contains(needle)));
     }
-}
-
-/// A loopback port free now (for a server that must keep its web port across a restart).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Publishes `texts` to `room` over gRPC (unary `Hub.Publish`), each acked before the next.

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::nats::NatsCluster;
 use common::session::{Session, SessionSteps as _};
-use common::{ChildGuard, STEP, duplex, spawn_listening};
+use common::{ChildGuard, STEP, duplex, free_port, spawn_listening};
 use duplex_cluster::{Cluster, ClusterConfig};
 use duplex_proto::hub::hub_client::HubClient;
 use duplex_proto::hub::server_frame::Frame;
@@ -123,15 +123,16 @@ async fn the_log_assigns_stream_sequences_dedupes_and_reads_rooms_back() {
     let bounds = log.bounds("a.b").await.unwrap().expect("a.b has messages");
     assert_eq!((bounds.earliest, bounds.last), (1, 2));
     assert_eq!(log.bounds("empty").await.unwrap(), None);
-    // The stream's last sequence: above every offset the room had, below every later one.
-    assert_eq!(log.last_offset("a.b").await.unwrap(), 4);
-    assert_eq!(log.last_offset("empty").await.unwrap(), 4);
+    // The room's own last offset (other rooms' messages take the numbers between).
+    assert_eq!(log.last_offset("a.b").await.unwrap(), 2);
+    assert_eq!(log.last_offset("c").await.unwrap(), 4);
+    assert_eq!(log.last_offset("empty").await.unwrap(), 0);
     assert!(log.commits() >= 1);
     assert!(log.counters().expect("counters").available());
 }
 
 #[tokio::test]
-async fn a_room_emptied_by_retention_reads_empty_and_keeps_its_last_offset() {
+async fn a_room_emptied_by_retention_reads_empty_and_keeps_the_offset_this_node_saw() {
     let nats = NatsCluster::single();
     let mut config = config(&nats, 1);
     config.max_age = Some(Duration::from_secs(1));
@@ -155,8 +156,8 @@ async fn a_room_emptied_by_retention_reads_empty_and_keeps_its_last_offset() {
     let started = Instant::now();
     assert!(log.read_after("brief", 0, 10).await.unwrap().is_empty());
     assert!(started.elapsed() < Duration::from_secs(4));
-    // Offsets never go back: live delivery and a resume still start after `offset`.
-    assert!(log.last_offset("brief").await.unwrap() >= offset);
+    // Offsets never go back here: live delivery and a resume still start after `offset`.
+    assert_eq!(log.last_offset("brief").await.unwrap(), offset);
 }
 
 #[tokio::test]
@@ -275,10 +276,15 @@ struct Node {
 
 impl Node {
     fn start(nats: &NatsCluster, replicas: usize, name: &str, extra: &[&str]) -> Node {
+        Node::start_on(&nats.urls(), replicas, name, extra)
+    }
+
+    /// A node given only `urls` (it learns the cluster's other servers from them).
+    fn start_on(urls: &str, replicas: usize, name: &str, extra: &[&str]) -> Node {
         let mut command = duplex();
         command
             .args(["serve", "--listen", "127.0.0.1:0", "--cluster"])
-            .arg(nats.urls())
+            .arg(urls)
             .args([
                 "--nats-replicas",
                 &replicas.to_string(),
@@ -293,7 +299,21 @@ impl Node {
     async fn channel(&self) -> Channel {
         common::connect(self.addr).await
     }
+}
 
+/// Three nodes named node0..node2 on `nats` with three replicas, and a channel to each.
+async fn three_nodes(nats: &NatsCluster) -> (Vec<Node>, Vec<Channel>) {
+    let nodes: Vec<Node> = (0..3)
+        .map(|i| Node::start(nats, 3, &format!("node{i}"), &[]))
+        .collect();
+    let mut channels = Vec::new();
+    for node in &nodes {
+        channels.push(node.channel().await);
+    }
+    (nodes, channels)
+}
+
+impl Node {
     fn kill(&mut self) {
         self.process.signal("KILL");
         self.process.wait_for_exit(STEP);
@@ -396,13 +416,7 @@ async fn burst(channels: &[Channel], room: &str, tag: &str, per_node: usize) {
 #[tokio::test]
 async fn nodes_share_one_order_per_room_and_resume_elsewhere_without_gap_or_duplicate() {
     let nats = NatsCluster::start(3);
-    let mut nodes: Vec<Node> = (0..3)
-        .map(|i| Node::start(&nats, 3, &format!("node{i}"), &[]))
-        .collect();
-    let mut channels = Vec::new();
-    for node in &nodes {
-        channels.push(node.channel().await);
-    }
+    let (mut nodes, channels) = three_nodes(&nats).await;
     let room = "chat.one";
     let mut sessions = Vec::new();
     for (i, channel) in channels.iter().enumerate() {
@@ -553,13 +567,7 @@ async fn read_all_resuming(
 #[tokio::test]
 async fn a_duplex_node_killed_mid_burst_loses_and_duplicates_no_acked_message() {
     let nats = NatsCluster::start(3);
-    let mut nodes: Vec<Node> = (0..3)
-        .map(|i| Node::start(&nats, 3, &format!("node{i}"), &[]))
-        .collect();
-    let mut channels = Vec::new();
-    for node in &nodes {
-        channels.push(node.channel().await);
-    }
+    let (mut nodes, channels) = three_nodes(&nats).await;
     let room = "burst";
     // A reader on the node that dies, and one on a node that stays.
     let mut doomed_reader = Session::open(&channels[0], "doomed").await;
@@ -624,9 +632,14 @@ async fn a_duplex_node_killed_mid_burst_loses_and_duplicates_no_acked_message() 
 #[tokio::test]
 async fn nats_servers_killed_and_restarted_lose_no_acked_message() {
     let mut nats = NatsCluster::start(3);
-    let nodes: Vec<Node> = (0..2)
-        .map(|i| Node::start(&nats, 3, &format!("node{i}"), &[]))
-        .collect();
+    // The reader's node is on the NATS server killed first, so live messages published
+    // while it reconnects elsewhere never reach it over core NATS: its feed must read
+    // them back. The writer's node is on the other two.
+    let writer_urls = format!("{},{}", nats.nodes[1].url(), nats.nodes[2].url());
+    let nodes = [
+        Node::start_on(&writer_urls, 3, "writer", &[]),
+        Node::start_on(&nats.nodes[0].url(), 3, "reader", &[]),
+    ];
     let writer = nodes[0].channel().await;
     let reader_channel = nodes[1].channel().await;
     let room = "outage";
@@ -807,6 +820,34 @@ async fn room_names_with_every_special_character_round_trip_and_oversized_payloa
         assert_eq!(stored[0].room, *name);
     }
 
+    // A room never used, in a stream holding other rooms' messages: a join replaying its
+    // (empty) history, by offset or by backlog, is served, then live.
+    let fresh = session.join("fresh", Some(0)).await;
+    assert_eq!((fresh.earliest_offset, fresh.last_offset), (0, 0));
+    session
+        .send(duplex_proto::hub::client_frame::Command::Join(
+            duplex_proto::hub::Join {
+                room: "fresh.backlog".into(),
+                after_offset: None,
+                hidden: false,
+                replay_last: 20,
+            },
+        ))
+        .await;
+    match session.next_non_presence().await {
+        Frame::Joined(joined) => assert_eq!(joined.room, "fresh.backlog"),
+        other => panic!("expected joined, got {other:?}"),
+    }
+    publish(&channel, "fresh.backlog", "first", "")
+        .await
+        .unwrap();
+    publish(&channel, "fresh", "first", "").await.unwrap();
+    let firsts = collect(&mut session, 2).await;
+    assert_eq!(
+        firsts.iter().map(text).collect::<Vec<_>>(),
+        ["first", "first"]
+    );
+
     // The largest payload the node takes fits in NATS with its record; one byte more is
     // refused by the node, and NATS never sees it.
     let cluster = Cluster::connect(config(&nats, 1)).await.expect("join");
@@ -835,15 +876,6 @@ async fn room_names_with_every_special_character_round_trip_and_oversized_payloa
         .await
         .expect("the largest payload is stored");
     assert_eq!(stream_messages().await, before + 1);
-}
-
-/// A loopback port nobody listens on now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[tokio::test]

@@ -262,6 +262,16 @@ pub(crate) fn durable_serve_command(data_dir: &std::path::Path, args: &[&str]) -
     command
 }
 
+/// A loopback port nobody listens on now (bound and let go): for a server that must come
+/// back on the same port after a restart, or a route a peer needs before it starts.
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// The venv Python with grpcio that `scripts/test` makes (or `DUPLEX_PYTHON`). A missing one
 /// fails the test with what to run: interop tests never skip.
 pub(crate) fn python() -> Command {

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{ChildGuard, STEP, repo_root};
+use super::{ChildGuard, STEP, free_port, repo_root};
 
 /// The nats-server binary (see the module docs).
 pub(crate) fn nats_server_bin() -> PathBuf {
@@ -121,15 +121,6 @@ impl NatsNode {
         self.client_port = ports.client;
         self.process = Some(process);
     }
-}
-
-/// A loopback port nobody listens on now (bound and let go).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Ports a node reported in its ports file.

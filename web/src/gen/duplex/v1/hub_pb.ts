@@ -538,7 +538,9 @@ export const PublishAckSchema: GenMessage<PublishAck> = /*@__PURE__*/
   messageDesc(file_duplex_v1_hub, 11);
 
 /**
- * One command failed; the session goes on.
+ * One command failed; the session goes on. With `command_id` 0 and no `room` it may also be
+ * a notice about the node rather than a reply: UNAVAILABLE when a cluster node lost NATS
+ * (its publishes fail until NATS is back; the session stays open).
  *
  * @generated from message duplex.v1.CommandError
  */
