@@ -23,7 +23,7 @@ use tokio::time::Sleep;
 
 use crate::grpc::{self, Connection, Dialer, Event, MessageSplitter};
 use crate::progress::{Counters, Progress};
-use crate::report::{self, LatencySummary, Report, ServerUsage};
+use crate::report::{self, LatencySummary, Report};
 use crate::runner::{self, Gate, Timing};
 use crate::{BenchArgs, BenchError, Scenario, clock, os};
 
@@ -138,7 +138,7 @@ pub(crate) fn run(args: &BenchArgs) -> Result<Report, BenchError> {
         args.quiet,
     );
     let results = pool.join();
-    let server_after = args.server_pid.and_then(|pid| os::sample(Some(pid)));
+    let server_after = os::ServerSample::read(&args.server_pid);
     let client_after = os::sample(None).unwrap_or_default();
     drop(progress);
 
@@ -167,12 +167,7 @@ pub(crate) fn run(args: &BenchArgs) -> Result<Report, BenchError> {
         corrected: args.rate.is_some(),
         ack_latency: None,
         errors,
-        server: match (args.server_pid, server_before, server_after) {
-            (Some(pid), Some(before), Some(after)) => {
-                Some(ServerUsage::between(pid, before, after))
-            }
-            _ => None,
-        },
+        server: crate::hub::usage(server_before, server_after),
         client_cpu: client_after.cpu.saturating_sub(client_before.cpu),
         config: json!({
             "path": args.path,
@@ -195,7 +190,7 @@ pub(crate) fn run(args: &BenchArgs) -> Result<Report, BenchError> {
 pub(crate) fn start_measurement(
     args: &BenchArgs,
     start: impl FnOnce(Timing),
-) -> (Timing, Option<os::ProcSample>, os::ProcSample) {
+) -> (Timing, Option<os::ServerSample>, os::ProcSample) {
     let now = clock::now();
     let measure_start = now + clock::nanos(args.warmup);
     let timing = Timing {
@@ -203,12 +198,7 @@ pub(crate) fn start_measurement(
         measure_start,
         measure_end: measure_start + clock::nanos(args.duration),
     };
-    let sample_server = || {
-        args.server_pid.and_then(|pid| {
-            os::reset_peak(pid);
-            os::sample(Some(pid))
-        })
-    };
+    let sample_server = || os::ServerSample::reset_and_read(&args.server_pid);
     if args.warmup.is_zero() {
         let server = sample_server();
         let client = os::sample(None).unwrap_or_default();

@@ -58,10 +58,9 @@ impl Dialer {
                     .with_root_certificates(roots)
                     .with_no_client_auth();
                 config.alpn_protocols = vec![b"h2".to_vec()];
-                let host = args
-                    .addr
-                    .rsplit_once(':')
-                    .map_or(args.addr.as_str(), |(host, _)| host);
+                // Several servers: the first one's host (--tls-domain names another).
+                let first = args.addr.split(',').next().unwrap_or_default().trim();
+                let host = first.rsplit_once(':').map_or(first, |(host, _)| host);
                 let name = args
                     .tls_domain
                     .clone()
@@ -501,7 +500,7 @@ fn varint_field(message: &[u8], number: u64) -> u64 {
 pub(crate) enum ServerFrame<'a> {
     Message { offset: u64, payload: &'a [u8] },
     Joined { command_id: u64, last_offset: u64 },
-    PublishAck { command_id: u64 },
+    PublishAck { command_id: u64, offset: u64 },
     Error { command_id: u64, code: i32 },
     Lagged,
     Shutdown,
@@ -532,6 +531,7 @@ pub(crate) fn server_frame(message: &[u8]) -> ServerFrame<'_> {
         },
         5 => ServerFrame::PublishAck {
             command_id: varint_field(inner, 1),
+            offset: varint_field(inner, 3),
         },
         6 => ServerFrame::Error {
             command_id: varint_field(inner, 1),
@@ -627,7 +627,10 @@ mod tests {
         .encode_to_vec();
         assert_eq!(
             server_frame(&ack),
-            ServerFrame::PublishAck { command_id: 9 }
+            ServerFrame::PublishAck {
+                command_id: 9,
+                offset: 1
+            }
         );
     }
 }

@@ -37,21 +37,34 @@ const IDLE_SESSIONS_PER_CONNECTION: usize = 500;
 /// Longest a session setup (open + join) may take before the run gives up.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A room of the run and how far its messages got.
-struct RoomGate {
-    name: String,
-    subscribers: u64,
+/// A room of the run (or a NATS subject, [`crate::nats`]) and how far its messages got.
+pub(crate) struct RoomGate {
+    /// The room's name (the subject's).
+    pub(crate) name: String,
+    /// Subscribers that receive each of its messages.
+    pub(crate) subscribers: u64,
     /// Publishes sent (all, warmup included).
-    published: AtomicU64,
+    pub(crate) published: AtomicU64,
     /// Deliveries received by this room's subscribers (all, warmup included).
-    delivered: AtomicU64,
+    pub(crate) delivered: AtomicU64,
     /// Woken when deliveries advance, for publishers waiting on the window.
-    advanced: Notify,
+    pub(crate) advanced: Notify,
 }
 
 impl RoomGate {
+    /// A room with `subscribers` subscribers and nothing sent yet.
+    pub(crate) fn new(name: String, subscribers: u64) -> Self {
+        Self {
+            name,
+            subscribers,
+            published: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+            advanced: Notify::new(),
+        }
+    }
+
     /// Deliveries still on their way.
-    fn outstanding(&self) -> u64 {
+    pub(crate) fn outstanding(&self) -> u64 {
         (self.published.load(Ordering::Acquire) * self.subscribers)
             .saturating_sub(self.delivered.load(Ordering::Acquire))
     }
@@ -88,27 +101,27 @@ impl Session {
     }
 }
 
-/// Per-thread results of the room scenarios.
+/// Per-thread results of the room scenarios (and of the NATS ones, [`crate::nats`]).
 #[derive(Default)]
-struct Tally {
-    deliveries: Option<Histogram<u64>>,
-    acks: Option<Histogram<u64>>,
+pub(crate) struct Tally {
+    pub(crate) deliveries: Option<Histogram<u64>>,
+    pub(crate) acks: Option<Histogram<u64>>,
     joins: Option<Histogram<u64>>,
     /// Deliveries of messages published in the measurement.
-    delivered: u64,
+    pub(crate) delivered: u64,
     /// Publishes sent and acked in the measurement.
-    published: u64,
-    acked: u64,
-    last_delivery: u64,
-    last_ack: u64,
+    pub(crate) published: u64,
+    pub(crate) acked: u64,
+    pub(crate) last_delivery: u64,
+    pub(crate) last_ack: u64,
     first_open: u64,
     last_joined: u64,
     sessions: u64,
-    errors: BTreeMap<String, u64>,
+    pub(crate) errors: BTreeMap<String, u64>,
 }
 
 impl Tally {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             deliveries: Some(report::histogram()),
             acks: Some(report::histogram()),
@@ -118,12 +131,12 @@ impl Tally {
         }
     }
 
-    fn error(&mut self, key: impl Into<String>, counters: &Counters) {
+    pub(crate) fn error(&mut self, key: impl Into<String>, counters: &Counters) {
         *self.errors.entry(key.into()).or_default() += 1;
         counters.error();
     }
 
-    fn merge(&mut self, other: Tally) {
+    pub(crate) fn merge(&mut self, other: Tally) {
         for (mine, theirs) in [
             (&mut self.deliveries, other.deliveries),
             (&mut self.acks, other.acks),
@@ -146,7 +159,7 @@ impl Tally {
 }
 
 /// A name unique to this run, so runs against one server never share rooms.
-fn run_tag() -> String {
+pub(crate) fn run_tag() -> String {
     let wall = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
@@ -296,7 +309,8 @@ async fn close_sessions(
 // ---------------------------------------------------------------------------------- fanout
 
 struct FanoutPlan {
-    addr: String,
+    /// The servers (several: the nodes of a cluster); see [`server_for`].
+    addrs: Vec<String>,
     dialer: Dialer,
     /// `--transport ws`: the web listener subscribers open their WebSockets to.
     web_target: Option<String>,
@@ -335,14 +349,11 @@ pub(crate) fn fanout(args: &BenchArgs) -> Result<Report, BenchError> {
     }
     let tag = run_tag();
     let rooms: Vec<RoomGate> = (0..args.rooms)
-        .map(|r| RoomGate {
-            name: format!("bench.{tag}.{r}"),
-            subscribers: (0..args.subscribers)
+        .map(|r| {
+            let subscribers = (0..args.subscribers)
                 .filter(|s| s % args.rooms == r)
-                .count() as u64,
-            published: AtomicU64::new(0),
-            delivered: AtomicU64::new(0),
-            advanced: Notify::new(),
+                .count() as u64;
+            RoomGate::new(format!("bench.{tag}.{r}"), subscribers)
         })
         .collect();
     let connections = args.connections.min(args.subscribers.max(1));
@@ -352,7 +363,7 @@ pub(crate) fn fanout(args: &BenchArgs) -> Result<Report, BenchError> {
     }
     let counters = Arc::new(Counters::default());
     let plan = Arc::new(FanoutPlan {
-        addr: args.addr.clone(),
+        addrs: args.addrs(),
         dialer: Dialer::new(args)?,
         web_target: (args.transport == Transport::Ws).then(|| args.web_target.clone()),
         token: args.token.clone(),
@@ -420,7 +431,7 @@ pub(crate) fn fanout(args: &BenchArgs) -> Result<Report, BenchError> {
             break;
         }
     }
-    let server_after = args.server_pid.and_then(|pid| os::sample(Some(pid)));
+    let server_after = os::ServerSample::read(&args.server_pid);
     let client_after = os::sample(None).unwrap_or_default();
     pool.stop();
     let results = pool.join();
@@ -474,7 +485,7 @@ pub(crate) fn fanout(args: &BenchArgs) -> Result<Report, BenchError> {
         corrected: args.rate.is_some(),
         ack_latency: tally.acks.as_ref().and_then(LatencySummary::of),
         errors: tally.errors,
-        server: usage(args, server_before, server_after),
+        server: usage(server_before, server_after),
         client_cpu: client_after.cpu.saturating_sub(client_before.cpu),
         config: json!({
             "publishers": args.publishers,
@@ -497,15 +508,12 @@ pub(crate) fn fanout(args: &BenchArgs) -> Result<Report, BenchError> {
     })
 }
 
-fn usage(
-    args: &BenchArgs,
-    before: Option<os::ProcSample>,
-    after: Option<os::ProcSample>,
+/// The servers' usage between two samples, when `--server-pid` was given.
+pub(crate) fn usage(
+    before: Option<os::ServerSample>,
+    after: Option<os::ServerSample>,
 ) -> Option<ServerUsage> {
-    match (args.server_pid, before, after) {
-        (Some(pid), Some(before), Some(after)) => Some(ServerUsage::between(pid, before, after)),
-        _ => None,
-    }
+    ServerUsage::between(&before?, &after?)
 }
 
 struct Publisher {
@@ -515,11 +523,19 @@ struct Publisher {
     events: TaggedEvents,
 }
 
-/// One HTTP/2 connection to the server under test.
-async fn connect(plan: &FanoutPlan) -> Result<Connection, String> {
-    Connection::open(&plan.addr, &plan.dialer)
+/// The server of the `index`-th connection of a kind (subscriber connection c, publisher
+/// p): round-robin over `addrs`, so with the nodes of a cluster, subscribers and publishers
+/// are spread over every node.
+fn server_for(addrs: &[String], index: usize) -> &str {
+    &addrs[index % addrs.len()]
+}
+
+/// One HTTP/2 connection to the server under test (`index`: see [`server_for`]).
+async fn connect(plan: &FanoutPlan, index: usize) -> Result<Connection, String> {
+    let addr = server_for(&plan.addrs, index);
+    Connection::open(addr, &plan.dialer)
         .await
-        .map_err(|reason| format!("cannot connect to {}: {reason}", plan.addr))
+        .map_err(|reason| format!("cannot connect to {addr}: {reason}"))
 }
 
 async fn fanout_thread(
@@ -539,7 +555,7 @@ async fn fanout_thread(
                 // Subscribers: sessions on one HTTP/2 connection, or one WebSocket each.
                 let connection = match &plan.web_target {
                     Some(_) => None,
-                    None => Some(connect(plan).await?),
+                    None => Some(connect(plan, unit).await?),
                 };
                 for &s in &plan.subscriber_connections[unit] {
                     let room = s % plan.rooms.len();
@@ -560,8 +576,8 @@ async fn fanout_thread(
                 }
                 links.extend(connection);
             } else {
-                let connection = connect(plan).await?;
                 let index = unit - subscriber_connections;
+                let connection = connect(plan, index).await?;
                 let room = index % plan.rooms.len();
                 let join = grpc::join_frame(0, &plan.rooms[room].name, None, true);
                 let mut events = SelectAll::new();
@@ -840,7 +856,7 @@ async fn publish(plan: &FanoutPlan, timing: Timing, publisher: &mut Publisher) -
                     let mut problems: Vec<&'static str> = Vec::new();
                     let split = publisher.session.splitter.push(&data, |message| {
                         let (command, failed) = match grpc::server_frame(message) {
-                            ServerFrame::PublishAck { command_id } => (command_id, None),
+                            ServerFrame::PublishAck { command_id, .. } => (command_id, None),
                             ServerFrame::Error { command_id, code } => {
                                 (command_id, Some(grpc::code_name(code)))
                             }
@@ -909,7 +925,11 @@ pub(crate) fn resume(args: &BenchArgs) -> Result<Report, BenchError> {
     let history = args.history.max(1);
     let room = format!("bench.{}.resume", run_tag());
     let counters = Arc::new(Counters::default());
-    let addr = args.addr.clone();
+    // With several servers (a cluster's nodes), history is stored through the first and
+    // replayed from the last: resume on another node than the one that took the publishes.
+    let addrs = args.addrs();
+    let store_addr = addrs.first().cloned().unwrap_or_default();
+    let addr = addrs.last().cloned().unwrap_or_default();
     let dialer = Dialer::new(args)?;
     let in_flight = args.in_flight();
     let size = args.size();
@@ -917,7 +937,8 @@ pub(crate) fn resume(args: &BenchArgs) -> Result<Report, BenchError> {
     let thread_room = room.clone();
     let thread_counters = counters.clone();
     let pool = runner::spawn(1, move |_, gate| {
-        let (addr, dialer, room, counters) = (
+        let (store_addr, addr, dialer, room, counters) = (
+            store_addr.clone(),
             addr.clone(),
             dialer.clone(),
             thread_room.clone(),
@@ -925,7 +946,15 @@ pub(crate) fn resume(args: &BenchArgs) -> Result<Report, BenchError> {
         );
         async move {
             resume_thread(
-                &addr, &dialer, &room, history, in_flight, size, drain, &counters, gate,
+                (&store_addr, &addr),
+                &dialer,
+                &room,
+                history,
+                in_flight,
+                size,
+                drain,
+                &counters,
+                gate,
             )
             .await
         }
@@ -939,7 +968,7 @@ pub(crate) fn resume(args: &BenchArgs) -> Result<Report, BenchError> {
     let (timing, server_before, client_before) = start_measurement(args, |t| pool.start(t));
     let progress = Progress::start("resume", "replayed", counters, args.duration, args.quiet);
     let mut results = pool.join();
-    let server_after = args.server_pid.and_then(|pid| os::sample(Some(pid)));
+    let server_after = os::ServerSample::read(&args.server_pid);
     let client_after = os::sample(None).unwrap_or_default();
     drop(progress);
     let (tally, replay) = results.pop().unwrap_or_default();
@@ -968,7 +997,7 @@ pub(crate) fn resume(args: &BenchArgs) -> Result<Report, BenchError> {
         corrected: false,
         ack_latency: tally.acks.as_ref().and_then(LatencySummary::of),
         errors: tally.errors,
-        server: usage(args, server_before, server_after),
+        server: usage(server_before, server_after),
         client_cpu: client_after.cpu.saturating_sub(client_before.cpu),
         config: json!({
             "history": history,
@@ -983,12 +1012,16 @@ pub(crate) fn resume(args: &BenchArgs) -> Result<Report, BenchError> {
 #[derive(Default)]
 struct Replay {
     store_seconds: f64,
+    /// The offset of the first stored message (the replay joins from just before it).
+    first_offset: u64,
     first: Option<u64>,
 }
 
+/// Stores the history through `addrs.0`, then replays it from `addrs.1` (the same server,
+/// or another node of a cluster).
 #[allow(clippy::too_many_arguments)]
 async fn resume_thread(
-    addr: &str,
+    (store_addr, addr): (&str, &str),
     dialer: &Dialer,
     room: &str,
     history: u64,
@@ -1000,10 +1033,14 @@ async fn resume_thread(
 ) -> (Tally, Replay) {
     let mut tally = Tally::new();
     let mut replay = Replay::default();
-    let stored = store_history(addr, dialer, room, history, in_flight, size, &mut tally).await;
+    let stored = store_history(
+        store_addr, dialer, room, history, in_flight, size, &mut tally,
+    )
+    .await;
     let reader = match stored {
-        Ok(seconds) => {
+        Ok((seconds, first_offset)) => {
             replay.store_seconds = seconds;
+            replay.first_offset = first_offset;
             Connection::open(addr, dialer)
                 .await
                 .map_err(|reason| format!("cannot connect to {addr}: {reason}"))
@@ -1024,7 +1061,9 @@ async fn resume_thread(
         return (tally, replay);
     };
     let mut events = SelectAll::new();
-    let join = grpc::join_frame(1, room, Some(0), true);
+    // From just before the first stored message (offset 1 on one node; in a cluster the
+    // room's offsets are stream sequences, which start wherever the stream was).
+    let join = grpc::join_frame(1, room, Some(replay.first_offset.saturating_sub(1)), true);
     let mut session =
         match open_session(&connection, "bench-resume".into(), join, 0, 0, &mut events).await {
             Ok(session) => session,
@@ -1035,7 +1074,10 @@ async fn resume_thread(
         };
     let deadline = clock::instant(timing.measure_end + drain);
     let mut last_offset = None;
-    while last_offset.is_none_or(|last| tally.delivered < last) {
+    // Replayed until the room's last offset at the join (offsets are not dense in a cluster:
+    // they are stream sequences shared with other rooms, so count by offset, not by number).
+    let mut seen_offset = 0;
+    while last_offset.is_none_or(|last| seen_offset < last) {
         let Ok(Some((_, event))) = tokio::time::timeout_at(deadline, events.next()).await else {
             tally.error("DEADLINE", counters);
             break;
@@ -1053,7 +1095,10 @@ async fn resume_thread(
                     session
                         .splitter
                         .push(&data, |message| match grpc::server_frame(message) {
-                            ServerFrame::Message { .. } => messages += 1,
+                            ServerFrame::Message { offset, .. } => {
+                                messages += 1;
+                                seen_offset = seen_offset.max(offset);
+                            }
                             ServerFrame::Joined { last_offset: l, .. } => last_offset = Some(l),
                             ServerFrame::Error { code, .. } => problems.push(grpc::code_name(code)),
                             ServerFrame::Lagged => problems.push("LAGGED"),
@@ -1091,7 +1136,7 @@ async fn resume_thread(
 }
 
 /// Publishes `history` messages to `room` with `in_flight` waiting for acks; returns the
-/// seconds it took.
+/// seconds it took and the offset of the first one stored.
 async fn store_history(
     addr: &str,
     dialer: &Dialer,
@@ -1100,7 +1145,7 @@ async fn store_history(
     in_flight: usize,
     size: usize,
     tally: &mut Tally,
-) -> Result<f64, String> {
+) -> Result<(f64, u64), String> {
     let connection = Connection::open(addr, dialer)
         .await
         .map_err(|reason| format!("cannot connect to {addr}: {reason}"))?;
@@ -1120,6 +1165,7 @@ async fn store_history(
     let started = clock::now();
     let mut sent = 0u64;
     let mut acked = 0u64;
+    let mut first_offset = u64::MAX;
     let mut buffer = BytesMut::new();
     let step = tokio::time::Duration::from_secs(30);
     while acked < history {
@@ -1142,7 +1188,10 @@ async fn store_history(
                 session
                     .splitter
                     .push(&data, |message| match grpc::server_frame(message) {
-                        ServerFrame::PublishAck { .. } => acked += 1,
+                        ServerFrame::PublishAck { offset, .. } => {
+                            acked += 1;
+                            first_offset = first_offset.min(offset);
+                        }
                         ServerFrame::Error { code, .. } => {
                             failure = Some(grpc::code_name(code));
                         }
@@ -1165,7 +1214,7 @@ async fn store_history(
         &counters,
     )
     .await;
-    Ok(seconds)
+    Ok((seconds, first_offset))
 }
 
 // ---------------------------------------------------------------------------------- idle
@@ -1187,10 +1236,7 @@ pub(crate) fn idle(args: &BenchArgs) -> Result<Report, BenchError> {
     let per_connection = Arc::new(runner::round_robin(sessions, connections));
     let layout = Arc::new(runner::round_robin(connections, threads));
     let counters = Arc::new(Counters::default());
-    let server_before = args.server_pid.and_then(|pid| {
-        os::reset_peak(pid);
-        os::sample(Some(pid))
-    });
+    let server_before = os::ServerSample::reset_and_read(&args.server_pid);
     let client_before = os::sample(None).unwrap_or_default();
     let opened_at = clock::now();
     let (addr, dialer) = (args.addr.clone(), Dialer::new(args)?);
@@ -1221,7 +1267,7 @@ pub(crate) fn idle(args: &BenchArgs) -> Result<Report, BenchError> {
     let joined_at = clock::now();
     // Let the server finish what the joins started before reading its RSS.
     std::thread::sleep(Duration::from_millis(500));
-    let held = args.server_pid.and_then(|pid| os::sample(Some(pid)));
+    let held = os::ServerSample::read(&args.server_pid);
     let now = clock::now();
     pool.start(Timing {
         start: now,
@@ -1229,7 +1275,7 @@ pub(crate) fn idle(args: &BenchArgs) -> Result<Report, BenchError> {
         measure_end: now + clock::nanos(args.duration),
     });
     std::thread::sleep(args.duration);
-    let server_after = args.server_pid.and_then(|pid| os::sample(Some(pid)));
+    let server_after = os::ServerSample::read(&args.server_pid);
     let client_after = os::sample(None).unwrap_or_default();
     pool.stop();
     let results = pool.join();
@@ -1240,7 +1286,10 @@ pub(crate) fn idle(args: &BenchArgs) -> Result<Report, BenchError> {
     }
     let mut extra = serde_json::Map::new();
     extra.insert("sessions".into(), json!(tally.sessions));
-    if let (Some(before), Some(held)) = (server_before, held) {
+    if let (Some(before), Some(held)) = (
+        server_before.as_ref().map(os::ServerSample::total),
+        held.as_ref().map(os::ServerSample::total),
+    ) {
         let growth = held.rss.saturating_sub(before.rss);
         extra.insert("server_rss_before_kib".into(), json!(before.rss / 1024));
         extra.insert("server_rss_held_kib".into(), json!(held.rss / 1024));
@@ -1249,7 +1298,7 @@ pub(crate) fn idle(args: &BenchArgs) -> Result<Report, BenchError> {
             json!(growth / tally.sessions.max(1)),
         );
     }
-    if let Some(after) = server_after {
+    if let Some(after) = server_after.as_ref().map(os::ServerSample::total) {
         extra.insert("server_rss_end_kib".into(), json!(after.rss / 1024));
     }
     Ok(Report {
@@ -1262,7 +1311,7 @@ pub(crate) fn idle(args: &BenchArgs) -> Result<Report, BenchError> {
         corrected: false,
         ack_latency: None,
         errors: tally.errors,
-        server: usage(args, server_before, server_after),
+        server: usage(server_before, server_after),
         client_cpu: client_after.cpu.saturating_sub(client_before.cpu),
         config: json!({
             "sessions": sessions,

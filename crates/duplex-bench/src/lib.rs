@@ -4,6 +4,8 @@
 //! `echo-stream` (N in flight per stream, M streams over C connections), `fanout`
 //! (P publishers, S subscribers over C connections, R rooms), `resume` (one subscriber
 //! catches up K stored messages) and `idle` (S joined sessions held; server RSS per session).
+//! Two more measure NATS with the same shape, as the peer users would pick instead for rooms
+//! (module `nats`): `nats-fanout` (core NATS) and `nats-publish` (JetStream).
 //!
 //! The client is built to cost less than the server it measures, so that on a small machine
 //! the figures are the server's: it speaks HTTP/2 with the `h2` crate directly, sends
@@ -26,6 +28,7 @@ mod clock;
 mod echo;
 mod grpc;
 mod hub;
+mod nats;
 mod os;
 mod progress;
 mod report;
@@ -51,6 +54,13 @@ pub enum Scenario {
     Resume,
     /// Rooms: open `--sessions` sessions, join each to a room, hold them; server RSS per session.
     Idle,
+    /// Core NATS at `--nats`: publishers publish to `--subjects` subjects, every subscriber
+    /// of the subject receives; deliveries per second, latency from the publish time carried
+    /// in each payload. Messages lost to slow-consumer cut-offs count as errors.
+    NatsFanout,
+    /// JetStream at `--nats`: publishers publish to a file-storage stream the run creates
+    /// (and deletes), `--in-flight` each waiting for their PubAck; acked publishes per second.
+    NatsPublish,
 }
 
 impl Scenario {
@@ -62,6 +72,8 @@ impl Scenario {
             Scenario::Fanout => "fanout",
             Scenario::Resume => "resume",
             Scenario::Idle => "idle",
+            Scenario::NatsFanout => "nats-fanout",
+            Scenario::NatsPublish => "nats-publish",
         }
     }
 }
@@ -83,6 +95,9 @@ pub struct BenchArgs {
     pub scenario: Scenario,
 
     /// Server address: HOST:PORT, a host alone (port 50051) or a port alone (localhost).
+    /// Fanout and resume also take several, comma-separated (the nodes of a cluster):
+    /// fanout puts subscriber connection c on the c-th and publisher p on the p-th (modulo
+    /// their count); resume stores through the first and replays from the last.
     #[arg(long, default_value = "localhost:50051", env = "DUPLEX_ADDR")]
     pub addr: String,
 
@@ -101,7 +116,8 @@ pub struct BenchArgs {
     pub streams: usize,
 
     /// Echo-stream: messages in flight per stream (default 64; echo-pingpong is always 1).
-    /// Fanout and resume setup: publishes in flight per publisher, waiting for acks (default 64).
+    /// Fanout, nats-publish and resume setup: publishes in flight per publisher, waiting for
+    /// acks (default 64). Nats-fanout (core NATS has no acks): publishes written per batch.
     #[arg(long)]
     pub in_flight: Option<usize>,
 
@@ -129,11 +145,12 @@ pub struct BenchArgs {
     #[arg(long)]
     pub size: Option<usize>,
 
-    /// Fanout: publishing sessions.
+    /// Fanout and the NATS scenarios: publishing sessions (NATS: connections).
     #[arg(long, default_value_t = 1)]
     pub publishers: usize,
 
-    /// Fanout: subscribing sessions.
+    /// Fanout and nats-fanout: subscribing sessions (NATS: subscriptions, spread over
+    /// `--connections`).
     #[arg(long, default_value_t = 100)]
     pub subscribers: usize,
 
@@ -141,9 +158,10 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1)]
     pub rooms: usize,
 
-    /// Fanout: messages a room's publishers may be ahead of its subscribers (deliveries
-    /// outstanding ≤ window × subscribers). Keeps a closed-loop run under the server's queue
-    /// bound, so what is measured is throughput and not lag-outs.
+    /// Fanout and nats-fanout: messages a room's (a subject's) publishers may be ahead of
+    /// its subscribers (deliveries outstanding ≤ window × subscribers). Keeps a closed-loop
+    /// run under the server's queue bound, so what is measured is throughput and not
+    /// lag-outs (NATS: slow-consumer cut-offs).
     #[arg(long, default_value_t = 512)]
     pub window: u64,
 
@@ -162,8 +180,10 @@ pub struct BenchArgs {
     pub sessions: usize,
 
     /// The server's process id: report its CPU time per message and its RSS (from /proc).
-    #[arg(long)]
-    pub server_pid: Option<u32>,
+    /// Several (comma-separated or repeated: a cluster's nodes and NATS servers): their sum,
+    /// and each one's in `server.processes`.
+    #[arg(long, value_delimiter = ',')]
+    pub server_pid: Vec<u32>,
 
     /// Client threads, each a single-threaded runtime owning some connections.
     #[arg(long, default_value_t = 1)]
@@ -202,6 +222,29 @@ pub struct BenchArgs {
     #[arg(long, default_value = "localhost:8080")]
     pub web_target: String,
 
+    /// The NATS scenarios: the server, `nats://HOST:PORT`, or several comma-separated
+    /// (a cluster: connection i goes to the i-th modulo their count).
+    #[arg(
+        long,
+        default_value = "nats://127.0.0.1:4222",
+        env = "DUPLEX_BENCH_NATS"
+    )]
+    pub nats: String,
+
+    /// The NATS scenarios: subjects; publishers and subscribers are assigned round-robin
+    /// (as `--rooms` for the room scenarios).
+    #[arg(long, default_value_t = 1)]
+    pub subjects: usize,
+
+    /// Nats-publish: replicas of the stream the run creates (3 on a 3-node cluster).
+    #[arg(long, default_value_t = 1)]
+    pub nats_replicas: usize,
+
+    /// Nats-publish: keep the stream after the run (its name is in the report) instead of
+    /// deleting it.
+    #[arg(long)]
+    pub keep_stream: bool,
+
     /// Print the report as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
@@ -224,6 +267,16 @@ impl BenchArgs {
         let mut args = Defaults::parse_from(["bench", scenario.name()]).args;
         args.addr = addr.into();
         args
+    }
+
+    /// The servers in `--addr`, in order.
+    pub(crate) fn addrs(&self) -> Vec<String> {
+        self.addr
+            .split(',')
+            .map(str::trim)
+            .filter(|addr| !addr.is_empty())
+            .map(str::to_owned)
+            .collect()
     }
 
     /// Messages in flight per stream (echo) or per publisher (fanout).
@@ -277,6 +330,16 @@ pub fn run(args: &BenchArgs) -> Result<Report, BenchError> {
             "--rate must be a positive number".into(),
         ));
     }
+    let addrs = args.addrs();
+    if addrs.is_empty() {
+        return Err(BenchError::Arguments("--addr is empty".into()));
+    }
+    if addrs.len() > 1 && !matches!(args.scenario, Scenario::Fanout | Scenario::Resume) {
+        return Err(BenchError::Arguments(format!(
+            "several --addr are for fanout and resume; {} takes one",
+            args.scenario.name()
+        )));
+    }
     if args.transport == Transport::Ws && args.scenario != Scenario::Fanout {
         return Err(BenchError::Arguments(
             "--transport ws is for fanout (its subscribers); the other scenarios speak gRPC".into(),
@@ -288,5 +351,7 @@ pub fn run(args: &BenchArgs) -> Result<Report, BenchError> {
         Scenario::Fanout => hub::fanout(args),
         Scenario::Resume => hub::resume(args),
         Scenario::Idle => hub::idle(args),
+        Scenario::NatsFanout => nats::fanout(args),
+        Scenario::NatsPublish => nats::publish(args),
     }
 }

@@ -59,3 +59,41 @@ pub(crate) fn sample(pid: Option<u32>) -> Option<ProcSample> {
 pub(crate) fn reset_peak(pid: u32) {
     let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
 }
+
+/// One reading of every measured server process (`--server-pid`, one or several: the nodes
+/// of a cluster and their NATS servers), in the order given.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ServerSample {
+    pub(crate) processes: Vec<(u32, ProcSample)>,
+}
+
+impl ServerSample {
+    /// Reads every process in `pids`; `None` when there are none or one is gone.
+    pub(crate) fn read(pids: &[u32]) -> Option<Self> {
+        if pids.is_empty() {
+            return None;
+        }
+        let processes = pids
+            .iter()
+            .map(|&pid| sample(Some(pid)).map(|s| (pid, s)))
+            .collect::<Option<Vec<_>>>()?;
+        Some(Self { processes })
+    }
+
+    /// Resets every process's peak (see [`reset_peak`]) and reads them.
+    pub(crate) fn reset_and_read(pids: &[u32]) -> Option<Self> {
+        pids.iter().copied().for_each(reset_peak);
+        Self::read(pids)
+    }
+
+    /// The processes together: CPU, RSS and peaks summed.
+    pub(crate) fn total(&self) -> ProcSample {
+        self.processes
+            .iter()
+            .fold(ProcSample::default(), |sum, (_, s)| ProcSample {
+                cpu: sum.cpu + s.cpu,
+                rss: sum.rss + s.rss,
+                peak_rss: sum.peak_rss + s.peak_rss,
+            })
+    }
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 
-use crate::os::ProcSample;
+use crate::os::ServerSample;
 
 /// A new latency histogram in nanoseconds: 1 µs to 100 s, 3 significant digits.
 pub(crate) fn histogram() -> Histogram<u64> {
@@ -93,9 +93,11 @@ fn micros(us: f64) -> String {
     }
 }
 
-/// What the OS says the server spent during the measurement.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// What the OS says the server spent during the measurement: with several `--server-pid`s
+/// (a cluster), the sum, and each process in `processes`.
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServerUsage {
+    /// The (first) server process.
     pub pid: u32,
     /// CPU time (user + system) spent during the measurement.
     pub cpu: Duration,
@@ -103,16 +105,32 @@ pub struct ServerUsage {
     pub rss: u64,
     /// Peak resident set during the measurement, bytes.
     pub peak_rss: u64,
+    /// Each process's own figures when several were measured (empty for one).
+    pub processes: Vec<ServerUsage>,
 }
 
 impl ServerUsage {
-    pub(crate) fn between(pid: u32, before: ProcSample, after: ProcSample) -> Self {
-        Self {
-            pid,
-            cpu: after.cpu.saturating_sub(before.cpu),
-            rss: after.rss,
-            peak_rss: after.peak_rss,
-        }
+    pub(crate) fn between(before: &ServerSample, after: &ServerSample) -> Option<Self> {
+        let each: Vec<ServerUsage> = before
+            .processes
+            .iter()
+            .zip(&after.processes)
+            .map(|((pid, before), (_, after))| ServerUsage {
+                pid: *pid,
+                cpu: after.cpu.saturating_sub(before.cpu),
+                rss: after.rss,
+                peak_rss: after.peak_rss,
+                processes: Vec::new(),
+            })
+            .collect();
+        let first = each.first()?;
+        Some(Self {
+            pid: first.pid,
+            cpu: each.iter().map(|p| p.cpu).sum(),
+            rss: each.iter().map(|p| p.rss).sum(),
+            peak_rss: each.iter().map(|p| p.peak_rss).sum(),
+            processes: if each.len() > 1 { each } else { Vec::new() },
+        })
     }
 }
 
@@ -165,7 +183,7 @@ impl Report {
 
     /// Server CPU time per message, in microseconds.
     pub fn server_cpu_per_message(&self) -> Option<f64> {
-        let server = self.server?;
+        let server = self.server.as_ref()?;
         (self.messages > 0).then(|| server.cpu.as_secs_f64() * 1e6 / self.messages as f64)
     }
 
@@ -175,14 +193,32 @@ impl Report {
 
     /// The report as one JSON object.
     pub fn to_json(&self) -> Value {
-        let server = self.server.map(|server| {
-            json!({
+        let per_message = |cpu: Duration| {
+            (self.messages > 0).then(|| round(cpu.as_secs_f64() * 1e6 / self.messages as f64))
+        };
+        let server = self.server.as_ref().map(|server| {
+            let mut object = json!({
                 "pid": server.pid,
                 "cpu_s": round(server.cpu.as_secs_f64() * 100.0) / 100.0,
                 "cpu_us_per_message": self.server_cpu_per_message().map(round),
                 "rss_kib": server.rss / 1024,
                 "peak_rss_kib": server.peak_rss / 1024,
-            })
+            });
+            if !server.processes.is_empty() {
+                object["processes"] = server
+                    .processes
+                    .iter()
+                    .map(|p| {
+                        json!({
+                            "pid": p.pid,
+                            "cpu_s": round(p.cpu.as_secs_f64() * 100.0) / 100.0,
+                            "cpu_us_per_message": per_message(p.cpu),
+                            "peak_rss_kib": p.peak_rss / 1024,
+                        })
+                    })
+                    .collect();
+            }
+            object
         });
         let mut object = json!({
             "scenario": self.scenario,
@@ -239,17 +275,35 @@ impl Report {
             let _ = writeln!(out, "  {}: {value}", key.replace('_', " "));
         }
         if let Some(server) = &self.server {
+            let per_message = |cpu: Duration| {
+                (self.messages > 0)
+                    .then(|| cpu.as_secs_f64() * 1e6 / self.messages as f64)
+                    .map(|us| format!(" = {us:.2}µs per message"))
+                    .unwrap_or_default()
+            };
+            let whose = if server.processes.is_empty() {
+                format!("server pid {}", server.pid)
+            } else {
+                format!("servers ({} processes)", server.processes.len())
+            };
             let _ = writeln!(
                 out,
-                "  server pid {}: {:.2}s CPU{}, RSS {} KiB, peak {} KiB",
-                server.pid,
+                "  {whose}: {:.2}s CPU{}, RSS {} KiB, peak {} KiB",
                 server.cpu.as_secs_f64(),
-                self.server_cpu_per_message()
-                    .map(|us| format!(" = {us:.2}µs per message"))
-                    .unwrap_or_default(),
+                per_message(server.cpu),
                 server.rss / 1024,
                 server.peak_rss / 1024
             );
+            for process in &server.processes {
+                let _ = writeln!(
+                    out,
+                    "    pid {}: {:.2}s CPU{}, peak {} KiB",
+                    process.pid,
+                    process.cpu.as_secs_f64(),
+                    per_message(process.cpu),
+                    process.peak_rss / 1024
+                );
+            }
         }
         let _ = writeln!(
             out,

@@ -156,7 +156,7 @@ async fn idle_holds_every_session_and_reports_rss_per_session() {
     run.rooms = 3;
     run.duration = Duration::from_millis(200);
     // This process is the server: its RSS is what is read.
-    run.server_pid = Some(std::process::id());
+    run.server_pid = vec![std::process::id()];
     let report = bench(run).await;
     assert_eq!(report.messages, 120);
     assert!(report.errors.is_empty(), "{:?}", report.errors);
@@ -195,7 +195,7 @@ async fn plain_tonic_peer_serves_the_echo_scenarios() {
     let mut run = args(Scenario::EchoStream, addr);
     run.messages = Some(500);
     run.streams = 4;
-    run.server_pid = Some(peer.0.id());
+    run.server_pid = vec![peer.0.id()];
     let report = bench(run).await;
     assert_eq!(report.messages, 500);
     assert!(report.errors.is_empty(), "{:?}", report.errors);

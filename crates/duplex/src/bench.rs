@@ -29,8 +29,17 @@ const REFUSALS: [&str; 4] = [
 pub(crate) async fn run(command: BenchCommand) -> anyhow::Result<()> {
     let mut args = command.bench;
     args.token = command.token.token()?;
-    let url = crate::address::client_url(&args.addr, false)?;
-    args.addr = url.trim_start_matches("http://").to_owned();
+    // One address or several (comma-separated: a cluster's nodes), each as `client_url`
+    // reads it.
+    let addrs = args
+        .addr
+        .split(',')
+        .map(|addr| {
+            let url = crate::address::client_url(addr, false)?;
+            Ok(url.trim_start_matches("http://").to_owned())
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    args.addr = addrs.join(",");
     let json = args.json;
     let report = tokio::task::spawn_blocking(move || duplex_bench::run(&args)).await??;
     if json {
