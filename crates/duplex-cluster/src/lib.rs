@@ -22,8 +22,10 @@
 
 mod cluster;
 mod config;
+mod presence;
 pub mod subject;
 
 pub use cluster::{Cluster, ClusterError, ConnectionState, RECORD_ALLOWANCE};
 pub use config::{ClusterConfig, StreamStorage};
+pub use presence::{KvPresence, PresenceError, WRITES_IN_FLIGHT, bucket_name};
 pub use subject::Subjects;

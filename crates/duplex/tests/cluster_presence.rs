@@ -1,0 +1,313 @@
+//! Presence across nodes (`KvPresence`): several hubs in this process, each a "node" with
+//! its own NATS connection and node name, on one real nats-server (see `common::nats`).
+//! Each hub has its own memory store: only presence is shared, through the KV bucket.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::STEP;
+use common::nats::NatsCluster;
+use duplex_cluster::{Cluster, ClusterConfig, KvPresence};
+use duplex_hub::{Hub, HubConfig, Identity, LocalFeed, Outbound, SessionOrigin, Subscription};
+use duplex_proto::hub::presence_event::Kind;
+use duplex_proto::hub::server_frame::Frame;
+use duplex_proto::hub::{Joined, Member, ServerFrame};
+use duplex_store::MemoryStore;
+use futures::StreamExt as _;
+use prost::Message as _;
+
+/// Heartbeat of the test nodes: entries live three of these (3 s) without a refresh.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// A room name with the characters that break subjects and KV keys.
+const ROOM: &str = "lobby:1.x-_";
+
+/// A node's cluster settings: its name, the test heartbeat.
+fn config(nats: &NatsCluster, node: &str) -> ClusterConfig {
+    let mut config = ClusterConfig::new(nats.urls().split(',').map(str::to_owned).collect());
+    config.node = node.to_owned();
+    config.presence_heartbeat = HEARTBEAT;
+    config.startup_timeout = Duration::from_secs(40);
+    config
+}
+
+/// A hub whose presence is the cluster's, listing `max_listed` members per room.
+async fn node(nats: &NatsCluster, name: &str, max_listed: usize) -> Hub {
+    let cluster = Cluster::connect(config(nats, name))
+        .await
+        .expect("join NATS");
+    let presence = KvPresence::start(&cluster, max_listed)
+        .await
+        .expect("presence bucket");
+    Hub::with_seams(
+        Arc::new(MemoryStore::new(Default::default())),
+        Arc::new(LocalFeed),
+        Arc::new(presence),
+        HubConfig {
+            max_presence_listed: max_listed,
+            ..HubConfig::default()
+        },
+    )
+}
+
+/// The next frame of `outbound`, decoded; fails the test after a step.
+async fn next_frame(outbound: &mut Outbound) -> Frame {
+    let bytes = tokio::time::timeout(STEP, outbound.next())
+        .await
+        .expect("a frame within the step")
+        .expect("the stream is open")
+        .expect("not an error");
+    ServerFrame::decode(&bytes[..]).unwrap().frame.unwrap()
+}
+
+/// `name` subscribes to `room` on `hub` (visible, or hidden when `name` is empty); returns
+/// its stream and its `joined`.
+async fn join(hub: &Hub, name: &str, room: &str) -> (Outbound, Joined) {
+    let identity = Identity::anonymous(if name.is_empty() { "hidden" } else { name });
+    let subscription = Subscription {
+        room: room.to_owned(),
+        after: None,
+        name: name.to_owned(),
+    };
+    let mut outbound = hub
+        .subscribe(identity, subscription, SessionOrigin::default())
+        .await
+        .expect("join");
+    let Frame::Joined(joined) = next_frame(&mut outbound).await else {
+        panic!("expected joined");
+    };
+    (outbound, joined)
+}
+
+/// The presence event `frame` is: the member and whether it joined.
+fn presence_event(frame: Frame) -> (Member, bool) {
+    let Frame::Presence(event) = frame else {
+        panic!("expected a presence event, got {frame:?}");
+    };
+    (event.member.unwrap(), event.kind == Kind::Joined as i32)
+}
+
+fn names(members: &[Member]) -> Vec<&str> {
+    let mut names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
+    names.sort_unstable();
+    names
+}
+
+/// Waits until `hub` lists `listed` members and counts `unlisted` in `room` (bounded).
+async fn wait_for_presence(hub: &Hub, room: &str, listed: usize, unlisted: u64) {
+    let start = std::time::Instant::now();
+    loop {
+        let presence = hub.presence(&Identity::anonymous("probe"), room).unwrap();
+        if (presence.members.len(), presence.unlisted) == (listed, unlisted) {
+            return;
+        }
+        assert!(
+            start.elapsed() < STEP,
+            "expected {listed} listed and {unlisted} counted in {room}, have {presence:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Asserts nothing more arrives on `outbound` for a moment.
+async fn assert_quiet(outbound: &mut Outbound) {
+    let more = tokio::time::timeout(Duration::from_millis(300), outbound.next()).await;
+    assert!(more.is_err(), "no other frame: {more:?}");
+}
+
+#[tokio::test]
+async fn a_member_on_one_node_is_listed_on_another_and_its_join_and_leave_reach_it() {
+    let nats = NatsCluster::single();
+    let a = node(&nats, "node-a", 1000).await;
+    let c = node(&nats, "node-c", 1000).await;
+
+    let (mut carol, joined) = join(&c, "carol", ROOM).await;
+    assert!(joined.members.is_empty(), "{joined:?}");
+
+    // Alice joins on A: her `joined` lists carol (from C), carol sees her join.
+    let (mut alice, joined) = join(&a, "alice", ROOM).await;
+    assert_eq!(names(&joined.members), ["carol"]);
+    assert!(
+        joined.members[0].session_id.starts_with("node-c/"),
+        "a member of another node carries its node: {:?}",
+        joined.members[0]
+    );
+    let (member, joined_event) = presence_event(next_frame(&mut carol).await);
+    assert!(joined_event);
+    assert_eq!(member.name, "alice");
+    assert!(member.session_id.starts_with("node-a/"), "{member:?}");
+
+    // Dave joins on C later: his `joined` lists alice and carol.
+    let (mut dave, joined) = join(&c, "dave", ROOM).await;
+    assert_eq!(names(&joined.members), ["alice", "carol"]);
+    assert_eq!(
+        presence_event(next_frame(&mut carol).await),
+        (joined_member(&c, "dave"), true)
+    );
+    let (member, joined_event) = presence_event(next_frame(&mut alice).await);
+    assert_eq!((member.name.as_str(), joined_event), ("dave", true));
+
+    // Alice leaves A: both C sessions see her go, and C no longer lists her.
+    drop(alice);
+    for outbound in [&mut carol, &mut dave] {
+        let (member, joined_event) = presence_event(next_frame(outbound).await);
+        assert_eq!((member.name.as_str(), joined_event), ("alice", false));
+    }
+    let listed = c.presence(&Identity::anonymous("probe"), ROOM).unwrap();
+    assert_eq!(names(&listed.members), ["carol", "dave"]);
+    assert_quiet(&mut carol).await;
+    // A member of A the heartbeat keeps refreshing does not leave: over one TTL no event.
+    let (_bob, _) = join(&a, "bob", ROOM).await;
+    let (member, _) = presence_event(next_frame(&mut carol).await);
+    assert_eq!(member.name, "bob");
+    let quiet = tokio::time::timeout(4 * HEARTBEAT, carol.next()).await;
+    assert!(quiet.is_err(), "a refreshed member stays: {quiet:?}");
+}
+
+/// The member `name` of `hub`'s room as listed there (a local member: its own session id).
+fn joined_member(hub: &Hub, name: &str) -> Member {
+    let listed = hub.presence(&Identity::anonymous("probe"), ROOM).unwrap();
+    listed
+        .members
+        .into_iter()
+        .find(|m| m.name == name)
+        .unwrap_or_else(|| panic!("{name} is listed"))
+}
+
+#[tokio::test]
+async fn a_node_that_dies_has_its_members_leave_everywhere_within_the_ttl() {
+    let nats = NatsCluster::single();
+    let c = node(&nats, "node-c", 1000).await;
+    let (mut carol, _) = join(&c, "carol", ROOM).await;
+
+    // Node A runs on a runtime of its own, so it can die at once: no leave, no delete.
+    let node_a = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (joined_tx, joined_rx) = tokio::sync::oneshot::channel();
+    let urls = nats.urls();
+    node_a.spawn(async move {
+        let mut config = ClusterConfig::new(urls.split(',').map(str::to_owned).collect());
+        config.node = "node-a".into();
+        config.presence_heartbeat = HEARTBEAT;
+        let cluster = Cluster::connect(config).await.expect("join NATS");
+        let presence = KvPresence::start(&cluster, 1000).await.expect("bucket");
+        let hub = Hub::with_seams(
+            Arc::new(MemoryStore::new(Default::default())),
+            Arc::new(LocalFeed),
+            Arc::new(presence),
+            HubConfig::default(),
+        );
+        let (alice, joined) = join(&hub, "alice", ROOM).await;
+        let _ = joined_tx.send(joined);
+        // Holds the node until its runtime dies.
+        let _node = (hub, alice, cluster);
+        std::future::pending::<()>().await;
+    });
+    let joined = tokio::time::timeout(STEP, joined_rx)
+        .await
+        .expect("alice joined within the step")
+        .unwrap();
+    assert_eq!(names(&joined.members), ["carol"]);
+    let (member, joined_event) = presence_event(next_frame(&mut carol).await);
+    assert_eq!((member.name.as_str(), joined_event), ("alice", true));
+
+    // Watch the bucket as an operator would, to see how alice's entry goes.
+    let client = async_nats::connect(nats.urls().split(',').next().unwrap())
+        .await
+        .unwrap();
+    let bucket = async_nats::jetstream::new(client)
+        .get_key_value(duplex_cluster::bucket_name("duplex"))
+        .await
+        .unwrap();
+    let room_token = duplex_cluster::subject::room_token(ROOM);
+    let mut entries = bucket.watch(format!("{room_token}.>")).await.unwrap();
+
+    let killed = std::time::Instant::now();
+    node_a.shutdown_background();
+
+    // Alice leaves carol's room once her entry ages out: within the TTL of her last
+    // refresh (plus the server's expiry check), never before the kill.
+    let (member, joined_event) = presence_event(next_frame(&mut carol).await);
+    assert_eq!((member.name.as_str(), joined_event), ("alice", false));
+    let ttl = 3 * HEARTBEAT;
+    eprintln!(
+        "alice left {:?} after the kill (TTL {ttl:?})",
+        killed.elapsed()
+    );
+    assert!(
+        c.presence(&Identity::anonymous("probe"), ROOM)
+            .unwrap()
+            .members
+            .iter()
+            .all(|m| m.name != "alice")
+    );
+
+    // What carol saw was the server's MaxAge marker (a purge), not a delete by node A.
+    let node_a_token = duplex_cluster::subject::room_token("node-a");
+    let gone = tokio::time::timeout(STEP, async {
+        while let Some(entry) = entries.next().await {
+            let entry = entry.unwrap();
+            if entry.key.contains(&node_a_token)
+                && entry.operation != async_nats::jetstream::kv::Operation::Put
+            {
+                return entry.operation;
+            }
+        }
+        panic!("the watch ended");
+    })
+    .await
+    .expect("alice's entry went within the step");
+    assert_eq!(gone, async_nats::jetstream::kv::Operation::Purge);
+    assert_quiet(&mut carol).await;
+}
+
+#[tokio::test]
+async fn members_of_other_nodes_past_the_cap_are_counted_not_listed() {
+    let nats = NatsCluster::single();
+    let a = node(&nats, "node-a", 1000).await;
+    let c = node(&nats, "node-c", 2).await;
+
+    // C follows the room through a hidden session (never listed, never counted).
+    let (mut hidden, joined) = join(&c, "", ROOM).await;
+    assert!(joined.members.is_empty());
+    let mut on_a = Vec::new();
+    for name in ["a1", "a2", "a3"] {
+        on_a.push(join(&a, name, ROOM).await.0);
+    }
+    wait_for_presence(&c, ROOM, 2, 1).await;
+    // The hidden session saw the two listed joins and nothing of the counted one.
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let (member, joined_event) = presence_event(next_frame(&mut hidden).await);
+        assert!(joined_event);
+        seen.push(member);
+    }
+    assert_quiet(&mut hidden).await;
+
+    // Carol joins on C: two listed, one counted; she is counted herself.
+    let (mut carol, joined) = join(&c, "carol", ROOM).await;
+    assert_eq!((joined.members.len(), joined.unlisted_members), (2, 1));
+    wait_for_presence(&c, ROOM, 2, 2).await;
+    assert_quiet(&mut hidden).await;
+
+    // A fourth on A: counted on C, no event.
+    on_a.push(join(&a, "a4", ROOM).await.0);
+    wait_for_presence(&c, ROOM, 2, 3).await;
+    assert_quiet(&mut carol).await;
+
+    // A listed member leaves: its event goes out, and nobody is promoted into the list.
+    let listed_name = seen[0].name.clone();
+    let index = ["a1", "a2", "a3"]
+        .iter()
+        .position(|n| *n == listed_name)
+        .unwrap();
+    drop(on_a.remove(index));
+    let (member, joined_event) = presence_event(next_frame(&mut carol).await);
+    assert_eq!((member.name, joined_event), (listed_name, false));
+    wait_for_presence(&c, ROOM, 1, 3).await;
+}
