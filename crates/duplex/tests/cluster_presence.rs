@@ -111,6 +111,38 @@ async fn wait_for_presence(hub: &Hub, room: &str, listed: usize, unlisted: u64) 
     }
 }
 
+/// Waits until the bucket holds `count` member entries of `room` (bounded): a join is
+/// written behind the session's back, so a joiner on another node may come before it.
+async fn wait_for_entries(nats: &NatsCluster, room: &str, count: usize) {
+    let client = async_nats::connect(nats.urls().split(',').next().unwrap())
+        .await
+        .unwrap();
+    let bucket = async_nats::jetstream::new(client)
+        .get_key_value(duplex_cluster::bucket_name("duplex"))
+        .await
+        .unwrap();
+    let prefix = format!("{}.", duplex_cluster::subject::room_token(room));
+    let start = std::time::Instant::now();
+    loop {
+        let keys: Vec<String> = bucket
+            .keys()
+            .await
+            .unwrap()
+            .filter_map(|key| std::future::ready(key.ok()))
+            .collect()
+            .await;
+        let have = keys.iter().filter(|key| key.starts_with(&prefix)).count();
+        if have == count {
+            return;
+        }
+        assert!(
+            start.elapsed() < STEP,
+            "expected {count} entries of {room}, have {have}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Asserts nothing more arrives on `outbound` for a moment.
 async fn assert_quiet(outbound: &mut Outbound) {
     let more = tokio::time::timeout(Duration::from_millis(300), outbound.next()).await;
@@ -125,6 +157,7 @@ async fn a_member_on_one_node_is_listed_on_another_and_its_join_and_leave_reach_
 
     let (mut carol, joined) = join(&c, "carol", ROOM).await;
     assert!(joined.members.is_empty(), "{joined:?}");
+    wait_for_entries(&nats, ROOM, 1).await;
 
     // Alice joins on A: her `joined` lists carol (from C), carol sees her join.
     let (mut alice, joined) = join(&a, "alice", ROOM).await;
@@ -181,6 +214,7 @@ async fn a_node_that_dies_has_its_members_leave_everywhere_within_the_ttl() {
     let nats = NatsCluster::single();
     let c = node(&nats, "node-c", 1000).await;
     let (mut carol, _) = join(&c, "carol", ROOM).await;
+    wait_for_entries(&nats, ROOM, 1).await;
 
     // Node A runs on a runtime of its own, so it can die at once: no leave, no delete.
     let node_a = tokio::runtime::Builder::new_multi_thread()
