@@ -345,3 +345,43 @@ async fn members_of_other_nodes_past_the_cap_are_counted_not_listed() {
     assert_eq!((member.name, joined_event), (listed_name, false));
     wait_for_presence(&c, ROOM, 1, 3).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_catches_up_after_nats_comes_back() {
+    let mut nats = NatsCluster::single();
+    let a = node(&nats, "node-a", 1000).await;
+    let c = node(&nats, "node-c", 1000).await;
+    let (mut carol, _) = join(&c, "carol", ROOM).await;
+    wait_for_entries(&nats, ROOM, 1).await;
+    // A hidden session keeps the room loaded on A through the outage (loading a room needs
+    // NATS; joining a loaded one does not).
+    let (_keeper, _) = join(&a, "", ROOM).await;
+    let (alice, _) = join(&a, "alice", ROOM).await;
+    let (member, joined_event) = presence_event(next_frame(&mut carol).await);
+    assert_eq!((member.name.as_str(), joined_event), ("alice", true));
+
+    // NATS goes away; meanwhile alice leaves A and bob joins it: neither can be written.
+    tokio::task::block_in_place(|| nats.nodes[0].kill());
+    drop(alice);
+    wait_for_presence(&a, ROOM, 1, 0).await;
+    let (_bob, joined) = join(&a, "bob", ROOM).await;
+    assert_eq!(names(&joined.members), ["carol"], "A's mirror still lists carol");
+    assert_quiet(&mut carol).await;
+
+    // NATS comes back: A writes what changed, C re-syncs; carol sees both, once each.
+    tokio::task::block_in_place(|| {
+        nats.nodes[0].restart();
+        nats.wait_for_jetstream();
+    });
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let (member, joined_event) = presence_event(next_frame(&mut carol).await);
+        seen.push((member.name, joined_event));
+    }
+    seen.sort();
+    assert_eq!(seen, [("alice".into(), false), ("bob".into(), true)]);
+    wait_for_presence(&c, ROOM, 2, 0).await;
+    let listed = c.presence(&Identity::anonymous("probe"), ROOM).unwrap();
+    assert_eq!(names(&listed.members), ["bob", "carol"]);
+    assert_quiet(&mut carol).await;
+}
