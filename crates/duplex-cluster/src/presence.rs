@@ -42,6 +42,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use async_nats::jetstream::context::CreateKeyValueErrorKind as BucketErrorKind;
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 use duplex_hub::{
@@ -63,8 +64,12 @@ pub const WRITES_IN_FLIGHT: usize = 32;
 /// The smallest marker TTL nats-server accepts for `limit_markers`.
 const MIN_MARKER_TTL: Duration = Duration::from_secs(1);
 
-/// How long a room's watch waits after failing before it watches again.
-const WATCH_RETRY: Duration = Duration::from_millis(500);
+/// How long a room's watch waits after failing before it watches again: doubled after
+/// each failure in a row, up to [`WATCH_RETRY_MAX`].
+const WATCH_RETRY: Duration = Duration::from_millis(250);
+
+/// The longest wait between two watches of a room while they keep failing (NATS gone).
+const WATCH_RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// Why presence could not start.
 #[derive(Debug, thiserror::Error)]
@@ -254,6 +259,21 @@ impl KvPresence {
                 .await
             {
                 Ok(kv) => break kv,
+                // Settings no server takes (an old server without limit markers) or a
+                // bucket name NATS refuses: retrying cannot help.
+                Err(error)
+                    if matches!(
+                        error.kind(),
+                        BucketErrorKind::LimitMarkersNotSupported
+                            | BucketErrorKind::InvalidStoreName
+                            | BucketErrorKind::TooLongHistory
+                    ) =>
+                {
+                    return Err(PresenceError::Bucket {
+                        bucket,
+                        reason: error.to_string(),
+                    });
+                }
                 Err(error) if Instant::now() < deadline => {
                     warn!(%error, %bucket, "presence bucket not ready yet; retrying");
                     tokio::time::sleep(Duration::from_millis(250)).await;
@@ -584,6 +604,7 @@ async fn follow_room(
     let mut ready = Some(ready);
     let mut connection = inner.connection.clone();
     connection.borrow_and_update();
+    let mut retry = WATCH_RETRY;
     loop {
         match watch_once(
             &inner,
@@ -596,7 +617,10 @@ async fn follow_room(
         .await
         {
             WatchEnd::RoomGone => return,
-            WatchEnd::Reconnected => debug!(%room, "NATS is back: presence re-syncs"),
+            WatchEnd::Reconnected => {
+                debug!(%room, "NATS is back: presence re-syncs");
+                retry = WATCH_RETRY;
+            }
             WatchEnd::Failed(reason) => {
                 if let Some(ready) = ready.take() {
                     let _ = ready.send(Err(HubError::Store(format!(
@@ -604,8 +628,13 @@ async fn follow_room(
                     ))));
                     return;
                 }
-                warn!(%room, %reason, "presence watch failed; watching again");
-                tokio::time::sleep(WATCH_RETRY).await;
+                if retry == WATCH_RETRY {
+                    warn!(%room, %reason, "presence watch failed; watching again");
+                } else {
+                    debug!(%room, %reason, ?retry, "presence watch failed again");
+                }
+                tokio::time::sleep(retry).await;
+                retry = (retry * 2).min(WATCH_RETRY_MAX);
             }
         }
     }
