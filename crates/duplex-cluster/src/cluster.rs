@@ -13,13 +13,20 @@
 //! `allow_direct` for reads; retention per room by count (`max_messages_per_subject`,
 //! discarding the oldest) and by age; `duplicate_window` for dedupe by `Nats-Msg-Id`.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, stream};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use duplex_hub::{LiveFeed, LocalPresence, Presence};
+use duplex_store::Store;
+
 use crate::config::{ClusterConfig, StreamStorage};
+use crate::feed::RepublishFeed;
+use crate::log::JetStreamLog;
 use crate::subject::Subjects;
 
 /// Bytes a message's record and NATS headers may add to its payload: the record's time and
@@ -27,6 +34,56 @@ use crate::subject::Subjects;
 /// each), and a `Nats-Msg-Id` of the room and client id. A payload is capped at the
 /// servers' `max_payload` less this, so NATS never refuses what duplex accepted.
 pub const RECORD_ALLOWANCE: usize = 4096;
+
+/// Most rooms [`RoomMarks`] remembers; past it, it starts over (a forgotten room only
+/// loses the stale-read check until its next message).
+const MAX_MARKED_ROOMS: usize = 100_000;
+
+/// The newest offset known per room (see [`Cluster::saw`]), bounded by
+/// [`MAX_MARKED_ROOMS`].
+#[derive(Debug, Default)]
+struct RoomMarks {
+    marks: Mutex<HashMap<String, u64>>,
+}
+
+impl RoomMarks {
+    fn saw(&self, room: &str, seq: u64) {
+        let mut marks = self.marks.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(mark) = marks.get_mut(room) {
+            *mark = (*mark).max(seq);
+            return;
+        }
+        if marks.len() >= MAX_MARKED_ROOMS {
+            marks.clear();
+        }
+        marks.insert(room.to_owned(), seq);
+    }
+
+    fn get(&self, room: &str) -> u64 {
+        let marks = self.marks.lock().unwrap_or_else(|p| p.into_inner());
+        marks.get(room).copied().unwrap_or(0)
+    }
+}
+
+/// Most PubAcks one node waits for at once; a bigger batch waits for room.
+const MAX_ACKS_IN_FLIGHT: usize = 4096;
+
+/// What a cluster puts behind the hub's seams (see [`Cluster::seams`]).
+#[derive(Clone)]
+pub struct Seams {
+    /// The log: [`JetStreamLog`].
+    pub store: Arc<dyn Store>,
+    /// The live feed: [`RepublishFeed`].
+    pub feed: Arc<dyn LiveFeed>,
+    /// Presence.
+    pub presence: Arc<dyn Presence>,
+}
+
+impl std::fmt::Debug for Seams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Seams").finish_non_exhaustive()
+    }
+}
 
 /// Why a node could not join the cluster.
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +156,10 @@ pub struct Cluster {
     /// The largest payload a publish may carry here: `config.max_payload`, lowered to what
     /// the servers accept less [`RECORD_ALLOWANCE`].
     max_payload: usize,
+    /// The newest offset this node knows each room has (its PubAcks, the feed's
+    /// messages), shared by the log and the feed, so a read answered by a replica that is
+    /// behind is noticed and asked again (see `log.rs`).
+    seen: Arc<RoomMarks>,
 }
 
 impl Cluster {
@@ -153,8 +214,11 @@ impl Cluster {
                 "payloads capped below --max-payload: the NATS servers' max_payload is smaller"
             );
         }
+        // A batch bigger than the acks allowed in flight waits for room rather than fail.
         let jetstream = jetstream::ContextBuilder::new()
             .timeout(config.request_timeout)
+            .max_ack_inflight(MAX_ACKS_IN_FLIGHT)
+            .backpressure_on_inflight(true)
             .build(client.clone());
         let cluster = Cluster {
             subjects: Subjects::new(&config.prefix),
@@ -163,6 +227,7 @@ impl Cluster {
             config,
             connection,
             max_payload,
+            seen: Arc::new(RoomMarks::default()),
         };
         cluster.ensure_stream(deadline).await?;
         info!(
@@ -274,6 +339,31 @@ impl Cluster {
     /// [`RECORD_ALLOWANCE`]).
     pub fn max_payload(&self) -> usize {
         self.max_payload
+    }
+
+    /// Records that `room` has a message at offset `seq` (see `seen`'s docs).
+    pub fn saw(&self, room: &str, seq: u64) {
+        self.seen.saw(room, seq);
+    }
+
+    /// The newest offset this node knows `room` has (0: none known).
+    pub fn seen(&self, room: &str) -> u64 {
+        self.seen.get(room)
+    }
+
+    /// The hub's seams on this cluster: the room stream as the log, its republish as the
+    /// live feed, and presence. What `duplex serve --cluster` hands to
+    /// `Hub::with_seams`. Spawns the log's and feed's tasks (needs a tokio runtime).
+    pub fn seams(&self) -> Seams {
+        let log = Arc::new(JetStreamLog::new(self.clone()));
+        let feed = Arc::new(RepublishFeed::new(self.clone(), log.clone()));
+        // presence: replaced by KvPresence
+        let presence: Arc<dyn Presence> = Arc::new(LocalPresence::new());
+        Seams {
+            store: log,
+            feed,
+            presence,
+        }
     }
 }
 

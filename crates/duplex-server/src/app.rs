@@ -27,6 +27,10 @@ pub enum AppError {
         /// What the store reported.
         source: duplex_store::StoreError,
     },
+    /// `--cluster`: the node could not join (NATS unreachable, JetStream missing, the
+    /// stream's settings refused).
+    #[error("cannot join the cluster: {0}")]
+    Cluster(#[from] duplex_cluster::ClusterError),
     /// The JWT settings are unusable (a key file missing or malformed).
     #[error("auth: {0}")]
     Auth(#[from] AuthSetupError),
@@ -53,28 +57,15 @@ pub struct App {
 
 impl App {
     /// Opens the store named by `config` (`--store`, `--data-dir`, `--reset-store`,
-    /// retention), sets up token verification and starts the hub's tasks on the current
+    /// retention) or, with `--cluster`, joins the cluster (its log, live feed and
+    /// presence), sets up token verification and starts the hub's tasks on the current
     /// tokio runtime.
     pub async fn open(config: &ServeConfig) -> Result<Self, AppError> {
-        let store: Arc<dyn Store> = match config.store {
-            StoreKind::Redb => {
-                let opened = if config.reset_store {
-                    RedbStore::open_resetting(&config.data_dir, config.retention())
-                } else {
-                    RedbStore::open(&config.data_dir, config.retention())
-                };
-                Arc::new(opened.map_err(|source| AppError::Store {
-                    kind: "redb",
-                    source,
-                })?)
-            }
-            StoreKind::Memory => Arc::new(MemoryStore::with_max_bytes(
-                config.retention(),
-                config.memory_store_bytes,
-            )),
+        let hub = match config.cluster_config() {
+            Some(cluster) => Self::join_cluster(cluster, config).await?,
+            None => Hub::new(Self::open_store(config)?, config.hub_config()),
         };
         let auth = Arc::new(Authenticator::from_settings(&config.auth_settings())?);
-        let hub = Hub::new(store, config.hub_config());
         let metrics = Arc::new(Metrics::new(hub.clone(), config.lag_policy));
         let (health, health_service) = Health::new(hub.clone()).await;
         tokio::spawn(health.watch_store());
@@ -93,6 +84,45 @@ impl App {
             health,
             standard_services,
         })
+    }
+
+    /// The single-node store named by `--store`.
+    fn open_store(config: &ServeConfig) -> Result<Arc<dyn Store>, AppError> {
+        Ok(match config.store {
+            StoreKind::Redb => {
+                let opened = if config.reset_store {
+                    RedbStore::open_resetting(&config.data_dir, config.retention())
+                } else {
+                    RedbStore::open(&config.data_dir, config.retention())
+                };
+                Arc::new(opened.map_err(|source| AppError::Store {
+                    kind: "redb",
+                    source,
+                })?)
+            }
+            StoreKind::Memory => Arc::new(MemoryStore::with_max_bytes(
+                config.retention(),
+                config.memory_store_bytes,
+            )),
+        })
+    }
+
+    /// `--cluster`: joins NATS and starts the hub on the cluster's seams (log, feed,
+    /// presence), with payloads capped to what the NATS servers take.
+    async fn join_cluster(
+        cluster: duplex_cluster::ClusterConfig,
+        config: &ServeConfig,
+    ) -> Result<Hub, AppError> {
+        let cluster = duplex_cluster::Cluster::connect(cluster).await?;
+        let seams = cluster.seams();
+        let mut hub_config = config.hub_config();
+        hub_config.max_payload = hub_config.max_payload.min(cluster.max_payload());
+        Ok(Hub::with_seams(
+            seams.store,
+            seams.feed,
+            seams.presence,
+            hub_config,
+        ))
     }
 
     /// Serving or not, for the health service and `/readyz`.

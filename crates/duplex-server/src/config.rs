@@ -168,6 +168,72 @@ pub struct ServeConfig {
     #[arg(env = "DUPLEX_RESET_STORE", help_heading = "Store")]
     pub reset_store: bool,
 
+    /// Run as one node of a cluster: NATS server URLs (`nats://HOST:PORT`, `tls://…`),
+    /// comma-separated or repeated. The rooms' log, live delivery and presence then live in
+    /// NATS JetStream (one stream; offset = its sequence), shared by every node given the
+    /// same servers, --nats-prefix and --nats-stream; --store and --data-dir are unused.
+    /// --retention-messages and --retention-age become the stream's per-room limits and
+    /// --dedupe-window its duplicate window (held in the NATS servers' memory per message
+    /// id). Empty (the default): one node with its own store.
+    #[arg(long = "cluster", value_name = "URL", value_delimiter = ',')]
+    #[arg(env = "DUPLEX_CLUSTER", help_heading = "Cluster")]
+    pub cluster: Vec<String>,
+
+    /// With --cluster: a NATS credentials file (user JWT and nkey seed).
+    #[arg(long)]
+    #[arg(env = "DUPLEX_NATS_CREDS", help_heading = "Cluster")]
+    pub nats_creds: Option<std::path::PathBuf>,
+
+    /// With --cluster: verify the NATS servers' TLS certificates with these CA
+    /// certificates (PEM), and require TLS.
+    #[arg(long)]
+    #[arg(env = "DUPLEX_NATS_CA", help_heading = "Cluster")]
+    pub nats_ca: Option<std::path::PathBuf>,
+
+    /// With --cluster: a client certificate (PEM) for NATS servers that verify clients.
+    /// Needs --nats-key.
+    #[arg(long, requires = "nats_key")]
+    #[arg(env = "DUPLEX_NATS_CERT", help_heading = "Cluster")]
+    pub nats_cert: Option<std::path::PathBuf>,
+
+    /// The private key (PEM) of --nats-cert.
+    #[arg(long, requires = "nats_cert")]
+    #[arg(env = "DUPLEX_NATS_KEY", help_heading = "Cluster")]
+    pub nats_key: Option<std::path::PathBuf>,
+
+    /// With --cluster: the subject prefix of this deployment (rooms are stored on
+    /// `PREFIX.room.<room>` and delivered live on `PREFIX.live.<room>`), so several
+    /// deployments can share one NATS account.
+    #[arg(long, default_value = "duplex")]
+    #[arg(env = "DUPLEX_NATS_PREFIX", help_heading = "Cluster")]
+    pub nats_prefix: String,
+
+    /// With --cluster: the JetStream stream holding every room. The first node creates it;
+    /// each node updates it to its own settings at start, so give every node the same.
+    #[arg(long, default_value = "DUPLEX")]
+    #[arg(env = "DUPLEX_NATS_STREAM", help_heading = "Cluster")]
+    pub nats_stream: String,
+
+    /// With --cluster: copies JetStream keeps of the stream (1, 3 or 5; at most the number
+    /// of NATS servers). With 3, a publish is acked once two servers have it, and one
+    /// server may fail without losing an acked message; each publish costs a replication
+    /// round trip.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    #[arg(env = "DUPLEX_NATS_REPLICAS", help_heading = "Cluster")]
+    pub nats_replicas: u8,
+
+    /// With --cluster: where the NATS servers keep the stream: `file` (survives their
+    /// restarts) or `memory` (faster, lost when the servers holding it restart).
+    #[arg(long, default_value = "file")]
+    #[arg(env = "DUPLEX_NATS_STORAGE", help_heading = "Cluster")]
+    pub nats_storage: NatsStorage,
+
+    /// With --cluster: this node's name, shown to NATS and in presence; unique per running
+    /// node. Default: HOSTNAME-PID.
+    #[arg(long)]
+    #[arg(env = "DUPLEX_NODE_NAME", help_heading = "Cluster")]
+    pub node_name: Option<String>,
+
     /// What happens to a subscriber whose outbound queue is full: `disconnect` (a `lagged`
     /// frame with the last offset delivered, then RESOURCE_EXHAUSTED; the client resumes
     /// from history and loses nothing), `drop-oldest`, or `latest-per-key`.
@@ -390,6 +456,15 @@ pub enum StoreKind {
     Memory,
 }
 
+/// Where the NATS servers keep the room stream (`--nats-storage`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum NatsStorage {
+    /// On disk in each server's JetStream directory: survives restarts.
+    File,
+    /// In memory: lost when the servers holding it restart.
+    Memory,
+}
+
 /// The tokio runtime `duplex serve` runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum RuntimeKind {
@@ -415,6 +490,11 @@ impl ServeConfig {
     /// Checks what clap checks only for flags and env variables, not for values from a
     /// config file (they reach clap as defaults): TLS settings that need one another.
     pub fn check(&self) -> Result<(), String> {
+        match (&self.nats_cert, &self.nats_key) {
+            (Some(_), None) => return Err("nats-cert needs nats-key (its private key)".into()),
+            (None, Some(_)) => return Err("nats-key needs nats-cert".into()),
+            _ => {}
+        }
         match (&self.tls_cert, &self.tls_key, &self.tls_client_ca) {
             (Some(_), None, _) => Err("tls-cert needs tls-key (its private key)".into()),
             (None, Some(_), _) => Err("tls-key needs tls-cert".into()),
@@ -492,6 +572,32 @@ impl ServeConfig {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         }
+    }
+
+    /// With `--cluster`, how this node joins the cluster; `None` for a single node.
+    pub fn cluster_config(&self) -> Option<duplex_cluster::ClusterConfig> {
+        if self.cluster.is_empty() {
+            return None;
+        }
+        let mut config = duplex_cluster::ClusterConfig::new(self.cluster.clone());
+        config.creds = self.nats_creds.clone();
+        config.ca = self.nats_ca.clone();
+        config.client_cert = self.nats_cert.clone().zip(self.nats_key.clone());
+        if let Some(node) = &self.node_name {
+            config.node = node.clone();
+        }
+        config.prefix = self.nats_prefix.clone();
+        config.stream = self.nats_stream.clone();
+        config.replicas = usize::from(self.nats_replicas);
+        config.storage = match self.nats_storage {
+            NatsStorage::File => duplex_cluster::StreamStorage::File,
+            NatsStorage::Memory => duplex_cluster::StreamStorage::Memory,
+        };
+        config.max_messages_per_room = Some(self.retention_messages).filter(|&n| n > 0);
+        config.max_age = Some(self.retention_age).filter(|age| !age.is_zero());
+        config.duplicate_window = self.dedupe_window;
+        config.max_payload = self.max_payload;
+        Some(config)
     }
 
     /// Retention per room and dedupe from these flags.

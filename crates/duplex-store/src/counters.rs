@@ -168,7 +168,7 @@ impl Default for StoreCounters {
 
 impl StoreCounters {
     /// A durable commit call took `took` and succeeded: the store is available.
-    pub(crate) fn committed(&self, took: Duration) {
+    pub fn committed(&self, took: Duration) {
         self.fsync.observe_duration(took);
         self.failing.store(false, Ordering::Relaxed);
     }
@@ -177,6 +177,19 @@ impl StoreCounters {
     pub(crate) fn commit_failed(&self) {
         self.failed_commits.fetch_add(1, Ordering::Relaxed);
         self.failing.store(true, Ordering::Relaxed);
+    }
+
+    /// An append failed without making the store unavailable by itself: counted only. For
+    /// a store whose availability something else decides (see
+    /// [`set_available`](StoreCounters::set_available)).
+    pub fn append_failed(&self) {
+        self.failed_commits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Sets whether the store takes writes, for a store whose availability is a connection
+    /// rather than its last commit (a cluster log: connected to NATS or not).
+    pub fn set_available(&self, available: bool) {
+        self.failing.store(!available, Ordering::Relaxed);
     }
 
     /// Whether the store takes writes: false from a failed commit until one succeeds.

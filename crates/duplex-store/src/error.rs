@@ -113,6 +113,12 @@ pub enum StoreError {
     #[error("store is recovering from a failed write (disk full or I/O error); retry shortly")]
     Reopening,
 
+    /// A remote log (a cluster's JetStream) cannot be reached or did not answer in time.
+    /// For an append, part of the batch may be stored: a retry with the same client
+    /// message ids is deduped by the log.
+    #[error("{0}")]
+    Unavailable(String),
+
     /// A blocking read task failed (panicked or was cancelled by runtime shutdown).
     #[error("store read task failed: {0}")]
     ReadTask(#[source] Arc<tokio::task::JoinError>),

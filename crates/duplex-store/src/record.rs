@@ -62,11 +62,7 @@ pub fn encode(message: &NewMessage) -> Vec<u8> {
 }
 
 /// Decodes a record stored under (`room`, `offset`).
-pub fn decode(
-    room: &str,
-    offset: Offset,
-    bytes: &[u8],
-) -> Result<StoredMessage, StoreError> {
+pub fn decode(room: &str, offset: Offset, bytes: &[u8]) -> Result<StoredMessage, StoreError> {
     let corrupt = |reason: String| StoreError::CorruptRecord {
         room: room.to_owned(),
         offset,

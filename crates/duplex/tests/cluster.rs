@@ -1,11 +1,21 @@
-//! duplex on NATS JetStream (`--cluster`): real nats-server processes (see `common::nats`).
+//! duplex on NATS JetStream (`--cluster`): real nats-server processes (see `common::nats`),
+//! real `duplex serve --cluster` processes and real clients. Each test starts its own NATS
+//! servers (a 3-node cluster takes a few seconds) and shares them among its steps.
 
 mod common;
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::nats::NatsCluster;
+use common::session::{Session, SessionSteps as _};
+use common::{ChildGuard, STEP, duplex, spawn_listening};
 use duplex_cluster::{Cluster, ClusterConfig};
+use duplex_proto::hub::hub_client::HubClient;
+use duplex_proto::hub::server_frame::Frame;
+use duplex_proto::hub::{HistoryRequest, Message, PublishAck, PublishRequest};
+use duplex_store::Store as _;
+use tonic::transport::Channel;
 
 fn config(nats: &NatsCluster, replicas: usize) -> ClusterConfig {
     let mut config = ClusterConfig::new(nats.urls().split(',').map(str::to_owned).collect());
@@ -63,4 +73,362 @@ async fn a_node_without_nats_fails_to_start_with_what_it_tried() {
     let error = Cluster::connect(config).await.expect_err("no NATS there");
     let message = error.to_string();
     assert!(message.contains("nats://127.0.0.1:1"), "{message}");
+}
+
+fn message(room: &str, client_id: &str, text: &str) -> duplex_store::NewMessage {
+    duplex_store::NewMessage {
+        room: room.into(),
+        time_unix_micros: 1_700_000_000_000_000,
+        sender: "ada".into(),
+        content_type: "text/plain".into(),
+        client_id: client_id.into(),
+        key: String::new(),
+        payload: bytes::Bytes::from(text.to_owned()),
+    }
+}
+
+#[tokio::test]
+async fn the_log_assigns_stream_sequences_dedupes_and_reads_rooms_back() {
+    let nats = NatsCluster::single();
+    let cluster = Cluster::connect(config(&nats, 1)).await.expect("join");
+    let log = duplex_cluster::JetStreamLog::new(cluster.clone());
+    let appended = log
+        .append(vec![
+            message("a.b", "x", "one"),
+            message("a.b", "", "two"),
+            message("c", "", "other room"),
+            // A repeat within the batch: the original's offset.
+            message("a.b", "x", "one again"),
+            // The same client id in another room is another message.
+            message("c", "x", "other x"),
+        ])
+        .await
+        .expect("append");
+    let offsets: Vec<(u64, bool)> = appended.iter().map(|a| (a.offset, a.duplicate)).collect();
+    assert_eq!(
+        offsets,
+        [(1, false), (2, false), (3, false), (1, true), (4, false)]
+    );
+    let read = log.read_after("a.b", 0, 10).await.unwrap();
+    let texts: Vec<(u64, &[u8])> = read.iter().map(|m| (m.offset, &m.payload[..])).collect();
+    assert_eq!(texts, [(1, &b"one"[..]), (2, &b"two"[..])]);
+    assert_eq!(read[0].sender, "ada");
+    assert_eq!(read[0].client_id, "x");
+    assert_eq!(log.read_after("a.b", 1, 10).await.unwrap().len(), 1);
+    assert!(log.read_after("a.b", 2, 10).await.unwrap().is_empty());
+    assert_eq!(log.read_after("a.b", 0, 1).await.unwrap().len(), 1);
+    // A page over its byte bound still brings its first message, and no more.
+    assert_eq!(log.read_page("a.b", 0, 10, 1).await.unwrap().len(), 1);
+    let bounds = log.bounds("a.b").await.unwrap().expect("a.b has messages");
+    assert_eq!((bounds.earliest, bounds.last), (1, 2));
+    assert_eq!(log.bounds("empty").await.unwrap(), None);
+    // The stream's last sequence: above every offset the room had, below every later one.
+    assert_eq!(log.last_offset("a.b").await.unwrap(), 4);
+    assert_eq!(log.last_offset("empty").await.unwrap(), 4);
+    assert!(log.commits() >= 1);
+    assert!(log.counters().expect("counters").available());
+}
+
+#[tokio::test]
+async fn reads_right_after_a_paused_replica_resumes_reach_what_the_node_saw() {
+    // nats-server 2.15 has no `min_last_seq`: a direct get is answered by whichever
+    // replica gets it (the one on the client's own server first), caught up or not. A
+    // follower that was paused answers from its own state while it catches up; the log
+    // must not take that for the room's end.
+    let nats = NatsCluster::start(3);
+    let admin = Cluster::connect(config(&nats, 3)).await.expect("join");
+    let info = admin
+        .jetstream()
+        .get_stream("DUPLEX")
+        .await
+        .unwrap()
+        .cached_info()
+        .clone();
+    let leader = info
+        .cluster
+        .and_then(|c| c.leader)
+        .expect("a stream leader");
+    let follower = nats
+        .nodes
+        .iter()
+        .position(|n| n.name() != leader)
+        .expect("a follower");
+    let leader = nats
+        .nodes
+        .iter()
+        .position(|n| n.name() == leader)
+        .expect("the leader's node");
+    // Each client on one server only: the writer's keeps working while the follower is
+    // paused; the reader's direct gets go to the follower's replica first.
+    let on = |node: usize| {
+        let mut config = config(&nats, 3);
+        config.servers = vec![nats.nodes[node].url()];
+        config
+    };
+    let writer = Cluster::connect(on(leader)).await.expect("join");
+    let reader = Cluster::connect(on(follower)).await.expect("join");
+    let reader_log = duplex_cluster::JetStreamLog::new(reader.clone());
+    let writer_log = duplex_cluster::JetStreamLog::new(writer.clone());
+    let raw_last = || async {
+        let reply = reader
+            .client()
+            .request(
+                "$JS.API.DIRECT.GET.DUPLEX",
+                serde_json::json!({ "last_by_subj": reader.subjects().room("r") })
+                    .to_string()
+                    .into(),
+            )
+            .await
+            .expect("direct get");
+        reply
+            .headers
+            .and_then(|h| {
+                h.get("Nats-Sequence")
+                    .map(|v| v.as_str().parse::<u64>().unwrap())
+            })
+            .unwrap_or(0)
+    };
+    let mut stale_raw = 0;
+    let mut rounds = 0;
+    for round in 0..3 {
+        let pid = nats.nodes[follower].pid().unwrap().to_string();
+        let signal = |name: &str| {
+            std::process::Command::new("kill")
+                .args([name, &pid])
+                .status()
+                .unwrap()
+        };
+        assert!(signal("-STOP").success());
+        let mut last = 0;
+        for batch in 0..20 {
+            let messages = (0..100)
+                .map(|k| message("r", "", &format!("{round}-{batch}-{k}")))
+                .collect();
+            last = writer_log
+                .append(messages)
+                .await
+                .expect("append")
+                .last()
+                .unwrap()
+                .offset;
+        }
+        // What the reader's node knows of the room (its feed delivered it, say).
+        reader.saw("r", last);
+        assert!(signal("-CONT").success());
+        for _ in 0..20 {
+            rounds += 1;
+            if raw_last().await < last {
+                stale_raw += 1;
+            }
+            let read = reader_log
+                .read_after("r", last - 1, 10)
+                .await
+                .expect("read");
+            assert_eq!(offsets_of(&read), [last], "round {round}");
+            assert_eq!(reader_log.bounds("r").await.unwrap().unwrap().last, last);
+        }
+    }
+    println!("direct gets without the check: {stale_raw} of {rounds} answered short");
+}
+
+fn offsets_of(messages: &[duplex_store::StoredMessage]) -> Vec<u64> {
+    messages.iter().map(|m| m.offset).collect()
+}
+
+// ------------------------------------------------------------------ duplex serve --cluster
+
+/// One `duplex serve --cluster` process.
+struct Node {
+    process: ChildGuard,
+    addr: SocketAddr,
+}
+
+impl Node {
+    fn start(nats: &NatsCluster, replicas: usize, name: &str, extra: &[&str]) -> Node {
+        let mut command = duplex();
+        command
+            .args(["serve", "--listen", "127.0.0.1:0", "--cluster"])
+            .arg(nats.urls())
+            .args([
+                "--nats-replicas",
+                &replicas.to_string(),
+                "--node-name",
+                name,
+            ])
+            .args(extra);
+        let (process, addr, _stdout) = spawn_listening(command);
+        Node { process, addr }
+    }
+
+    async fn channel(&self) -> Channel {
+        common::connect(self.addr).await
+    }
+
+    fn kill(&mut self) {
+        self.process.signal("KILL");
+        self.process.wait_for_exit(STEP);
+    }
+}
+
+async fn publish(
+    channel: &Channel,
+    room: &str,
+    text: &str,
+    id: &str,
+) -> Result<PublishAck, tonic::Status> {
+    HubClient::new(channel.clone())
+        .publish(PublishRequest {
+            room: room.into(),
+            payload: text.as_bytes().to_vec().into(),
+            client_message_id: id.into(),
+            ..Default::default()
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// Every retained message of `room`, by pages.
+async fn history(channel: &Channel, room: &str) -> Vec<Message> {
+    let mut client = HubClient::new(channel.clone());
+    let mut after = 0;
+    let mut all = Vec::new();
+    for _ in 0..1000 {
+        let page = client
+            .history(HistoryRequest {
+                room: room.into(),
+                after_offset: after,
+                limit: 0,
+            })
+            .await
+            .expect("history")
+            .into_inner();
+        all.extend(page.messages);
+        after = page.next_after_offset;
+        if !page.more {
+            return all;
+        }
+    }
+    panic!("history of {room} did not end");
+}
+
+/// The next `count` messages of a session, or what it got before its stream ended.
+async fn collect(session: &mut Session, count: usize) -> Vec<Message> {
+    let mut messages = Vec::new();
+    while messages.len() < count {
+        match tokio::time::timeout(STEP, session.frames.message()).await {
+            Ok(Ok(Some(frame))) => {
+                if let Some(Frame::Message(message)) = frame.frame {
+                    messages.push(message);
+                }
+            }
+            Ok(_) => break,
+            Err(_) => panic!("no frame within {STEP:?} after {} messages", messages.len()),
+        }
+    }
+    messages
+}
+
+fn text(message: &Message) -> String {
+    String::from_utf8_lossy(&message.payload).into_owned()
+}
+
+fn offsets(messages: &[Message]) -> Vec<u64> {
+    messages.iter().map(|m| m.offset).collect()
+}
+
+fn assert_strictly_increasing(messages: &[Message]) {
+    assert!(
+        messages.windows(2).all(|w| w[0].offset < w[1].offset),
+        "offsets not strictly increasing: {:?}",
+        offsets(messages)
+    );
+}
+
+/// Publishes `per_node` messages through each channel at once (ids `<tag>-<node>-<k>`).
+async fn burst(channels: &[Channel], room: &str, tag: &str, per_node: usize) {
+    let mut tasks = Vec::new();
+    for (index, channel) in channels.iter().enumerate() {
+        let channel = channel.clone();
+        let room = room.to_owned();
+        let tag = tag.to_owned();
+        tasks.push(tokio::spawn(async move {
+            for k in 0..per_node {
+                let id = format!("{tag}-{index}-{k}");
+                publish(&channel, &room, &id, &id).await.expect("publish");
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn nodes_share_one_order_per_room_and_resume_elsewhere_without_gap_or_duplicate() {
+    let nats = NatsCluster::start(3);
+    let mut nodes: Vec<Node> = (0..3)
+        .map(|i| Node::start(&nats, 3, &format!("node{i}"), &[]))
+        .collect();
+    let mut channels = Vec::new();
+    for node in &nodes {
+        channels.push(node.channel().await);
+    }
+    let room = "chat.one";
+    let mut sessions = Vec::new();
+    for (i, channel) in channels.iter().enumerate() {
+        let mut session = Session::open(channel, &format!("reader{i}")).await;
+        session.join(room, Some(0)).await;
+        sessions.push(session);
+    }
+
+    // Publishers on every node at once: every node's readers see one order.
+    burst(&channels, room, "first", 20).await;
+    let mut seen = Vec::new();
+    for session in &mut sessions {
+        let messages = collect(session, 60).await;
+        assert_eq!(messages.len(), 60);
+        assert_strictly_increasing(&messages);
+        seen.push(messages);
+    }
+    assert_eq!(offsets(&seen[0]), offsets(&seen[1]));
+    assert_eq!(offsets(&seen[0]), offsets(&seen[2]));
+    let texts = |m: &[Message]| m.iter().map(text).collect::<Vec<_>>();
+    assert_eq!(texts(&seen[0]), texts(&seen[1]));
+    assert_eq!(texts(&seen[0]), texts(&seen[2]));
+
+    // Node 0's reader goes away; it resumes on node 2 while publishers are busy.
+    let resume_after = seen[0].last().unwrap().offset;
+    drop(sessions.remove(0));
+    let publishing = {
+        let channels = channels.clone();
+        tokio::spawn(async move { burst(&channels, room, "second", 20).await })
+    };
+    let mut resumed = Session::open(&channels[2], "reader0-again").await;
+    resumed.join(room, Some(resume_after)).await;
+    let after_resume = collect(&mut resumed, 60).await;
+    publishing.await.unwrap();
+    let reference = collect(&mut sessions[0], 60).await;
+    assert_eq!(offsets(&after_resume), offsets(&reference));
+    assert_eq!(texts(&after_resume), texts(&reference));
+    assert!(after_resume[0].offset > resume_after);
+
+    // A publish whose node dies is retried on another node: stored once.
+    let first = publish(&channels[0], room, "retried", "retry-1")
+        .await
+        .expect("publish on node 0");
+    nodes[0].kill();
+    let retry = publish(&channels[1], room, "retried", "retry-1")
+        .await
+        .expect("retry on node 1");
+    assert!(retry.duplicate);
+    assert_eq!(retry.offset, first.offset);
+    let stored = history(&channels[1], room).await;
+    assert_eq!(
+        stored
+            .iter()
+            .filter(|m| m.client_message_id == "retry-1")
+            .count(),
+        1
+    );
+    assert_eq!(stored.len(), 121);
 }

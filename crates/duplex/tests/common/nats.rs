@@ -44,6 +44,11 @@ impl NatsNode {
         format!("nats://127.0.0.1:{}", self.client_port)
     }
 
+    /// The node's server name (`n0`, `n1`, …), as JetStream reports stream leaders.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
     /// Whether the node's process is running.
     pub(crate) fn is_running(&self) -> bool {
         self.process.is_some()

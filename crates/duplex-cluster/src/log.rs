@@ -1,0 +1,477 @@
+//! [`JetStreamLog`]: the hub's [`Store`] on the room stream — JetStream assigns the
+//! offsets (stream sequences), dedupes, replicates and keeps retention; this module only
+//! publishes, reads and maps errors.
+//!
+//! - **Append**: every message of a batch is published to its room's subject
+//!   ([`Subjects::room`](crate::Subjects::room)) before any PubAck is awaited (pipelined;
+//!   the JetStream context bounds the acks in flight), then the acks are awaited in order:
+//!   offset = the PubAck's stream sequence, `duplicate` = the PubAck's. The body is
+//!   [`record::encode`] of the message (time, sender, content type, client id, key,
+//!   payload); a message with a client id carries `Nats-Msg-Id: <room token>/<client id>`
+//!   (JetStream's duplicate window is per stream, so the room must be in the id). A batch
+//!   is acked only once every PubAck is in (JetStream's PubAck follows the write on a
+//!   quorum of the replicas). A failure answers the whole batch with
+//!   [`StoreError::Unavailable`], though part of it may be stored: the publishers get
+//!   UNAVAILABLE and a retry with the same client id is deduped by the stream. While the
+//!   client knows it is disconnected an append fails at once instead of waiting for a
+//!   timeout.
+//! - **Reads** (`read_after`, `read_page`, `bounds`): raw direct gets on
+//!   `$JS.API.DIRECT.GET.<stream>`, a batch (`next_by_subj`, `batch`, `max_bytes`) read up
+//!   to its `204 EOB` status. Any replica may answer a direct get, and a follower may be
+//!   behind the leader (no read-after-write). nats-server 2.15.1 has no `min_last_seq`
+//!   (ADR-53 is only proposed: a direct get ignores the field, a `STREAM.MSG.GET` refuses
+//!   it as unknown), so the check is ours: the node remembers the newest offset it knows
+//!   per room ([`Cluster::saw`]: its PubAcks, the feed's messages), and a read that ends
+//!   below it without filling its page came from a replica that is behind. It is asked
+//!   again (another replica may answer; a follower catches up in milliseconds) until the
+//!   request timeout, then fails UNAVAILABLE rather than answer short: a replay that read
+//!   nothing would take the room for emptied by retention.
+//! - **`last_offset`** is the stream's last sequence (leader-answered stream info), not
+//!   the room's: the engine uses it as the point live delivery starts after when a room is
+//!   loaded, and as `last` of a room that retains nothing. The stream's last sequence is
+//!   at least every offset the room ever had (they are stream sequences, and the stream's
+//!   last sequence never goes back, also when retention emptied the room) and below every
+//!   later one (each later message gets a higher stream sequence), which is all the engine
+//!   needs; the room's own last message would go back to "none" when retention removed it.
+//! - **Retention** is the stream's (`max_messages_per_subject`, `max_age`): JetStream
+//!   enforces it itself, so [`Store::enforce_retention`] removes nothing.
+//! - **Availability** ([`Store::counters`]) follows the NATS connection, so health turns
+//!   NOT_SERVING and `/readyz` 503 while the node has no NATS.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::ErrorCode;
+use async_nats::jetstream::context::{PublishError, PublishErrorKind};
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::publish::PublishAck;
+use bytes::Bytes;
+use duplex_store::{
+    Appended, BoxFuture, NewMessage, Offset, RoomBounds, Store, StoreCounters, StoreError,
+    StoredMessage, record,
+};
+use futures::StreamExt as _;
+use tokio::task::AbortHandle;
+use tracing::debug;
+
+use crate::cluster::Cluster;
+use crate::subject::room_token;
+
+/// Most messages one history read asks a replica for when the caller gives no byte bound.
+const MAX_READ_BATCH: usize = 1000;
+
+/// The room stream as the hub's log; see the module docs.
+#[derive(Debug)]
+pub struct JetStreamLog {
+    cluster: Cluster,
+    /// Appended batches whose every PubAck came back: what [`Store::commits`] reports.
+    commits: AtomicU64,
+    /// PubAck latency and availability (the NATS connection) for health and metrics.
+    counters: Arc<StoreCounters>,
+    /// The task that mirrors the connection into `counters`; stopped with the log.
+    availability: AbortHandle,
+}
+
+impl Drop for JetStreamLog {
+    fn drop(&mut self) {
+        self.availability.abort();
+    }
+}
+
+impl JetStreamLog {
+    /// The log of `cluster`'s room stream. Spawns the task that mirrors the connection
+    /// state into [`Store::counters`] (needs a tokio runtime).
+    pub fn new(cluster: Cluster) -> Self {
+        let counters = Arc::new(StoreCounters::default());
+        let mut connection = cluster.connection();
+        let mirrored = counters.clone();
+        let availability = tokio::spawn(async move {
+            loop {
+                let connected = connection.borrow_and_update().connected;
+                mirrored.set_available(connected);
+                if connection.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .abort_handle();
+        JetStreamLog {
+            cluster,
+            commits: AtomicU64::new(0),
+            counters,
+            availability,
+        }
+    }
+
+    /// Fails at once while the client knows it is disconnected (it would only buffer the
+    /// request and wait out the request timeout).
+    fn check_connected(&self) -> Result<(), StoreError> {
+        match self.cluster.client().connection_state() {
+            async_nats::connection::State::Connected => Ok(()),
+            _ => Err(StoreError::Unavailable(
+                "this node has lost its connection to NATS and is reconnecting; retry shortly \
+                 (with the same client message id, a retry is stored once)"
+                    .into(),
+            )),
+        }
+    }
+
+    async fn append_batch(&self, batch: Vec<NewMessage>) -> Result<Vec<Appended>, StoreError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.check_connected()?;
+        let started = Instant::now();
+        let result = self.publish_all(&batch).await;
+        match &result {
+            Ok(_) => {
+                self.commits.fetch_add(1, Ordering::Relaxed);
+                self.counters.committed(started.elapsed());
+            }
+            Err(_) => self.counters.append_failed(),
+        }
+        result
+    }
+
+    /// Sends every publish of `batch`, then awaits every PubAck (see the module docs).
+    async fn publish_all(&self, batch: &[NewMessage]) -> Result<Vec<Appended>, StoreError> {
+        let jetstream = self.cluster.jetstream();
+        let subjects = self.cluster.subjects();
+        let mut pending = Vec::with_capacity(batch.len());
+        for message in batch {
+            let ack = jetstream
+                .send_publish(subjects.room(&message.room), publish_of(message))
+                .await
+                .map_err(|error| publish_failed(error.kind(), &error))?;
+            pending.push(ack);
+        }
+        let mut appended = Vec::with_capacity(batch.len());
+        for (ack, message) in pending.into_iter().zip(batch) {
+            let ack = match ack.await {
+                Ok(ack) => ack,
+                // In a cluster, a repeat of an id whose original is still being stored
+                // (within this batch, or a client retrying on another node meanwhile) is
+                // refused, not deduped: ask again once the original is through.
+                Err(error) if id_in_process(&error) => self.publish_repeat(message).await?,
+                Err(error) => return Err(publish_failed(error.kind(), &error)),
+            };
+            self.cluster.saw(&message.room, ack.sequence);
+            appended.push(Appended {
+                offset: ack.sequence,
+                // JetStream does not say when a duplicate's original was stored; the
+                // engine uses this time only for a local delivery, which a cluster's
+                // feed does instead, from the stored record.
+                time_unix_micros: message.time_unix_micros,
+                duplicate: ack.duplicate,
+            });
+        }
+        Ok(appended)
+    }
+
+    /// Publishes `message` again, one at a time, until JetStream is through with the
+    /// original of its message id (it then answers with the original's sequence and
+    /// `duplicate`), for at most the request timeout.
+    async fn publish_repeat(&self, message: &NewMessage) -> Result<PublishAck, StoreError> {
+        let deadline = Instant::now() + self.cluster.config().request_timeout;
+        let mut pause = Duration::from_millis(2);
+        loop {
+            let publish = self
+                .cluster
+                .jetstream()
+                .send_publish(
+                    self.cluster.subjects().room(&message.room),
+                    publish_of(message),
+                )
+                .await
+                .map_err(|error| publish_failed(error.kind(), &error))?;
+            match publish.await {
+                Ok(ack) => return Ok(ack),
+                Err(error) if id_in_process(&error) && Instant::now() < deadline => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(100));
+                }
+                Err(error) => return Err(publish_failed(error.kind(), &error)),
+            }
+        }
+    }
+
+    /// Up to `limit` messages of `room` after `after`, within `max_bytes` of
+    /// [`StoredMessage::size`] (a first message over it comes alone); asked again while the
+    /// answer is short of what the node knows the room has (see the module docs).
+    async fn read(
+        &self,
+        room: &str,
+        after: Offset,
+        limit: usize,
+        max_bytes: Option<usize>,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let deadline = Instant::now() + self.cluster.config().request_timeout;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            let known = self.cluster.seen(room);
+            let (messages, full) = self.read_once(room, after, limit, max_bytes).await?;
+            let reached = messages.last().map_or(after, |m| m.offset);
+            if full || reached >= known {
+                return Ok(messages);
+            }
+            if Instant::now() >= deadline {
+                return Err(StoreError::Unavailable(format!(
+                    "room {room}: the JetStream replicas answered history only up to offset \
+                     {reached}, and this node has seen {known}; retry shortly"
+                )));
+            }
+            debug!(
+                room,
+                reached, known, "a replica behind answered a read; asking again"
+            );
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+    }
+
+    /// One batch direct get for [`read`](Self::read): the page, and whether it stopped
+    /// at its count or byte bound (rather than at the end of what the replica has).
+    async fn read_once(
+        &self,
+        room: &str,
+        after: Offset,
+        limit: usize,
+        max_bytes: Option<usize>,
+    ) -> Result<(Vec<StoredMessage>, bool), StoreError> {
+        let subject = self.cluster.subjects().room(room);
+        let batch = limit.min(MAX_READ_BATCH);
+        let mut request = serde_json::json!({
+            "seq": after.saturating_add(1),
+            "next_by_subj": subject,
+            "batch": batch,
+        });
+        if let Some(max_bytes) = max_bytes {
+            // The server counts stored bytes (record and subject), not ours; the page is
+            // trimmed to our own count below. At least one message comes back.
+            request["max_bytes"] = max_bytes.max(1).into();
+        }
+        let replies = self.direct_get(request, true).await?;
+        let mut full = replies.len() >= batch;
+        let mut budget = max_bytes.unwrap_or(usize::MAX);
+        let mut messages = Vec::with_capacity(replies.len());
+        for (offset, body) in replies {
+            let message = record::decode(room, offset, &body)?;
+            let size = message.size();
+            if !messages.is_empty() && size > budget {
+                full = true;
+                break;
+            }
+            budget = budget.saturating_sub(size);
+            messages.push(message);
+            if messages.len() >= limit {
+                full = true;
+                break;
+            }
+        }
+        if max_bytes.is_some_and(|max| max.saturating_sub(budget) * 2 >= max) {
+            // Over half the byte bound: the server may have stopped at its own count of
+            // it. Not a sign of a replica behind.
+            full = true;
+        }
+        Ok((messages, full))
+    }
+
+    /// The last message's sequence on `subject`, if any.
+    async fn last_of(&self, subject: &str) -> Result<Option<Offset>, StoreError> {
+        let request = serde_json::json!({ "last_by_subj": subject });
+        Ok(self
+            .direct_get(request, false)
+            .await?
+            .first()
+            .map(|(seq, _)| *seq))
+    }
+
+    /// Sends one direct get and collects the (sequence, body) of its
+    /// answers: one for a single get, up to the `204 EOB` status for a batch. `404` is no
+    /// message.
+    async fn direct_get(
+        &self,
+        request: serde_json::Value,
+        batch: bool,
+    ) -> Result<Vec<(Offset, Bytes)>, StoreError> {
+        self.check_connected()?;
+        let client = self.cluster.client();
+        let inbox = client.new_inbox();
+        let mut replies = client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|error| unavailable("subscribe for a direct get", &error))?;
+        let api = format!("$JS.API.DIRECT.GET.{}", self.cluster.config().stream);
+        client
+            .publish_with_reply(api, inbox, Bytes::from(request.to_string()))
+            .await
+            .map_err(|error| unavailable("send a direct get", &error))?;
+        let timeout = self.cluster.config().request_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut out = Vec::new();
+        loop {
+            let reply = match tokio::time::timeout_at(deadline, replies.next()).await {
+                Ok(Some(reply)) => reply,
+                Ok(None) => {
+                    return Err(StoreError::Unavailable(
+                        "the NATS connection closed during a history read".into(),
+                    ));
+                }
+                Err(_) => {
+                    return Err(StoreError::Unavailable(format!(
+                        "no JetStream replica answered a history read within {timeout:?}"
+                    )));
+                }
+            };
+            match reply.status.map(u16::from) {
+                None | Some(200) => {
+                    let seq = reply
+                        .headers
+                        .as_ref()
+                        .and_then(|h| h.get(async_nats::header::NATS_SEQUENCE))
+                        .and_then(|v| v.as_str().parse::<u64>().ok())
+                        .ok_or_else(|| {
+                            StoreError::Unavailable(
+                                "a direct get answer carried no Nats-Sequence".into(),
+                            )
+                        })?;
+                    out.push((seq, reply.payload));
+                    if !batch {
+                        return Ok(out);
+                    }
+                }
+                // End of batch.
+                Some(204) => return Ok(out),
+                // No (more) messages.
+                Some(404) => return Ok(out),
+                Some(status) => {
+                    debug!(status, description = ?reply.description, "direct get failed");
+                    return Err(StoreError::Unavailable(format!(
+                        "JetStream answered a history read with {status} {}",
+                        reply.description.unwrap_or_default()
+                    )));
+                }
+            }
+        }
+    }
+
+    /// The stream's last sequence, from its leader (see the module docs).
+    async fn stream_last(&self) -> Result<Offset, StoreError> {
+        self.check_connected()?;
+        let stream = self
+            .cluster
+            .jetstream()
+            .get_stream(&self.cluster.config().stream)
+            .await
+            .map_err(|error| unavailable("read the room stream's state", &error))?;
+        Ok(stream.cached_info().state.last_sequence)
+    }
+}
+
+/// The publish of `message`: its record, and its message id when it has a client id.
+fn publish_of(message: &NewMessage) -> PublishMessage {
+    let publish = PublishMessage::build().payload(Bytes::from(record::encode(message)));
+    if message.client_id.is_empty() {
+        return publish;
+    }
+    publish.message_id(format!(
+        "{}/{}",
+        room_token(&message.room),
+        message.client_id
+    ))
+}
+
+/// Whether a publish was refused because JetStream is still storing the original of its
+/// message id (10158, clustered streams only).
+fn id_in_process(error: &PublishError) -> bool {
+    std::error::Error::source(error)
+        .and_then(|source| source.downcast_ref::<async_nats::jetstream::Error>())
+        .is_some_and(|error| error.error_code() == ErrorCode::STREAM_DUPLICATE_MESSAGE_CONFLICT)
+}
+
+/// A publish that failed, as a message a client can act on.
+fn publish_failed(kind: PublishErrorKind, error: &dyn std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(match kind {
+        PublishErrorKind::TimedOut => format!(
+            "JetStream did not acknowledge the publish in time ({error}); it may be stored: \
+             retry with the same client message id"
+        ),
+        PublishErrorKind::StreamNotFound => {
+            format!("the room stream does not exist on NATS ({error})")
+        }
+        _ => format!("JetStream refused or lost the publish: {error}"),
+    })
+}
+
+/// A NATS request that failed while doing `what`.
+fn unavailable(what: &str, error: &dyn std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!("cannot {what} on NATS: {error}"))
+}
+
+impl Store for JetStreamLog {
+    fn append(&self, batch: Vec<NewMessage>) -> BoxFuture<'_, Result<Vec<Appended>, StoreError>> {
+        Box::pin(self.append_batch(batch))
+    }
+
+    fn read_after(
+        &self,
+        room: &str,
+        after: Offset,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<StoredMessage>, StoreError>> {
+        let room = room.to_owned();
+        Box::pin(async move { self.read(&room, after, limit, None).await })
+    }
+
+    fn read_page(
+        &self,
+        room: &str,
+        after: Offset,
+        limit: usize,
+        max_bytes: usize,
+    ) -> BoxFuture<'_, Result<Vec<StoredMessage>, StoreError>> {
+        let room = room.to_owned();
+        Box::pin(async move { self.read(&room, after, limit, Some(max_bytes)).await })
+    }
+
+    fn bounds(&self, room: &str) -> BoxFuture<'_, Result<Option<RoomBounds>, StoreError>> {
+        let room = room.to_owned();
+        Box::pin(async move {
+            let subject = self.cluster.subjects().room(&room);
+            let first = serde_json::json!({ "seq": 1, "next_by_subj": subject });
+            let Some((earliest, _)) = self.direct_get(first, false).await?.first().cloned() else {
+                return Ok(None);
+            };
+            // A replica behind may not have the newest: what this node has seen counts too.
+            let last = self
+                .last_of(&subject)
+                .await?
+                .unwrap_or(earliest)
+                .max(self.cluster.seen(&room));
+            Ok(Some(RoomBounds {
+                earliest,
+                last: last.max(earliest),
+            }))
+        })
+    }
+
+    fn last_offset(&self, _room: &str) -> BoxFuture<'_, Result<Offset, StoreError>> {
+        Box::pin(self.stream_last())
+    }
+
+    fn enforce_retention(&self, _now_unix_micros: i64) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(std::future::ready(Ok(0)))
+    }
+
+    fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
+    }
+
+    fn counters(&self) -> Option<&StoreCounters> {
+        Some(&self.counters)
+    }
+}
