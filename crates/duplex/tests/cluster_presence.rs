@@ -1,14 +1,17 @@
 //! Presence across nodes (`KvPresence`): several hubs in this process, each a "node" with
 //! its own NATS connection and node name, on one real nats-server (see `common::nats`).
 //! Each hub has its own memory store: only presence is shared, through the KV bucket.
+//! Last, the same through real `duplex serve --cluster` processes and `Hub.Connect`
+//! sessions, one of them SIGKILLed.
 
 mod common;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::STEP;
 use common::nats::NatsCluster;
+use common::session::{Session, SessionSteps as _};
+use common::{ChildGuard, STEP, duplex, spawn_listening};
 use duplex_cluster::{Cluster, ClusterConfig, KvPresence};
 use duplex_hub::{Hub, HubConfig, Identity, LocalFeed, Outbound, SessionOrigin, Subscription};
 use duplex_proto::hub::presence_event::Kind;
@@ -365,7 +368,11 @@ async fn presence_catches_up_after_nats_comes_back() {
     drop(alice);
     wait_for_presence(&a, ROOM, 1, 0).await;
     let (_bob, joined) = join(&a, "bob", ROOM).await;
-    assert_eq!(names(&joined.members), ["carol"], "A's mirror still lists carol");
+    assert_eq!(
+        names(&joined.members),
+        ["carol"],
+        "A's mirror still lists carol"
+    );
     assert_quiet(&mut carol).await;
 
     // NATS comes back: A writes what changed, C re-syncs; carol sees both, once each.
@@ -384,4 +391,68 @@ async fn presence_catches_up_after_nats_comes_back() {
     let listed = c.presence(&Identity::anonymous("probe"), ROOM).unwrap();
     assert_eq!(names(&listed.members), ["bob", "carol"]);
     assert_quiet(&mut carol).await;
+}
+
+// ------------------------------------------------------------------ duplex serve --cluster
+
+/// A `duplex serve --cluster` node with a 1 s presence heartbeat; returns it and its
+/// gRPC address.
+fn serve_node(nats: &NatsCluster, name: &str) -> (ChildGuard, std::net::SocketAddr) {
+    let mut command = duplex();
+    command
+        .args(["serve", "--listen", "127.0.0.1:0", "--cluster"])
+        .arg(nats.urls())
+        .args(["--node-name", name, "--presence-heartbeat", "1s"]);
+    let (process, addr, _stdout) = spawn_listening(command);
+    (process, addr)
+}
+
+/// The next presence event of `session`: the member's name and whether it joined.
+async fn next_presence(session: &mut Session) -> (String, bool) {
+    let (member, joined) = presence_event(session.next().await);
+    (member.name, joined)
+}
+
+#[tokio::test]
+async fn a_member_on_a_killed_node_leaves_every_other_node_within_the_ttl() {
+    let nats = NatsCluster::single();
+    let (mut node_a, addr_a) = serve_node(&nats, "node-a");
+    let (_node_b, addr_b) = serve_node(&nats, "node-b");
+    let (_node_c, addr_c) = serve_node(&nats, "node-c");
+    let channel_c = common::connect(addr_c).await;
+
+    let mut bob = Session::open(&common::connect(addr_b).await, "bob").await;
+    assert!(bob.join(ROOM, None).await.members.is_empty());
+    wait_for_entries(&nats, ROOM, 1).await;
+    let mut carol = Session::open(&channel_c, "carol").await;
+    let joined = carol.join(ROOM, None).await;
+    assert_eq!(names(&joined.members), ["bob"]);
+    assert_eq!(next_presence(&mut bob).await, ("carol".into(), true));
+    wait_for_entries(&nats, ROOM, 2).await;
+
+    // Alice on A is listed with bob and carol, and both see her join.
+    let mut alice = Session::open(&common::connect(addr_a).await, "alice").await;
+    let joined = alice.join(ROOM, None).await;
+    assert_eq!(names(&joined.members), ["bob", "carol"]);
+    for session in [&mut bob, &mut carol] {
+        assert_eq!(next_presence(session).await, ("alice".into(), true));
+    }
+
+    // A dies without a word: alice leaves B and C once her entry ages out.
+    let killed = std::time::Instant::now();
+    node_a.signal("KILL");
+    node_a.wait_for_exit(STEP);
+    for session in [&mut bob, &mut carol] {
+        assert_eq!(next_presence(session).await, ("alice".into(), false));
+    }
+    eprintln!(
+        "alice left B and C {:?} after node A was killed (TTL 3s)",
+        killed.elapsed()
+    );
+    let listed = duplex_proto::hub::hub_client::HubClient::new(channel_c)
+        .presence(duplex_proto::hub::PresenceRequest { room: ROOM.into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(names(&listed.members), ["bob", "carol"]);
 }
