@@ -343,11 +343,16 @@ impl PresenceNode {
 
     /// Applies another node's change to the mirror of follow `generation`; returns the
     /// event it makes (a listed member joined or left). Runs under the room lock.
+    ///
+    /// A listed id that comes back with another member (a node restarted under the same
+    /// name within a TTL numbers its sessions from 1 again) is removed, with its leave, and
+    /// `replaced` is set: applying the change again adds the new member, with its join.
     fn apply_remote(
         &self,
         room: &str,
         generation: u64,
-        change: RemoteChange,
+        change: &RemoteChange,
+        replaced: &mut bool,
     ) -> Option<PresenceChange> {
         let mut tables = self.tables();
         let mirror = tables
@@ -356,13 +361,37 @@ impl PresenceNode {
             .filter(|mirror| mirror.generation == generation)?;
         match change {
             RemoteChange::Present { id, member } => {
-                match mirror.add(&id, &member, self.max_listed)? {
-                    Listing::Listed => Some(PresenceChange::Joined(member)),
+                let stale = mirror
+                    .listed
+                    .iter()
+                    .any(|(known, listed)| known == id && listed != member);
+                if stale {
+                    *replaced = true;
+                    return mirror.remove(id).map(PresenceChange::Left);
+                }
+                match mirror.add(id, member, self.max_listed)? {
+                    Listing::Listed => Some(PresenceChange::Joined(member.clone())),
                     Listing::Counted => None,
                 }
             }
-            RemoteChange::Gone { id } => mirror.remove(&id).map(PresenceChange::Left),
+            RemoteChange::Gone { id } => mirror.remove(id).map(PresenceChange::Left),
         }
+    }
+
+    /// Applies another node's change to the room through `events` (see `apply_remote`);
+    /// returns false once the room is gone from this process.
+    fn apply_through(
+        &self,
+        room: &str,
+        generation: u64,
+        events: &PresenceEvents,
+        change: &RemoteChange,
+    ) -> bool {
+        let mut replaced = false;
+        if !events.apply(|| self.apply_remote(room, generation, change, &mut replaced)) {
+            return false;
+        }
+        !replaced || events.apply(|| self.apply_remote(room, generation, change, &mut replaced))
     }
 
     /// Other nodes' members in follow `generation`'s mirror that `present` lacks.
@@ -687,7 +716,7 @@ async fn watch_once(
                     if let (Some(present), RemoteChange::Present { id, .. }) = (&mut snapshot, &change) {
                         present.insert(id.clone());
                     }
-                    if !events.apply(|| inner.apply_remote(room, generation, change)) {
+                    if !inner.apply_through(room, generation, events, &change) {
                         return WatchEnd::RoomGone;
                     }
                 }
@@ -732,7 +761,7 @@ fn finish_snapshot(
 ) -> bool {
     let none = HashSet::new();
     for id in inner.missing_remote(room, generation, present.unwrap_or(&none)) {
-        if !events.apply(|| inner.apply_remote(room, generation, RemoteChange::Gone { id })) {
+        if !inner.apply_through(room, generation, events, &RemoteChange::Gone { id }) {
             return false;
         }
     }

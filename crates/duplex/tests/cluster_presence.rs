@@ -212,25 +212,23 @@ fn joined_member(hub: &Hub, name: &str) -> Member {
         .unwrap_or_else(|| panic!("{name} is listed"))
 }
 
-#[tokio::test]
-async fn a_node_that_dies_has_its_members_leave_everywhere_within_the_ttl() {
-    let nats = NatsCluster::single();
-    let c = node(&nats, "node-c", 1000).await;
-    let (mut carol, _) = join(&c, "carol", ROOM).await;
-    wait_for_entries(&nats, ROOM, 1).await;
-
-    // Node A runs on a runtime of its own, so it can die at once: no leave, no delete.
-    let node_a = tokio::runtime::Builder::new_multi_thread()
+/// A node `name` on a tokio runtime of its own, so that it can die at once (no leave, no
+/// delete: shut its runtime down), with one member `member` joined to [`ROOM`]; returns
+/// the runtime and the member's `joined`.
+async fn node_on_own_runtime(
+    nats: &NatsCluster,
+    name: &str,
+    member: &str,
+) -> (tokio::runtime::Runtime, Joined) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .unwrap();
     let (joined_tx, joined_rx) = tokio::sync::oneshot::channel();
-    let urls = nats.urls();
-    node_a.spawn(async move {
-        let mut config = ClusterConfig::new(urls.split(',').map(str::to_owned).collect());
-        config.node = "node-a".into();
-        config.presence_heartbeat = HEARTBEAT;
+    let config = config(nats, name);
+    let member = member.to_owned();
+    runtime.spawn(async move {
         let cluster = Cluster::connect(config).await.expect("join NATS");
         let presence = KvPresence::start(&cluster, 1000).await.expect("bucket");
         let hub = Hub::with_seams(
@@ -239,16 +237,27 @@ async fn a_node_that_dies_has_its_members_leave_everywhere_within_the_ttl() {
             Arc::new(presence),
             HubConfig::default(),
         );
-        let (alice, joined) = join(&hub, "alice", ROOM).await;
+        let (outbound, joined) = join(&hub, &member, ROOM).await;
         let _ = joined_tx.send(joined);
         // Holds the node until its runtime dies.
-        let _node = (hub, alice, cluster);
+        let _node = (hub, outbound, cluster);
         std::future::pending::<()>().await;
     });
     let joined = tokio::time::timeout(STEP, joined_rx)
         .await
-        .expect("alice joined within the step")
+        .expect("joined within the step")
         .unwrap();
+    (runtime, joined)
+}
+
+#[tokio::test]
+async fn a_node_that_dies_has_its_members_leave_everywhere_within_the_ttl() {
+    let nats = NatsCluster::single();
+    let c = node(&nats, "node-c", 1000).await;
+    let (mut carol, _) = join(&c, "carol", ROOM).await;
+    wait_for_entries(&nats, ROOM, 1).await;
+
+    let (node_a, joined) = node_on_own_runtime(&nats, "node-a", "alice").await;
     assert_eq!(names(&joined.members), ["carol"]);
     let (member, joined_event) = presence_event(next_frame(&mut carol).await);
     assert_eq!((member.name.as_str(), joined_event), ("alice", true));
@@ -301,6 +310,35 @@ async fn a_node_that_dies_has_its_members_leave_everywhere_within_the_ttl() {
     .expect("alice's entry went within the step");
     assert_eq!(gone, async_nats::jetstream::kv::Operation::Purge);
     assert_quiet(&mut carol).await;
+}
+
+/// A node restarted under the same name within a TTL numbers its sessions from 1 again, so
+/// its first member writes the entry of the dead node's first member: the other nodes
+/// show the old member leaving and the new one joining, not the old name forever.
+#[tokio::test]
+async fn a_node_restarted_under_its_name_replaces_its_dead_members() {
+    let nats = NatsCluster::single();
+    let c = node(&nats, "node-c", 1000).await;
+    let (mut carol, _) = join(&c, "carol", ROOM).await;
+    wait_for_entries(&nats, ROOM, 1).await;
+
+    let (first, _) = node_on_own_runtime(&nats, "node-a", "alice").await;
+    let (alice, joined_event) = presence_event(next_frame(&mut carol).await);
+    assert_eq!((alice.name.as_str(), joined_event), ("alice", true));
+    first.shutdown_background();
+
+    let (second, joined) = node_on_own_runtime(&nats, "node-a", "dave").await;
+    // Alice's entry has not aged out yet, so the new node's mirror lists nobody of its own
+    // name (skipped as its own keys) but carol.
+    assert_eq!(names(&joined.members), ["carol"]);
+    let (gone, joined_event) = presence_event(next_frame(&mut carol).await);
+    assert_eq!((gone, joined_event), (alice.clone(), false));
+    let (dave, joined_event) = presence_event(next_frame(&mut carol).await);
+    assert_eq!((dave.name.as_str(), joined_event), ("dave", true));
+    assert_eq!(dave.session_id, alice.session_id, "the same entry, reused");
+    wait_for_presence(&c, ROOM, 2, 0).await;
+    assert_quiet(&mut carol).await;
+    second.shutdown_background();
 }
 
 #[tokio::test]
