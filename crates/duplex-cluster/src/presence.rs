@@ -36,7 +36,17 @@
 //! held across an await, and never while calling [`PresenceEvents::apply`].
 //!
 //! Members from other nodes show with the session id `<node>/<session>`: sessions are
-//! numbered per process, so only the node makes them unique across the cluster.
+//! numbered per process, so only the node makes them unique across the cluster. A node
+//! restarted under the same name within a TTL numbers its sessions from 1 again, so an
+//! entry may come back with another member: that shows as the old member leaving and the
+//! new one joining.
+//!
+//! Limits: a node knows the members only of rooms it follows (a session here joined
+//! them), so the unary `Presence` call on a node where nobody joined the room lists
+//! nobody. Each followed room costs one ordered consumer per node (the watch), and every
+//! refresh of a member's entry reaches every node following its room: one message per
+//! member and room per heartbeat per node. The bucket's TTL is set by the node that
+//! started last, so all nodes should share one heartbeat.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};

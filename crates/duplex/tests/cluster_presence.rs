@@ -494,3 +494,25 @@ async fn a_member_on_a_killed_node_leaves_every_other_node_within_the_ttl() {
         .into_inner();
     assert_eq!(names(&listed.members), ["bob", "carol"]);
 }
+
+#[test]
+fn the_presence_heartbeat_is_a_setting_of_at_least_100ms() {
+    let output = duplex()
+        .args(["serve", "--presence-heartbeat", "2s", "--print-config"])
+        .output()
+        .unwrap();
+    let config = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}");
+    assert!(
+        config.contains("presence-heartbeat = \"2s\"  # flag"),
+        "{config}"
+    );
+
+    let output = duplex()
+        .args(["serve", "--presence-heartbeat", "50ms", "--print-config"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("at least 100ms"), "{stderr}");
+}
