@@ -292,6 +292,17 @@ impl Hub {
         }
     }
 
+    /// Tells every session that publishing fails for now, and why: a `CommandError` that
+    /// answers no command (`command_id` 0) with code UNAVAILABLE. Sessions stay open; each
+    /// publish fails the same way until the log is back. What a cluster node sends when it
+    /// loses NATS.
+    pub fn announce_unavailable(&self, reason: &str) {
+        let frame = frames::error(0, "", &HubError::Store(reason.to_owned()));
+        for queue in self.engine.live_sessions() {
+            queue.push_control(frame.clone());
+        }
+    }
+
     /// Rooms, sessions and what is queued for them now: gauges kept up to date as frames
     /// are queued and sent, and the lengths of the room and session tables (no scan).
     pub fn stats(&self) -> HubStats {

@@ -117,12 +117,9 @@ impl App {
         let mut hub_config = config.hub_config();
         let seams = cluster.seams(hub_config.max_presence_listed).await?;
         hub_config.max_payload = hub_config.max_payload.min(cluster.max_payload());
-        Ok(Hub::with_seams(
-            seams.store,
-            seams.feed,
-            seams.presence,
-            hub_config,
-        ))
+        let hub = Hub::with_seams(seams.store, seams.feed, seams.presence, hub_config);
+        tokio::spawn(announce_nats_losses(cluster.connection(), hub.clone()));
+        Ok(hub)
     }
 
     /// Serving or not, for the health service and `/readyz`.
@@ -153,6 +150,26 @@ impl App {
     /// The metrics in the Prometheus text format, as `/metrics` serves them.
     pub fn render_metrics(&self) -> String {
         self.metrics.render()
+    }
+}
+
+/// Tells every session when the node loses NATS (see [`Hub::announce_unavailable`]);
+/// runs for as long as the NATS client does.
+async fn announce_nats_losses(
+    mut connection: tokio::sync::watch::Receiver<duplex_cluster::ConnectionState>,
+    hub: Hub,
+) {
+    let mut connected = connection.borrow_and_update().connected;
+    while connection.changed().await.is_ok() {
+        let now = connection.borrow_and_update().connected;
+        if connected && !now {
+            hub.announce_unavailable(
+                "this node lost its connection to NATS: publishes fail with UNAVAILABLE until \
+                 it is back (live messages then resume where they stopped), or reconnect to \
+                 another node",
+            );
+        }
+        connected = now;
     }
 }
 

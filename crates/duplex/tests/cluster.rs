@@ -4,8 +4,9 @@
 
 mod common;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::nats::NatsCluster;
 use common::session::{Session, SessionSteps as _};
@@ -431,4 +432,463 @@ async fn nodes_share_one_order_per_room_and_resume_elsewhere_without_gap_or_dupl
         1
     );
     assert_eq!(stored.len(), 121);
+}
+
+/// What a run of acked publishes left in a room: acked ids missing from its history, and
+/// ids stored more than once.
+fn tally(acked: &HashMap<String, u64>, stored: &[Message]) -> (usize, usize) {
+    let mut copies: HashMap<&str, usize> = HashMap::new();
+    for message in stored {
+        *copies
+            .entry(message.client_message_id.as_str())
+            .or_default() += 1;
+    }
+    let lost = acked
+        .iter()
+        .filter(|(id, offset)| {
+            !stored
+                .iter()
+                .any(|m| m.client_message_id == **id && m.offset == **offset)
+        })
+        .count();
+    let duplicated = copies.values().filter(|&&n| n > 1).count();
+    (lost, duplicated)
+}
+
+/// Publishes `count` messages (ids `<tag>-<k>`) one after another, each retried with its
+/// id until acked, through the first channel that works; returns id → acked offset and
+/// how many attempts failed.
+async fn publish_until_acked(
+    channels: Vec<Channel>,
+    room: String,
+    tag: String,
+    count: usize,
+    acked_so_far: tokio::sync::watch::Sender<usize>,
+) -> (HashMap<String, u64>, usize) {
+    let mut acked = HashMap::new();
+    let mut failures = 0;
+    let mut current = 0;
+    for k in 0..count {
+        let id = format!("{tag}-{k}");
+        let deadline = Instant::now() + 3 * STEP;
+        loop {
+            match publish(&channels[current], &room, &id, &id).await {
+                Ok(ack) => {
+                    acked.insert(id, ack.offset);
+                    acked_so_far.send_replace(acked.len());
+                    break;
+                }
+                Err(status) => {
+                    failures += 1;
+                    assert!(
+                        Instant::now() < deadline,
+                        "{id} not acked within {:?}: {status:?}",
+                        3 * STEP
+                    );
+                    // The node may be gone: the next one.
+                    current = (current + 1) % channels.len();
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+    (acked, failures)
+}
+
+/// Reads a session until it has seen every offset in `want` (or panics); when its stream
+/// ends (its node died), resumes on `fallback` after the last offset it saw.
+async fn read_all_resuming(
+    mut session: Session,
+    fallback: &Channel,
+    room: &str,
+    want: usize,
+) -> (Vec<Message>, usize) {
+    let mut seen: Vec<Message> = Vec::new();
+    let mut resumes = 0;
+    let deadline = Instant::now() + 6 * STEP;
+    while seen.len() < want {
+        assert!(Instant::now() < deadline, "saw {} of {want}", seen.len());
+        let more = collect(&mut session, want - seen.len()).await;
+        let ended = more.len() < want - seen.len();
+        seen.extend(more);
+        if ended {
+            resumes += 1;
+            session = Session::open(fallback, "resumed").await;
+            let after = seen.last().map_or(0, |m| m.offset);
+            session.join(room, Some(after)).await;
+        }
+    }
+    (seen, resumes)
+}
+
+#[tokio::test]
+async fn a_duplex_node_killed_mid_burst_loses_and_duplicates_no_acked_message() {
+    let nats = NatsCluster::start(3);
+    let mut nodes: Vec<Node> = (0..3)
+        .map(|i| Node::start(&nats, 3, &format!("node{i}"), &[]))
+        .collect();
+    let mut channels = Vec::new();
+    for node in &nodes {
+        channels.push(node.channel().await);
+    }
+    let room = "burst";
+    // A reader on the node that dies, and one on a node that stays.
+    let mut doomed_reader = Session::open(&channels[0], "doomed").await;
+    doomed_reader.join(room, Some(0)).await;
+    let mut steady_reader = Session::open(&channels[2], "steady").await;
+    steady_reader.join(room, Some(0)).await;
+
+    let (progress, mut acked_so_far) = tokio::sync::watch::channel(0);
+    const PUBLISHERS: usize = 4;
+    const EACH: usize = 60;
+    let mut publishers = Vec::new();
+    for p in 0..PUBLISHERS {
+        // Each publisher starts on node 0, then moves on when it dies.
+        let channels = vec![channels[0].clone(), channels[1].clone()];
+        publishers.push(tokio::spawn(publish_until_acked(
+            channels,
+            room.into(),
+            format!("p{p}"),
+            EACH,
+            progress.clone(),
+        )));
+    }
+    let total = PUBLISHERS * EACH;
+    // Mid-burst: each publisher is some way in.
+    tokio::time::timeout(3 * STEP, acked_so_far.wait_for(|&n| n >= 20))
+        .await
+        .expect("publishes acked")
+        .unwrap();
+    nodes[0].kill();
+    let doomed = tokio::spawn({
+        let fallback = channels[1].clone();
+        async move { read_all_resuming(doomed_reader, &fallback, room, total).await }
+    });
+    let mut acked = HashMap::new();
+    let mut failures = 0;
+    for publisher in publishers {
+        let (ids, failed) = publisher.await.unwrap();
+        acked.extend(ids);
+        failures += failed;
+    }
+    let (doomed_seen, resumes) = doomed.await.unwrap();
+    let steady_seen = collect(&mut steady_reader, total).await;
+    let stored = history(&channels[1], room).await;
+    let (lost, duplicated) = tally(&acked, &stored);
+    println!(
+        "duplex node SIGKILLed mid-burst: acked {} lost {lost} duplicated {duplicated} \
+         (failed attempts retried elsewhere: {failures}; reader resumed {resumes}x)",
+        acked.len()
+    );
+    assert_eq!(acked.len(), total);
+    assert_eq!((lost, duplicated), (0, 0));
+    assert_eq!(stored.len(), total);
+    assert!(
+        resumes >= 1,
+        "the doomed reader's stream ended with its node"
+    );
+    // Both readers saw exactly the stored log, in its order.
+    assert_eq!(offsets(&doomed_seen), offsets(&stored));
+    assert_eq!(offsets(&steady_seen), offsets(&stored));
+}
+
+#[tokio::test]
+async fn nats_servers_killed_and_restarted_lose_no_acked_message() {
+    let mut nats = NatsCluster::start(3);
+    let nodes: Vec<Node> = (0..2)
+        .map(|i| Node::start(&nats, 3, &format!("node{i}"), &[]))
+        .collect();
+    let writer = nodes[0].channel().await;
+    let reader_channel = nodes[1].channel().await;
+    let room = "outage";
+    let mut reader = Session::open(&reader_channel, "reader").await;
+    reader.join(room, Some(0)).await;
+
+    // One NATS server of three SIGKILLed mid-run, then restarted: the publisher may see
+    // a failure or two while its node reconnects, retries with the same id, loses nothing.
+    let (progress, mut acked_so_far) = tokio::sync::watch::channel(0);
+    let run = tokio::spawn(publish_until_acked(
+        vec![writer.clone()],
+        room.into(),
+        "one-down".into(),
+        150,
+        progress,
+    ));
+    tokio::time::timeout(3 * STEP, acked_so_far.wait_for(|&n| n >= 30))
+        .await
+        .expect("publishes acked")
+        .unwrap();
+    nats.nodes[0].kill();
+    tokio::time::timeout(3 * STEP, acked_so_far.wait_for(|&n| n >= 90))
+        .await
+        .expect("publishes acked with one NATS server down")
+        .unwrap();
+    nats.nodes[0].restart();
+    let (mut acked, mut failures) = run.await.unwrap();
+
+    // All three down: publishes fail with UNAVAILABLE, clearly.
+    for node in &mut nats.nodes {
+        node.kill();
+    }
+    let mut refused = None;
+    for attempt in 0..20 {
+        match publish(
+            &writer,
+            room,
+            "during the outage",
+            &format!("outage-{attempt}"),
+        )
+        .await
+        {
+            Err(status) => {
+                refused = Some(status);
+                break;
+            }
+            // The node may not have noticed yet; such an ack came from JetStream.
+            Ok(ack) => {
+                acked.insert(format!("outage-{attempt}"), ack.offset);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    let refused = refused.expect("a publish fails while every NATS server is down");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(refused.message().contains("NATS"), "{refused:?}");
+    // Sessions are told, and stay open (messages that arrive meanwhile are kept).
+    let mut seen = Vec::new();
+    let told = tokio::time::timeout(STEP, async {
+        loop {
+            match reader.frames.message().await {
+                Ok(Some(frame)) => match frame.frame {
+                    Some(Frame::Message(message)) => seen.push(message),
+                    Some(Frame::Error(error)) if error.command_id == 0 => return error,
+                    _ => {}
+                },
+                other => panic!("the reader's session ended: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("sessions are told that NATS is gone");
+    assert_eq!(told.code, duplex_proto::hub::Code::Unavailable as i32);
+    assert!(told.message.contains("NATS"), "{told:?}");
+    // The node reports it: health NOT_SERVING while NATS is gone.
+    let health = tonic_health::pb::health_client::HealthClient::new(writer.clone());
+    let serving = |mut health: tonic_health::pb::health_client::HealthClient<Channel>| async move {
+        health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: "duplex.v1.Hub".into(),
+            })
+            .await
+            .map(|r| r.into_inner().status)
+            .ok()
+    };
+    let deadline = Instant::now() + STEP;
+    while serving(health.clone()).await != Some(2) {
+        assert!(
+            Instant::now() < deadline,
+            "health still SERVING without NATS"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Back: publishes succeed again (after the servers elect leaders) with no lost ack.
+    for node in &mut nats.nodes {
+        node.restart();
+    }
+    nats.wait_for_jetstream();
+    let (progress, _) = tokio::sync::watch::channel(0);
+    let (after, failed) = publish_until_acked(
+        vec![writer.clone()],
+        room.into(),
+        "after-restart".into(),
+        30,
+        progress,
+    )
+    .await;
+    acked.extend(after);
+    failures += failed;
+    let deadline = Instant::now() + STEP;
+    while serving(health.clone()).await != Some(1) {
+        assert!(
+            Instant::now() < deadline,
+            "health not SERVING with NATS back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let stored = history(&reader_channel, room).await;
+    let (lost, duplicated) = tally(&acked, &stored);
+    println!(
+        "NATS server SIGKILLed and restarted, then all three: acked {} lost {lost} \
+         duplicated {duplicated} (failed attempts, retried: {failures})",
+        acked.len()
+    );
+    assert_eq!((lost, duplicated), (0, 0));
+    // Nothing else was stored, but maybe the refused outage publish: one sent just before
+    // the servers died may be stored without its ack reaching the node.
+    assert!(
+        stored
+            .iter()
+            .all(|m| acked.contains_key(&m.client_message_id)
+                || m.client_message_id.starts_with("outage-")),
+        "unexpected messages stored"
+    );
+    // The reader on the other node got everything, in order, once: its feed read back
+    // what was published while its node was away from NATS.
+    let rest = stored.len() - seen.len();
+    seen.extend(collect(&mut reader, rest).await);
+    assert_eq!(offsets(&seen), offsets(&stored));
+}
+
+#[tokio::test]
+async fn room_names_with_every_special_character_round_trip_and_oversized_payloads_stop_at_the_node()
+ {
+    let nats = NatsCluster::single();
+    let node = Node::start(&nats, 1, "solo", &[]);
+    let channel = node.channel().await;
+    let names = [
+        "a.b",
+        ".a",
+        "a.",
+        "a..b",
+        "a:b",
+        "::",
+        "-_-",
+        "A.b:c-d_e.9",
+        &"x".repeat(128),
+        &".".repeat(128),
+    ];
+    let mut session = Session::open(&channel, "names").await;
+    for name in names {
+        session.join(name, Some(0)).await;
+    }
+    for name in names {
+        publish(&channel, name, &format!("to {name}"), "")
+            .await
+            .unwrap_or_else(|e| panic!("publish to {name:?}: {e:?}"));
+    }
+    let mut received = collect(&mut session, names.len()).await;
+    received.sort_by_key(|m| m.offset);
+    for (name, message) in names.iter().zip(&received) {
+        assert_eq!(message.room, *name);
+        assert_eq!(text(message), format!("to {name}"));
+        let stored = history(&channel, name).await;
+        assert_eq!(stored.len(), 1, "{name:?}");
+        assert_eq!(stored[0].room, *name);
+    }
+
+    // The largest payload the node takes fits in NATS with its record; one byte more is
+    // refused by the node, and NATS never sees it.
+    let cluster = Cluster::connect(config(&nats, 1)).await.expect("join");
+    let max = cluster.max_payload();
+    let stream_messages = || async {
+        cluster
+            .jetstream()
+            .get_stream("DUPLEX")
+            .await
+            .unwrap()
+            .cached_info()
+            .state
+            .messages
+    };
+    let before = stream_messages().await;
+    let refused = publish(&channel, "big", &"y".repeat(max + 1), "")
+        .await
+        .expect_err("over the cluster's limit");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    assert_eq!(stream_messages().await, before);
+    publish(&channel, "big", &"y".repeat(max), "")
+        .await
+        .expect("the largest payload is stored");
+    assert_eq!(stream_messages().await, before + 1);
+}
+
+/// A loopback port nobody listens on now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn scripts_cluster_runs_three_nodes_that_share_rooms_and_stops_them_all() {
+    use std::io::BufRead as _;
+    let ports = |n: usize| {
+        (0..n)
+            .map(|_| free_port().to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = std::process::Command::new(common::repo_root().join("scripts/cluster"));
+    command
+        .arg("--dir")
+        .arg(dir.path())
+        .args(["--nats-ports", &ports(3), "--route-ports", &ports(3)])
+        .args(["--grpc-ports", &ports(3), "--web-ports", &ports(3)])
+        .env("DUPLEX_BIN", env!("CARGO_BIN_EXE_duplex"))
+        .env("DUPLEX_NATS_SERVER", common::nats::nats_server_bin())
+        .stdout(std::process::Stdio::piped());
+    let mut script = ChildGuard(command.spawn().expect("run scripts/cluster"));
+    let stdout = std::io::BufReader::new(script.0.stdout.take().unwrap());
+    let lines = std::thread::spawn(move || {
+        let mut lines = Vec::new();
+        for line in stdout.lines() {
+            let line = line.unwrap();
+            let ready = line.starts_with("cluster ready");
+            lines.push(line);
+            if ready {
+                break;
+            }
+        }
+        lines
+    });
+    let deadline = Instant::now() + 3 * STEP;
+    while !lines.is_finished() {
+        assert!(
+            Instant::now() < deadline,
+            "scripts/cluster not ready in time"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let lines = lines.join().unwrap();
+    let grpc: Vec<SocketAddr> = lines
+        .iter()
+        .filter_map(|line| line.split(" grpc ").nth(1))
+        .map(|rest| rest.split(' ').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(grpc.len(), 3, "{lines:?}");
+    assert!(lines.iter().any(|l| l.contains(" web http://127.0.0.1:")));
+
+    // Published on node 1, read on node 3.
+    let first = common::connect(grpc[0]).await;
+    let third = common::connect(grpc[2]).await;
+    let mut reader = Session::open(&third, "reader").await;
+    reader.join("across", Some(0)).await;
+    publish(&first, "across", "from node 1", "")
+        .await
+        .expect("publish on node 1");
+    let got = collect(&mut reader, 1).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(text(&got[0]), "from node 1");
+
+    // Ctrl-C (or TERM) stops every process the script started.
+    script.signal("INT");
+    assert!(
+        script.wait_for_exit(STEP).is_some(),
+        "scripts/cluster exits"
+    );
+    for addr in grpc {
+        assert!(
+            std::net::TcpStream::connect(addr).is_err(),
+            "{addr} still listening"
+        );
+    }
 }
