@@ -97,6 +97,7 @@ pub enum PresenceError {
 /// The cluster's presence: a KV bucket with a TTL and limit markers, mirrored per followed
 /// room on each node (see the module docs). Stops its writer when dropped.
 pub struct KvPresence {
+    /// The state the engine's calls, the writer and the watches share.
     inner: Arc<PresenceNode>,
     /// The writer task (see the module docs); aborted on drop, after which this node's
     /// keys age out of the bucket.
@@ -124,6 +125,7 @@ struct PresenceNode {
     node: String,
     /// `node` as a key token.
     node_token: String,
+    /// The presence bucket.
     kv: kv::Store,
     /// Members a room lists for members joined on other nodes (local joins bring their own
     /// cap, the same `max_presence_listed`).
@@ -163,7 +165,9 @@ struct Tables {
 
 /// One of this node's keys.
 struct OwnKey {
+    /// What the key holds: the member's name as JSON.
     value: Bytes,
+    /// The change that set it (see [`Tables::next_version`]).
     version: u64,
     /// The bucket has this version (until the next heartbeat asks for a refresh).
     written: bool,
@@ -212,13 +216,16 @@ impl RoomMirror {
 
 /// What a watch entry of another node's key says.
 enum RemoteChange {
+    /// The entry `id` holds `member` (a join, or a refresh of a known member).
     Present { id: String, member: Member },
+    /// The entry `id` was deleted (a leave) or aged out (its node stopped refreshing).
     Gone { id: String },
 }
 
 /// The value stored under a member's key.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct MemberValue {
+    /// The member's presence name.
     name: String,
 }
 
