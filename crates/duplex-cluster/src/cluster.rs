@@ -261,8 +261,9 @@ impl Cluster {
             let retry = match error.kind() {
                 Kind::JetStreamUnavailable | Kind::TimedOut => true,
                 // 10008: "JetStream system temporarily unavailable" while the meta leader
-                // is elected.
-                Kind::JetStream(inner) => inner.error_code().0 == 10008,
+                // is elected; 10005: "no suitable peers for placement" until it knows
+                // enough servers for the replicas asked (a cluster just started).
+                Kind::JetStream(inner) => matches!(inner.error_code().0, 10008 | 10005),
                 _ => false,
             };
             if retry && Instant::now() < deadline {
@@ -270,7 +271,18 @@ impl Cluster {
                 tokio::time::sleep(Duration::from_millis(250)).await;
                 continue;
             }
-            return Err(if retry {
+            let placement =
+                matches!(error.kind(), Kind::JetStream(inner) if inner.error_code().0 == 10005);
+            return Err(if placement {
+                ClusterError::Stream {
+                    stream: self.config.stream.clone(),
+                    reason: format!(
+                        "{error} (the stream asks for {} replicas: are that many JetStream \
+                         servers in the NATS cluster?)",
+                        self.config.replicas
+                    ),
+                }
+            } else if retry {
                 ClusterError::JetStream {
                     servers: self.config.servers.join(","),
                     reason: error.to_string(),
@@ -303,7 +315,11 @@ impl Cluster {
                 StreamStorage::Memory => stream::StorageType::Memory,
             },
             num_replicas: config.replicas,
-            duplicate_window: config.duplicate_window,
+            // JetStream refuses a duplicate window longer than max_age (10052): a message
+            // id cannot be remembered longer than the message is kept.
+            duplicate_window: config.max_age.map_or(config.duplicate_window, |age| {
+                config.duplicate_window.min(age)
+            }),
             allow_direct: true,
             republish: Some(stream::Republish {
                 source: self.subjects.all_rooms(),

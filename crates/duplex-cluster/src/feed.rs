@@ -16,7 +16,9 @@
 //!    undelivered: nothing later goes out before it, and the next read brings both.
 //! 3. After a reconnect ([`Cluster::connection`]) and after [`QUIET_CHECK`] without a
 //!    live message, the task reads what follows its last offset from the stream: the loss
-//!    of a room's last message shows no gap until the next one, and this finds it.
+//!    of a room's last message shows no gap until the next one, and this finds it. A room
+//!    that stays quiet is checked less and less often (the pause doubles up to
+//!    [`MAX_QUIET_CHECK`]), so idle rooms cost NATS little; any live message resets it.
 //!
 //! Every message is delivered through [`RoomDelivery::deliver`] in offset order, this
 //! node's own appends too ([`LiveFeed::delivers_own_appends`]), decoded once per node; the
@@ -39,6 +41,9 @@ use crate::log::JetStreamLog;
 /// How long a followed room may go without a live message before its task checks the
 /// stream for what it may have missed (a lost last message shows no gap by itself).
 pub(crate) const QUIET_CHECK: Duration = Duration::from_secs(3);
+
+/// The longest pause between two checks of a room that stays quiet.
+pub(crate) const MAX_QUIET_CHECK: Duration = Duration::from_secs(60);
 
 /// Most messages one catch-up read brings; a longer gap takes several.
 const CATCH_UP_PAGE: usize = 512;
@@ -142,10 +147,14 @@ impl RoomFollower {
         if self.catch_up().await == Flow::Stop {
             return;
         }
+        let mut quiet = QUIET_CHECK;
         loop {
             let flow = tokio::select! {
                 message = live.next() => match message {
-                    Some(message) => self.live(message).await,
+                    Some(message) => {
+                        quiet = QUIET_CHECK;
+                        self.live(message).await
+                    }
                     None => {
                         debug!(room = %self.room, "live subscription closed");
                         Flow::Stop
@@ -158,7 +167,10 @@ impl RoomFollower {
                     let connected = connection.borrow_and_update().connected;
                     if connected { self.catch_up().await } else { Flow::Continue }
                 }
-                () = tokio::time::sleep(QUIET_CHECK) => self.catch_up().await,
+                () = tokio::time::sleep(quiet) => {
+                    quiet = (quiet * 2).min(MAX_QUIET_CHECK);
+                    self.catch_up().await
+                }
             };
             if flow == Flow::Stop {
                 return;

@@ -22,10 +22,12 @@
 //!   (ADR-53 is only proposed: a direct get ignores the field, a `STREAM.MSG.GET` refuses
 //!   it as unknown), so the check is ours: the node remembers the newest offset it knows
 //!   per room ([`Cluster::saw`]: its PubAcks, the feed's messages), and a read that ends
-//!   below it without filling its page came from a replica that is behind. It is asked
-//!   again (another replica may answer; a follower catches up in milliseconds) until the
-//!   request timeout, then fails UNAVAILABLE rather than answer short: a replay that read
-//!   nothing would take the room for emptied by retention.
+//!   below it without filling its page either came from a replica that is behind or
+//!   retention removed the room's newest messages since; the stream leader's last message
+//!   of the room (`STREAM.MSG.GET`, leader only) tells which. A read from a replica behind
+//!   is asked again (a follower catches up in milliseconds) until the request timeout,
+//!   then fails UNAVAILABLE rather than answer short: a replay that read nothing would
+//!   take the room for emptied by retention.
 //! - **`last_offset`** is the stream's last sequence (leader-answered stream info), not
 //!   the room's: the engine uses it as the point live delivery starts after when a room is
 //!   loaded, and as `last` of a room that retains nothing. The stream's last sequence is
@@ -46,6 +48,7 @@ use async_nats::jetstream::ErrorCode;
 use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::publish::PublishAck;
+use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use bytes::Bytes;
 use duplex_store::{
     Appended, BoxFuture, NewMessage, Offset, RoomBounds, Store, StoreCounters, StoreError,
@@ -218,6 +221,12 @@ impl JetStreamLog {
             if full || reached >= known {
                 return Ok(messages);
             }
+            // Short of what this node saw: a replica behind, or retention removed the
+            // room's newest messages since. The stream's leader tells which.
+            let subject = self.cluster.subjects().room(room);
+            if self.leader_last(&subject).await?.unwrap_or(0) <= reached {
+                return Ok(messages);
+            }
             if Instant::now() >= deadline {
                 return Err(StoreError::Unavailable(format!(
                     "room {room}: the JetStream replicas answered history only up to offset \
@@ -356,6 +365,25 @@ impl JetStreamLog {
                     )));
                 }
             }
+        }
+    }
+
+    /// The last sequence on `subject`, from the stream's leader (a `STREAM.MSG.GET`,
+    /// which only the leader answers: never behind).
+    async fn leader_last(&self, subject: &str) -> Result<Option<Offset>, StoreError> {
+        let stream = self
+            .cluster
+            .jetstream()
+            .get_stream_no_info(&self.cluster.config().stream)
+            .await
+            .map_err(|error| unavailable("open the room stream", &error))?;
+        match stream.get_last_raw_message_by_subject(subject).await {
+            Ok(message) => Ok(Some(message.sequence)),
+            Err(error) if error.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(error) => Err(unavailable(
+                "ask the stream leader for a room's last message",
+                &error,
+            )),
         }
     }
 

@@ -131,6 +131,35 @@ async fn the_log_assigns_stream_sequences_dedupes_and_reads_rooms_back() {
 }
 
 #[tokio::test]
+async fn a_room_emptied_by_retention_reads_empty_and_keeps_its_last_offset() {
+    let nats = NatsCluster::single();
+    let mut config = config(&nats, 1);
+    config.max_age = Some(Duration::from_secs(1));
+    let cluster = Cluster::connect(config).await.expect("join");
+    let log = duplex_cluster::JetStreamLog::new(cluster);
+    let offset = log
+        .append(vec![message("brief", "", "gone soon")])
+        .await
+        .unwrap()[0]
+        .offset;
+    let deadline = Instant::now() + STEP;
+    while log.bounds("brief").await.unwrap().is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "max_age did not remove the message"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The node saw `offset`, but the stream's leader says the room ends before it: an
+    // empty answer, at once, not a wait for a replica to catch up.
+    let started = Instant::now();
+    assert!(log.read_after("brief", 0, 10).await.unwrap().is_empty());
+    assert!(started.elapsed() < Duration::from_secs(4));
+    // Offsets never go back: live delivery and a resume still start after `offset`.
+    assert!(log.last_offset("brief").await.unwrap() >= offset);
+}
+
+#[tokio::test]
 async fn reads_right_after_a_paused_replica_resumes_reach_what_the_node_saw() {
     // nats-server 2.15 has no `min_last_seq`: a direct get is answered by whichever
     // replica gets it (the one on the client's own server first), caught up or not. A
@@ -246,10 +275,15 @@ struct Node {
 
 impl Node {
     fn start(nats: &NatsCluster, replicas: usize, name: &str, extra: &[&str]) -> Node {
+        Node::start_on(&nats.urls(), replicas, name, extra)
+    }
+
+    /// A node given only `urls` (it learns the cluster's other servers from them).
+    fn start_on(urls: &str, replicas: usize, name: &str, extra: &[&str]) -> Node {
         let mut command = duplex();
         command
             .args(["serve", "--listen", "127.0.0.1:0", "--cluster"])
-            .arg(nats.urls())
+            .arg(urls)
             .args([
                 "--nats-replicas",
                 &replicas.to_string(),
@@ -595,9 +629,14 @@ async fn a_duplex_node_killed_mid_burst_loses_and_duplicates_no_acked_message() 
 #[tokio::test]
 async fn nats_servers_killed_and_restarted_lose_no_acked_message() {
     let mut nats = NatsCluster::start(3);
-    let nodes: Vec<Node> = (0..2)
-        .map(|i| Node::start(&nats, 3, &format!("node{i}"), &[]))
-        .collect();
+    // The reader's node is on the NATS server killed first, so live messages published
+    // while it reconnects elsewhere never reach it over core NATS: its feed must read
+    // them back. The writer's node is on the other two.
+    let writer_urls = format!("{},{}", nats.nodes[1].url(), nats.nodes[2].url());
+    let nodes = [
+        Node::start_on(&writer_urls, 3, "writer", &[]),
+        Node::start_on(&nats.nodes[0].url(), 3, "reader", &[]),
+    ];
     let writer = nodes[0].channel().await;
     let reader_channel = nodes[1].channel().await;
     let room = "outage";
