@@ -57,9 +57,14 @@ async fn node(nats: &NatsCluster, name: &str, max_listed: usize) -> Hub {
 
 /// The next frame of `outbound`, decoded; fails the test after a step.
 async fn next_frame(outbound: &mut Outbound) -> Frame {
-    let bytes = tokio::time::timeout(STEP, outbound.next())
+    next_frame_within(outbound, STEP).await
+}
+
+/// The next frame of `outbound`, decoded; fails the test after `limit`.
+async fn next_frame_within(outbound: &mut Outbound, limit: Duration) -> Frame {
+    let bytes = tokio::time::timeout(limit, outbound.next())
         .await
-        .expect("a frame within the step")
+        .expect("a frame in time")
         .expect("the stream is open")
         .expect("not an error");
     ServerFrame::decode(&bytes[..]).unwrap().frame.unwrap()
@@ -461,10 +466,11 @@ async fn presence_survives_the_loss_of_the_nats_server_a_node_uses() {
     let (member, joined_event) = presence_event(next_frame(&mut carol).await);
     assert_eq!((member.name.as_str(), joined_event), ("alice", true));
 
-    // C's server dies: C reconnects to another server of the cluster.
+    // C's server dies: C reconnects to another server of the cluster (and the bucket may
+    // elect a new leader first: two steps).
     tokio::task::block_in_place(|| nats.nodes[2].kill());
     let (_bob, _) = join(&a, "bob", ROOM).await;
-    let (member, joined_event) = presence_event(next_frame(&mut carol).await);
+    let (member, joined_event) = presence_event(next_frame_within(&mut carol, 2 * STEP).await);
     assert_eq!((member.name.as_str(), joined_event), ("bob", true));
     let (_dave, _) = join(&c, "dave", ROOM).await;
     let (member, joined_event) = presence_event(next_frame(&mut carol).await);
