@@ -14,7 +14,10 @@
 //!   [`StoreError::Unavailable`], though part of it may be stored: the publishers get
 //!   UNAVAILABLE and a retry with the same client id is deduped by the stream. While the
 //!   client knows it is disconnected an append fails at once instead of waiting for a
-//!   timeout.
+//!   timeout. On a replicated stream a repeat of an id whose original is still being
+//!   stored (in the same batch, or a retry racing its original on another node) is
+//!   refused with 10158 rather than deduped; it is published again, alone, until
+//!   JetStream answers it as a duplicate with the original's sequence.
 //! - **Reads** (`read_after`, `read_page`, `bounds`): raw direct gets on
 //!   `$JS.API.DIRECT.GET.<stream>`, a batch (`next_by_subj`, `batch`, `max_bytes`) read up
 //!   to its `204 EOB` status. Any replica may answer a direct get, and a follower may be
@@ -28,13 +31,17 @@
 //!   is asked again (a follower catches up in milliseconds) until the request timeout,
 //!   then fails UNAVAILABLE rather than answer short: a replay that read nothing would
 //!   take the room for emptied by retention.
-//! - **`last_offset`** is the stream's last sequence (leader-answered stream info), not
-//!   the room's: the engine uses it as the point live delivery starts after when a room is
-//!   loaded, and as `last` of a room that retains nothing. The stream's last sequence is
-//!   at least every offset the room ever had (they are stream sequences, and the stream's
-//!   last sequence never goes back, also when retention emptied the room) and below every
-//!   later one (each later message gets a higher stream sequence), which is all the engine
-//!   needs; the room's own last message would go back to "none" when retention removed it.
+//! - **`last_offset`** is the room's last offset as the stream's leader has it
+//!   (`STREAM.MSG.GET` by subject, leader only, so never behind), or, for a room with no
+//!   message, the newest offset this node saw in it (0 if none). The engine uses it as
+//!   the point live delivery starts after when a room is loaded, and as `last` of a room
+//!   that retains nothing: any value at least every offset the room had and below every
+//!   later one serves the first, and every later message gets a higher stream sequence.
+//!   Not the stream's last sequence: a room that never had a message would then look
+//!   emptied by retention, and a join replaying its history would fail. A room emptied by
+//!   retention (`max_age`) on a node that never saw it reads as never used there: a resume
+//!   after one of its old offsets is refused as beyond the last offset rather than as too
+//!   old.
 //! - **Retention** is the stream's (`max_messages_per_subject`, `max_age`): JetStream
 //!   enforces it itself, so [`Store::enforce_retention`] removes nothing.
 //! - **Availability** ([`Store::counters`]) follows the NATS connection, so health turns
@@ -61,7 +68,7 @@ use tracing::debug;
 use crate::cluster::Cluster;
 use crate::subject::room_token;
 
-/// Most messages one history read asks a replica for when the caller gives no byte bound.
+/// Most messages one direct get asks a replica for; a longer read takes several.
 const MAX_READ_BATCH: usize = 1000;
 
 /// The room stream as the hub's log; see the module docs.
@@ -387,16 +394,14 @@ impl JetStreamLog {
         }
     }
 
-    /// The stream's last sequence, from its leader (see the module docs).
-    async fn stream_last(&self) -> Result<Offset, StoreError> {
+    /// The room's last offset (see the module docs).
+    async fn room_last(&self, room: &str) -> Result<Offset, StoreError> {
         self.check_connected()?;
-        let stream = self
-            .cluster
-            .jetstream()
-            .get_stream(&self.cluster.config().stream)
-            .await
-            .map_err(|error| unavailable("read the room stream's state", &error))?;
-        Ok(stream.cached_info().state.last_sequence)
+        let subject = self.cluster.subjects().room(room);
+        Ok(match self.leader_last(&subject).await? {
+            Some(last) => last,
+            None => self.cluster.seen(room),
+        })
     }
 }
 
@@ -487,8 +492,9 @@ impl Store for JetStreamLog {
         })
     }
 
-    fn last_offset(&self, _room: &str) -> BoxFuture<'_, Result<Offset, StoreError>> {
-        Box::pin(self.stream_last())
+    fn last_offset(&self, room: &str) -> BoxFuture<'_, Result<Offset, StoreError>> {
+        let room = room.to_owned();
+        Box::pin(async move { self.room_last(&room).await })
     }
 
     fn enforce_retention(&self, _now_unix_micros: i64) -> BoxFuture<'_, Result<u64, StoreError>> {

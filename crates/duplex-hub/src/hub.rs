@@ -344,7 +344,8 @@ async fn sweep_rooms(engine: Weak<Engine>) {
 
 /// Ends every stream whose client stopped reading for `timeout` (see
 /// [`SubscriberQueue::end_if_stalled`]). Checks four times per timeout (at most once a
-/// second, at least every 10 ms), so a stall ends within 1¼ timeouts.
+/// second, at least every 10 ms), so a stall ends within 1½ timeouts: the wait counts from
+/// the first check that sees it.
 async fn sweep_stalled(engine: Weak<Engine>, timeout: std::time::Duration) {
     let every = (timeout / 4).clamp(
         std::time::Duration::from_millis(10),

@@ -131,19 +131,16 @@ struct State {
     consumer: Option<Waker>,
     /// A reliable push is waiting for room: the next reliable frame sent wakes it.
     reliable_waiting: bool,
-    /// Since when the frame at the head of the queue has waited for the transport: set
-    /// when a frame lands in an empty queue and on every frame sent while more wait; `None`
-    /// while nothing waits. A stream whose head waits longer than the send-stall timeout
-    /// is ended ([`SubscriberQueue::end_if_stalled`]), so a reader that stopped cannot pin
-    /// its queue (and its replay) for ever.
+    /// Since when frames have waited with none taken by the transport, as seen by the
+    /// stall sweeps ([`SubscriberQueue::end_if_stalled`]): set by the first sweep that
+    /// finds frames queued and nothing sent since the sweep before, cleared by any send.
+    /// A stream that sends nothing for the send-stall timeout is ended, so a reader that
+    /// stopped cannot pin its queue (and its replay) for ever. Sampled by the sweeps
+    /// rather than stamped per frame: reading the clock on every push and send cost a
+    /// few percent of a replay's and a fan-out's CPU.
     waiting_since: Option<Instant>,
-}
-
-/// Notes that a frame is about to be queued: if nothing waited, the wait starts now.
-fn start_waiting(state: &mut State) {
-    if state.frames.is_empty() {
-        state.waiting_since = Some(Instant::now());
-    }
+    /// A frame went to the transport since the last stall sweep.
+    sent_since_sweep: bool,
 }
 
 #[derive(Debug)]
@@ -286,7 +283,6 @@ impl SubscriberQueue {
             }
             return LivePush::Queued;
         }
-        start_waiting(&mut state);
         tally.queued(size, frame.meta().is_some());
         state.live_frames += 1;
         state.live_bytes += size;
@@ -359,7 +355,6 @@ impl SubscriberQueue {
             state.reliable_waiting = true;
             return TryPush::Full(frame);
         }
-        start_waiting(&mut state);
         self.counters.queued(1, size);
         state.reliable_frames += 1;
         state.reliable_bytes += size;
@@ -372,7 +367,6 @@ impl SubscriberQueue {
     pub(crate) fn push_control(&self, bytes: Bytes) {
         let mut state = self.lock();
         if state.ending.is_none() && !state.consumer_gone {
-            start_waiting(&mut state);
             self.budgets.force_charge(bytes.len());
             self.counters.queued(1, bytes.len());
             state.reliable_frames += 1;
@@ -432,17 +426,23 @@ impl SubscriberQueue {
         (state.frames.len(), bytes)
     }
 
-    /// Ends the stream if its oldest frame has waited `timeout` or longer for the transport
-    /// (the client stopped reading): like a lag under `disconnect`, whatever the policy —
-    /// the queue is cleared, a `lagged` frame per room says where to resume, then the call
-    /// fails with RESOURCE_EXHAUSTED. Returns whether it did.
+    /// One stall sweep at `now`: ends the stream if frames have waited for the transport,
+    /// with none taken, since a sweep at least `timeout` ago (the client stopped reading):
+    /// like a lag under `disconnect`, whatever the policy — the queue is cleared, a
+    /// `lagged` frame per room says where to resume, then the call fails with
+    /// RESOURCE_EXHAUSTED. Returns whether it did. The wait is counted from the first sweep
+    /// that saw it, never from before it began, so with sweeps every `timeout / 4` a
+    /// stream ends between `timeout` and `1.5 × timeout` after its reader stopped.
     pub(crate) fn end_if_stalled(&self, now: Instant, timeout: Duration) -> bool {
         let mut state = self.lock();
+        if state.frames.is_empty() || std::mem::take(&mut state.sent_since_sweep) {
+            state.waiting_since = (!state.frames.is_empty()).then_some(now);
+            return false;
+        }
+        let since = *state.waiting_since.get_or_insert(now);
         let stalled = state.ending.is_none()
             && !state.consumer_gone
-            && state
-                .waiting_since
-                .is_some_and(|since| now.saturating_duration_since(since) >= timeout);
+            && now.saturating_duration_since(since) >= timeout;
         if stalled {
             self.counters.stalled_out();
             self.lag_out(&mut state, HubError::SendStalled(timeout));
@@ -575,8 +575,8 @@ impl Stream for Outbound {
             return Poll::Ready(Some(Ok(Frame::own(report))));
         }
         if let Some(entry) = state.frames.pop_front() {
-            // The transport took a frame: whatever still waits, waits from now.
-            state.waiting_since = (!state.frames.is_empty()).then(Instant::now);
+            // The transport took a frame: the stall sweep starts counting again.
+            state.sent_since_sweep = true;
             if let Some(meta) = entry.frame.meta() {
                 let marks = match state.rooms.get_mut(&*meta.room) {
                     Some(marks) => marks,
@@ -587,7 +587,6 @@ impl Stream for Outbound {
                     let dropped = std::mem::take(&mut marks.dropped);
                     let report = frames::lagged(&meta.room, marks.delivered, dropped);
                     state.frames.push_front(entry);
-                    state.waiting_since = Some(Instant::now());
                     queue.counters.passed_through(report.len());
                     return Poll::Ready(Some(Ok(Frame::own(report))));
                 }
@@ -708,13 +707,16 @@ mod tests {
         assert!(!queue.end_if_stalled(start + timeout * 10, timeout));
         queue.push_live(live("r", 1, 10, ""), &mut Tally::default());
         queue.push_live(live("r", 2, 10, ""), &mut Tally::default());
-        let waited_from = Instant::now();
-        assert!(!queue.end_if_stalled(waited_from + timeout / 2, timeout));
-        // The reader takes one: the rest waits from then.
+        // The first sweep that sees frames waiting starts the count.
+        let seen = start + timeout * 11;
+        assert!(!queue.end_if_stalled(seen, timeout));
+        assert!(!queue.end_if_stalled(seen + timeout / 2, timeout));
+        // The reader takes one: the next sweep starts counting again.
         assert!(outbound.next().await.unwrap().is_ok());
-        let taken = Instant::now();
-        assert!(!queue.end_if_stalled(taken + timeout / 2, timeout));
-        assert!(queue.end_if_stalled(taken + timeout, timeout));
+        let swept = seen + timeout * 3 / 4;
+        assert!(!queue.end_if_stalled(swept, timeout));
+        assert!(!queue.end_if_stalled(swept + timeout / 2, timeout));
+        assert!(queue.end_if_stalled(swept + timeout, timeout));
         assert!(queue.is_closed());
         // Where to resume, then the error; the queued frame is gone.
         let lagged = outbound.next().await.unwrap().unwrap();

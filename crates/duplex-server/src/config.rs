@@ -174,31 +174,39 @@ pub struct ServeConfig {
     /// same servers, --nats-prefix and --nats-stream; --store and --data-dir are unused.
     /// --retention-messages and --retention-age become the stream's per-room limits and
     /// --dedupe-window its duplicate window (held in the NATS servers' memory per message
-    /// id). Empty (the default): one node with its own store.
+    /// id, at most --retention-age). Empty (the default): one node with its own store.
     #[arg(long = "cluster", value_name = "URL", value_delimiter = ',')]
     #[arg(env = "DUPLEX_CLUSTER", help_heading = "Cluster")]
     pub cluster: Vec<String>,
 
     /// With --cluster: a NATS credentials file (user JWT and nkey seed).
     #[arg(long)]
-    #[arg(env = "DUPLEX_NATS_CREDS", help_heading = "Cluster")]
+    #[arg(
+        env = "DUPLEX_NATS_CREDS",
+        value_name = "FILE",
+        help_heading = "Cluster"
+    )]
     pub nats_creds: Option<std::path::PathBuf>,
 
     /// With --cluster: verify the NATS servers' TLS certificates with these CA
     /// certificates (PEM), and require TLS.
     #[arg(long)]
-    #[arg(env = "DUPLEX_NATS_CA", help_heading = "Cluster")]
+    #[arg(env = "DUPLEX_NATS_CA", value_name = "FILE", help_heading = "Cluster")]
     pub nats_ca: Option<std::path::PathBuf>,
 
     /// With --cluster: a client certificate (PEM) for NATS servers that verify clients.
     /// Needs --nats-key.
     #[arg(long, requires = "nats_key")]
-    #[arg(env = "DUPLEX_NATS_CERT", help_heading = "Cluster")]
+    #[arg(
+        env = "DUPLEX_NATS_CERT",
+        value_name = "FILE",
+        help_heading = "Cluster"
+    )]
     pub nats_cert: Option<std::path::PathBuf>,
 
     /// The private key (PEM) of --nats-cert.
     #[arg(long, requires = "nats_cert")]
-    #[arg(env = "DUPLEX_NATS_KEY", help_heading = "Cluster")]
+    #[arg(env = "DUPLEX_NATS_KEY", value_name = "FILE", help_heading = "Cluster")]
     pub nats_key: Option<std::path::PathBuf>,
 
     /// With --cluster: the subject prefix of this deployment (rooms are stored on
@@ -231,7 +239,11 @@ pub struct ServeConfig {
     /// With --cluster: this node's name, shown to NATS and in presence; unique per running
     /// node. Default: HOSTNAME-PID.
     #[arg(long)]
-    #[arg(env = "DUPLEX_NODE_NAME", help_heading = "Cluster")]
+    #[arg(
+        env = "DUPLEX_NODE_NAME",
+        value_name = "NAME",
+        help_heading = "Cluster"
+    )]
     pub node_name: Option<String>,
 
     /// With --cluster: how often this node refreshes its members' presence entries in the

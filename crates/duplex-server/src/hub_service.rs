@@ -544,6 +544,16 @@ impl Encoder for PreEncoded {
     type Error = Status;
 
     fn encode(&mut self, item: Frame, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        // tonic sends its buffer off whole at SESSION_YIELD_BYTES and, while h2 still holds
+        // that chunk, starts the next one at SESSION_BUFFER_BYTES and doubles it: a burst
+        // (a replay, a busy room) reallocated and copied its bytes 7 times per 32 KiB sent.
+        // Once a burst has BURST_BYTES pending, the buffer grows to a whole chunk at once
+        // (later calls find the room and reserve nothing). Idle sessions never get there
+        // and keep their small buffer.
+        let pending = pending_len(buf);
+        if pending >= BURST_BYTES {
+            buf.reserve((SESSION_YIELD_BYTES + item.len()).saturating_sub(pending));
+        }
         buf.put_slice(&item);
         Ok(())
     }
@@ -555,12 +565,27 @@ impl Encoder for PreEncoded {
 
 /// Initial size of a session stream's encode and decode buffers. tonic allocates 8 KiB each
 /// way when a call starts, which is most of what an idle session costs; both buffers grow on
-/// demand when traffic comes, so starting small costs a busy session a few reallocations and
-/// saves an idle one about 15 KiB of RSS (measured by `duplex bench idle`).
-const SESSION_BUFFER_BYTES: usize = 256;
+/// demand when traffic comes (a burst of sends grows to a whole chunk at once, see
+/// [`PreEncoded`]), so starting small costs a busy session a few reallocations and saves an
+/// idle one about 15 KiB of RSS at 256 bytes, and 0.3-0.4 KiB more at 64 (`duplex bench
+/// idle`, 50k sessions: 6071/6200 -> 5788/5758 bytes each): an idle session's buffers
+/// keep what its `join` and `joined` frames needed. Not 0: tonic divides by it when it
+/// compresses.
+const SESSION_BUFFER_BYTES: usize = 64;
 
 /// Encoded replies are sent once this many bytes are ready (tonic's default).
 const SESSION_YIELD_BYTES: usize = 32 * 1024;
+
+/// Bytes pending in a session's encode buffer past which it is in a burst (see
+/// [`PreEncoded`]'s `encode`).
+const BURST_BYTES: usize = 1024;
+
+/// How many bytes `buf` holds. tonic does not say; its `BytesMut` reports its spare room
+/// as `isize::MAX - len` (0 here if that ever changes, which only turns the burst growth
+/// off).
+fn pending_len(buf: &EncodeBuf<'_>) -> usize {
+    (isize::MAX as usize).saturating_sub(buf.remaining_mut())
+}
 
 fn session_buffers() -> BufferSettings {
     BufferSettings::new(SESSION_BUFFER_BYTES, SESSION_YIELD_BYTES)

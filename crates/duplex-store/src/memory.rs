@@ -418,12 +418,17 @@ impl MemoryStore {
         // Offsets increase along the queue, so binary search for the first one after.
         let start = log.messages.partition_point(|m| m.offset <= after);
         let mut page = PageBudget::new(max_bytes);
-        log.messages
+        // Sized up front: collecting from `take_while` would grow (and copy) the page from 4.
+        let mut messages = Vec::with_capacity(limit.min(log.messages.len() - start));
+        for kept in log
+            .messages
             .range(start..)
             .take(limit)
             .take_while(|m| page.admit(m.record.len() + room.len() + MESSAGE_OVERHEAD))
-            .map(|m| record::decode(room, m.offset, &m.record))
-            .collect()
+        {
+            messages.push(record::decode(room, kept.offset, &kept.record)?);
+        }
+        Ok(messages)
     }
 
     fn bounds_now(&self, room: &str) -> Option<RoomBounds> {

@@ -71,6 +71,11 @@ enum Command {
 /// with locks and consolidation passes: they took a fifth of the server's CPU in durable
 /// publish. Measured on 2 cores, binaries alternating: durable publish 140-151k → 188-199k
 /// acked/s; fan-out and echo within noise; idle sessions 5.7 → 6.2 KB of RSS each.
+///
+/// Built with mimalloc's `no_thp` (workspace `Cargo.toml`): otherwise it asks for
+/// transparent huge pages on its arenas (`MADV_HUGEPAGE`), so every region it touches
+/// becomes 2 MiB of RSS: a fresh `duplex serve` held 15 MB of anonymous memory for 1.5 MB
+/// of heap (26.0 → 13.3 MB RSS; echo under load 28.5–32.5 → 13.7–15.2 MB).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

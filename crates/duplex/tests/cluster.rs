@@ -123,15 +123,16 @@ async fn the_log_assigns_stream_sequences_dedupes_and_reads_rooms_back() {
     let bounds = log.bounds("a.b").await.unwrap().expect("a.b has messages");
     assert_eq!((bounds.earliest, bounds.last), (1, 2));
     assert_eq!(log.bounds("empty").await.unwrap(), None);
-    // The stream's last sequence: above every offset the room had, below every later one.
-    assert_eq!(log.last_offset("a.b").await.unwrap(), 4);
-    assert_eq!(log.last_offset("empty").await.unwrap(), 4);
+    // The room's own last offset (other rooms' messages take the numbers between).
+    assert_eq!(log.last_offset("a.b").await.unwrap(), 2);
+    assert_eq!(log.last_offset("c").await.unwrap(), 4);
+    assert_eq!(log.last_offset("empty").await.unwrap(), 0);
     assert!(log.commits() >= 1);
     assert!(log.counters().expect("counters").available());
 }
 
 #[tokio::test]
-async fn a_room_emptied_by_retention_reads_empty_and_keeps_its_last_offset() {
+async fn a_room_emptied_by_retention_reads_empty_and_keeps_the_offset_this_node_saw() {
     let nats = NatsCluster::single();
     let mut config = config(&nats, 1);
     config.max_age = Some(Duration::from_secs(1));
@@ -155,8 +156,8 @@ async fn a_room_emptied_by_retention_reads_empty_and_keeps_its_last_offset() {
     let started = Instant::now();
     assert!(log.read_after("brief", 0, 10).await.unwrap().is_empty());
     assert!(started.elapsed() < Duration::from_secs(4));
-    // Offsets never go back: live delivery and a resume still start after `offset`.
-    assert!(log.last_offset("brief").await.unwrap() >= offset);
+    // Offsets never go back here: live delivery and a resume still start after `offset`.
+    assert_eq!(log.last_offset("brief").await.unwrap(), offset);
 }
 
 #[tokio::test]
@@ -816,6 +817,34 @@ async fn room_names_with_every_special_character_round_trip_and_oversized_payloa
         assert_eq!(stored.len(), 1, "{name:?}");
         assert_eq!(stored[0].room, *name);
     }
+
+    // A room never used, in a stream holding other rooms' messages: a join replaying its
+    // (empty) history, by offset or by backlog, is served, then live.
+    let fresh = session.join("fresh", Some(0)).await;
+    assert_eq!((fresh.earliest_offset, fresh.last_offset), (0, 0));
+    session
+        .send(duplex_proto::hub::client_frame::Command::Join(
+            duplex_proto::hub::Join {
+                room: "fresh.backlog".into(),
+                after_offset: None,
+                hidden: false,
+                replay_last: 20,
+            },
+        ))
+        .await;
+    match session.next_non_presence().await {
+        Frame::Joined(joined) => assert_eq!(joined.room, "fresh.backlog"),
+        other => panic!("expected joined, got {other:?}"),
+    }
+    publish(&channel, "fresh.backlog", "first", "")
+        .await
+        .unwrap();
+    publish(&channel, "fresh", "first", "").await.unwrap();
+    let firsts = collect(&mut session, 2).await;
+    assert_eq!(
+        firsts.iter().map(text).collect::<Vec<_>>(),
+        ["first", "first"]
+    );
 
     // The largest payload the node takes fits in NATS with its record; one byte more is
     // refused by the node, and NATS never sees it.
