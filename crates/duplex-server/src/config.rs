@@ -249,7 +249,9 @@ pub struct ServeConfig {
     /// With --cluster: how often this node refreshes its members' presence entries in the
     /// KV bucket. An entry not refreshed for three of these expires, so the members of a
     /// node that died leave everywhere within 3 × this; each refresh is one KV write per
-    /// member and room, seen by every node following the room. At least 100ms.
+    /// member and room, seen by every node following the room. At least 100ms; keep 3 × it
+    /// well above a JetStream leader election (seconds), or members flap while a NATS
+    /// server is lost.
     #[arg(long, default_value = "5s", value_parser = parse_presence_heartbeat)]
     #[arg(env = "DUPLEX_PRESENCE_HEARTBEAT", help_heading = "Cluster")]
     pub presence_heartbeat: Duration,
