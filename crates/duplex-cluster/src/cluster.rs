@@ -22,12 +22,13 @@ use async_nats::jetstream::{self, stream};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use duplex_hub::{LiveFeed, LocalPresence, Presence};
+use duplex_hub::{LiveFeed, Presence};
 use duplex_store::Store;
 
 use crate::config::{ClusterConfig, StreamStorage};
 use crate::feed::RepublishFeed;
 use crate::log::JetStreamLog;
+use crate::presence::{KvPresence, PresenceError};
 use crate::subject::Subjects;
 
 /// Bytes a message's record and NATS headers may add to its payload: the record's time and
@@ -131,6 +132,9 @@ pub enum ClusterError {
         /// What the servers announced.
         server_max_payload: usize,
     },
+    /// The presence bucket could not be created or updated.
+    #[error(transparent)]
+    Presence(#[from] PresenceError),
 }
 
 /// Whether the node is connected to NATS now, and how many times it has connected: a
@@ -358,18 +362,20 @@ impl Cluster {
     }
 
     /// The hub's seams on this cluster: the room stream as the log, its republish as the
-    /// live feed, and presence. What `duplex serve --cluster` hands to
-    /// `Hub::with_seams`. Spawns the log's and feed's tasks (needs a tokio runtime).
-    pub fn seams(&self) -> Seams {
+    /// live feed, and presence in its KV bucket (rooms list `max_presence_listed` members
+    /// each). What `duplex serve --cluster` hands to `Hub::with_seams`. Creates the
+    /// presence bucket and spawns the log's, feed's and presence's tasks (needs a tokio
+    /// runtime).
+    pub async fn seams(&self, max_presence_listed: usize) -> Result<Seams, ClusterError> {
         let log = Arc::new(JetStreamLog::new(self.clone()));
         let feed = Arc::new(RepublishFeed::new(self.clone(), log.clone()));
-        // presence: replaced by KvPresence
-        let presence: Arc<dyn Presence> = Arc::new(LocalPresence::new());
-        Seams {
+        let presence: Arc<dyn Presence> =
+            Arc::new(KvPresence::start(self, max_presence_listed).await?);
+        Ok(Seams {
             store: log,
             feed,
             presence,
-        }
+        })
     }
 }
 

@@ -24,10 +24,12 @@ mod cluster;
 mod config;
 mod feed;
 mod log;
+mod presence;
 pub mod subject;
 
 pub use cluster::{Cluster, ClusterError, ConnectionState, RECORD_ALLOWANCE, Seams};
 pub use config::{ClusterConfig, DEFAULT_LIVE_BUFFER, StreamStorage};
 pub use feed::RepublishFeed;
 pub use log::JetStreamLog;
+pub use presence::{KvPresence, PresenceError, WRITES_IN_FLIGHT, bucket_name};
 pub use subject::Subjects;

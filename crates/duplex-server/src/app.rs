@@ -114,8 +114,8 @@ impl App {
         config: &ServeConfig,
     ) -> Result<Hub, AppError> {
         let cluster = duplex_cluster::Cluster::connect(cluster).await?;
-        let seams = cluster.seams();
         let mut hub_config = config.hub_config();
+        let seams = cluster.seams(hub_config.max_presence_listed).await?;
         hub_config.max_payload = hub_config.max_payload.min(cluster.max_payload());
         let hub = Hub::with_seams(seams.store, seams.feed, seams.presence, hub_config);
         tokio::spawn(announce_nats_losses(cluster.connection(), hub.clone()));

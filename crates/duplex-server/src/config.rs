@@ -246,6 +246,16 @@ pub struct ServeConfig {
     )]
     pub node_name: Option<String>,
 
+    /// With --cluster: how often this node refreshes its members' presence entries in the
+    /// KV bucket. An entry not refreshed for three of these expires, so the members of a
+    /// node that died leave everywhere within 3 × this; each refresh is one KV write per
+    /// member and room, seen by every node following the room. At least 100ms; keep 3 × it
+    /// well above a JetStream leader election (seconds), or members flap while a NATS
+    /// server is lost.
+    #[arg(long, default_value = "5s", value_parser = parse_presence_heartbeat)]
+    #[arg(env = "DUPLEX_PRESENCE_HEARTBEAT", help_heading = "Cluster")]
+    pub presence_heartbeat: Duration,
+
     /// What happens to a subscriber whose outbound queue is full: `disconnect` (a `lagged`
     /// frame with the last offset delivered, then RESOURCE_EXHAUSTED; the client resumes
     /// from history and loses nothing), `drop-oldest`, or `latest-per-key`.
@@ -598,6 +608,7 @@ impl ServeConfig {
         if let Some(node) = &self.node_name {
             config.node = node.clone();
         }
+        config.presence_heartbeat = self.presence_heartbeat;
         config.prefix = self.nats_prefix.clone();
         config.stream = self.nats_stream.clone();
         config.replicas = usize::from(self.nats_replicas);
@@ -685,6 +696,16 @@ fn parse_message_size(text: &str) -> Result<usize, String> {
     } else {
         Err(format!("{size} is out of range: 1KiB (1024) to 1GiB"))
     }
+}
+
+/// A presence heartbeat: a duration of at least 100ms (JetStream refuses a bucket whose
+/// entries live less than 100ms; they live 3 heartbeats).
+fn parse_presence_heartbeat(text: &str) -> Result<Duration, String> {
+    let heartbeat = humantime::parse_duration(text).map_err(|e| format!("`{text}`: {e}"))?;
+    if heartbeat < Duration::from_millis(100) {
+        return Err(format!("`{text}` is too short: at least 100ms"));
+    }
+    Ok(heartbeat)
 }
 
 /// Members a room may list: 0 to 10000 (see `max_presence_listed`).
