@@ -549,6 +549,11 @@ impl Store for JetStreamLog {
         Box::pin(async move { self.room_last(&room).await })
     }
 
+    /// Stream sequences: other rooms' messages take the numbers between a room's.
+    fn offsets_are_dense(&self) -> bool {
+        false
+    }
+
     fn enforce_retention(&self, _now_unix_micros: i64) -> BoxFuture<'_, Result<u64, StoreError>> {
         Box::pin(std::future::ready(Ok(0)))
     }

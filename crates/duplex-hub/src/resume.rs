@@ -27,12 +27,30 @@ use crate::frames;
 use crate::queue::{Frame, MessageFrame, coalescing_key};
 use crate::room::{Room, RoomState, Subscriber};
 
-/// Fails a resume that cannot be served without a gap.
+/// Whether a reader whose last offset is `after` would miss messages retention removed,
+/// when the room's first retained offset is `first_retained`.
+///
+/// With `dense` offsets (each of a room's messages the previous offset + 1: the embedded
+/// stores) any hole before `first_retained` is a removed message. A shared log's offsets
+/// are not dense (a cluster's are stream sequences: other rooms' messages take the numbers
+/// between), so a hole says nothing; what does is the reader's own last message being gone
+/// (retention removes the oldest first, so messages after it may be gone too: reported, to
+/// be safe), and `after` 0 — "from the start" — is served with whatever is retained.
+pub(crate) fn retention_removed(after: Offset, first_retained: Offset, dense: bool) -> bool {
+    if dense {
+        after + 1 < first_retained
+    } else {
+        after > 0 && after < first_retained
+    }
+}
+
+/// Fails a resume that cannot be served without a gap (`dense`: see [`retention_removed`]).
 pub(crate) fn check_resume(
     room: &str,
     after: Offset,
     earliest: Option<Offset>,
     last: Offset,
+    dense: bool,
 ) -> Result<(), HubError> {
     if after > last {
         return Err(HubError::InvalidArgument(format!(
@@ -40,9 +58,8 @@ pub(crate) fn check_resume(
         )));
     }
     // Messages after `after` exist (after < last) but the first of them is gone.
-    let first_needed = after + 1;
     let available_from = earliest.unwrap_or(last + 1);
-    if after < last && first_needed < available_from {
+    if after < last && retention_removed(after, available_from, dense) {
         return Err(HubError::ResumeTooOld {
             room: room.to_owned(),
             after,
@@ -161,12 +178,13 @@ async fn replay(
         if let Some(first) = messages.first()
             && first.offset > cursor + 1
         {
-            // Offsets may skip; a skip is a loss only if retention removed cursor + 1.
+            // Offsets may skip; a skip is a loss only if retention removed what the cursor
+            // needs next.
             let earliest = store
                 .bounds(&room.name)
                 .await?
                 .map_or(first.offset, |b| b.earliest);
-            if earliest > cursor + 1 {
+            if retention_removed(cursor, earliest, store.offsets_are_dense()) {
                 return Err(HubError::ResumeTooOld {
                     room: room.name.to_string(),
                     after: cursor,
@@ -219,20 +237,36 @@ mod tests {
 
     #[test]
     fn resume_bounds() {
+        let check = |after, earliest, last| check_resume("r", after, earliest, last, true);
         // Empty room: only 0 is a valid resume point.
-        assert!(check_resume("r", 0, None, 0).is_ok());
-        assert!(check_resume("r", 1, None, 0).is_err());
+        assert!(check(0, None, 0).is_ok());
+        assert!(check(1, None, 0).is_err());
         // Messages 1..=10 retained.
-        assert!(check_resume("r", 0, Some(1), 10).is_ok());
-        assert!(check_resume("r", 10, Some(1), 10).is_ok());
-        assert!(check_resume("r", 11, Some(1), 10).is_err());
+        assert!(check(0, Some(1), 10).is_ok());
+        assert!(check(10, Some(1), 10).is_ok());
+        assert!(check(11, Some(1), 10).is_err());
         // Retention kept 6..=10: resuming after 4 would skip 5.
-        let error = check_resume("r", 4, Some(6), 10).unwrap_err();
+        let error = check(4, Some(6), 10).unwrap_err();
         assert_eq!(error.earliest_offset(), Some(6));
         assert_eq!(error.code(), crate::Code::FailedPrecondition);
-        assert!(check_resume("r", 5, Some(6), 10).is_ok());
+        assert!(check(5, Some(6), 10).is_ok());
         // Everything trimmed (last 10, none retained): only 10 itself is fine.
-        assert!(check_resume("r", 10, None, 10).is_ok());
-        assert!(check_resume("r", 3, None, 10).is_err());
+        assert!(check(10, None, 10).is_ok());
+        assert!(check(3, None, 10).is_err());
+    }
+
+    #[test]
+    fn resume_bounds_without_dense_offsets() {
+        let check = |after, earliest, last| check_resume("r", after, earliest, last, false);
+        // The room's first message is at 5 (other rooms took 1..=4): from the start is fine.
+        assert!(check(0, Some(5), 9).is_ok());
+        // A reader whose last message (7) is still retained misses nothing.
+        assert!(check(7, Some(5), 9).is_ok());
+        // One whose last message (3) is gone may have missed some: refused, to be safe.
+        assert_eq!(
+            check(3, Some(5), 9).unwrap_err().code(),
+            crate::Code::FailedPrecondition
+        );
+        assert!(check(10, Some(5), 9).is_err());
     }
 }

@@ -364,7 +364,13 @@ impl Session {
         let earliest = bounds.map_or(0, |b| b.earliest);
         let after = match (join.after_offset, join.replay_last) {
             (Some(after), _) => {
-                check_resume(&room.name, after, bounds.map(|b| b.earliest), last)?;
+                check_resume(
+                    &room.name,
+                    after,
+                    bounds.map(|b| b.earliest),
+                    last,
+                    store.offsets_are_dense(),
+                )?;
                 self.engine.counters().resumed();
                 Some(after)
             }

@@ -368,6 +368,15 @@ pub trait Store: Send + Sync + 'static {
     /// calls it periodically.
     fn enforce_retention(&self, now_unix_micros: i64) -> BoxFuture<'_, Result<u64, StoreError>>;
 
+    /// Whether each room's offsets run without holes (each message's offset one more than
+    /// the previous one's, as both embedded backends assign them), so that a hole before a
+    /// room's earliest retained offset means retention removed messages. A shared log whose offsets are not
+    /// dense (a cluster's stream sequences) says no, and resume then judges losses by the
+    /// reader's own last offset instead.
+    fn offsets_are_dense(&self) -> bool {
+        true
+    }
+
     /// Number of durable commits (fsyncs) done so far; for [`MemoryStore`], of appends.
     /// Lets tests check that every ack follows a commit.
     fn commits(&self) -> u64;
@@ -415,6 +424,10 @@ impl<S: Store + ?Sized> Store for Arc<S> {
 
     fn enforce_retention(&self, now_unix_micros: i64) -> BoxFuture<'_, Result<u64, StoreError>> {
         (**self).enforce_retention(now_unix_micros)
+    }
+
+    fn offsets_are_dense(&self) -> bool {
+        (**self).offsets_are_dense()
     }
 
     fn commits(&self) -> u64 {

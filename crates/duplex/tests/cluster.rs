@@ -999,3 +999,24 @@ async fn a_message_duplex_cannot_read_is_skipped_and_the_room_goes_on() {
         .collect();
     assert_eq!(texts, ["before", "after"]);
 }
+
+/// A room's first offset is a stream sequence, above 1 when other rooms came first: a
+/// resume "from the start" (offset 0) replays the room, not a "too old" error.
+#[tokio::test]
+async fn a_resume_from_the_start_replays_a_room_whose_first_offset_is_not_one() {
+    let nats = NatsCluster::single();
+    let node = Node::start(&nats, 1, "node0", &[]);
+    let channel = node.channel().await;
+    publish(&channel, "earlier", "first of the stream", "")
+        .await
+        .expect("publish");
+    let first = publish(&channel, "later", "hello", "")
+        .await
+        .expect("publish")
+        .offset;
+    assert!(first > 1);
+    let mut reader = Session::open(&channel, "reader").await;
+    let joined = reader.join("later", Some(0)).await;
+    assert_eq!(joined.earliest_offset, first);
+    assert_eq!(common::session::texts(&reader.messages(1).await), ["hello"]);
+}

@@ -262,14 +262,35 @@ pub(crate) fn durable_serve_command(data_dir: &std::path::Path, args: &[&str]) -
     command
 }
 
-/// A loopback port nobody listens on now (bound and let go): for a server that must come
-/// back on the same port after a restart, or a route a peer needs before it starts.
+/// A loopback port nobody listens on now: for a server that must come back on the same
+/// port after a restart, or a route a peer needs before it starts.
+///
+/// Picked at random below the kernel's ephemeral range (32768 and up on Linux), so no
+/// server or client of a concurrent test that binds port 0 can be given it between this
+/// check and its use; a collision needs another caller of this to draw the same port.
 pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static DRAWS: AtomicU64 = AtomicU64::new(0);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+        .as_nanos() as u64
+        ^ (u64::from(std::process::id()) << 32)
+        ^ DRAWS
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let mut state = seed | 1;
+    for _ in 0..1000 {
+        // xorshift64
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let port = 20_000 + (state % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in 20000..32000");
 }
 
 /// The venv Python with grpcio that `scripts/test` makes (or `DUPLEX_PYTHON`). A missing one

@@ -70,12 +70,15 @@ impl NatsNode {
     /// Starts the node again on its ports with its JetStream files.
     pub(crate) fn restart(&mut self) {
         assert!(self.process.is_none(), "node {} is running", self.name);
-        self.start();
+        if let Err(log) = self.start() {
+            panic!("nats-server {} did not restart; its log:\n{log}", self.name);
+        }
     }
 
     /// Writes the config and starts the process; with port 0 (first start) reads the ports
-    /// it picked from its ports file.
-    fn start(&mut self) {
+    /// it picked from its ports file. Fails with the server's log when it exits first (a
+    /// port taken meanwhile) or writes no ports file in time.
+    fn start(&mut self) -> Result<(), String> {
         let ports_dir = self.dir.join("ports");
         let _ = std::fs::remove_dir_all(&ports_dir);
         std::fs::create_dir_all(&ports_dir).unwrap();
@@ -116,10 +119,11 @@ impl NatsNode {
             .stderr(log)
             .spawn()
             .expect("start nats-server");
-        let process = ChildGuard(child);
-        let ports = read_ports(&ports_dir, process.pid(), &self.dir);
+        let mut process = ChildGuard(child);
+        let ports = read_ports(&ports_dir, &mut process, &self.dir)?;
         self.client_port = ports.client;
         self.process = Some(process);
+        Ok(())
     }
 }
 
@@ -128,25 +132,29 @@ struct Ports {
     client: u16,
 }
 
-/// Waits for `nats-server_<pid>.ports` in `dir` and reads it (`{"nats":["nats://H:P"],…}`).
-fn read_ports(dir: &Path, pid: u32, node_dir: &Path) -> Ports {
-    let file = dir.join(format!("nats-server_{pid}.ports"));
+/// Waits for `nats-server_<pid>.ports` in `dir` and reads it (`{"nats":["nats://H:P"],…}`);
+/// fails with the node's log when the process exits first or nothing comes in time.
+fn read_ports(dir: &Path, process: &mut ChildGuard, node_dir: &Path) -> Result<Ports, String> {
+    let file = dir.join(format!("nats-server_{}.ports", process.pid()));
     let start = Instant::now();
     let port_of = |value: &serde_json::Value, key: &str| -> Option<u16> {
         let url = value[key].as_array()?.first()?.as_str()?;
         url.rsplit(':').next()?.parse().ok()
     };
+    let log = || std::fs::read_to_string(node_dir.join("nats.log")).unwrap_or_default();
     while start.elapsed() < STEP {
         if let Ok(text) = std::fs::read_to_string(&file)
             && let Ok(value) = serde_json::from_str::<serde_json::Value>(&text)
             && let Some(client) = port_of(&value, "nats")
         {
-            return Ports { client };
+            return Ok(Ports { client });
+        }
+        if let Ok(Some(status)) = process.0.try_wait() {
+            return Err(format!("(exited: {status})\n{}", log()));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let log = std::fs::read_to_string(node_dir.join("nats.log")).unwrap_or_default();
-    panic!("nats-server wrote no ports file within {STEP:?}; its log:\n{log}");
+    Err(format!("(no ports file within {STEP:?})\n{}", log()))
 }
 
 /// One or more nats-server nodes with JetStream (see the module docs); killed on drop.
@@ -168,7 +176,9 @@ impl NatsCluster {
             process: None,
         };
         std::fs::create_dir_all(&node.dir).unwrap();
-        node.start();
+        if let Err(log) = node.start() {
+            panic!("nats-server did not start; its log:\n{log}");
+        }
         let cluster = NatsCluster {
             nodes: vec![node],
             _dir: dir,
@@ -183,6 +193,24 @@ impl NatsCluster {
     /// A JetStream cluster node needs its routes when it starts, so the cluster ports are
     /// picked first (bound to port 0 and let go); client ports are the servers' own pick.
     pub(crate) fn start(size: usize) -> Self {
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            match Self::try_start(size) {
+                Ok(cluster) => {
+                    cluster.wait_for_jetstream();
+                    return cluster;
+                }
+                // A route port picked by another test meanwhile: pick again.
+                Err(log) => failures.push(log),
+            }
+        }
+        panic!(
+            "a {size}-node NATS cluster did not start in 3 tries:\n{}",
+            failures.join("\n---\n")
+        );
+    }
+
+    fn try_start(size: usize) -> Result<Self, String> {
         let dir = tempfile::tempdir().unwrap();
         let cluster_ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
         let mut nodes = Vec::new();
@@ -200,12 +228,10 @@ impl NatsCluster {
                 process: None,
             };
             std::fs::create_dir_all(&node.dir).unwrap();
-            node.start();
+            node.start()?;
             nodes.push(node);
         }
-        let cluster = NatsCluster { nodes, _dir: dir };
-        cluster.wait_for_jetstream();
-        cluster
+        Ok(NatsCluster { nodes, _dir: dir })
     }
 
     /// Every node's URL, comma-separated (what `--cluster` takes).
