@@ -1012,8 +1012,6 @@ pub(crate) fn resume(args: &BenchArgs) -> Result<Report, BenchError> {
 #[derive(Default)]
 struct Replay {
     store_seconds: f64,
-    /// The offset of the first stored message (the replay joins from just before it).
-    first_offset: u64,
     first: Option<u64>,
 }
 
@@ -1038,9 +1036,8 @@ async fn resume_thread(
     )
     .await;
     let reader = match stored {
-        Ok((seconds, first_offset)) => {
+        Ok(seconds) => {
             replay.store_seconds = seconds;
-            replay.first_offset = first_offset;
             Connection::open(addr, dialer)
                 .await
                 .map_err(|reason| format!("cannot connect to {addr}: {reason}"))
@@ -1061,9 +1058,10 @@ async fn resume_thread(
         return (tally, replay);
     };
     let mut events = SelectAll::new();
-    // From just before the first stored message (offset 1 on one node; in a cluster the
-    // room's offsets are stream sequences, which start wherever the stream was).
-    let join = grpc::join_frame(1, room, Some(replay.first_offset.saturating_sub(1)), true);
+    // From the start (0): the room is this run's own, so that is exactly the stored
+    // history, also in a cluster, whose offsets are stream sequences starting wherever the
+    // stream was (the offset before the first one is another room's).
+    let join = grpc::join_frame(1, room, Some(0), true);
     let mut session =
         match open_session(&connection, "bench-resume".into(), join, 0, 0, &mut events).await {
             Ok(session) => session,
@@ -1136,7 +1134,7 @@ async fn resume_thread(
 }
 
 /// Publishes `history` messages to `room` with `in_flight` waiting for acks; returns the
-/// seconds it took and the offset of the first one stored.
+/// seconds it took.
 async fn store_history(
     addr: &str,
     dialer: &Dialer,
@@ -1145,7 +1143,7 @@ async fn store_history(
     in_flight: usize,
     size: usize,
     tally: &mut Tally,
-) -> Result<(f64, u64), String> {
+) -> Result<f64, String> {
     let connection = Connection::open(addr, dialer)
         .await
         .map_err(|reason| format!("cannot connect to {addr}: {reason}"))?;
@@ -1165,7 +1163,6 @@ async fn store_history(
     let started = clock::now();
     let mut sent = 0u64;
     let mut acked = 0u64;
-    let mut first_offset = u64::MAX;
     let mut buffer = BytesMut::new();
     let step = tokio::time::Duration::from_secs(30);
     while acked < history {
@@ -1188,10 +1185,7 @@ async fn store_history(
                 session
                     .splitter
                     .push(&data, |message| match grpc::server_frame(message) {
-                        ServerFrame::PublishAck { offset, .. } => {
-                            acked += 1;
-                            first_offset = first_offset.min(offset);
-                        }
+                        ServerFrame::PublishAck { .. } => acked += 1,
                         ServerFrame::Error { code, .. } => {
                             failure = Some(grpc::code_name(code));
                         }
@@ -1214,7 +1208,7 @@ async fn store_history(
         &counters,
     )
     .await;
-    Ok((seconds, first_offset))
+    Ok(seconds)
 }
 
 // ---------------------------------------------------------------------------------- idle
