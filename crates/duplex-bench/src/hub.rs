@@ -70,6 +70,110 @@ impl RoomGate {
     }
 }
 
+/// The rooms (or subjects) of a fan-out run, `bench.<tag>.<i>`, with the `subscribers`
+/// spread over them round-robin.
+pub(crate) fn room_gates(tag: &str, rooms: usize, subscribers: usize) -> Vec<RoomGate> {
+    (0..rooms)
+        .map(|r| {
+            let count = (0..subscribers).filter(|s| s % rooms == r).count() as u64;
+            RoomGate::new(format!("bench.{tag}.{r}"), count)
+        })
+        .collect()
+}
+
+/// A payload of `size` bytes: its first 8 are the publish time (written per message), the
+/// rest letters.
+pub(crate) fn payload_template(size: usize) -> Vec<u8> {
+    let mut template = vec![0u8; size];
+    for (i, byte) in template.iter_mut().enumerate().skip(8) {
+        *byte = b'a' + (i % 26) as u8;
+    }
+    template
+}
+
+/// What a fan-out publisher may do next.
+pub(crate) enum NextSend {
+    /// Send a message stamped with this time.
+    Now(u64),
+    /// `--rate`: the next message is due at this time.
+    DueAt(u64),
+    /// The room's subscribers are a whole `--window` behind.
+    Window,
+    /// `--messages` were sent in all.
+    LimitReached,
+}
+
+/// Decides a fan-out publisher's next send at `now` (its next message due at `next_due`
+/// with `interval`): pacing first, then the room's window (`window` messages outstanding
+/// per subscriber), then the run's message limit, claimed from `claimed` once measuring.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn next_send(
+    room: &RoomGate,
+    now: u64,
+    next_due: u64,
+    interval: Option<u64>,
+    window: u64,
+    limit: Option<u64>,
+    claimed: &AtomicU64,
+    measure_start: u64,
+) -> NextSend {
+    let stamp = match interval {
+        Some(_) if now < next_due => return NextSend::DueAt(next_due),
+        Some(_) => next_due,
+        None => now,
+    };
+    if room.subscribers > 0 && room.outstanding() >= window * room.subscribers {
+        return NextSend::Window;
+    }
+    if now >= measure_start
+        && let Some(limit) = limit
+        && claimed.fetch_add(1, Ordering::Relaxed) >= limit
+    {
+        return NextSend::LimitReached;
+    }
+    NextSend::Now(stamp)
+}
+
+/// Nanoseconds between one publisher's messages for `--rate` (spread over the
+/// publishers); `None` without a rate.
+pub(crate) fn publish_interval(args: &BenchArgs) -> Option<u64> {
+    args.rate
+        .map(|rate| ((args.publishers as f64 * 1e9 / rate) as u64).max(1))
+}
+
+/// Waits, after a fan-out's measurement, until its publishers are done (time or count) and
+/// their deliveries have landed, or `drain` has passed since, or the threads have ended, or
+/// `stopped` says the run cannot go on (the server refused the load).
+pub(crate) fn wait_for_deliveries<R>(
+    pool: &runner::Threads<R>,
+    timing: &Timing,
+    drain: u64,
+    rooms: &[RoomGate],
+    publishers_done: impl Fn() -> bool,
+    stopped: impl Fn() -> bool,
+) {
+    let hard_stop = timing.measure_end + 2 * drain + clock::nanos(Duration::from_secs(1));
+    let mut publishers_done_at = None;
+    loop {
+        std::thread::sleep(Duration::from_millis(5));
+        let now = clock::now();
+        if now >= hard_stop || pool.finished() {
+            return;
+        }
+        if !publishers_done() {
+            continue;
+        }
+        if stopped() {
+            return;
+        }
+        let done_at = *publishers_done_at.get_or_insert(now);
+        let all_delivered = rooms.iter().all(|room| room.outstanding() == 0);
+        if all_delivered || now >= done_at + drain {
+            return;
+        }
+    }
+}
+
 /// Where a session's commands go.
 enum Outgoing {
     /// The request body of its `Hub.Connect` stream.
@@ -347,20 +451,9 @@ pub(crate) fn fanout(args: &BenchArgs) -> Result<Report, BenchError> {
             "--publishers and --rooms must be at least 1".into(),
         ));
     }
-    let tag = run_tag();
-    let rooms: Vec<RoomGate> = (0..args.rooms)
-        .map(|r| {
-            let subscribers = (0..args.subscribers)
-                .filter(|s| s % args.rooms == r)
-                .count() as u64;
-            RoomGate::new(format!("bench.{tag}.{r}"), subscribers)
-        })
-        .collect();
+    let rooms = room_gates(&run_tag(), args.rooms, args.subscribers);
     let connections = args.connections.min(args.subscribers.max(1));
-    let mut template = vec![0u8; args.size()];
-    for (i, byte) in template.iter_mut().enumerate().skip(8) {
-        *byte = b'a' + (i % 26) as u8;
-    }
+    let template = payload_template(args.size());
     let counters = Arc::new(Counters::default());
     let plan = Arc::new(FanoutPlan {
         addrs: args.addrs(),
@@ -375,9 +468,7 @@ pub(crate) fn fanout(args: &BenchArgs) -> Result<Report, BenchError> {
         window: args.window.max(1),
         template,
         client_ids: args.client_ids,
-        interval: args
-            .rate
-            .map(|rate| ((args.publishers as f64 * 1e9 / rate) as u64).max(1)),
+        interval: publish_interval(args),
         limit: args.messages,
         claimed: AtomicU64::new(0),
         publishers_done: AtomicUsize::new(0),
@@ -410,27 +501,14 @@ pub(crate) fn fanout(args: &BenchArgs) -> Result<Report, BenchError> {
         args.warmup + args.duration,
         args.quiet,
     );
-    // Wait for the publishers to finish (time or count), then for the deliveries to land.
-    let hard_stop = timing.measure_end + 2 * plan.drain + clock::nanos(Duration::from_secs(1));
-    let mut publishers_done_at = None;
-    loop {
-        std::thread::sleep(Duration::from_millis(5));
-        let now = clock::now();
-        if now >= hard_stop || pool.finished() {
-            break;
-        }
-        if plan.publishers_done.load(Ordering::Acquire) < plan.publishers {
-            continue;
-        }
-        if plan.refused.load(Ordering::Acquire) {
-            break;
-        }
-        let done_at = *publishers_done_at.get_or_insert(now);
-        let all_delivered = plan.rooms.iter().all(|room| room.outstanding() == 0);
-        if all_delivered || now >= done_at + plan.drain {
-            break;
-        }
-    }
+    wait_for_deliveries(
+        &pool,
+        &timing,
+        plan.drain,
+        &plan.rooms,
+        || plan.publishers_done.load(Ordering::Acquire) >= plan.publishers,
+        || plan.refused.load(Ordering::Acquire),
+    );
     let server_after = os::ServerSample::read(&args.server_pid);
     let client_after = os::sample(None).unwrap_or_default();
     pool.stop();
@@ -773,25 +851,31 @@ async fn publish(plan: &FanoutPlan, timing: Timing, publisher: &mut Publisher) -
         let mut blocked_on_window = false;
         let mut due_later = None;
         while !stopping && waiting.len() < plan.in_flight {
-            let stamp = match plan.interval {
-                Some(_) if now < next_due => {
-                    due_later = Some(next_due);
+            let next = next_send(
+                room,
+                now,
+                next_due,
+                plan.interval,
+                plan.window,
+                plan.limit,
+                &plan.claimed,
+                timing.measure_start,
+            );
+            let stamp = match next {
+                NextSend::Now(stamp) => stamp,
+                NextSend::DueAt(due) => {
+                    due_later = Some(due);
                     break;
                 }
-                Some(_) => next_due,
-                None => now,
+                NextSend::Window => {
+                    blocked_on_window = true;
+                    break;
+                }
+                NextSend::LimitReached => {
+                    stopping = true;
+                    break;
+                }
             };
-            if room.subscribers > 0 && room.outstanding() >= plan.window * room.subscribers {
-                blocked_on_window = true;
-                break;
-            }
-            if now >= timing.measure_start
-                && let Some(limit) = plan.limit
-                && plan.claimed.fetch_add(1, Ordering::Relaxed) >= limit
-            {
-                stopping = true;
-                break;
-            }
             let command = next_command;
             next_command += 1;
             // Unique in the room: publisher index and command number.

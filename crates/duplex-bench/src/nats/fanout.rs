@@ -19,7 +19,10 @@ use serde_json::json;
 use super::connection::{NatsConnection, parse_urls};
 use super::wire::{self, ServerOp};
 use crate::echo::start_measurement;
-use crate::hub::{RoomGate, Tally, run_tag, usage};
+use crate::hub::{
+    NextSend, RoomGate, Tally, next_send, payload_template, publish_interval, room_gates, run_tag,
+    usage, wait_for_deliveries,
+};
 use crate::progress::{Counters, Progress};
 use crate::report::{self, LatencySummary, Report};
 use crate::runner::{self, Gate, Timing};
@@ -79,20 +82,9 @@ pub(crate) fn fanout(args: &BenchArgs) -> Result<Report, BenchError> {
             "--publishers and --subjects must be at least 1".into(),
         ));
     }
-    let tag = run_tag();
-    let subjects: Vec<RoomGate> = (0..args.subjects)
-        .map(|j| {
-            let subscribers = (0..args.subscribers)
-                .filter(|s| s % args.subjects == j)
-                .count() as u64;
-            RoomGate::new(format!("bench.{tag}.{j}"), subscribers)
-        })
-        .collect();
+    let subjects = room_gates(&run_tag(), args.subjects, args.subscribers);
     let connections = args.connections.min(args.subscribers.max(1));
-    let mut template = vec![0u8; args.size()];
-    for (i, byte) in template.iter_mut().enumerate().skip(8) {
-        *byte = b'a' + (i % 26) as u8;
-    }
+    let template = payload_template(args.size());
     let counters = Arc::new(Counters::default());
     let plan = Arc::new(FanoutPlan {
         addrs: addrs.clone(),
@@ -102,9 +94,7 @@ pub(crate) fn fanout(args: &BenchArgs) -> Result<Report, BenchError> {
         batch: args.in_flight(),
         window: args.window.max(1),
         template,
-        interval: args
-            .rate
-            .map(|rate| ((args.publishers as f64 * 1e9 / rate) as u64).max(1)),
+        interval: publish_interval(args),
         limit: args.messages,
         claimed: AtomicU64::new(0),
         publishers_done: AtomicUsize::new(0),
@@ -135,24 +125,14 @@ pub(crate) fn fanout(args: &BenchArgs) -> Result<Report, BenchError> {
         args.warmup + args.duration,
         args.quiet,
     );
-    // Wait for the publishers to finish (time or count), then for the deliveries to land.
-    let hard_stop = timing.measure_end + 2 * plan.drain + clock::nanos(Duration::from_secs(1));
-    let mut publishers_done_at = None;
-    loop {
-        std::thread::sleep(Duration::from_millis(5));
-        let now = clock::now();
-        if now >= hard_stop || pool.finished() {
-            break;
-        }
-        if plan.publishers_done.load(Ordering::Acquire) < plan.publishers {
-            continue;
-        }
-        let done_at = *publishers_done_at.get_or_insert(now);
-        let all_delivered = plan.subjects.iter().all(|s| s.outstanding() == 0);
-        if all_delivered || now >= done_at + plan.drain {
-            break;
-        }
-    }
+    wait_for_deliveries(
+        &pool,
+        &timing,
+        plan.drain,
+        &plan.subjects,
+        || plan.publishers_done.load(Ordering::Acquire) >= plan.publishers,
+        || false,
+    );
     let server_after = os::ServerSample::read(&args.server_pid);
     let client_after = os::sample(None).unwrap_or_default();
     pool.stop();
@@ -369,25 +349,31 @@ async fn publish(plan: &FanoutPlan, timing: Timing, link: &mut PublisherLink) ->
         let mut blocked_on_window = false;
         let mut due_later = None;
         while sent < plan.batch {
-            let stamp = match plan.interval {
-                Some(_) if now < next_due => {
-                    due_later = Some(next_due);
+            let next = next_send(
+                gate,
+                now,
+                next_due,
+                plan.interval,
+                plan.window,
+                plan.limit,
+                &plan.claimed,
+                timing.measure_start,
+            );
+            let stamp = match next {
+                NextSend::Now(stamp) => stamp,
+                NextSend::DueAt(due) => {
+                    due_later = Some(due);
                     break;
                 }
-                Some(_) => next_due,
-                None => now,
+                NextSend::Window => {
+                    blocked_on_window = true;
+                    break;
+                }
+                NextSend::LimitReached => {
+                    stopping = true;
+                    break;
+                }
             };
-            if gate.subscribers > 0 && gate.outstanding() >= plan.window * gate.subscribers {
-                blocked_on_window = true;
-                break;
-            }
-            if now >= timing.measure_start
-                && let Some(limit) = plan.limit
-                && plan.claimed.fetch_add(1, Ordering::Relaxed) >= limit
-            {
-                stopping = true;
-                break;
-            }
             wire::put_pub(
                 &mut link.connection.out,
                 subject,
