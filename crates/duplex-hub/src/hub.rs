@@ -274,10 +274,19 @@ impl Hub {
 
     /// Who is present in `room` now, if `identity` may read it: its listed members (at
     /// most `max_presence_listed`) and the count of the others.
-    pub fn presence(&self, identity: &Identity, room: &str) -> Result<RoomPresence, HubError> {
+    pub async fn presence(
+        &self,
+        identity: &Identity,
+        room: &str,
+    ) -> Result<RoomPresence, HubError> {
         validate_room_name(room)?;
         identity.rights.check_read(room)?;
-        Ok(self.engine.presence().members(room))
+        // Loaded here, the room follows its presence (a cluster's returns once the members
+        // are known), so a node where nobody joined the room still lists who is in it
+        // elsewhere; the room table lets go of it after the call, like any unused room.
+        let room = self.engine.room(room)?;
+        room.ensure_loaded(&**self.engine.store()).await?;
+        Ok(self.engine.presence().members(&room.name))
     }
 
     /// Tells every session the server is going away (a `shutdown` frame), so clients

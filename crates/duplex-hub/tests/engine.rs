@@ -348,15 +348,15 @@ async fn members_past_the_presence_bound_are_counted_not_listed() {
         assert_eq!(joined.unlisted_members, before.saturating_sub(2), "{name}");
         sessions.push((session, outbound));
     }
-    let presence = hub.presence(&anyone(), "crowd").unwrap();
+    let presence = hub.presence(&anyone(), "crowd").await.unwrap();
     assert_eq!((presence.members.len(), presence.unlisted), (2, 2));
     // A counted member leaves: the count drops; a listed one: the list does (no promotion).
     let (mut d, _) = sessions.pop().unwrap();
     d.leave("crowd").unwrap();
-    assert_eq!(hub.presence(&anyone(), "crowd").unwrap().unlisted, 1);
+    assert_eq!(hub.presence(&anyone(), "crowd").await.unwrap().unlisted, 1);
     let (mut a, _) = sessions.remove(0);
     a.leave("crowd").unwrap();
-    let presence = hub.presence(&anyone(), "crowd").unwrap();
+    let presence = hub.presence(&anyone(), "crowd").await.unwrap();
     assert_eq!((presence.members.len(), presence.unlisted), (1, 1));
     assert_eq!(presence.members[0].name, "b");
 }
@@ -651,7 +651,7 @@ async fn every_call_checks_the_callers_rights_and_the_room_name() {
         assert_eq!(error.code(), code, "publish {room}");
         let error = hub.history(&reader, room, 0, 10).await.unwrap_err();
         assert_eq!(error.code(), code, "history {room}");
-        let error = hub.presence(&reader, room).unwrap_err();
+        let error = hub.presence(&reader, room).await.unwrap_err();
         assert_eq!(error.code(), code, "presence {room}");
         let error = hub
             .subscribe(reader.clone(), subscription(room), SessionOrigin::default())
@@ -915,7 +915,7 @@ async fn joins_leaves_and_lists_go_through_the_presence_and_its_events_reach_mem
     assert!(events.apply(|| None));
 
     // The unary `Presence` call reads the presence.
-    let listed = hub.presence(&anyone(), "r").unwrap();
+    let listed = hub.presence(&anyone(), "r").await.unwrap();
     let names: Vec<_> = listed.members.iter().map(|m| m.name.as_str()).collect();
     assert_eq!(names, ["watcher", "b", "remote"]);
     assert_eq!(presence.calls().last().unwrap(), "members r");
@@ -954,7 +954,13 @@ async fn joins_leaves_and_lists_go_through_the_presence_and_its_events_reach_mem
     drop(watcher_out);
     watcher_task.await.unwrap();
     assert_eq!(presence.calls().last().unwrap(), "leave r watcher Listed");
-    assert!(hub.presence(&anyone(), "r").unwrap().members.is_empty());
+    assert!(
+        hub.presence(&anyone(), "r")
+            .await
+            .unwrap()
+            .members
+            .is_empty()
+    );
     assert!(!events.apply(|| panic!("not run for a room that is gone")));
 }
 

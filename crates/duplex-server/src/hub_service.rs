@@ -500,7 +500,7 @@ impl UnaryService<PresenceRequest> for Unary<PresenceRequest> {
         Box::pin(async move {
             let identity = identity?;
             let room = request.into_inner().room;
-            let presence = hub.presence(&identity, &room).map_err(status)?;
+            let presence = hub.presence(&identity, &room).await.map_err(status)?;
             Ok(Response::new(PresenceResponse {
                 members: presence.members,
                 unlisted_members: presence.unlisted,

@@ -102,7 +102,10 @@ fn names(members: &[Member]) -> Vec<&str> {
 async fn wait_for_presence(hub: &Hub, room: &str, listed: usize, unlisted: u64) {
     let start = std::time::Instant::now();
     loop {
-        let presence = hub.presence(&Identity::anonymous("probe"), room).unwrap();
+        let presence = hub
+            .presence(&Identity::anonymous("probe"), room)
+            .await
+            .unwrap();
         if (presence.members.len(), presence.unlisted) == (listed, unlisted) {
             return;
         }
@@ -180,10 +183,17 @@ async fn a_member_on_one_node_is_listed_on_another_and_its_join_and_leave_reach_
     assert_eq!(names(&joined.members), ["alice", "carol"]);
     assert_eq!(
         presence_event(next_frame(&mut carol).await),
-        (joined_member(&c, "dave"), true)
+        (joined_member(&c, "dave").await, true)
     );
     let (member, joined_event) = presence_event(next_frame(&mut alice).await);
     assert_eq!((member.name.as_str(), joined_event), ("dave", true));
+    // A node where nobody joined the room lists its members too (the unary Presence call).
+    let b = node(&nats, "node-b", 1000).await;
+    let listed = b
+        .presence(&Identity::anonymous("probe"), ROOM)
+        .await
+        .unwrap();
+    assert_eq!(names(&listed.members), ["alice", "carol", "dave"]);
 
     // Alice leaves A: both C sessions see her go, and C no longer lists her.
     drop(alice);
@@ -191,7 +201,10 @@ async fn a_member_on_one_node_is_listed_on_another_and_its_join_and_leave_reach_
         let (member, joined_event) = presence_event(next_frame(outbound).await);
         assert_eq!((member.name.as_str(), joined_event), ("alice", false));
     }
-    let listed = c.presence(&Identity::anonymous("probe"), ROOM).unwrap();
+    let listed = c
+        .presence(&Identity::anonymous("probe"), ROOM)
+        .await
+        .unwrap();
     assert_eq!(names(&listed.members), ["carol", "dave"]);
     assert_quiet(&mut carol).await;
     // A member of A the heartbeat keeps refreshing does not leave: over one TTL no event.
@@ -203,8 +216,11 @@ async fn a_member_on_one_node_is_listed_on_another_and_its_join_and_leave_reach_
 }
 
 /// The member `name` of `hub`'s room as listed there (a local member: its own session id).
-fn joined_member(hub: &Hub, name: &str) -> Member {
-    let listed = hub.presence(&Identity::anonymous("probe"), ROOM).unwrap();
+async fn joined_member(hub: &Hub, name: &str) -> Member {
+    let listed = hub
+        .presence(&Identity::anonymous("probe"), ROOM)
+        .await
+        .unwrap();
     listed
         .members
         .into_iter()
@@ -287,6 +303,7 @@ async fn a_node_that_dies_has_its_members_leave_everywhere_within_the_ttl() {
     );
     assert!(
         c.presence(&Identity::anonymous("probe"), ROOM)
+            .await
             .unwrap()
             .members
             .iter()
@@ -426,7 +443,10 @@ async fn presence_catches_up_after_nats_comes_back() {
     seen.sort();
     assert_eq!(seen, [("alice".into(), false), ("bob".into(), true)]);
     wait_for_presence(&c, ROOM, 2, 0).await;
-    let listed = c.presence(&Identity::anonymous("probe"), ROOM).unwrap();
+    let listed = c
+        .presence(&Identity::anonymous("probe"), ROOM)
+        .await
+        .unwrap();
     assert_eq!(names(&listed.members), ["bob", "carol"]);
     assert_quiet(&mut carol).await;
 }
