@@ -34,8 +34,9 @@ use crate::{BenchArgs, BenchError, Transport, clock, os};
 const CONNECT_PATH: &str = "/duplex.v1.Hub/Connect";
 /// Sessions per connection in `idle` (the server allows 1000 streams per connection).
 const IDLE_SESSIONS_PER_CONNECTION: usize = 500;
-/// Longest a session setup (open + join) may take before the run gives up.
-const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest a client thread's setup (connect, open, join or subscribe) may take before the
+/// run gives up; the NATS scenarios use it too.
+pub(crate) const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A room of the run (or a NATS subject, [`crate::nats`]) and how far its messages got.
 pub(crate) struct RoomGate {
@@ -690,13 +691,7 @@ async fn fanout_thread(
         }
         Ok::<(), String>(())
     };
-    let outcome = setup.await;
-    let failed = outcome.is_err();
-    gate.ready(outcome);
-    if failed {
-        return tally;
-    }
-    let Some(timing) = gate.started().await else {
+    let Some(timing) = gate.ready_then_started(setup.await).await else {
         return tally;
     };
 

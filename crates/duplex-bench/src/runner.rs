@@ -45,6 +45,17 @@ impl Gate {
         let _ = self.ready.send(setup);
     }
 
+    /// Reports this thread's setup result and, when it succeeded, waits for the start;
+    /// `None` when setup failed or the run was aborted.
+    pub(crate) async fn ready_then_started(&mut self, setup: Result<(), String>) -> Option<Timing> {
+        let failed = setup.is_err();
+        self.ready(setup);
+        if failed {
+            return None;
+        }
+        self.started().await
+    }
+
     /// Waits for the start; `None` when the run was aborted instead.
     pub(crate) async fn started(&mut self) -> Option<Timing> {
         loop {

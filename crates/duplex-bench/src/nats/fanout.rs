@@ -18,6 +18,7 @@ use serde_json::json;
 
 use super::connection::{NatsConnection, parse_urls};
 use super::wire::{self, ServerOp};
+use super::{SETUP_TIMEOUT, within_setup_timeout};
 use crate::echo::start_measurement;
 use crate::hub::{
     NextSend, RoomGate, Tally, next_send, payload_template, publish_interval, room_gates, run_tag,
@@ -28,8 +29,6 @@ use crate::report::{self, LatencySummary, Report};
 use crate::runner::{self, Gate, Timing};
 use crate::{BenchArgs, BenchError, clock, os};
 
-/// Longest the subscriptions may take to be registered before the run gives up.
-const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
 /// With several servers (a cluster), how long subscriptions get to reach the other servers
 /// over their routes before publishing starts: a `PONG` confirms only the local server.
 const ROUTE_SETTLE: Duration = Duration::from_secs(1);
@@ -227,15 +226,10 @@ async fn fanout_thread(
         }
         Ok::<(), String>(())
     };
-    let outcome = tokio::time::timeout(SETUP_TIMEOUT, setup)
+    let Some(timing) = gate
+        .ready_then_started(within_setup_timeout(setup).await)
         .await
-        .unwrap_or_else(|_| Err(format!("setup took longer than {SETUP_TIMEOUT:?}")));
-    let failed = outcome.is_err();
-    gate.ready(outcome);
-    if failed {
-        return tally;
-    }
-    let Some(timing) = gate.started().await else {
+    else {
         return tally;
     };
     let receiving = futures::future::join_all(

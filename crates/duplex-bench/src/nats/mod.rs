@@ -21,6 +21,8 @@
 //! a slow consumer (counted here as `DISCONNECTED`, and every message it did not get as
 //! `DROPPED`); JetStream with the default sync acknowledges before fsync.
 
+use crate::hub::SETUP_TIMEOUT;
+
 mod connection;
 mod fanout;
 mod publish;
@@ -28,6 +30,15 @@ mod wire;
 
 pub(crate) use fanout::fanout;
 pub(crate) use publish::publish;
+
+/// A client thread's setup, failed when it takes longer than [`SETUP_TIMEOUT`].
+async fn within_setup_timeout(
+    setup: impl Future<Output = Result<(), String>>,
+) -> Result<(), String> {
+    tokio::time::timeout(SETUP_TIMEOUT, setup)
+        .await
+        .unwrap_or_else(|_| Err(format!("setup took longer than {SETUP_TIMEOUT:?}")))
+}
 
 /// Runs `future` to its end on a runtime of its own (setup and teardown steps of the
 /// coordinator, which is not on a runtime).

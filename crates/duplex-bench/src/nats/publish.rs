@@ -27,6 +27,7 @@ use serde_json::{Value, json};
 use super::block_on;
 use super::connection::{NatsConnection, parse_urls};
 use super::wire::{self, ServerOp};
+use super::{SETUP_TIMEOUT, within_setup_timeout};
 use crate::echo::start_measurement;
 use crate::hub::{Tally, run_tag, usage};
 use crate::progress::{Counters, Progress};
@@ -34,8 +35,6 @@ use crate::report::{self, LatencySummary, Report};
 use crate::runner::{self, Gate, Timing};
 use crate::{BenchArgs, BenchError, clock, os};
 
-/// Longest setup (connect, subscribe) may take.
-const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a JetStream API request waits for its reply.
 const API_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long stream creation is retried while JetStream is not ready (a cluster elects its
@@ -388,16 +387,11 @@ async fn publish_thread(plan: &PublishPlan, publishers: &[usize], mut gate: Gate
         }
         Ok::<(), String>(())
     };
-    let outcome = tokio::time::timeout(SETUP_TIMEOUT, setup)
-        .await
-        .unwrap_or_else(|_| Err(format!("setup took longer than {SETUP_TIMEOUT:?}")));
-    let failed = outcome.is_err();
-    gate.ready(outcome);
     let mut total = PublishTally::new();
-    if failed {
-        return total;
-    }
-    let Some(timing) = gate.started().await else {
+    let Some(timing) = gate
+        .ready_then_started(within_setup_timeout(setup).await)
+        .await
+    else {
         return total;
     };
     let results = futures::future::join_all(
